@@ -1,0 +1,100 @@
+// pool/allocator.h: glake's caching allocator over a Driver, one per device.
+//
+// Physical memory is held as chunks of the driver's granularity ("pages"). Each page is mapped at most
+// once, somewhere in large virtual reservations. A block is a run of mapped pages (large requests) or a
+// piece of a shared page (small requests, <= Config::small_limit).
+//
+// allocate(): a cached free block that fits, on this stream or made safe for it (hot path: no driver
+// call, no lock held across one); else stitch: pick a virtual window, move free pages from elsewhere
+// into its holes and create only what is missing; before reporting out-of-memory, reclaim what other
+// streams freed and what the small pool caches.
+//
+// Stream order: a freed block is reusable at once on the stream it was freed on; on another stream only
+// after an event recorded after the free has completed.
+//
+// Thread-safe. validate() checks every invariant; it is meant for tests and debugging.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pool/config.h"
+#include "pool/driver.h"
+#include "pool/observer.h"
+#include "pool/stats.h"
+
+namespace glake::pool {
+
+struct BlockInfo {
+  DevPtr base = 0;           // the block's address (what allocate() returned)
+  std::size_t size = 0;      // the requested size
+  std::size_t block_size = 0;  // bytes the block occupies
+  StreamHandle stream = 0;
+  // The pages under a large block in address order (for IPC export), with the block's offset into its
+  // first page (0 for large blocks; small blocks share one page).
+  std::vector<PhysHandle> pages;
+  std::size_t offset_in_first_page = 0;
+};
+
+// The pool's layout at one moment, for out-of-memory snapshots and the tracer's block map.
+struct Region {
+  enum class State { allocated, free, hole, busy };  // busy: in transit during a stitch
+  DevPtr base = 0;
+  std::size_t size = 0;
+  State state = State::hole;
+  StreamHandle stream = 0;
+  std::size_t requested = 0;  // allocated regions: the requested size (small blocks: per piece)
+};
+struct Snapshot {
+  std::size_t page_size = 0;
+  std::vector<Region> regions;       // large-block layout of every reservation, in address order
+  std::vector<Region> small_blocks;  // pieces of shared pages (allocated and free)
+  std::size_t spare_pages = 0;       // pages held but mapped nowhere
+  Stats stats;
+};
+
+class Allocator {
+ public:
+  Allocator(Driver& driver, Config config);
+  ~Allocator();  // unmaps and releases everything the pool holds
+  Allocator(const Allocator&) = delete;
+  Allocator& operator=(const Allocator&) = delete;
+
+  // size 0 gives *out = 0 and ok. An absurd size gives out_of_memory (as cudaMalloc does).
+  Status allocate(std::size_t size, StreamHandle stream, DevPtr* out);
+  // Frees on the stream the block was last used on (its allocation stream).
+  Status free(DevPtr ptr);
+  // Frees in the order of `stream`: the block becomes reusable at once on that stream.
+  Status free(DevPtr ptr, StreamHandle stream);
+  // True if ptr is the address of a live block of this pool.
+  bool owns(DevPtr ptr) const;
+  // The live block containing ptr (anywhere inside it); invalid_value if none.
+  Status describe(DevPtr ptr, BlockInfo* info) const;
+
+  // Returns free physical memory to the driver until the pool holds at most `keep` bytes of free pages.
+  void trim(std::size_t keep = 0);
+  // Bytes of physical memory the pool holds but no live block uses (cached).
+  std::size_t cached_bytes() const;
+
+  Stats stats() const;
+  void reset_peaks();
+  const Config& config() const { return config_; }
+  Driver& driver() const { return driver_; }
+
+  Snapshot snapshot() const;
+
+  // Empty string if every invariant holds, else a description of the first violation.
+  std::string validate() const;
+
+  void set_observer(Observer* observer);
+
+ private:
+  struct Impl;
+  Driver& driver_;
+  Config config_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace glake::pool

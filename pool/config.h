@@ -1,0 +1,31 @@
+// pool/config.h: the pool's settings, read from GLAKE_* environment variables.
+//
+// A bad value never crashes: it is reported once, naming the variable and the accepted values, and
+// the default is used instead.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace glake::pool {
+
+struct Config {
+  // Requests up to this size are packed into shared chunks (GLAKE_SMALL_LIMIT, bytes, suffixes K/M/G).
+  std::size_t small_limit = std::size_t{1} << 20;
+  // Stitch free chunks into new virtual ranges when no cached block fits (GLAKE_STITCH=0|1).
+  bool stitch = true;
+  // Most physical bytes the pool may hold; 0 means no limit but the device's (GLAKE_LIMIT).
+  std::size_t limit = 0;
+  // Size of each virtual reservation; 0 means twice the device's memory (GLAKE_VA_RESERVE).
+  std::size_t va_reserve = 0;
+};
+
+// Reads the GLAKE_* variables of the pool. Problems are appended to `errors`, one line each, naming the
+// variable and the accepted values; the field keeps its default.
+Config config_from_env(std::vector<std::string>* errors);
+
+// Parses a byte count such as "512", "64K", "2M", "1G" (binary units). Returns false on bad input.
+bool parse_bytes(const char* text, std::size_t* out);
+
+}  // namespace glake::pool
