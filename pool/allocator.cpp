@@ -1,1 +1,734 @@
-// placeholder, replaced by its owner
+// pool/allocator.cpp: the caching, stitching allocator: the hot path, settling, stitching, trim.
+// Its state and locks are described in allocator_impl.h.
+//
+// Invariants (validate() checks them): blocks of a segment are contiguous and cover it; a slot is
+// mapped iff its block is allocated, free, busy or quarantined; every live page is mapped at one slot
+// or spare; no two neighbouring holes, no two neighbouring free blocks that could merge; every free
+// block is in exactly its index; every allocated user block is in the address map; the pieces of a
+// chunk cover it and never all of it in one free piece; the statistics match the blocks.
+#include "pool/allocator.h"
+
+#include "pool/allocator_impl.h"
+
+namespace glake::pool {
+
+namespace {
+
+constexpr std::size_t kSmallUnit = 512;
+constexpr std::size_t kMaxRequest = std::size_t{1} << 48;  // beyond any device: out_of_memory at once
+
+std::size_t round_up(std::size_t n, std::size_t unit) { return (n + unit - 1) / unit * unit; }
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+// Settling
+
+void Allocator::Impl::settle(bool wait) {
+  struct Todo {
+    StreamHandle stream;
+    EventHandle event;
+    std::uint64_t seq;
+    bool record;
+    bool recorded;
+    bool done;
+  };
+  std::vector<Todo> todo;
+  {
+    std::lock_guard lock(mu);
+    for (auto& [s, ss] : streams) {
+      if (ss.large.empty() && ss.small.empty()) continue;
+      todo.push_back({s, ss.event, ss.free_seq, ss.event == 0 || ss.event_seq < ss.free_seq, false, false});
+    }
+  }
+  for (Todo& t : todo) {
+    if (t.event == 0 && drv.event_create(&t.event) != Status::ok) {
+      t.event = 0;
+      continue;
+    }
+    if (t.record) {
+      if (drv.event_record(t.event, t.stream) != Status::ok) continue;
+      t.recorded = true;
+    }
+    t.done = (wait ? drv.event_synchronize(t.event) : drv.event_query(t.event)) == Status::ok;
+  }
+  std::lock_guard lock(mu);
+  std::vector<Block*> ready;
+  for (const Todo& t : todo) {
+    StreamState& ss = stream_state(t.stream);
+    ss.event = t.event;
+    if (t.recorded) ss.event_seq = t.seq;
+    if (!t.done) continue;
+    ready.clear();
+    for (Block* b : ss.large)
+      if (b->free_seq <= ss.event_seq) ready.push_back(b);
+    for (Block* b : ss.small)
+      if (b->free_seq <= ss.event_seq) ready.push_back(b);
+    for (Block* b : ready) {
+      // b may have been merged into an earlier block of this list: merging only joins indexed
+      // neighbours, and each is erased from its set first, so check it is still indexed.
+      FreeSet& set = b->small ? ss.small : ss.large;
+      if (set.erase(b) == 0) continue;
+      b->settled = true;
+      if (b->small)
+        settle_piece(b);
+      else
+        settle_large_block(b);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The slow path: stitch a window of the virtual space together from free pages.
+
+Status Allocator::Impl::add_segment(std::size_t n) {
+  std::size_t size = cfg.va_reserve != 0 ? cfg.va_reserve : 2 * total_device;
+  size = round_up(std::max({size, n, page}), page);
+  DevPtr va = 0;
+  Status s = drv.reserve(size, &va);
+  if (s != Status::ok) return s;
+  auto seg = std::make_unique<Segment>();
+  seg->base = va;
+  seg->size = size;
+  seg->slot_page.assign(size / page, -1);
+  std::lock_guard lock(mu);
+  Block* b = arena.make();
+  b->base = va;
+  b->size = size;
+  b->state = State::hole;
+  b->segment = seg.get();
+  seg->head = b;
+  segments.push_back(std::move(seg));
+  return Status::ok;
+}
+
+// The window of n bytes, inside one run of holes and free blocks usable by stream s, that needs the
+// fewest pages filled; ties go to the lowest address. mu held.
+bool Allocator::Impl::find_window(std::size_t n, StreamHandle s, Plan* plan) {
+  auto usable = [&](const Block* b) {
+    return b->state == State::hole || (b->state == State::free && (b->settled || b->stream == s));
+  };
+  bool found = false;
+  std::vector<const Block*> run;
+  std::vector<std::size_t> free_before;  // free bytes in the run before each block
+  for (const auto& seg : segments) {
+    for (const Block* b = seg->head; b != nullptr;) {
+      if (!usable(b)) {
+        b = b->next;
+        continue;
+      }
+      run.clear();
+      free_before.clear();
+      std::size_t free_total = 0;
+      for (; b != nullptr && usable(b); b = b->next) {
+        run.push_back(b);
+        free_before.push_back(free_total);
+        if (b->state == State::free) free_total += b->size;
+      }
+      DevPtr lo = run.front()->base, hi = run.back()->base + run.back()->size;
+      if (hi - lo < n) continue;
+      // Free bytes in [lo, x).
+      auto free_below = [&](DevPtr x) {
+        auto it = std::upper_bound(run.begin(), run.end(), x, [](DevPtr v, const Block* r) { return v < r->base; });
+        std::size_t i = static_cast<std::size_t>(it - run.begin()) - 1;
+        const Block* r = run[i];
+        return free_before[i] + (r->state == State::free ? std::min<std::size_t>(x - r->base, r->size) : 0);
+      };
+      auto consider = [&](DevPtr x) {
+        if (x < lo || x + n > hi) return;
+        std::size_t holes = (n - (free_below(x + n) - free_below(x))) / page;
+        if (!found || holes < plan->holes || (holes == plan->holes && x < plan->start)) {
+          found = true;
+          plan->segment = seg.get();
+          plan->start = x;
+          plan->holes = holes;
+        }
+      };
+      for (const Block* r : run) {
+        consider(r->base);
+        if (r->state == State::free && r->base + r->size >= lo + n) consider(r->base + r->size - n);
+      }
+      consider(hi - n);
+    }
+  }
+  return found;
+}
+
+Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s, bool may_wait, Plan* plan) {
+  std::lock_guard lock(mu);
+  if (!find_window(n, s, plan)) return Prepared::need_segment;
+  std::size_t sources = spare.size();
+  if (cfg.stitch) {
+    for (Block* b : settled_large) sources += b->size / page;
+    // Settled blocks inside the window are not sources; subtract them.
+    for (Block* b = plan->segment->head; b != nullptr; b = b->next) {
+      if (b->state != State::free || !b->settled) continue;
+      DevPtr lo = std::max(b->base, plan->start), hi = std::min(b->base + b->size, plan->start + n);
+      if (lo < hi) sources -= (hi - lo) / page;
+    }
+  }
+  std::size_t creates = plan->holes > sources ? plan->holes - sources : 0;
+  if (creates > 0 && may_wait && cfg.stitch) {
+    std::size_t unsettled = 0;
+    for (auto& [st_handle, ss] : streams)
+      for (Block* b : ss.large) unsettled += b->size / page;
+    if (unsettled > 0) return Prepared::need_wait;
+  }
+  if (cfg.limit != 0 && st.physical.current + creates * page > cfg.limit) return Prepared::no_memory;
+
+  // Mark the window busy, splitting the blocks at its edges.
+  DevPtr lo = plan->start, hi = plan->start + n;
+  Block* b = plan->segment->head;
+  while (b->base + b->size <= lo) b = b->next;
+  if (b->base < lo) {
+    if (b->state == State::free) index_erase(b);
+    Block* r = split(b, lo - b->base);
+    if (b->state == State::free) index_insert(b);
+    b = r;
+  }
+  for (; b != nullptr && b->base < hi; b = b->next) {
+    if (b->state == State::free) index_erase(b);
+    if (b->base + b->size > hi) {
+      Block* r = split(b, hi - b->base);
+      if (r->state == State::free) index_insert(r);
+    }
+    plan->window.push_back(b);
+    plan->window_state.push_back(b->state);
+    plan->window_saved.push_back(*b);
+    b->state = State::busy;
+  }
+
+  // Where each hole's page comes from: spare pages, then pages moved from the smallest settled free
+  // blocks (taken from their tail end), then new ones.
+  std::vector<DevPtr> dsts;
+  for (std::size_t i = 0; i < plan->window.size(); ++i) {
+    const Block* w = plan->window[i];
+    if (plan->window_state[i] == State::hole)
+      for (DevPtr a = w->base; a < w->base + w->size; a += page) dsts.push_back(a);
+  }
+  std::size_t k = 0;
+  while (k < dsts.size() && !spare.empty()) {
+    std::int32_t id = spare.back();
+    spare.pop_back();
+    plan->fills.push_back({Fill::Kind::spare, dsts[k++], id, pages[static_cast<std::size_t>(id)].handle, 0, nullptr, 0});
+  }
+  while (cfg.stitch && k < dsts.size() && !settled_large.empty()) {
+    Block* src = *settled_large.begin();
+    settled_large.erase(settled_large.begin());
+    std::size_t want = (dsts.size() - k) * page;
+    if (src->size > want) {
+      Block* tail = split(src, src->size - want);
+      settled_large.insert(src);
+      src = tail;
+    }
+    src->state = State::busy;
+    plan->sources.push_back(src);
+    for (DevPtr a = src->base; a < src->base + src->size; a += page) {
+      std::int32_t id = slot(src->segment, a);
+      plan->fills.push_back({Fill::Kind::move, dsts[k++], id, pages[static_cast<std::size_t>(id)].handle, a, src, 0});
+    }
+  }
+  while (k < dsts.size()) plan->fills.push_back({Fill::Kind::create, dsts[k++], -1, 0, 0, nullptr, 0});
+  return Prepared::ready;
+}
+
+// Driver calls, no lock: move, create and map pages into the window's holes, then grant access per run
+// of consecutive new mappings. Stops at the first failure; finish() makes the pool whole again.
+Status Allocator::Impl::execute(Plan& plan) {
+  std::size_t mapped = 0;
+  Status r = Status::ok;
+  for (Fill& f : plan.fills) {
+    if (f.kind == Fill::Kind::move) {
+      if ((r = drv.unmap(f.src, page)) != Status::ok) break;
+      emit(EventKind::unmap, 0, f.src, page);
+    } else if (f.kind == Fill::Kind::create) {
+      if ((r = drv.create(page, &f.handle)) != Status::ok) break;
+      emit(EventKind::create, 0, 0, page);
+    }
+    f.stage = 1;
+    if ((r = drv.map(f.dst, page, f.handle, 0)) != Status::ok) break;
+    emit(EventKind::map, 0, f.dst, page);
+    f.stage = 2;
+    ++mapped;
+  }
+  for (std::size_t i = 0; i < mapped;) {
+    std::size_t j = i + 1;
+    while (j < mapped && plan.fills[j].dst == plan.fills[j - 1].dst + page) ++j;
+    DevPtr base = plan.fills[i].dst;
+    Status a = drv.set_access(base, (j - i) * page);
+    if (a != Status::ok) {
+      // Undo every mapping not yet accessible; a page that cannot be unmapped stays quarantined.
+      for (std::size_t u = i; u < mapped; ++u)
+        if (drv.unmap(plan.fills[u].dst, page) == Status::ok) plan.fills[u].stage = 1;
+      return a;
+    }
+    for (std::size_t u = i; u < j; ++u) plan.fills[u].stage = 3;
+    i = j;
+  }
+  return r;
+}
+
+Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, Block** out) {
+  std::lock_guard lock(mu);
+  Segment* seg = plan.segment;
+  const DevPtr end = plan.window.back()->base + plan.window.back()->size;
+  std::size_t moved = 0;
+  DevPtr done_upto = plan.start;  // every hole slot below is filled and accessible
+  bool complete = true;
+  for (Fill& f : plan.fills) {
+    if (f.kind == Fill::Kind::create && f.stage >= 1) {
+      f.page = new_page_id(f.handle);
+      st.physical.add(page);
+      ++st.creates;
+    }
+    if (f.kind == Fill::Kind::move && f.stage >= 1) {
+      slot(f.source->segment, f.src) = -1;
+      pages[static_cast<std::size_t>(f.page)].va = 0;
+      st.mapped.sub(page);
+      ++st.unmaps;
+      ++moved;
+    }
+    if (f.stage >= 2) {
+      slot(seg, f.dst) = f.page;
+      pages[static_cast<std::size_t>(f.page)].va = f.dst;
+      st.mapped.add(page);
+      ++st.maps;
+    }
+    if (f.stage == 1 || (f.kind == Fill::Kind::spare && f.stage == 0)) spare.push_back(f.page);
+    if (f.stage == 3 && complete) done_upto = f.dst + page;
+    if (f.stage < 3) complete = false;
+  }
+  // Sources: the slots they left (a prefix of each) are holes now; the rest stays free.
+  for (Block* src : plan.sources) {
+    std::size_t gone = 0;
+    for (const Fill& f : plan.fills)
+      if (f.source == src && f.stage >= 1) ++gone;
+    Block* rest = src;
+    if (gone > 0) {
+      rest = gone * page < src->size ? split(src, gone * page) : nullptr;
+      src->state = State::hole;
+      settle_large_block(src);
+    }
+    if (rest != nullptr) {
+      rest->state = State::free;
+      rest->settled = true;
+      settle_large_block(rest);
+    }
+  }
+  if (complete) {
+    Block* b = plan.window.front();
+    while (b->next != nullptr && b->next->base < end) absorb_next(b);
+    b->state = State::allocated;
+    b->stream = s;
+    b->settled = false;
+    large_in_use += b->size;
+    if (moved > 0) {
+      ++st.stitches;
+      emit(EventKind::stitch, s, b->base, b->size, moved);
+    }
+    *out = b;
+    return Status::ok;
+  }
+  // Failed: free blocks of the window as they were, filled holes as settled free blocks, the rest
+  // holes; a page left mapped without access is quarantined.
+  for (std::size_t i = 0; i < plan.window.size(); ++i) {
+    Block* w = plan.window[i];
+    if (plan.window_state[i] == State::free) {
+      const Block& saved = plan.window_saved[i];
+      w->state = State::free;
+      w->settled = saved.settled;
+      w->stream = saved.stream;
+      w->free_seq = saved.free_seq;
+      continue;
+    }
+    w->state = State::hole;
+    if (w->base < done_upto && done_upto < w->base + w->size) split(w, done_upto - w->base);
+    if (w->base + w->size <= done_upto) {
+      w->state = State::free;
+      w->settled = true;
+    }
+  }
+  for (const Fill& f : plan.fills) {
+    if (f.stage != 2) continue;
+    Block* b = plan.window.front();
+    while (!(b->base <= f.dst && f.dst < b->base + b->size)) b = b->next;
+    if (b->base < f.dst) b = split(b, f.dst - b->base);
+    if (b->size > page) split(b, page);
+    b->state = State::quarantined;
+  }
+  // Merge and index what the window left behind (its blocks are not indexed; neighbours are).
+  for (Block* b = plan.window.front(); b != nullptr && b->base < end; b = b->next) {
+    if (b->state != State::free && b->state != State::hole) continue;
+    b = coalesce(b);
+    if (b->state == State::free) index_insert(b);
+  }
+  return result == Status::ok ? Status::unknown : result;
+}
+
+Status Allocator::Impl::stitch(std::size_t n, StreamHandle s, Block** out) {
+  bool may_wait = true;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    Plan plan;
+    switch (prepare(n, s, may_wait, &plan)) {
+      case Prepared::need_segment: {
+        Status r = add_segment(n);
+        if (r != Status::ok) return r == Status::invalid_value ? Status::out_of_memory : r;
+        continue;
+      }
+      case Prepared::need_wait:
+        settle(true);
+        may_wait = false;
+        continue;
+      case Prepared::no_memory:
+        return Status::out_of_memory;
+      case Prepared::ready:
+        break;
+    }
+    Status r = execute(plan);
+    return finish(plan, r, s, out);
+  }
+  return Status::out_of_memory;
+}
+
+Status Allocator::Impl::allocate_large(std::size_t n, StreamHandle s, Block** out) {
+  {
+    std::lock_guard lock(mu);
+    if (Block* b = best_fit(s, n, false)) {
+      *out = take(b, n, s);
+      return Status::ok;
+    }
+  }
+  std::lock_guard grow(grow_mu);
+  for (int round = 0; round < 2; ++round) {
+    settle(round > 0);
+    {
+      std::lock_guard lock(mu);
+      if (Block* b = best_fit(s, n, false)) {
+        *out = take(b, n, s);
+        return Status::ok;
+      }
+    }
+    Status r = stitch(n, s, out);
+    if (r != Status::out_of_memory || round > 0) return r;
+    // Out of memory: reclaim what every stream freed (waiting for its work), then try once more.
+    std::lock_guard lock(mu);
+    ++st.reclaims;
+    emit(EventKind::reclaim, s, 0, st.physical.current - large_in_use);
+  }
+  return Status::out_of_memory;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Public interface
+
+Allocator::Allocator(Driver& driver, Config config)
+    : driver_(driver), config_(config), impl_(std::make_unique<Impl>(driver, config)) {
+  std::size_t free = 0, total = 0;
+  if (driver.mem_info(&free, &total) != Status::ok || total == 0) total = std::size_t{64} << 30;
+  impl_->total_device = round_up(total, impl_->page);
+  // Small requests must fit a page with room to share it.
+  if (impl_->cfg.small_limit > impl_->page / 2) impl_->cfg.small_limit = impl_->page / 2;
+  config_ = impl_->cfg;
+}
+
+Allocator::~Allocator() {
+  Impl& m = *impl_;
+  for (auto& seg : m.segments) {
+    for (std::size_t i = 0; i < seg->slot_page.size(); ++i) {
+      std::int32_t id = seg->slot_page[i];
+      if (id < 0) continue;
+      m.drv.unmap(seg->base + i * m.page, m.page);
+      m.drv.release(m.pages[static_cast<std::size_t>(id)].handle);
+    }
+    m.drv.free_reserve(seg->base, seg->size);
+  }
+  for (std::int32_t id : m.spare) m.drv.release(m.pages[static_cast<std::size_t>(id)].handle);
+  for (auto& [s, ss] : m.streams)
+    if (ss.event != 0) m.drv.event_destroy(ss.event);
+}
+
+Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
+  if (out == nullptr) return Status::invalid_value;
+  *out = 0;
+  if (size == 0) return Status::ok;
+  Impl& m = *impl_;
+  if (size > kMaxRequest) {
+    std::lock_guard lock(m.mu);
+    ++m.st.ooms;
+    m.emit(EventKind::oom, stream, 0, size);
+    return Status::out_of_memory;
+  }
+  if (size <= m.cfg.small_limit) {
+    std::size_t n = round_up(size, kSmallUnit);
+    {
+      std::lock_guard lock(m.mu);
+      if (Block* p = m.best_fit(stream, n, true)) {
+        m.take(p, n, stream);
+        m.account_alloc(p, size);
+        *out = p->base;
+        return Status::ok;
+      }
+    }
+    Block* c = nullptr;
+    Status r = m.allocate_large(m.page, stream, &c);
+    std::lock_guard lock(m.mu);
+    if (r != Status::ok) {
+      ++m.st.ooms;
+      m.emit(EventKind::oom, stream, 0, size);
+      return r;
+    }
+    Block* p = m.make_chunk(c);
+    if (p->size > n) m.index_insert(m.split(p, n));
+    p->state = State::allocated;
+    m.account_alloc(p, size);
+    *out = p->base;
+    return Status::ok;
+  }
+  std::size_t n = round_up(size, m.page);
+  Block* b = nullptr;
+  Status r = m.allocate_large(n, stream, &b);
+  std::lock_guard lock(m.mu);
+  if (r != Status::ok) {
+    ++m.st.ooms;
+    m.emit(EventKind::oom, stream, 0, size);
+    return r;
+  }
+  m.account_alloc(b, size);
+  *out = b->base;
+  return Status::ok;
+}
+
+Status Allocator::free(DevPtr ptr) {
+  Impl& m = *impl_;
+  StreamHandle s;
+  {
+    std::lock_guard lock(m.mu);
+    Block** b = m.live.find(ptr);
+    if (b == nullptr) return Status::invalid_value;
+    s = (*b)->stream;
+  }
+  return free(ptr, s);
+}
+
+Status Allocator::free(DevPtr ptr, StreamHandle stream) {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  Block** found = m.live.find(ptr);
+  if (found == nullptr) return Status::invalid_value;
+  Block* b = *found;
+  m.live.erase(ptr);
+  m.st.requested.sub(b->requested);
+  m.st.blocks.sub(b->size);
+  ++m.st.frees;
+  m.emit(EventKind::free, stream, ptr, b->requested);
+  StreamState& ss = m.stream_state(stream);
+  b->state = State::free;
+  b->stream = stream;
+  b->settled = false;
+  b->free_seq = ++ss.free_seq;
+  b->requested = 0;
+  if (b->small) {
+    m.settle_piece(b);
+  } else {
+    m.large_in_use -= b->size;
+    m.settle_large_block(b);
+  }
+  return Status::ok;
+}
+
+bool Allocator::owns(DevPtr ptr) const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->live.find(ptr) != nullptr;
+}
+
+Status Allocator::describe(DevPtr ptr, BlockInfo* info) const {
+  Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  const Block* b = nullptr;
+  if (Block* const* hit = m.live.find(ptr)) {
+    b = *hit;
+  } else if (const Segment* seg = m.segment_of(ptr)) {
+    const Block* l = seg->head;
+    while (l != nullptr && !(ptr >= l->base && ptr < l->base + l->size)) l = l->next;
+    if (l != nullptr && l->is_chunk)
+      for (l = l->pieces; l != nullptr && !(ptr >= l->base && ptr < l->base + l->size);) l = l->next;
+    if (l != nullptr && l->state == State::allocated && !l->is_chunk) b = l;
+  }
+  if (b == nullptr) return Status::invalid_value;
+  info->base = b->base;
+  info->size = b->requested;
+  info->block_size = b->size;
+  info->stream = b->stream;
+  info->pages.clear();
+  const Block* large = b->small ? b->chunk : b;
+  info->offset_in_first_page = b->base - large->base;
+  for (DevPtr a = large->base; a < large->base + large->size; a += m.page) {
+    if (b->small && a != large->base) break;
+    std::int32_t id = const_cast<Impl&>(m).slot(large->segment, a);
+    info->pages.push_back(m.pages[static_cast<std::size_t>(id)].handle);
+  }
+  return Status::ok;
+}
+
+void Allocator::trim(std::size_t keep) {
+  Impl& m = *impl_;
+  std::lock_guard grow(m.grow_mu);
+  m.settle(true);
+  std::vector<Block*> victims;
+  std::vector<std::int32_t> spare;
+  {
+    std::lock_guard lock(m.mu);
+    std::size_t cached = m.st.physical.current - m.large_in_use;
+    while (cached > keep && !m.spare.empty()) {
+      spare.push_back(m.spare.back());
+      m.spare.pop_back();
+      cached -= m.page;
+    }
+    // Largest free blocks first: fewer calls for the same bytes.
+    while (cached > keep && !m.settled_large.empty()) {
+      Block* v = *m.settled_large.rbegin();
+      m.settled_large.erase(v);
+      std::size_t want = round_up(cached - keep, m.page);
+      if (v->size > want) {
+        Block* tail = m.split(v, v->size - want);
+        m.settled_large.insert(v);
+        v = tail;
+      }
+      v->state = State::busy;
+      victims.push_back(v);
+      cached -= std::min(cached, v->size);
+    }
+  }
+  // Driver calls without the lock: unmap and release each page; record how far each block got.
+  std::vector<std::size_t> released(victims.size(), 0);
+  std::vector<PhysHandle> handles;
+  for (std::size_t i = 0; i < victims.size(); ++i) {
+    Block* v = victims[i];
+    for (DevPtr a = v->base; a < v->base + v->size; a += m.page) {
+      PhysHandle h;
+      {
+        std::lock_guard lock(m.mu);
+        h = m.pages[static_cast<std::size_t>(m.slot(v->segment, a))].handle;
+      }
+      if (m.drv.unmap(a, m.page) != Status::ok) break;
+      m.emit(EventKind::unmap, 0, a, m.page);
+      if (m.drv.release(h) != Status::ok) {
+        // Unmapped but still held: keep it as a spare page.
+        std::lock_guard lock(m.mu);
+        std::int32_t& sl = m.slot(v->segment, a);
+        m.pages[static_cast<std::size_t>(sl)].va = 0;
+        m.spare.push_back(sl);
+        sl = -1;
+        m.st.mapped.sub(m.page);
+        ++m.st.unmaps;
+        continue;
+      }
+      m.emit(EventKind::release, 0, 0, m.page);
+      ++released[i];
+      std::lock_guard lock(m.mu);
+      std::int32_t& sl = m.slot(v->segment, a);
+      m.pages[static_cast<std::size_t>(sl)] = Page{};
+      m.dead_page_ids.push_back(sl);
+      sl = -1;
+      m.st.mapped.sub(m.page);
+      m.st.physical.sub(m.page);
+      ++m.st.unmaps;
+      ++m.st.releases;
+    }
+  }
+  std::vector<std::int32_t> kept;
+  for (std::int32_t id : spare) {
+    if (m.drv.release(m.pages[static_cast<std::size_t>(id)].handle) == Status::ok) {
+      m.emit(EventKind::release, 0, 0, m.page);
+      std::lock_guard lock(m.mu);
+      m.pages[static_cast<std::size_t>(id)] = Page{};
+      m.dead_page_ids.push_back(id);
+      m.st.physical.sub(m.page);
+      ++m.st.releases;
+    } else {
+      kept.push_back(id);
+    }
+  }
+  std::lock_guard lock(m.mu);
+  m.spare.insert(m.spare.end(), kept.begin(), kept.end());
+  for (Block* v : victims) {
+    // Pages that went are holes now; a page whose unmap failed and the rest stay free.
+    Block* b = v;
+    std::size_t i = 0;
+    while (i * m.page < v->size && m.slot(v->segment, v->base + i * m.page) < 0) ++i;
+    Block* rest = i * m.page < v->size ? (i > 0 ? m.split(b, i * m.page) : b) : nullptr;
+    if (i > 0) {
+      b->state = State::hole;
+      m.settle_large_block(b);
+    }
+    if (rest != nullptr) {
+      rest->state = State::free;
+      rest->settled = true;
+      m.settle_large_block(rest);
+    }
+  }
+}
+
+std::size_t Allocator::cached_bytes() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->st.physical.current - impl_->large_in_use + [&] {
+    // Free pieces inside chunks are cached too.
+    std::size_t n = 0;
+    for (Block* p : impl_->settled_small) n += p->size;
+    for (const auto& [s, ss] : impl_->streams)
+      for (Block* p : ss.small) n += p->size;
+    return n;
+  }();
+}
+
+Stats Allocator::stats() const {
+  std::lock_guard lock(impl_->mu);
+  Stats s = impl_->st;
+  s.driver_ns = impl_->drv.stats().total_ns();
+  return s;
+}
+
+void Allocator::reset_peaks() {
+  std::lock_guard lock(impl_->mu);
+  Stats& s = impl_->st;
+  s.requested.reset_peak();
+  s.blocks.reset_peak();
+  s.physical.reset_peak();
+  s.mapped.reset_peak();
+}
+
+void Allocator::set_observer(Observer* observer) { impl_->observer.store(observer, std::memory_order_release); }
+
+Snapshot Allocator::snapshot() const {
+  Impl& m = *impl_;
+  std::lock_guard grow(m.grow_mu);
+  std::lock_guard lock(m.mu);
+  Snapshot snap;
+  snap.page_size = m.page;
+  snap.spare_pages = m.spare.size();
+  snap.stats = m.st;
+  auto region = [](const Block* b) {
+    Region r;
+    r.base = b->base;
+    r.size = b->size;
+    r.stream = b->stream;
+    r.requested = b->requested;
+    switch (b->state) {
+      case State::allocated: r.state = Region::State::allocated; break;
+      case State::free: r.state = Region::State::free; break;
+      case State::hole: r.state = Region::State::hole; break;
+      default: r.state = Region::State::busy; break;
+    }
+    return r;
+  };
+  for (const auto& seg : m.segments)
+    for (const Block* b = seg->head; b != nullptr; b = b->next) {
+      snap.regions.push_back(region(b));
+      if (b->is_chunk)
+        for (const Block* p = b->pieces; p != nullptr; p = p->next) snap.small_blocks.push_back(region(p));
+    }
+  return snap;
+}
+
+
+}  // namespace glake::pool

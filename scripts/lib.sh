@@ -30,7 +30,7 @@ glake_check_cuda_headers() {
 glake_build() {
   local dir=$1; shift
   if [ ! -f "$GLAKE_ROOT/$dir/build.ninja" ]; then
-    meson setup "$GLAKE_ROOT/$dir" "$GLAKE_ROOT" -Dcuda_root="${CUDA_ROOT:-/usr/local/cuda}" "$@" >/dev/null || return 1
+    meson setup "$GLAKE_ROOT/$dir" "$GLAKE_ROOT" -Dtoolkit_root="${CUDA_ROOT:-/usr/local/cuda}" "$@" >/dev/null || return 1
   fi
   ninja -C "$GLAKE_ROOT/$dir" >/dev/null || ninja -C "$GLAKE_ROOT/$dir"
 }

@@ -1,0 +1,269 @@
+// pool/allocator_impl.h: the allocator's state and the small operations on it, shared by
+// allocator.cpp (the paths through the pool) and validate.cpp (its invariants). Internal.
+//
+// State (under mu): reservations ("segments") split into large blocks that cover them exactly; pages
+// (physical chunks of one granularity each), each mapped at exactly one slot or kept spare; chunks of
+// small pieces; free blocks indexed by size per stream (unsettled) or in the settled sets.
+//
+// Locks: mu guards all state and is never held across a driver call. grow_mu serialises the slow
+// paths (settle, stitch, trim), which release mu around their driver calls after marking the blocks
+// they work on `busy`; the hot path never takes grow_mu.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "pool/address_map.h"
+#include "pool/allocator.h"
+#include "pool/block.h"
+
+namespace glake::pool {
+
+using State = Block::State;
+
+struct StreamState {
+  explicit StreamState(std::pmr::memory_resource* r) : large(r), small(r) {}
+  FreeSet large;  // unsettled free blocks freed on this stream
+  FreeSet small;
+  std::uint64_t free_seq = 0;
+  EventHandle event = 0;
+  std::uint64_t event_seq = 0;  // frees up to this sequence number precede the last record
+};
+
+struct Page {
+  PhysHandle handle = 0;
+  DevPtr va = 0;  // 0: spare (mapped nowhere)
+  bool live = false;
+};
+
+// One hole slot of a stitch window and where its page comes from.
+struct Fill {
+  enum class Kind { spare, move, create } kind;
+  DevPtr dst = 0;
+  std::int32_t page = -1;  // spare and move: the page; create: filled in once created
+  PhysHandle handle = 0;
+  DevPtr src = 0;           // move: the slot it leaves
+  Block* source = nullptr;  // move: the busy block it leaves
+  int stage = 0;            // 0 untouched, 1 page floating (unmapped or created), 2 mapped, 3 accessible
+};
+
+struct Plan {
+  Segment* segment = nullptr;
+  DevPtr start = 0;
+  std::size_t holes = 0;           // pages to fill
+  std::vector<Block*> window;      // busy blocks covering [start, start+need), address order
+  std::vector<State> window_state; // their states before the stitch
+  std::vector<Block> window_saved; // and their fields
+  std::vector<Block*> sources;     // busy blocks whose pages move into the window
+  std::vector<Fill> fills;
+};
+
+struct Allocator::Impl {
+  Impl(Driver& d, const Config& c) : drv(d), cfg(c), page(d.granularity()) {}
+
+  Driver& drv;
+  Config cfg;
+  std::size_t page;
+  std::size_t total_device = 0;
+
+  mutable std::mutex mu;
+  mutable std::mutex grow_mu;
+  std::pmr::unsynchronized_pool_resource resource;
+  BlockArena arena;
+  std::vector<std::unique_ptr<Segment>> segments;
+  std::vector<Page> pages;
+  std::vector<std::int32_t> dead_page_ids;
+  std::vector<std::int32_t> spare;
+  std::unordered_map<StreamHandle, StreamState> streams;
+  FreeSet settled_large{&resource};
+  FreeSet settled_small{&resource};
+  AddressMap<Block*> live;
+  Stats st;
+  std::size_t large_in_use = 0;  // bytes of allocated large blocks, chunks included
+  std::atomic<Observer*> observer{nullptr};
+
+  // ---- small helpers (mu held) ----
+
+  void emit(EventKind k, StreamHandle s, DevPtr a, std::size_t n, std::uint64_t aux = 0) {
+    if (Observer* o = observer.load(std::memory_order_acquire))
+      o->on_event(PoolEvent{k, drv.device(), s, a, n, aux});
+  }
+
+  StreamState& stream_state(StreamHandle s) { return streams.try_emplace(s, &resource).first->second; }
+
+  FreeSet& index_of(Block* b) {
+    if (b->settled) return b->small ? settled_small : settled_large;
+    StreamState& ss = stream_state(b->stream);
+    return b->small ? ss.small : ss.large;
+  }
+  void index_insert(Block* b) { index_of(b).insert(b); }
+  void index_erase(Block* b) { index_of(b).erase(b); }
+
+  static Block* fit(FreeSet& set, std::size_t n) {
+    Block probe;
+    probe.size = n;
+    auto it = set.lower_bound(&probe);
+    return it == set.end() ? nullptr : *it;
+  }
+
+  // Best fit among the blocks this stream may use at once: its own and the settled ones.
+  Block* best_fit(StreamHandle s, std::size_t n, bool small) {
+    StreamState& ss = stream_state(s);
+    Block* own = fit(small ? ss.small : ss.large, n);
+    Block* any = fit(small ? settled_small : settled_large, n);
+    if (own == nullptr) return any;
+    if (any == nullptr) return own;
+    return any->size < own->size ? any : own;
+  }
+
+  // Splits b after n bytes; the new tail shares b's state and is linked after it.
+  Block* split(Block* b, std::size_t n) {
+    Block* r = arena.make();
+    *r = *b;
+    r->base = b->base + n;
+    r->size = b->size - n;
+    r->prev = b;
+    r->next = b->next;
+    r->pieces = nullptr;
+    r->is_chunk = false;
+    if (b->next != nullptr) b->next->prev = r;
+    b->next = r;
+    b->size = n;
+    return r;
+  }
+
+  // Absorbs b->next into b.
+  void absorb_next(Block* b) {
+    Block* n = b->next;
+    b->size += n->size;
+    b->next = n->next;
+    if (n->next != nullptr) n->next->prev = b;
+    b->free_seq = std::max(b->free_seq, n->free_seq);
+    arena.drop(n);
+  }
+
+  static bool mergeable(const Block* a, const Block* b) {
+    if (a == nullptr || b == nullptr) return false;
+    if (a->state == State::hole && b->state == State::hole) return true;
+    if (a->state != State::free || b->state != State::free) return false;
+    return a->settled == b->settled && (a->settled || a->stream == b->stream);
+  }
+
+  // Merges free block or hole b (not indexed) with mergeable neighbours; returns the result, not indexed.
+  Block* coalesce(Block* b) {
+    if (mergeable(b->prev, b)) {
+      Block* p = b->prev;
+      if (p->state == State::free) index_erase(p);
+      absorb_next(p);
+      b = p;
+    }
+    if (mergeable(b, b->next)) {
+      if (b->next->state == State::free) index_erase(b->next);
+      absorb_next(b);
+    }
+    return b;
+  }
+
+  // A free large block or hole, not indexed: merge and index it.
+  void settle_large_block(Block* b) {
+    b = coalesce(b);
+    if (b->state == State::free) index_insert(b);
+  }
+
+  // A free piece, not indexed: merge; a chunk left with one free piece goes back to the large blocks.
+  void settle_piece(Block* p) {
+    p = coalesce(p);
+    if (p->prev != nullptr || p->next != nullptr) {
+      index_insert(p);
+      return;
+    }
+    Block* c = p->chunk;
+    c->state = State::free;
+    c->is_chunk = false;
+    c->pieces = nullptr;
+    c->settled = p->settled;
+    c->stream = p->stream;
+    c->free_seq = p->free_seq;
+    large_in_use -= c->size;
+    arena.drop(p);
+    settle_large_block(c);
+  }
+
+  // Hands out free block b (indexed) for n bytes on stream s.
+  Block* take(Block* b, std::size_t n, StreamHandle s) {
+    index_erase(b);
+    if (b->size > n) index_insert(split(b, n));
+    b->state = State::allocated;
+    b->stream = s;
+    b->settled = false;
+    if (!b->small) large_in_use += b->size;
+    return b;
+  }
+
+  void account_alloc(Block* b, std::size_t requested) {
+    b->requested = requested;
+    live.insert(b->base, b);
+    st.requested.add(requested);
+    st.blocks.add(b->size);
+    ++st.allocs;
+    emit(EventKind::alloc, b->stream, b->base, requested);
+  }
+
+  // Turns large allocated block c into a chunk holding one free piece; returns the piece (not indexed).
+  Block* make_chunk(Block* c) {
+    c->is_chunk = true;
+    Block* p = arena.make();
+    p->base = c->base;
+    p->size = c->size;
+    p->state = State::free;
+    p->small = true;
+    p->stream = c->stream;
+    p->chunk = c;
+    c->pieces = p;
+    return p;
+  }
+
+  std::int32_t new_page_id(PhysHandle h) {
+    std::int32_t id;
+    if (!dead_page_ids.empty()) {
+      id = dead_page_ids.back();
+      dead_page_ids.pop_back();
+    } else {
+      id = static_cast<std::int32_t>(pages.size());
+      pages.emplace_back();
+    }
+    pages[static_cast<std::size_t>(id)] = Page{h, 0, true};
+    return id;
+  }
+
+  std::int32_t& slot(Segment* s, DevPtr va) { return s->slot_page[(va - s->base) / page]; }
+
+  Segment* segment_of(DevPtr va) const {
+    for (const auto& s : segments)
+      if (va >= s->base && va < s->base + s->size) return s.get();
+    return nullptr;
+  }
+
+  // ---- settling: make what streams freed usable by any stream once their work completed ----
+
+  void settle(bool wait);
+
+  // ---- the slow path ----
+
+  Status allocate_large(std::size_t n, StreamHandle s, Block** out);
+  Status stitch(std::size_t n, StreamHandle s, Block** out);
+  enum class Prepared { ready, need_segment, need_wait, no_memory };
+  Prepared prepare(std::size_t n, StreamHandle s, bool may_wait, Plan* plan);
+  bool find_window(std::size_t n, StreamHandle s, Plan* plan);
+  Status execute(Plan& plan);
+  Status finish(Plan& plan, Status result, StreamHandle s, Block** out);
+  Status add_segment(std::size_t n);
+
+  std::string validate() const;
+};
+
+}  // namespace glake::pool

@@ -1,0 +1,86 @@
+// pool/block.h: the pool's unit of bookkeeping, and the size-ordered sets of free blocks.
+//
+// A large block is a run of whole pages inside one virtual reservation; the blocks of a reservation
+// are linked in address order and cover it exactly. A small block ("piece") is a slice of a chunk: a
+// one-page large block shared by small requests; the pieces of a chunk cover it exactly.
+//
+// A free block is "settled" once the work issued on its stream before its free has completed: only
+// then may any stream use it, and only then may its pages be unmapped and moved elsewhere.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <memory_resource>
+#include <set>
+#include <vector>
+
+#include "pool/driver.h"
+
+namespace glake::pool {
+
+struct Segment;
+
+struct Block {
+  enum class State : std::uint8_t {
+    allocated,
+    free,
+    hole,         // large only: virtual range with no page mapped
+    busy,         // large only: taken by a stitch in progress (no lock held across its driver calls)
+    quarantined,  // large only: a page mapped without access after a failed set_access + unmap; never used
+  };
+
+  DevPtr base = 0;
+  std::size_t size = 0;
+  State state = State::hole;
+  bool small = false;     // a piece of a chunk
+  bool is_chunk = false;  // a large allocated block that holds pieces
+  bool settled = false;   // free blocks: the work before the free has completed
+  StreamHandle stream = 0;
+  std::uint64_t free_seq = 0;  // the stream's free sequence number at the free
+  std::size_t requested = 0;   // allocated user blocks: the size asked for
+  Block* prev = nullptr;
+  Block* next = nullptr;
+  Segment* segment = nullptr;  // large blocks
+  Block* chunk = nullptr;      // pieces: their chunk
+  Block* pieces = nullptr;     // chunks: the first piece
+};
+
+struct Segment {
+  DevPtr base = 0;
+  std::size_t size = 0;
+  std::vector<std::int32_t> slot_page;  // page id mapped at each page-sized slot, -1 for none
+  Block* head = nullptr;
+};
+
+// Free blocks ordered by (size, address): best fit is lower_bound. Nodes come from a pool resource,
+// so insertions on the hot path recycle memory instead of calling malloc.
+struct BySizeThenAddress {
+  bool operator()(const Block* a, const Block* b) const {
+    return a->size != b->size ? a->size < b->size : a->base < b->base;
+  }
+};
+using FreeSet = std::pmr::set<Block*, BySizeThenAddress>;
+
+// Block objects, recycled through a free list; slabs are kept until the pool is destroyed.
+class BlockArena {
+ public:
+  Block* make() {
+    if (free_.empty()) {
+      slabs_.push_back(std::make_unique<Block[]>(kSlab));
+      for (std::size_t i = 0; i < kSlab; ++i) free_.push_back(&slabs_.back()[i]);
+    }
+    Block* b = free_.back();
+    free_.pop_back();
+    *b = Block{};
+    return b;
+  }
+  void drop(Block* b) { free_.push_back(b); }
+
+ private:
+  static constexpr std::size_t kSlab = 256;
+  std::vector<std::unique_ptr<Block[]>> slabs_;
+  std::vector<Block*> free_;
+};
+
+}  // namespace glake::pool

@@ -1,0 +1,104 @@
+// pool/cuda_driver.h: CudaDriver, the real CUDA driver API behind Driver.
+//
+// Entry points come from the real libcuda.so.1 only: dlopen (RTLD_NOLOAD first) and the driver's own
+// cuGetProcAddress, found with glibc's dlsym on that handle. Nothing is looked up in the global
+// namespace, so glake's own hooks (libglake.so defines cuGetProcAddress, cuMemAlloc, dlsym, ...) are
+// never reached from here. The table is resolved once per process and libcuda.so.1 is never unloaded.
+//
+// Physical chunks are pinned device memory with a POSIX fd handle type (when the device supports it)
+// and the GPUDirect RDMA flag (when the device supports it with VMM). Access is granted to this device
+// and to every peer registered with add_peer().
+//
+// Contexts: VMM calls need none. Calls that do (events, streams, copies, host memory, mem_info) run in a
+// context of this device: the caller's current one if it is on this device; if none is current, the
+// device's primary context is made current on the calling thread (and stays so, as the runtime does);
+// if the current one is on another device, the primary context is pushed for the call and popped after.
+// The primary context is retained from open() until destruction.
+//
+// Every call is timed (steady_clock) and recorded in stats(); not_ready from event_query is an answer,
+// not a failure. Statuses are CUresult values: a code Status does not name is passed through as its
+// number (static_cast), so status_name() may see values outside the enum.
+// Thread-safe: the handles are immutable after open(); the peer list has its own mutex.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "pool/driver.h"
+
+struct CUctx_st;  // CUcontext, without pulling cuda.h into every includer
+
+namespace glake::pool {
+
+class CudaDriver final : public Driver {
+ public:
+  // Loads the real driver (once per process), cuInit(0), checks that `device` exists and supports VMM,
+  // queries the granularity and the RDMA and fd capabilities, and retains the primary context.
+  // not_initialized (3) if libcuda.so.1 or an entry point is missing; not_supported (801) without VMM;
+  // else the driver's error.
+  static Status open(int device, std::unique_ptr<CudaDriver>* out);
+
+  ~CudaDriver() override;  // releases the primary context; a torn-down driver at exit is not an error
+  CudaDriver(const CudaDriver&) = delete;
+  CudaDriver& operator=(const CudaDriver&) = delete;
+
+  int device() const override;
+  std::size_t granularity() const override;
+  Status mem_info(std::size_t* free, std::size_t* total) override;
+
+  Status reserve(std::size_t size, DevPtr* va) override;
+  Status free_reserve(DevPtr va, std::size_t size) override;
+  Status create(std::size_t size, PhysHandle* handle) override;
+  Status release(PhysHandle handle) override;
+  Status map(DevPtr va, std::size_t size, PhysHandle handle, std::size_t offset) override;
+  Status unmap(DevPtr va, std::size_t size) override;
+  Status set_access(DevPtr va, std::size_t size) override;
+  Status export_fd(PhysHandle handle, int* fd) override;
+
+  Status event_create(EventHandle* event) override;
+  Status event_destroy(EventHandle event) override;
+  Status event_record(EventHandle event, StreamHandle stream) override;
+  Status event_query(EventHandle event) override;
+  Status event_synchronize(EventHandle event) override;
+  Status stream_wait_event(StreamHandle stream, EventHandle event) override;
+  Status stream_is_capturing(StreamHandle stream, bool* capturing) override;
+
+  Status memcpy_async(void* dst, const void* src, std::size_t size, StreamHandle stream) override;
+  Status host_alloc(std::size_t size, void** ptr) override;
+  Status host_free(void* ptr) override;
+
+  // Device `peer_device` may from now on access this device's memory: later set_access() calls grant it
+  // read-write too. Ignored unless cuDeviceCanAccessPeer(peer_device -> this device) is true; this
+  // device itself and repeats are ignored. Existing mappings are not touched (call set_access again).
+  void add_peer(int peer_device);
+  // The registered peers, in the order they were added.
+  std::vector<int> peers() const;
+
+  // What open() found.
+  bool rdma_capable() const { return rdma_; }  // chunks are created with gpuDirectRDMACapable
+  bool fd_exportable() const { return fd_handles_; }  // chunks are created with the POSIX fd handle type
+
+ private:
+  class ContextScope;
+
+  CudaDriver(int device, int cu_device, std::size_t granularity, bool rdma, bool fd_handles, CUctx_st* primary);
+
+  bool aligned(std::size_t v) const { return v % granularity_ == 0; }
+  Status finish(Call c, Status s, std::uint64_t start_ns);
+
+  const int device_;
+  const int cu_device_;  // CUdevice
+  const std::size_t granularity_;
+  const bool rdma_;
+  const bool fd_handles_;
+  CUctx_st* const primary_;  // retained primary context of the device
+
+  mutable std::mutex peers_mutex_;
+  std::vector<int> peers_;      // ordinals
+  std::vector<int> cu_peers_;   // the same as CUdevice handles, for set_access
+};
+
+}  // namespace glake::pool

@@ -1,0 +1,145 @@
+// pool/validate.cpp: Allocator::validate(), every invariant of the pool checked from scratch.
+// Slow (linear in blocks, slots and pages); for tests and debugging.
+#include <fmt/format.h>
+
+#include "pool/allocator_impl.h"
+
+namespace glake::pool {
+
+namespace {
+
+const char* state_name(State s) {
+  switch (s) {
+    case State::allocated: return "allocated";
+    case State::free: return "free";
+    case State::hole: return "hole";
+    case State::busy: return "busy";
+    case State::quarantined: return "quarantined";
+  }
+  return "?";
+}
+
+}  // namespace
+
+std::string Allocator::validate() const {
+  std::lock_guard grow(impl_->grow_mu);
+  std::lock_guard lock(impl_->mu);
+  return impl_->validate();
+}
+
+std::string Allocator::Impl::validate() const {
+  auto in_index = [&](const Block* b) {
+    const FreeSet* set = nullptr;
+    if (b->settled) {
+      set = b->small ? &settled_small : &settled_large;
+    } else {
+      auto it = streams.find(b->stream);
+      if (it == streams.end()) return false;
+      set = b->small ? &it->second.small : &it->second.large;
+    }
+    auto hit = set->find(const_cast<Block*>(b));
+    return hit != set->end() && *hit == b;
+  };
+  std::vector<int> seen(pages.size(), 0);
+  std::size_t mapped_pages = 0, free_blocks = 0, user_blocks = 0, large_used = 0;
+  std::uint64_t requested = 0, block_bytes = 0;
+
+  auto check_user = [&](const Block* b) -> std::string {
+    Block* const* hit = live.find(b->base);
+    if (hit == nullptr || *hit != b) return fmt::format("allocated block {:#x} is not in the address map", b->base);
+    ++user_blocks;
+    requested += b->requested;
+    block_bytes += b->size;
+    return {};
+  };
+
+  for (const auto& seg : segments) {
+    DevPtr at = seg->base;
+    const Block* prev = nullptr;
+    for (const Block* b = seg->head; b != nullptr; prev = b, b = b->next) {
+      std::string where = fmt::format("block {:#x}+{:#x} ({})", b->base, b->size, state_name(b->state));
+      if (b->base != at) return where + fmt::format(": expected to start at {:#x}", at);
+      if (b->prev != prev || b->segment != seg.get() || b->small) return where + ": broken links";
+      if (b->size == 0 || b->size % page != 0) return where + ": size is not a whole number of pages";
+      if (b->state == State::busy) return where + ": busy outside a stitch";
+      if (mergeable(prev, b)) return where + ": not merged with its mergeable predecessor";
+      for (DevPtr a = b->base; a < b->base + b->size; a += page) {
+        std::int32_t id = seg->slot_page[(a - seg->base) / page];
+        if ((id >= 0) == (b->state == State::hole))
+          return where + fmt::format(": slot {:#x} is {}mapped", a, id >= 0 ? "" : "not ");
+        if (id < 0) continue;
+        auto u = static_cast<std::size_t>(id);
+        if (u >= pages.size() || !pages[u].live || pages[u].va != a)
+          return where + fmt::format(": slot {:#x} holds page {} which is not live there", a, id);
+        ++seen[u];
+        ++mapped_pages;
+      }
+      if (b->state == State::free) {
+        ++free_blocks;
+        if (!in_index(b)) return where + ": free but not in its index";
+      } else if (b->state == State::allocated) {
+        large_used += b->size;
+        if (!b->is_chunk) {
+          if (std::string e = check_user(b); !e.empty()) return e;
+          continue;
+        }
+        DevPtr pat = b->base;
+        const Block* pprev = nullptr;
+        for (const Block* p = b->pieces; p != nullptr; pprev = p, p = p->next) {
+          std::string pw = fmt::format("piece {:#x}+{:#x} ({})", p->base, p->size, state_name(p->state));
+          if (p->base != pat || p->prev != pprev || p->chunk != b || !p->small) return pw + ": broken links";
+          if (p->state == State::free) {
+            ++free_blocks;
+            if (!in_index(p)) return pw + ": free but not in its index";
+            if (mergeable(pprev, p)) return pw + ": not merged with its mergeable predecessor";
+            if (p->prev == nullptr && p->next == nullptr) return pw + ": a wholly free chunk was kept";
+          } else if (p->state == State::allocated) {
+            if (std::string e = check_user(p); !e.empty()) return e;
+          } else {
+            return pw + ": a piece can only be free or allocated";
+          }
+          pat += p->size;
+        }
+        if (pat != b->base + b->size) return where + ": its pieces do not cover it";
+      }
+      at += b->size;
+    }
+    if (at != seg->base + seg->size) return fmt::format("segment {:#x}: blocks end at {:#x}", seg->base, at);
+  }
+  for (std::int32_t id : spare) {
+    auto u = static_cast<std::size_t>(id);
+    if (u >= pages.size() || !pages[u].live || pages[u].va != 0) return fmt::format("spare page {} is mapped or dead", id);
+    ++seen[u];
+  }
+  std::size_t live_pages = 0;
+  for (std::size_t i = 0; i < pages.size(); ++i) {
+    if (!pages[i].live) continue;
+    ++live_pages;
+    if (seen[i] != 1) return fmt::format("page {} is held {} times (mapped or spare), expected once", i, seen[i]);
+  }
+  std::size_t indexed = settled_large.size() + settled_small.size();
+  for (const auto& [s, ss] : streams) {
+    indexed += ss.large.size() + ss.small.size();
+    for (const FreeSet* set : {&ss.large, &ss.small})
+      for (const Block* b : *set)
+        if (b->settled || b->stream != s || b->state != State::free)
+          return fmt::format("block {:#x} is in stream {:#x}'s index but does not belong there", b->base, s);
+  }
+  for (const FreeSet* set : {&settled_large, &settled_small})
+    for (const Block* b : *set)
+      if (!b->settled || b->state != State::free)
+        return fmt::format("block {:#x} is in a settled index but is not settled and free", b->base);
+  if (indexed != free_blocks) return fmt::format("{} blocks indexed, {} free", indexed, free_blocks);
+  if (live.size() != user_blocks) return fmt::format("{} addresses mapped, {} live blocks", live.size(), user_blocks);
+  if (live_pages * page != st.physical.current)
+    return fmt::format("physical bytes {} but {} live pages", st.physical.current, live_pages);
+  if (mapped_pages * page != st.mapped.current)
+    return fmt::format("mapped bytes {} but {} mapped slots", st.mapped.current, mapped_pages);
+  if (requested != st.requested.current || block_bytes != st.blocks.current)
+    return fmt::format("requested/block bytes {}/{} but statistics say {}/{}", requested, block_bytes,
+                       st.requested.current, st.blocks.current);
+  if (large_used != large_in_use) return fmt::format("large blocks in use {} but counted {}", large_used, large_in_use);
+  return {};
+}
+
+}  // namespace glake::pool
