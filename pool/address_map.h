@@ -17,6 +17,7 @@ class AddressMap {
   AddressMap() : slots_(64) {}
 
   V* find(DevPtr key) {
+    if (key == 0) return nullptr;
     for (std::size_t i = index(key);; i = (i + 1) & mask()) {
       if (slots_[i].key == key) return &slots_[i].value;
       if (slots_[i].key == 0) return nullptr;
@@ -33,6 +34,7 @@ class AddressMap {
   }
 
   bool erase(DevPtr key) {
+    if (key == 0) return false;
     std::size_t i = index(key);
     while (slots_[i].key != key) {
       if (slots_[i].key == 0) return false;

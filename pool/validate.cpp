@@ -56,7 +56,7 @@ std::string Allocator::Impl::validate() const {
   for (const auto& seg : segments) {
     DevPtr at = seg->base;
     const Block* prev = nullptr;
-    for (const Block* b = seg->head; b != nullptr; prev = b, b = b->next) {
+    for (const Block* b = seg->head; b != nullptr; prev = b, at += b->size, b = b->next) {
       std::string where = fmt::format("block {:#x}+{:#x} ({})", b->base, b->size, state_name(b->state));
       if (b->base != at) return where + fmt::format(": expected to start at {:#x}", at);
       if (b->prev != prev || b->segment != seg.get() || b->small) return where + ": broken links";
@@ -102,7 +102,6 @@ std::string Allocator::Impl::validate() const {
         }
         if (pat != b->base + b->size) return where + ": its pieces do not cover it";
       }
-      at += b->size;
     }
     if (at != seg->base + seg->size) return fmt::format("segment {:#x}: blocks end at {:#x}", seg->base, at);
   }

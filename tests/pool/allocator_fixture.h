@@ -1,0 +1,86 @@
+// tests/pool/allocator_fixture.h: a pool over the host driver with a reference model of what every
+// live block must hold. Each live block is filled through its pointer with a pattern unique to it and
+// checked later, so moving pages around (stitching) must keep every byte where it belongs.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+
+#include "pool/allocator.h"
+#include "pool/host_driver.h"
+
+namespace glake::pool::testing {
+
+inline std::uint64_t pattern_word(std::uint64_t id, std::size_t i) {
+  return (id * 0x9E3779B97F4A7C15ull) ^ (i * 0xC2B2AE3D27D4EB4Full) ^ 0x5555;
+}
+
+struct LiveBlock {
+  std::uint64_t id;
+  std::size_t size;
+  StreamHandle stream;
+};
+
+class PoolModel {
+ public:
+  PoolModel(HostDriver::Options o, Config c) : driver(o), pool(driver, c) {}
+
+  Status alloc(std::size_t size, StreamHandle s, DevPtr* out = nullptr) {
+    DevPtr p = 0;
+    Status r = pool.allocate(size, s, &p);
+    if (out != nullptr) *out = p;
+    if (r != Status::ok || p == 0) return r;
+    EXPECT_EQ(live.count(p), 0u) << "address handed out twice";
+    std::uint64_t id = next_id++;
+    live[p] = {id, size, s};
+    fill(p, id, size);
+    return r;
+  }
+  Status free(DevPtr p, StreamHandle s) {
+    Status r = pool.free(p, s);
+    if (r == Status::ok) live.erase(p);
+    return r;
+  }
+  static void fill(DevPtr p, std::uint64_t id, std::size_t size) {
+    auto* w = reinterpret_cast<std::uint64_t*>(p);
+    for (std::size_t i = 0; i < size / 8; ++i) w[i] = pattern_word(id, i);
+    for (std::size_t i = size / 8 * 8; i < size; ++i) reinterpret_cast<unsigned char*>(p)[i] = static_cast<unsigned char>(id);
+  }
+  // Empty if every live block holds its pattern.
+  std::string check() const {
+    for (const auto& [p, b] : live) {
+      const auto* w = reinterpret_cast<const std::uint64_t*>(p);
+      for (std::size_t i = 0; i < b.size / 8; ++i)
+        if (w[i] != pattern_word(b.id, i))
+          return "block " + std::to_string(b.id) + " corrupted at word " + std::to_string(i);
+    }
+    return {};
+  }
+  std::size_t live_bytes() const {
+    std::size_t n = 0;
+    for (const auto& [p, b] : live) n += b.size;
+    return n;
+  }
+  void free_all() {
+    while (!live.empty()) ASSERT_EQ(free(live.begin()->first, live.begin()->second.stream), Status::ok);
+  }
+
+  HostDriver driver;
+  Allocator pool;
+  std::map<DevPtr, LiveBlock> live;
+  std::uint64_t next_id = 1;
+};
+
+inline HostDriver::Options small_pages(std::size_t capacity, std::size_t granularity = 64 << 10) {
+  HostDriver::Options o;
+  o.capacity = capacity;
+  o.granularity = granularity;
+  return o;
+}
+
+}  // namespace glake::pool::testing

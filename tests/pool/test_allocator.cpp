@@ -1,0 +1,388 @@
+// tests/pool/test_allocator.cpp: the pool over the host driver: basics, stitching, stream order, bad
+// input, out-of-memory, trim, a property test against a reference model and fault injection at every
+// driver call the pool makes.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "allocator_fixture.h"
+#include "pool/config.h"
+
+namespace glake::pool::testing {
+namespace {
+
+constexpr std::size_t kPage = 64 << 10;  // small pages keep the tests fast
+
+Config no_limit() { return Config{}; }
+
+TEST(Allocator, ZeroAbsurdDoubleAndForeign) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  DevPtr p = 1;
+  EXPECT_EQ(m.pool.allocate(0, 0, &p), Status::ok);
+  EXPECT_EQ(p, 0u);
+  EXPECT_EQ(m.pool.allocate(~std::size_t{0}, 0, &p), Status::out_of_memory);
+  EXPECT_EQ(m.pool.allocate(std::size_t{1} << 47, 0, &p), Status::out_of_memory);
+  EXPECT_EQ(m.pool.allocate(8, 0, nullptr), Status::invalid_value);
+  ASSERT_EQ(m.alloc(100, 0, &p), Status::ok);
+  EXPECT_TRUE(m.pool.owns(p));
+  EXPECT_EQ(m.free(p, 0), Status::ok);
+  EXPECT_FALSE(m.pool.owns(p));
+  EXPECT_EQ(m.pool.free(p), Status::invalid_value) << "double free";
+  int local = 0;
+  EXPECT_EQ(m.pool.free(reinterpret_cast<DevPtr>(&local)), Status::invalid_value) << "foreign pointer";
+  EXPECT_EQ(m.pool.free(0), Status::invalid_value);
+  EXPECT_EQ(m.pool.validate(), "");
+  Stats s = m.pool.stats();
+  EXPECT_EQ(s.ooms, 2u);
+  EXPECT_EQ(s.requested.current, 0u);
+}
+
+TEST(Allocator, SmallRequestsShareAPage) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  std::vector<DevPtr> ps(20);
+  for (auto& p : ps) ASSERT_EQ(m.alloc(1000, 0, &p), Status::ok);
+  Stats s = m.pool.stats();
+  EXPECT_EQ(s.physical.current, kPage) << "twenty 1000-byte requests fit one page";
+  EXPECT_EQ(s.requested.current, 20u * 1000);
+  EXPECT_EQ(s.blocks.current, 20u * 1024);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+  m.free_all();
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.pool.cached_bytes(), kPage);
+}
+
+TEST(Allocator, SameStreamReusesAtOnceWithoutDriverCalls) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(5 * kPage, 7, &a), Status::ok);
+  ASSERT_EQ(m.free(a, 7), Status::ok);
+  std::uint64_t calls = m.driver.stats().calls(Call::create) + m.driver.stats().calls(Call::map);
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_EQ(m.alloc(5 * kPage - 100, 7, &b), Status::ok);
+    EXPECT_EQ(b, a);
+    ASSERT_EQ(m.free(b, 7), Status::ok);
+  }
+  EXPECT_EQ(m.driver.stats().calls(Call::create) + m.driver.stats().calls(Call::map), calls);
+  EXPECT_EQ(m.driver.stats().calls(Call::event_record), 0u) << "the hot path makes no driver call";
+}
+
+TEST(Allocator, OtherStreamWaitsForTheWorkBeforeTheFree) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);  // a kernel still using a
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  // Rather than grow, the pool waits for stream 1's work; it never hands a out before that work is done.
+  std::uint64_t waits = m.driver.stats().calls(Call::event_synchronize);
+  ASSERT_EQ(m.alloc(4 * kPage, 2, &b), Status::ok);
+  EXPECT_EQ(b, a);
+  EXPECT_EQ(m.driver.stats().calls(Call::event_synchronize), waits + 1);
+  EXPECT_EQ(m.pool.stats().physical.peak, 4 * kPage);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+}
+
+TEST(Allocator, OtherStreamGetsOtherMemoryWhileTheWorkRuns) {
+  Config c;
+  c.stitch = false;  // a pool that may not move pages grows instead of waiting
+  PoolModel m(small_pages(16 << 20), c);
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  ASSERT_EQ(m.alloc(4 * kPage, 2, &b), Status::ok);
+  EXPECT_NE(b, a) << "stream 2 must not get memory stream 1 may still use";
+  ASSERT_EQ(m.free(b, 2), Status::ok);
+  m.driver.complete_work(1);
+  DevPtr d = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 2, &d), Status::ok);
+  EXPECT_TRUE(d == a || d == b);
+  EXPECT_EQ(m.pool.stats().physical.peak, 8 * kPage);
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+TEST(Allocator, CrossStreamSmallPiecesWaitToo) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4096, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  std::uint64_t waits = m.driver.stats().calls(Call::event_synchronize);
+  ASSERT_EQ(m.alloc(4096, 2, &b), Status::ok);
+  if (b == a) EXPECT_GT(m.driver.stats().calls(Call::event_synchronize), waits) << "reused before the work was done";
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+TEST(Allocator, StitchesScatteredFreePagesInsteadOfCreating) {
+  PoolModel m(small_pages(64 << 20), no_limit());
+  std::vector<DevPtr> ps(16);
+  for (auto& p : ps) ASSERT_EQ(m.alloc(2 * kPage, 0, &p), Status::ok);
+  for (std::size_t i = 0; i < ps.size(); i += 2) ASSERT_EQ(m.free(ps[i], 0), Status::ok);
+  Stats before = m.pool.stats();
+  DevPtr big = 0;
+  ASSERT_EQ(m.alloc(16 * kPage, 0, &big), Status::ok);
+  Stats after = m.pool.stats();
+  EXPECT_EQ(after.physical.current, before.physical.current) << "no new memory: the free pages were stitched";
+  EXPECT_GE(after.stitches, 1u);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+  BlockInfo info;
+  ASSERT_EQ(m.pool.describe(big + 5 * kPage + 3, &info), Status::ok);
+  EXPECT_EQ(info.base, big);
+  EXPECT_EQ(info.pages.size(), 16u);
+}
+
+TEST(Allocator, WithoutStitchingItCreates) {
+  Config c;
+  c.stitch = false;
+  PoolModel m(small_pages(64 << 20), c);
+  std::vector<DevPtr> ps(16);
+  for (auto& p : ps) ASSERT_EQ(m.alloc(2 * kPage, 0, &p), Status::ok);
+  for (std::size_t i = 0; i < ps.size(); i += 2) ASSERT_EQ(m.free(ps[i], 0), Status::ok);
+  std::size_t before = m.pool.stats().physical.current;
+  ASSERT_EQ(m.alloc(16 * kPage, 0), Status::ok);
+  EXPECT_EQ(m.pool.stats().stitches, 0u);
+  EXPECT_GT(m.pool.stats().physical.current, before);
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+TEST(Allocator, WhatFitsUnderPlainMallocFitsHere) {
+  // Capacity for 32 pages. Fill it, free every other page, then ask for all 16 free pages at once.
+  PoolModel m(small_pages(32 * kPage), no_limit());
+  std::vector<DevPtr> ps(32);
+  for (auto& p : ps) ASSERT_EQ(m.alloc(kPage, 0, &p), Status::ok);
+  DevPtr extra = 0;
+  EXPECT_EQ(m.alloc(kPage, 0, &extra), Status::out_of_memory);
+  EXPECT_EQ(m.pool.validate(), "");
+  for (std::size_t i = 0; i < ps.size(); i += 2) ASSERT_EQ(m.free(ps[i], 0), Status::ok);
+  DevPtr big = 0;
+  ASSERT_EQ(m.alloc(16 * kPage, 0, &big), Status::ok);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+}
+
+TEST(Allocator, OutOfMemoryReclaimsWhatOtherStreamsFreed) {
+  PoolModel m(small_pages(16 * kPage), no_limit());
+  DevPtr a = 0;
+  ASSERT_EQ(m.alloc(16 * kPage, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  DevPtr b = 0;
+  // Stream 2 may not use a until stream 1's work is done; before out-of-memory the pool waits for it.
+  ASSERT_EQ(m.alloc(16 * kPage, 2, &b), Status::ok);
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+TEST(Allocator, LimitIsOutOfMemoryAndThePoolStaysWhole) {
+  Config c;
+  c.limit = 8 * kPage;
+  PoolModel m(small_pages(64 << 20), c);
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(6 * kPage, 0, &a), Status::ok);
+  EXPECT_EQ(m.alloc(3 * kPage, 0, &b), Status::out_of_memory);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_LE(m.pool.stats().physical.peak, 8 * kPage);
+  ASSERT_EQ(m.alloc(2 * kPage, 0, &b), Status::ok);
+  EXPECT_EQ(m.pool.stats().ooms, 1u);
+}
+
+TEST(Allocator, TrimReturnsFreeMemory) {
+  PoolModel m(small_pages(64 << 20), no_limit());
+  std::vector<DevPtr> ps(10);
+  for (auto& p : ps) ASSERT_EQ(m.alloc(3 * kPage, 0, &p), Status::ok);
+  DevPtr keep = 0;
+  ASSERT_EQ(m.alloc(100, 0, &keep), Status::ok);
+  for (auto p : ps) ASSERT_EQ(m.free(p, 0), Status::ok);
+  m.pool.trim();
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.pool.stats().physical.current, kPage) << "only the page holding the live small block";
+  EXPECT_EQ(m.driver.physical_in_use(), kPage);
+  EXPECT_EQ(m.check(), "");
+  m.free_all();
+  m.pool.trim();
+  EXPECT_EQ(m.driver.physical_in_use(), 0u);
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+TEST(Allocator, StatisticsTrackPeaks) {
+  PoolModel m(small_pages(64 << 20), no_limit());
+  DevPtr a = 0;
+  ASSERT_EQ(m.alloc(10 * kPage - 1, 0, &a), Status::ok);
+  ASSERT_EQ(m.free(a, 0), Status::ok);
+  Stats s = m.pool.stats();
+  EXPECT_EQ(s.requested.peak, 10 * kPage - 1);
+  EXPECT_EQ(s.blocks.peak, 10 * kPage);
+  EXPECT_EQ(s.physical.peak, 10 * kPage);
+  EXPECT_EQ(s.requested.current, 0u);
+  EXPECT_EQ(s.creates, 10u);
+  EXPECT_GT(s.driver_ns, 0u);
+  m.pool.reset_peaks();
+  EXPECT_EQ(m.pool.stats().requested.peak, 0u);
+}
+
+TEST(Allocator, DestructionReturnsEverything) {
+  HostDriver d(small_pages(64 << 20));
+  {
+    Allocator pool(d, Config{});
+    DevPtr p = 0;
+    for (int i = 0; i < 10; ++i) ASSERT_EQ(pool.allocate(static_cast<std::size_t>(i) * 50000 + 1, 0, &p), Status::ok);
+  }
+  EXPECT_EQ(d.physical_in_use(), 0u);
+  EXPECT_EQ(d.mappings(), 0u);
+  EXPECT_EQ(d.reserved_bytes(), 0u);
+  EXPECT_EQ(d.live_events(), 0u);
+}
+
+// Random operations on three streams against the reference model; every live block's bytes are
+// checked regularly, validate() after every operation. The capacity forces stitching and OOMs.
+void run_property(std::uint32_t seed, Config config, int ops) {
+  PoolModel m(small_pages(96 * kPage), config);
+  std::mt19937_64 rng(seed);
+  std::vector<DevPtr> order;
+  for (int op = 0; op < ops; ++op) {
+    int what = static_cast<int>(rng() % 100);
+    StreamHandle s = 1 + rng() % 3;
+    if (what < 50 || m.live.empty()) {
+      std::size_t size = (rng() % 4 == 0) ? 1 + rng() % (kPage / 2) : 1 + rng() % (12 * kPage);
+      DevPtr p = 0;
+      Status r = m.alloc(size, s, &p);
+      ASSERT_TRUE(r == Status::ok || r == Status::out_of_memory) << status_name(r);
+      if (r == Status::out_of_memory) {
+        ASSERT_GT(m.live_bytes() + size, 96 * kPage / 3) << "out of memory with the pool nearly empty";
+      }
+    } else if (what < 95) {
+      auto it = m.live.begin();
+      std::advance(it, static_cast<long>(rng() % m.live.size()));
+      StreamHandle fs = rng() % 4 == 0 ? s : it->second.stream;
+      if (rng() % 3 == 0) m.driver.enqueue_work(it->second.stream);
+      ASSERT_EQ(m.free(it->first, fs), Status::ok);
+    } else if (what < 98) {
+      m.driver.complete_work(s);
+    } else {
+      m.pool.trim(rng() % 2 ? 0 : 8 * kPage);
+    }
+    std::string v = m.pool.validate();
+    ASSERT_EQ(v, "") << "after op " << op << " (seed " << seed << ")";
+    if (op % 16 == 0) {
+      ASSERT_EQ(m.check(), "") << "after op " << op << " (seed " << seed << ")";
+    }
+  }
+  ASSERT_EQ(m.check(), "");
+  m.free_all();
+  m.pool.trim();
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.driver.physical_in_use(), 0u) << "everything returned after trim";
+}
+
+TEST(AllocatorProperty, RandomOperationsKeepEveryByte) {
+  for (std::uint32_t seed = 1; seed <= 6; ++seed) run_property(seed, Config{}, 1500);
+}
+
+TEST(AllocatorProperty, RandomOperationsWithoutStitching) {
+  Config c;
+  c.stitch = false;
+  for (std::uint32_t seed = 11; seed <= 13; ++seed) run_property(seed, c, 800);
+}
+
+// Fault injection: for each kind of call the pool makes, fail its n-th call for several n while a
+// workload runs. Every failure reaches the caller as an error, the pool stays valid, no byte of a
+// live block changes, and after freeing everything and trimming nothing is leaked.
+class AllocatorFaults : public ::testing::TestWithParam<Call> {};
+
+TEST_P(AllocatorFaults, EveryFailureLeavesThePoolWhole) {
+  const Call kind = GetParam();
+  for (std::uint64_t nth = 1; nth <= 12; ++nth) {
+    PoolModel m(small_pages(48 * kPage), Config{});
+    std::mt19937_64 rng(nth);
+    m.driver.fail_nth(kind, nth, kind == Call::create ? Status::out_of_memory : Status::unknown);
+    int failures = 0;
+    for (int op = 0; op < 300; ++op) {
+      StreamHandle s = 1 + rng() % 2;
+      if (rng() % 2 == 0 || m.live.empty()) {
+        std::size_t size = rng() % 5 == 0 ? 1 + rng() % 4000 : 1 + rng() % (10 * kPage);
+        Status r = m.alloc(size, s);
+        if (r != Status::ok) ++failures;
+      } else {
+        auto it = m.live.begin();
+        std::advance(it, static_cast<long>(rng() % m.live.size()));
+        if (rng() % 4 == 0) m.driver.enqueue_work(it->second.stream);
+        ASSERT_EQ(m.free(it->first, it->second.stream), Status::ok);
+        if (rng() % 8 == 0) m.driver.complete_work(s);
+      }
+      if (op % 50 == 49) m.pool.trim(4 * kPage);
+      ASSERT_EQ(m.pool.validate(), "") << call_name(kind) << " #" << nth << " op " << op;
+    }
+    ASSERT_EQ(m.check(), "") << call_name(kind) << " #" << nth;
+    m.driver.clear_faults();
+    m.free_all();
+    m.pool.trim();
+    ASSERT_EQ(m.pool.validate(), "");
+    // Quarantined pages (mapped but not accessible) are the only memory a pool may keep after trim.
+    EXPECT_EQ(m.driver.physical_in_use(), m.pool.stats().physical.current) << call_name(kind) << " #" << nth;
+    if (kind != Call::set_access) {
+      EXPECT_EQ(m.driver.physical_in_use(), 0u) << call_name(kind) << " #" << nth;
+    }
+    (void)failures;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryCall, AllocatorFaults,
+                         ::testing::Values(Call::reserve, Call::create, Call::release, Call::map, Call::unmap,
+                                           Call::set_access, Call::event_create, Call::event_record,
+                                           Call::event_query, Call::event_synchronize),
+                         [](const auto& info) { return std::string(call_name(info.param)); });
+
+TEST(AllocatorFaults, ErrorsReachTheCaller) {
+  PoolModel m(small_pages(48 * kPage), Config{});
+  m.driver.fail_nth(Call::map, 1, Status::unknown);
+  DevPtr p = 0;
+  EXPECT_EQ(m.alloc(3 * kPage, 0, &p), Status::unknown);
+  EXPECT_EQ(p, 0u);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.alloc(3 * kPage, 0, &p), Status::ok);
+  m.driver.fail_nth(Call::create, 1, Status::out_of_memory);
+  m.driver.fail_nth(Call::create, 2, Status::out_of_memory);  // the retry after reclaiming fails too
+  EXPECT_EQ(m.alloc(20 * kPage, 0, &p), Status::out_of_memory);
+  EXPECT_EQ(m.pool.stats().reclaims, 1u);
+  EXPECT_EQ(m.pool.validate(), "");
+  m.driver.fail_nth(Call::reserve, 1, Status::invalid_value);
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+TEST(Config, ParsesBytes) {
+  std::size_t v = 0;
+  EXPECT_TRUE(parse_bytes("512", &v));
+  EXPECT_EQ(v, 512u);
+  EXPECT_TRUE(parse_bytes("64K", &v));
+  EXPECT_EQ(v, 64u << 10);
+  EXPECT_TRUE(parse_bytes("2MiB", &v));
+  EXPECT_EQ(v, 2u << 20);
+  EXPECT_TRUE(parse_bytes("3g", &v));
+  EXPECT_EQ(v, std::size_t{3} << 30);
+  for (const char* bad : {"", "-1", "abc", "12Q", "1.5G", "99999999999999999999", "20000000000T"})
+    EXPECT_FALSE(parse_bytes(bad, &v)) << bad;
+}
+
+TEST(Config, BadValuesAreNamedAndDefaulted) {
+  setenv("GLAKE_STITCH", "maybe", 1);
+  setenv("GLAKE_LIMIT", "lots", 1);
+  setenv("GLAKE_SMALL_LIMIT", "64K", 1);
+  std::vector<std::string> errors;
+  Config c = config_from_env(&errors);
+  unsetenv("GLAKE_STITCH");
+  unsetenv("GLAKE_LIMIT");
+  unsetenv("GLAKE_SMALL_LIMIT");
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_NE(errors[0].find("GLAKE_STITCH='maybe'"), std::string::npos) << errors[0];
+  EXPECT_NE(errors[0].find("accepted"), std::string::npos);
+  EXPECT_NE(errors[1].find("GLAKE_LIMIT"), std::string::npos);
+  EXPECT_TRUE(c.stitch);
+  EXPECT_EQ(c.limit, 0u);
+  EXPECT_EQ(c.small_limit, 64u << 10);
+}
+
+}  // namespace
+}  // namespace glake::pool::testing
