@@ -24,7 +24,7 @@ std::size_t round_up(std::size_t n, std::size_t unit) { return (n + unit - 1) / 
 // ------------------------------------------------------------------------------------------------
 // Settling
 
-void Allocator::Impl::settle(bool wait) {
+void Allocator::Impl::settle(bool wait, bool all) {
   struct Todo {
     StreamHandle stream;
     EventHandle event;
@@ -37,7 +37,7 @@ void Allocator::Impl::settle(bool wait) {
   {
     std::lock_guard lock(mu);
     for (auto& [s, ss] : streams) {
-      if (ss.large.empty() && ss.small.empty()) continue;
+      if (!all && ss.large.empty() && ss.small.empty()) continue;
       todo.push_back({s, ss.event, ss.free_seq, ss.event == 0 || ss.event_seq < ss.free_seq, false, false});
     }
   }
@@ -59,6 +59,7 @@ void Allocator::Impl::settle(bool wait) {
     ss.event = t.event;
     if (t.recorded) ss.event_seq = t.seq;
     if (!t.done) continue;
+    ss.completed_seq = std::max(ss.completed_seq, ss.event_seq);
     ready.clear();
     for (Block* b : ss.large)
       if (b->free_seq <= ss.event_seq) ready.push_back(b);
@@ -156,23 +157,24 @@ bool Allocator::Impl::find_window(std::size_t n, StreamHandle s, Plan* plan) {
 
 Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s, bool may_wait, Plan* plan) {
   std::lock_guard lock(mu);
-  if (!find_window(n, s, plan)) return Prepared::need_segment;
+  if (!find_window(n, s, plan)) return Prepared::need_window;
+  StreamState& own = stream_state(s);
   std::size_t sources = spare.size();
   if (cfg.stitch) {
     for (Block* b : settled_large) sources += b->size / page;
-    // Settled blocks inside the window are not sources; subtract them.
+    for (Block* b : own.large) sources += b->size / page;
+    // Free blocks inside the window are not sources; subtract them.
     for (Block* b = plan->segment->head; b != nullptr; b = b->next) {
-      if (b->state != State::free || !b->settled) continue;
+      if (b->state != State::free || !(b->settled || b->stream == s)) continue;
       DevPtr lo = std::max(b->base, plan->start), hi = std::min(b->base + b->size, plan->start + n);
       if (lo < hi) sources -= (hi - lo) / page;
     }
   }
   std::size_t creates = plan->holes > sources ? plan->holes - sources : 0;
   if (creates > 0 && may_wait && cfg.stitch) {
-    std::size_t unsettled = 0;
-    for (auto& [st_handle, ss] : streams)
-      for (Block* b : ss.large) unsettled += b->size / page;
-    if (unsettled > 0) return Prepared::need_wait;
+    // Other streams freed memory that is not settled yet: wait for their work rather than grow.
+    for (auto& [other, ss] : streams)
+      if (other != s && !ss.large.empty()) return Prepared::need_wait;
   }
   if (cfg.limit != 0 && st.physical.current + creates * page > cfg.limit) return Prepared::no_memory;
 
@@ -198,8 +200,8 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s
     b->state = State::busy;
   }
 
-  // Where each hole's page comes from: spare pages, then pages moved from the smallest settled free
-  // blocks (taken from their tail end), then new ones.
+  // Where each hole's page comes from: spare pages, then pages of the smallest free blocks this stream
+  // may use (taken from their tail end; their old slots stay mapped, stale), then new ones.
   std::vector<DevPtr> dsts;
   for (std::size_t i = 0; i < plan->window.size(); ++i) {
     const Block* w = plan->window[i];
@@ -212,13 +214,17 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s
     spare.pop_back();
     plan->fills.push_back({Fill::Kind::spare, dsts[k++], id, pages[static_cast<std::size_t>(id)].handle, 0, nullptr, 0});
   }
-  while (cfg.stitch && k < dsts.size() && !settled_large.empty()) {
-    Block* src = *settled_large.begin();
-    settled_large.erase(settled_large.begin());
+  while (cfg.stitch && k < dsts.size()) {
+    FreeSet* from = settled_large.empty() ? nullptr : &settled_large;
+    if (!own.large.empty() && (from == nullptr || (*own.large.begin())->size < (*from->begin())->size))
+      from = &own.large;
+    if (from == nullptr) break;
+    Block* src = *from->begin();
+    from->erase(from->begin());
     std::size_t want = (dsts.size() - k) * page;
     if (src->size > want) {
       Block* tail = split(src, src->size - want);
-      settled_large.insert(src);
+      from->insert(src);
       src = tail;
     }
     src->state = State::busy;
@@ -238,14 +244,11 @@ Status Allocator::Impl::execute(Plan& plan) {
   std::size_t mapped = 0;
   Status r = Status::ok;
   for (Fill& f : plan.fills) {
-    if (f.kind == Fill::Kind::move) {
-      if ((r = drv.unmap(f.src, page)) != Status::ok) break;
-      emit(EventKind::unmap, 0, f.src, page);
-    } else if (f.kind == Fill::Kind::create) {
+    if (f.kind == Fill::Kind::create) {
       if ((r = drv.create(page, &f.handle)) != Status::ok) break;
       emit(EventKind::create, 0, 0, page);
+      f.stage = 1;
     }
-    f.stage = 1;
     if ((r = drv.map(f.dst, page, f.handle, 0)) != Status::ok) break;
     emit(EventKind::map, 0, f.dst, page);
     f.stage = 2;
@@ -259,7 +262,8 @@ Status Allocator::Impl::execute(Plan& plan) {
     if (a != Status::ok) {
       // Undo every mapping not yet accessible; a page that cannot be unmapped stays quarantined.
       for (std::size_t u = i; u < mapped; ++u)
-        if (drv.unmap(plan.fills[u].dst, page) == Status::ok) plan.fills[u].stage = 1;
+        if (drv.unmap(plan.fills[u].dst, page) == Status::ok)
+          plan.fills[u].stage = plan.fills[u].kind == Fill::Kind::create ? 1 : 0;
       return a;
     }
     for (std::size_t u = i; u < j; ++u) plan.fills[u].stage = 3;
@@ -281,37 +285,34 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, Block*
       st.physical.add(page);
       ++st.creates;
     }
-    if (f.kind == Fill::Kind::move && f.stage >= 1) {
-      slot(f.source->segment, f.src) = -1;
-      pages[static_cast<std::size_t>(f.page)].va = 0;
-      st.mapped.sub(page);
-      ++st.unmaps;
-      ++moved;
-    }
     if (f.stage >= 2) {
+      Page& pg = pages[static_cast<std::size_t>(f.page)];
       slot(seg, f.dst) = f.page;
-      pages[static_cast<std::size_t>(f.page)].va = f.dst;
       st.mapped.add(page);
       ++st.maps;
+      // A moved page stays mapped at its old slot too; a quarantined one stays owned there.
+      if (f.kind == Fill::Kind::move) ++pg.aliases;
+      if (f.kind != Fill::Kind::move || f.stage == 3) pg.va = f.dst;
+      if (f.kind == Fill::Kind::move && f.stage == 3) ++moved;
     }
     if (f.stage == 1 || (f.kind == Fill::Kind::spare && f.stage == 0)) spare.push_back(f.page);
     if (f.stage == 3 && complete) done_upto = f.dst + page;
     if (f.stage < 3) complete = false;
   }
-  // Sources: the slots they left (a prefix of each) are holes now; the rest stays free.
+  // Sources: the slots whose pages moved (a prefix of each) are stale now; the rest stays free.
   for (Block* src : plan.sources) {
     std::size_t gone = 0;
     for (const Fill& f : plan.fills)
-      if (f.source == src && f.stage >= 1) ++gone;
+      if (f.source == src && f.stage == 3) ++gone;
     Block* rest = src;
     if (gone > 0) {
       rest = gone * page < src->size ? split(src, gone * page) : nullptr;
-      src->state = State::hole;
+      src->state = State::stale;
+      has_stale = true;
       settle_large_block(src);
     }
     if (rest != nullptr) {
       rest->state = State::free;
-      rest->settled = true;
       settle_large_block(rest);
     }
   }
@@ -329,8 +330,9 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, Block*
     *out = b;
     return Status::ok;
   }
-  // Failed: free blocks of the window as they were, filled holes as settled free blocks, the rest
-  // holes; a page left mapped without access is quarantined.
+  // Failed: free blocks of the window as they were, filled holes as free blocks of this stream (their
+  // pages may come from its unsettled blocks), the rest holes; a page left mapped without access is
+  // quarantined.
   for (std::size_t i = 0; i < plan.window.size(); ++i) {
     Block* w = plan.window[i];
     if (plan.window_state[i] == State::free) {
@@ -345,7 +347,9 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, Block*
     if (w->base < done_upto && done_upto < w->base + w->size) split(w, done_upto - w->base);
     if (w->base + w->size <= done_upto) {
       w->state = State::free;
-      w->settled = true;
+      w->settled = false;
+      w->stream = s;
+      w->free_seq = stream_state(s).free_seq;
     }
   }
   for (const Fill& f : plan.fills) {
@@ -365,12 +369,63 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, Block*
   return result == Status::ok ? Status::unknown : result;
 }
 
+void Allocator::Impl::collect_stale() {
+  settle(true, true);
+  std::vector<Block*> blocks;
+  {
+    std::lock_guard lock(mu);
+    for (const auto& seg : segments)
+      for (Block* b = seg->head; b != nullptr; b = b->next)
+        if (b->state == State::stale && stale_done(b)) {
+          b->state = State::busy;
+          blocks.push_back(b);
+        }
+  }
+  std::vector<std::size_t> gone(blocks.size(), 0);
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    for (DevPtr a = blocks[i]->base; a < blocks[i]->base + blocks[i]->size; a += page) {
+      if (drv.unmap(a, page) != Status::ok) break;
+      emit(EventKind::unmap, 0, a, page);
+      ++gone[i];
+    }
+  }
+  std::lock_guard lock(mu);
+  has_stale = false;
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    Block* b = blocks[i];
+    for (std::size_t j = 0; j < gone[i]; ++j) {
+      std::int32_t& sl = slot(b->segment, b->base + j * page);
+      --pages[static_cast<std::size_t>(sl)].aliases;
+      sl = -1;
+      st.mapped.sub(page);
+      ++st.unmaps;
+    }
+    Block* rest = gone[i] * page < b->size ? (gone[i] > 0 ? split(b, gone[i] * page) : b) : nullptr;
+    if (rest != nullptr) {
+      rest->state = State::stale;
+      has_stale = true;
+    }
+    if (gone[i] > 0) {
+      b->state = State::hole;
+      settle_large_block(b);
+    }
+    if (rest != nullptr) settle_large_block(rest);
+  }
+  for (const auto& seg : segments)
+    for (const Block* b = seg->head; b != nullptr && !has_stale; b = b->next) has_stale = b->state == State::stale;
+}
+
 Status Allocator::Impl::stitch(std::size_t n, StreamHandle s, Block** out) {
-  bool may_wait = true;
-  for (int attempt = 0; attempt < 4; ++attempt) {
+  bool may_wait = true, collected = false;
+  for (int attempt = 0; attempt < 5; ++attempt) {
     Plan plan;
     switch (prepare(n, s, may_wait, &plan)) {
-      case Prepared::need_segment: {
+      case Prepared::need_window: {
+        if (has_stale && !collected) {
+          collect_stale();  // give stale slots back to the address space before reserving more
+          collected = true;
+          continue;
+        }
         Status r = add_segment(n);
         if (r != Status::ok) return r == Status::invalid_value ? Status::out_of_memory : r;
         continue;
@@ -434,15 +489,12 @@ Allocator::Allocator(Driver& driver, Config config)
 Allocator::~Allocator() {
   Impl& m = *impl_;
   for (auto& seg : m.segments) {
-    for (std::size_t i = 0; i < seg->slot_page.size(); ++i) {
-      std::int32_t id = seg->slot_page[i];
-      if (id < 0) continue;
-      m.drv.unmap(seg->base + i * m.page, m.page);
-      m.drv.release(m.pages[static_cast<std::size_t>(id)].handle);
-    }
+    for (std::size_t i = 0; i < seg->slot_page.size(); ++i)
+      if (seg->slot_page[i] >= 0) m.drv.unmap(seg->base + i * m.page, m.page);
     m.drv.free_reserve(seg->base, seg->size);
   }
-  for (std::int32_t id : m.spare) m.drv.release(m.pages[static_cast<std::size_t>(id)].handle);
+  for (const Page& p : m.pages)
+    if (p.live) m.drv.release(p.handle);
   for (auto& [s, ss] : m.streams)
     if (ss.event != 0) m.drv.event_destroy(ss.event);
 }
@@ -573,7 +625,7 @@ Status Allocator::describe(DevPtr ptr, BlockInfo* info) const {
 void Allocator::trim(std::size_t keep) {
   Impl& m = *impl_;
   std::lock_guard grow(m.grow_mu);
-  m.settle(true);
+  m.collect_stale();  // waits for every stream's work, so every free block is settled after it
   std::vector<Block*> victims;
   std::vector<std::int32_t> spare;
   {
@@ -606,14 +658,17 @@ void Allocator::trim(std::size_t keep) {
     Block* v = victims[i];
     for (DevPtr a = v->base; a < v->base + v->size; a += m.page) {
       PhysHandle h;
+      std::uint32_t aliases;
       {
         std::lock_guard lock(m.mu);
-        h = m.pages[static_cast<std::size_t>(m.slot(v->segment, a))].handle;
+        const Page& pg = m.pages[static_cast<std::size_t>(m.slot(v->segment, a))];
+        h = pg.handle;
+        aliases = pg.aliases;
       }
       if (m.drv.unmap(a, m.page) != Status::ok) break;
       m.emit(EventKind::unmap, 0, a, m.page);
-      if (m.drv.release(h) != Status::ok) {
-        // Unmapped but still held: keep it as a spare page.
+      if (aliases > 0 || m.drv.release(h) != Status::ok) {
+        // Unmapped but still held (a stale slot still maps it, or release failed): keep it spare.
         std::lock_guard lock(m.mu);
         std::int32_t& sl = m.slot(v->segment, a);
         m.pages[static_cast<std::size_t>(sl)].va = 0;
@@ -638,7 +693,8 @@ void Allocator::trim(std::size_t keep) {
   }
   std::vector<std::int32_t> kept;
   for (std::int32_t id : spare) {
-    if (m.drv.release(m.pages[static_cast<std::size_t>(id)].handle) == Status::ok) {
+    if (m.pages[static_cast<std::size_t>(id)].aliases == 0 &&
+        m.drv.release(m.pages[static_cast<std::size_t>(id)].handle) == Status::ok) {
       m.emit(EventKind::release, 0, 0, m.page);
       std::lock_guard lock(m.mu);
       m.pages[static_cast<std::size_t>(id)] = Page{};
@@ -717,6 +773,7 @@ Snapshot Allocator::snapshot() const {
       case State::allocated: r.state = Region::State::allocated; break;
       case State::free: r.state = Region::State::free; break;
       case State::hole: r.state = Region::State::hole; break;
+      case State::stale: r.state = Region::State::stale; break;
       default: r.state = Region::State::busy; break;
     }
     return r;

@@ -1,13 +1,14 @@
 // pool/allocator.h: glake's caching allocator over a Driver, one per device.
 //
-// Physical memory is held as chunks of the driver's granularity ("pages"). Each page is mapped at most
-// once, somewhere in large virtual reservations. A block is a run of mapped pages (large requests) or a
-// piece of a shared page (small requests, <= Config::small_limit).
+// Physical memory is held as chunks of the driver's granularity ("pages"), mapped in large virtual
+// reservations. A block is a run of mapped pages (large requests) or a piece of a shared page (small
+// requests, <= Config::small_limit). A page belongs to one block (or is spare); it may also stay mapped
+// at older "stale" addresses that no block uses, until they are unmapped lazily.
 //
 // allocate(): a cached free block that fits, on this stream or made safe for it (hot path: no driver
-// call, no lock held across one); else stitch: pick a virtual window, move free pages from elsewhere
+// call, no lock held across one); else stitch: pick a virtual window, map free pages from elsewhere
 // into its holes and create only what is missing; before reporting out-of-memory, reclaim what other
-// streams freed and what the small pool caches.
+// streams freed.
 //
 // Stream order: a freed block is reusable at once on the stream it was freed on; on another stream only
 // after an event recorded after the free has completed.
@@ -40,7 +41,8 @@ struct BlockInfo {
 
 // The pool's layout at one moment, for out-of-memory snapshots and the tracer's block map.
 struct Region {
-  enum class State { allocated, free, hole, busy };  // busy: in transit during a stitch
+  // busy: in transit during a stitch; stale: still mapped to pages a stitch moved elsewhere
+  enum class State { allocated, free, hole, busy, stale };
   DevPtr base = 0;
   std::size_t size = 0;
   State state = State::hole;

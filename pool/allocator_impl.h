@@ -31,12 +31,14 @@ struct StreamState {
   FreeSet small;
   std::uint64_t free_seq = 0;
   EventHandle event = 0;
-  std::uint64_t event_seq = 0;  // frees up to this sequence number precede the last record
+  std::uint64_t event_seq = 0;      // frees up to this sequence number precede the last record
+  std::uint64_t completed_seq = 0;  // the work before frees up to this number has completed
 };
 
 struct Page {
   PhysHandle handle = 0;
-  DevPtr va = 0;  // 0: spare (mapped nowhere)
+  DevPtr va = 0;  // the slot of the block that holds it; 0: spare
+  std::uint32_t aliases = 0;  // stale slots still mapped to it
   bool live = false;
 };
 
@@ -48,7 +50,7 @@ struct Fill {
   PhysHandle handle = 0;
   DevPtr src = 0;           // move: the slot it leaves
   Block* source = nullptr;  // move: the busy block it leaves
-  int stage = 0;            // 0 untouched, 1 page floating (unmapped or created), 2 mapped, 3 accessible
+  int stage = 0;            // 0 untouched, 1 created but not mapped, 2 mapped, 3 accessible
 };
 
 struct Plan {
@@ -148,8 +150,9 @@ struct Allocator::Impl {
 
   static bool mergeable(const Block* a, const Block* b) {
     if (a == nullptr || b == nullptr) return false;
-    if (a->state == State::hole && b->state == State::hole) return true;
-    if (a->state != State::free || b->state != State::free) return false;
+    if (a->state != b->state) return false;
+    if (a->state == State::hole) return true;
+    if (a->state != State::free && a->state != State::stale) return false;
     return a->settled == b->settled && (a->settled || a->stream == b->stream);
   }
 
@@ -236,7 +239,7 @@ struct Allocator::Impl {
       id = static_cast<std::int32_t>(pages.size());
       pages.emplace_back();
     }
-    pages[static_cast<std::size_t>(id)] = Page{h, 0, true};
+    pages[static_cast<std::size_t>(id)] = Page{.handle = h, .va = 0, .aliases = 0, .live = true};
     return id;
   }
 
@@ -250,13 +253,22 @@ struct Allocator::Impl {
 
   // ---- settling: make what streams freed usable by any stream once their work completed ----
 
-  void settle(bool wait);
+  // Settles what streams freed: records an event on each stream with unsettled blocks (every known
+  // stream when `all`), then queries it or, when `wait`, waits for it.
+  void settle(bool wait, bool all = false);
+  // Whether the work before stale block b's free has completed, so that its slots may be unmapped.
+  bool stale_done(const Block* b) {
+    return b->settled || b->free_seq <= stream_state(b->stream).completed_seq;
+  }
+  // Unmaps the stale slots whose work has completed; they become holes.
+  void collect_stale();
+  bool has_stale = false;  // a stitch left stale slots since the last collect_stale()
 
   // ---- the slow path ----
 
   Status allocate_large(std::size_t n, StreamHandle s, Block** out);
   Status stitch(std::size_t n, StreamHandle s, Block** out);
-  enum class Prepared { ready, need_segment, need_wait, no_memory };
+  enum class Prepared { ready, need_window, need_wait, no_memory };
   Prepared prepare(std::size_t n, StreamHandle s, bool may_wait, Plan* plan);
   bool find_window(std::size_t n, StreamHandle s, Plan* plan);
   Status execute(Plan& plan);

@@ -5,7 +5,9 @@
 // one-page large block shared by small requests; the pieces of a chunk cover it exactly.
 //
 // A free block is "settled" once the work issued on its stream before its free has completed: only
-// then may any stream use it, and only then may its pages be unmapped and moved elsewhere.
+// then may any stream use it, and only then may its slots be unmapped. A stitch maps a free block's
+// pages into a new range without unmapping them (the old slots become "stale" aliases), so it needs
+// no wait for the stream that freed them when that stream is the one allocating.
 #pragma once
 
 #include <cstddef>
@@ -27,6 +29,8 @@ struct Block {
     free,
     hole,         // large only: virtual range with no page mapped
     busy,         // large only: taken by a stitch in progress (no lock held across its driver calls)
+    stale,        // large only: slots still mapped to pages that a stitch moved elsewhere (aliases);
+                  // unmapped lazily once the work before their free has completed
     quarantined,  // large only: a page mapped without access after a failed set_access + unmap; never used
   };
 

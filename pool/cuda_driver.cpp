@@ -295,6 +295,8 @@ Status CudaDriver::finish(Call c, Status s, std::uint64_t start_ns) {
   return s;
 }
 
+bool CudaDriver::process_exiting() { return g_exiting.load(std::memory_order_relaxed); }
+
 int CudaDriver::device() const { return device_; }
 std::size_t CudaDriver::granularity() const { return granularity_; }
 

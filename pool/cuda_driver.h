@@ -13,7 +13,8 @@
 // context of this device: the caller's current one if it is on this device; if none is current, the
 // device's primary context is made current on the calling thread (and stays so, as the runtime does);
 // if the current one is on another device, the primary context is pushed for the call and popped after.
-// The primary context is retained from open() until destruction.
+// The primary context is retained from open() until destruction; a driver destroyed after exit() has
+// begun (process_exiting()) makes no driver call at all.
 //
 // Every call is timed (steady_clock) and recorded in stats(); not_ready from event_query is an answer,
 // not a failure. Statuses are CUresult values: a code Status does not name is passed through as its
@@ -76,6 +77,12 @@ class CudaDriver final : public Driver {
   void add_peer(int peer_device);
   // The registered peers, in the order they were added.
   std::vector<int> peers() const;
+
+  // True once exit() has begun: set by an atexit handler registered at the first successful open(), so
+  // it runs before the CUDA driver's own exit-time teardown. Owners of pools held in static objects may
+  // skip returning memory then; a method called anyway reaches libcuda, which answers deinitialized
+  // once it is torn down.
+  static bool process_exiting();
 
   // What open() found.
   bool rdma_capable() const { return rdma_; }  // chunks are created with gpuDirectRDMACapable

@@ -14,6 +14,7 @@ const char* state_name(State s) {
     case State::free: return "free";
     case State::hole: return "hole";
     case State::busy: return "busy";
+    case State::stale: return "stale";
     case State::quarantined: return "quarantined";
   }
   return "?";
@@ -40,7 +41,8 @@ std::string Allocator::Impl::validate() const {
     auto hit = set->find(const_cast<Block*>(b));
     return hit != set->end() && *hit == b;
   };
-  std::vector<int> seen(pages.size(), 0);
+  std::vector<int> seen(pages.size(), 0);     // slots that own a page (or spare)
+  std::vector<std::uint32_t> aliased(pages.size(), 0);  // stale slots still mapping it
   std::size_t mapped_pages = 0, free_blocks = 0, user_blocks = 0, large_used = 0;
   std::uint64_t requested = 0, block_bytes = 0;
 
@@ -69,9 +71,14 @@ std::string Allocator::Impl::validate() const {
           return where + fmt::format(": slot {:#x} is {}mapped", a, id >= 0 ? "" : "not ");
         if (id < 0) continue;
         auto u = static_cast<std::size_t>(id);
-        if (u >= pages.size() || !pages[u].live || pages[u].va != a)
-          return where + fmt::format(": slot {:#x} holds page {} which is not live there", a, id);
-        ++seen[u];
+        if (u >= pages.size() || !pages[u].live) return where + fmt::format(": slot {:#x} maps dead page {}", a, id);
+        bool owner = pages[u].va == a;
+        if (owner == (b->state == State::stale) && b->state != State::quarantined)
+          return where + fmt::format(": slot {:#x} {} page {}", a, owner ? "owns" : "does not own", id);
+        if (owner)
+          ++seen[u];
+        else
+          ++aliased[u];
         ++mapped_pages;
       }
       if (b->state == State::free) {
@@ -115,6 +122,8 @@ std::string Allocator::Impl::validate() const {
     if (!pages[i].live) continue;
     ++live_pages;
     if (seen[i] != 1) return fmt::format("page {} is held {} times (mapped or spare), expected once", i, seen[i]);
+    if (aliased[i] != pages[i].aliases)
+      return fmt::format("page {} has {} stale slots but counts {}", i, aliased[i], pages[i].aliases);
   }
   std::size_t indexed = settled_large.size() + settled_small.size();
   for (const auto& [s, ss] : streams) {
