@@ -272,7 +272,7 @@ Status Allocator::Impl::execute(Plan& plan) {
   return r;
 }
 
-Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, Block** out) {
+Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out) {
   std::lock_guard lock(mu);
   Segment* seg = plan.segment;
   const DevPtr end = plan.window.back()->base + plan.window.back()->size;
@@ -327,7 +327,7 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, Block*
       ++st.stitches;
       emit(EventKind::stitch, s, b->base, b->size, moved);
     }
-    *out = b;
+    *out = hand_out(b, q);
     return Status::ok;
   }
   // Failed: free blocks of the window as they were, filled holes as free blocks of this stream (their
@@ -415,7 +415,8 @@ void Allocator::Impl::collect_stale() {
     for (const Block* b = seg->head; b != nullptr && !has_stale; b = b->next) has_stale = b->state == State::stale;
 }
 
-Status Allocator::Impl::stitch(std::size_t n, StreamHandle s, Block** out) {
+Status Allocator::Impl::stitch(const Request& q, StreamHandle s, DevPtr* out) {
+  const std::size_t n = q.bytes;
   bool may_wait = true, collected = false;
   for (int attempt = 0; attempt < 5; ++attempt) {
     Plan plan;
@@ -440,30 +441,23 @@ Status Allocator::Impl::stitch(std::size_t n, StreamHandle s, Block** out) {
         break;
     }
     Status r = execute(plan);
-    return finish(plan, r, s, out);
+    return finish(plan, r, s, q, out);
   }
   return Status::out_of_memory;
 }
 
-Status Allocator::Impl::allocate_large(std::size_t n, StreamHandle s, Block** out) {
-  {
-    std::lock_guard lock(mu);
-    if (Block* b = best_fit(s, n, false)) {
-      *out = take(b, n, s);
-      return Status::ok;
-    }
-  }
+Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr* out) {
   std::lock_guard grow(grow_mu);
   for (int round = 0; round < 2; ++round) {
     settle(round > 0);
     {
       std::lock_guard lock(mu);
-      if (Block* b = best_fit(s, n, false)) {
-        *out = take(b, n, s);
+      if (Block* b = best_fit(s, q.bytes, false)) {
+        *out = hand_out(take(b, q.bytes, s), q);
         return Status::ok;
       }
     }
-    Status r = stitch(n, s, out);
+    Status r = stitch(q, s, out);
     if (r != Status::out_of_memory || round > 0) return r;
     // Out of memory: reclaim what every stream freed (waiting for its work), then try once more.
     std::lock_guard lock(mu);
@@ -510,44 +504,28 @@ Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
     m.emit(EventKind::oom, stream, 0, size);
     return Status::out_of_memory;
   }
+  Request q{round_up(size, m.page), size, 0};
   if (size <= m.cfg.small_limit) {
-    std::size_t n = round_up(size, kSmallUnit);
-    {
-      std::lock_guard lock(m.mu);
-      if (Block* p = m.best_fit(stream, n, true)) {
-        m.take(p, n, stream);
-        m.account_alloc(p, size);
-        *out = p->base;
-        return Status::ok;
-      }
-    }
-    Block* c = nullptr;
-    Status r = m.allocate_large(m.page, stream, &c);
+    q = Request{m.page, size, round_up(size, kSmallUnit)};
     std::lock_guard lock(m.mu);
-    if (r != Status::ok) {
-      ++m.st.ooms;
-      m.emit(EventKind::oom, stream, 0, size);
-      return r;
+    if (Block* p = m.best_fit(stream, q.piece, true)) {
+      *out = m.hand_out(m.take(p, q.piece, stream), Request{q.piece, size, 0});
+      return Status::ok;
     }
-    Block* p = m.make_chunk(c);
-    if (p->size > n) m.index_insert(m.split(p, n));
-    p->state = State::allocated;
-    m.account_alloc(p, size);
-    *out = p->base;
-    return Status::ok;
+  } else {
+    std::lock_guard lock(m.mu);
+    if (Block* b = m.best_fit(stream, q.bytes, false)) {
+      *out = m.hand_out(m.take(b, q.bytes, stream), q);
+      return Status::ok;
+    }
   }
-  std::size_t n = round_up(size, m.page);
-  Block* b = nullptr;
-  Status r = m.allocate_large(n, stream, &b);
-  std::lock_guard lock(m.mu);
+  Status r = m.allocate_large(q, stream, out);
   if (r != Status::ok) {
+    std::lock_guard lock(m.mu);
     ++m.st.ooms;
     m.emit(EventKind::oom, stream, 0, size);
-    return r;
   }
-  m.account_alloc(b, size);
-  *out = b->base;
-  return Status::ok;
+  return r;
 }
 
 Status Allocator::free(DevPtr ptr) {

@@ -53,6 +53,15 @@ struct Fill {
   int stage = 0;            // 0 untouched, 1 created but not mapped, 2 mapped, 3 accessible
 };
 
+// What a caller asked for: `bytes` of large block; for a small request, the large block becomes a
+// chunk and a piece of `piece` bytes is carved from it. Handed out and accounted in one critical
+// section, so the pool is never seen with a block allocated but not yet accounted.
+struct Request {
+  std::size_t bytes = 0;
+  std::size_t requested = 0;
+  std::size_t piece = 0;
+};
+
 struct Plan {
   Segment* segment = nullptr;
   DevPtr start = 0;
@@ -266,13 +275,23 @@ struct Allocator::Impl {
 
   // ---- the slow path ----
 
-  Status allocate_large(std::size_t n, StreamHandle s, Block** out);
-  Status stitch(std::size_t n, StreamHandle s, Block** out);
+  // mu held: accounts large allocated block b for q (carving a piece when q asks for one).
+  DevPtr hand_out(Block* b, const Request& q) {
+    if (q.piece != 0) {
+      b = make_chunk(b);
+      if (b->size > q.piece) index_insert(split(b, q.piece));
+      b->state = State::allocated;
+    }
+    account_alloc(b, q.requested);
+    return b->base;
+  }
+  Status allocate_large(const Request& q, StreamHandle s, DevPtr* out);
+  Status stitch(const Request& q, StreamHandle s, DevPtr* out);
   enum class Prepared { ready, need_window, need_wait, no_memory };
   Prepared prepare(std::size_t n, StreamHandle s, bool may_wait, Plan* plan);
   bool find_window(std::size_t n, StreamHandle s, Plan* plan);
   Status execute(Plan& plan);
-  Status finish(Plan& plan, Status result, StreamHandle s, Block** out);
+  Status finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out);
   Status add_segment(std::size_t n);
 
   std::string validate() const;
