@@ -505,15 +505,15 @@ Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
     return Status::out_of_memory;
   }
   Request q{round_up(size, m.page), size, 0};
-  if (size <= m.cfg.small_limit) {
-    q = Request{m.page, size, round_up(size, kSmallUnit)};
+  if (size <= m.cfg.small_limit) q = Request{m.page, size, round_up(size, kSmallUnit)};
+  {
     std::lock_guard lock(m.mu);
-    if (Block* p = m.best_fit(stream, q.piece, true)) {
-      *out = m.hand_out(m.take(p, q.piece, stream), Request{q.piece, size, 0});
-      return Status::ok;
+    if (q.piece != 0) {
+      if (Block* p = m.best_fit(stream, q.piece, true)) {
+        *out = m.hand_out(m.take(p, q.piece, stream), Request{q.piece, size, 0});
+        return Status::ok;
+      }
     }
-  } else {
-    std::lock_guard lock(m.mu);
     if (Block* b = m.best_fit(stream, q.bytes, false)) {
       *out = m.hand_out(m.take(b, q.bytes, stream), q);
       return Status::ok;

@@ -1,0 +1,355 @@
+// tests/gpu/stitch_kernel.cu: stitched memory is real memory, checked by kernels on the GPU.
+//
+// Driver level: two physical chunks mapped side by side in reverse order into one range hold a pattern
+// a kernel writes across the seam; each chunk seen through a second mapping (aliasing) holds its half.
+// Allocator level: with the pool at its physical limit and only scattered free blocks left, a request
+// bigger than any of them is served by stitching (stats().stitches grows, nothing is created), the
+// stitched block carries a pattern end to end, and the blocks still live keep theirs.
+// Timing: the median cost of a cached alloc+free pair through the CUDA driver, printed as
+// "pair_ns_cuda: N"; it must be at most GLAKE_PAIR_NS_MAX (default 300; 0 only reports).
+// Every CUDA call is checked, and every launch is followed by cudaGetLastError and a synchronize.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pool/allocator.h"
+#include "pool/cuda_driver.h"
+
+namespace glake::pool {
+namespace {
+
+#define CUDA_OK(expr)                                                                            \
+  do {                                                                                           \
+    const cudaError_t err_ = (expr);                                                             \
+    ASSERT_EQ(err_, cudaSuccess) << #expr << ": " << cudaGetErrorName(err_) << ": " << cudaGetErrorString(err_); \
+  } while (0)
+
+// After every launch: the launch itself, then the kernel's execution.
+#define LAUNCH_OK(stream)                       \
+  do {                                          \
+    CUDA_OK(cudaGetLastError());                \
+    CUDA_OK(cudaStreamSynchronize(stream));     \
+  } while (0)
+
+#define POOL_OK(expr)                                                                              \
+  do {                                                                                             \
+    const ::glake::pool::Status st_ = (expr);                                                      \
+    ASSERT_EQ(st_, ::glake::pool::Status::ok) << #expr << ": " << ::glake::pool::status_name(st_) \
+                                              << " (" << static_cast<int>(st_) << ")";             \
+  } while (0)
+
+constexpr std::size_t kMiB = std::size_t{1} << 20;
+
+int test_device() {
+  const char* v = std::getenv("GLAKE_TEST_DEVICE");
+  return v != nullptr && *v != '\0' ? std::atoi(v) : 0;
+}
+
+// The 32-bit word expected at word index i (counted from the start of the pattern) for a seed.
+__host__ __device__ std::uint32_t word(std::uint32_t seed, std::uint64_t i) {
+  std::uint64_t x = i * 0x9e3779b97f4a7c15ull + seed * 0xbf58476d1ce4e5b9ull + 1;
+  x ^= x >> 31;
+  x *= 0x94d049bb133111ebull;
+  x ^= x >> 29;
+  return static_cast<std::uint32_t>(x);
+}
+
+__global__ void write_words(std::uint32_t* p, std::uint64_t n, std::uint32_t seed, std::uint64_t base) {
+  const std::uint64_t stride = static_cast<std::uint64_t>(gridDim.x) * blockDim.x;
+  for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    p[i] = word(seed, base + i);
+  }
+}
+
+// result[0]: number of mismatching words; result[1]: the lowest mismatching index (~0 if none).
+__global__ void check_words(const std::uint32_t* p, std::uint64_t n, std::uint32_t seed, std::uint64_t base,
+                            unsigned long long* result) {
+  const std::uint64_t stride = static_cast<std::uint64_t>(gridDim.x) * blockDim.x;
+  for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    if (p[i] != word(seed, base + i)) {
+      atomicAdd(&result[0], 1ull);
+      atomicMin(&result[1], static_cast<unsigned long long>(i));
+    }
+  }
+}
+
+constexpr unsigned kThreads = 256;
+unsigned blocks_for(std::uint64_t n) {
+  return static_cast<unsigned>(std::min<std::uint64_t>((n + kThreads - 1) / kThreads, 4096));
+}
+
+class Gpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CUDA_OK(cudaSetDevice(test_device()));
+    CUDA_OK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CUDA_OK(cudaMalloc(&result_, 2 * sizeof(unsigned long long)));
+    const Status s = CudaDriver::open(test_device(), &driver_);
+    ASSERT_EQ(s, Status::ok) << "CudaDriver::open: " << status_name(s) << " (" << static_cast<int>(s) << ")";
+    g_ = driver_->granularity();
+  }
+  void TearDown() override {
+    if (result_ != nullptr) EXPECT_EQ(cudaFree(result_), cudaSuccess);
+    if (stream_ != nullptr) EXPECT_EQ(cudaStreamDestroy(stream_), cudaSuccess);
+  }
+
+  StreamHandle stream() const { return reinterpret_cast<StreamHandle>(stream_); }
+
+  // Writes the pattern (seed, word index base + i) over [addr, addr + bytes).
+  void write(DevPtr addr, std::size_t bytes, std::uint32_t seed, std::uint64_t base = 0) {
+    ASSERT_EQ(bytes % 4, 0u);
+    const std::uint64_t n = bytes / 4;
+    write_words<<<blocks_for(n), kThreads, 0, stream_>>>(reinterpret_cast<std::uint32_t*>(addr), n, seed, base);
+    LAUNCH_OK(stream_);
+  }
+  // Checks the pattern over [addr, addr + bytes); *mismatches gets the count of bad words.
+  void check(DevPtr addr, std::size_t bytes, std::uint32_t seed, std::uint64_t base, unsigned long long* mismatches,
+             unsigned long long* first) {
+    ASSERT_EQ(bytes % 4, 0u);
+    const std::uint64_t n = bytes / 4;
+    const unsigned long long init[2] = {0, ~0ull};
+    CUDA_OK(cudaMemcpyAsync(result_, init, sizeof init, cudaMemcpyHostToDevice, stream_));
+    check_words<<<blocks_for(n), kThreads, 0, stream_>>>(reinterpret_cast<const std::uint32_t*>(addr), n, seed, base,
+                                                         result_);
+    LAUNCH_OK(stream_);
+    unsigned long long out[2] = {0, 0};
+    CUDA_OK(cudaMemcpyAsync(out, result_, sizeof out, cudaMemcpyDeviceToHost, stream_));
+    CUDA_OK(cudaStreamSynchronize(stream_));
+    *mismatches = out[0];
+    *first = out[1];
+  }
+  // ASSERTs that [addr, addr + bytes) holds the pattern.
+  void expect_pattern(DevPtr addr, std::size_t bytes, std::uint32_t seed, std::uint64_t base, const char* what) {
+    unsigned long long bad = ~0ull, first = 0;
+    ASSERT_NO_FATAL_FAILURE(check(addr, bytes, seed, base, &bad, &first));
+    ASSERT_EQ(bad, 0u) << what << ": " << bad << " bad words, first at word " << first;
+  }
+
+  std::unique_ptr<CudaDriver> driver_;
+  std::size_t g_ = 0;
+  cudaStream_t stream_ = nullptr;
+  unsigned long long* result_ = nullptr;
+};
+
+// --- driver level -----------------------------------------------------------------------------------
+
+TEST_F(Gpu, ReverseOrderChunksReadAndWriteAcrossTheSeam) {
+  Driver& d = *driver_;
+  const std::size_t g = g_;
+  const std::uint64_t words_per_chunk = g / 4;
+  PhysHandle a = 0, b = 0;
+  DevPtr stitched = 0, alias_a = 0, alias_b = 0;
+  POOL_OK(d.create(g, &a));
+  POOL_OK(d.create(g, &b));
+  POOL_OK(d.reserve(2 * g, &stitched));
+  POOL_OK(d.reserve(g, &alias_a));
+  POOL_OK(d.reserve(g, &alias_b));
+  // stitched = [b | a]: mapped in reverse order, a first at the upper half.
+  POOL_OK(d.map(stitched + g, g, a, 0));
+  POOL_OK(d.map(stitched, g, b, 0));
+  POOL_OK(d.set_access(stitched, 2 * g));
+  // Each chunk alone at a second address.
+  POOL_OK(d.map(alias_a, g, a, 0));
+  POOL_OK(d.map(alias_b, g, b, 0));
+  POOL_OK(d.set_access(alias_a, g));
+  POOL_OK(d.set_access(alias_b, g));
+
+  // One pattern end to end over the stitched range, read back whole.
+  ASSERT_NO_FATAL_FAILURE(write(stitched, 2 * g, 1));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(stitched, 2 * g, 1, 0, "stitched range"));
+  // The chunks' own bytes: b holds the first half of the pattern, a the second.
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(alias_b, g, 1, 0, "chunk b through its alias"));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(alias_a, g, 1, words_per_chunk, "chunk a through its alias"));
+
+  // A small write straddling the seam, checked on both sides through the aliases.
+  const std::size_t half = 4096;
+  ASSERT_NO_FATAL_FAILURE(write(stitched + g - half, 2 * half, 2));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(stitched + g - half, 2 * half, 2, 0, "seam"));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(alias_b + g - half, half, 2, 0, "end of b"));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(alias_a, half, 2, half / 4, "start of a"));
+  // Untouched neighbours of the seam write kept the first pattern.
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(stitched, g - half, 1, 0, "b below the seam write"));
+  ASSERT_NO_FATAL_FAILURE(
+      expect_pattern(stitched + g + half, g - half, 1, words_per_chunk + half / 4, "a above the seam write"));
+
+  // Writes through the aliases show in the stitched range, in its order.
+  ASSERT_NO_FATAL_FAILURE(write(alias_a, g, 3, 0));
+  ASSERT_NO_FATAL_FAILURE(write(alias_b, g, 3, words_per_chunk));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(stitched + g, g, 3, 0, "a through the stitched range"));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(stitched, g, 3, words_per_chunk, "b through the stitched range"));
+
+  for (DevPtr va : {stitched, stitched + g, alias_a, alias_b}) POOL_OK(d.unmap(va, g));
+  POOL_OK(d.release(a));
+  POOL_OK(d.release(b));
+  POOL_OK(d.free_reserve(stitched, 2 * g));
+  POOL_OK(d.free_reserve(alias_a, g));
+  POOL_OK(d.free_reserve(alias_b, g));
+}
+
+// Eight chunks in a scrambled order: every seam, not only one.
+TEST_F(Gpu, ScrambledChunksFormOneBlock) {
+  Driver& d = *driver_;
+  const std::size_t g = g_;
+  constexpr int kChunks = 8;
+  const int order[kChunks] = {5, 2, 7, 0, 3, 6, 1, 4};  // slot i holds chunk order[i]
+  PhysHandle chunk[kChunks] = {};
+  DevPtr stitched = 0, plain = 0;
+  for (auto& c : chunk) POOL_OK(d.create(g, &c));
+  POOL_OK(d.reserve(kChunks * g, &stitched));
+  POOL_OK(d.reserve(kChunks * g, &plain));
+  for (int i = 0; i < kChunks; ++i) {
+    POOL_OK(d.map(stitched + i * g, g, chunk[order[i]], 0));
+    POOL_OK(d.map(plain + order[i] * g, g, chunk[order[i]], 0));
+  }
+  POOL_OK(d.set_access(stitched, kChunks * g));
+  POOL_OK(d.set_access(plain, kChunks * g));
+  ASSERT_NO_FATAL_FAILURE(write(stitched, kChunks * g, 4));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(stitched, kChunks * g, 4, 0, "scrambled range"));
+  for (int i = 0; i < kChunks; ++i) {
+    const std::string what = "chunk " + std::to_string(order[i]) + " through its plain mapping";
+    ASSERT_NO_FATAL_FAILURE(expect_pattern(plain + order[i] * g, g, 4, i * (g / 4), what.c_str()));
+  }
+  for (int i = 0; i < kChunks; ++i) {
+    POOL_OK(d.unmap(stitched + i * g, g));
+    POOL_OK(d.unmap(plain + i * g, g));
+  }
+  for (auto c : chunk) POOL_OK(d.release(c));
+  POOL_OK(d.free_reserve(stitched, kChunks * g));
+  POOL_OK(d.free_reserve(plain, kChunks * g));
+}
+
+// --- allocator level --------------------------------------------------------------------------------
+
+TEST_F(Gpu, AllocatorStitchesScatteredFreeBlocksAtItsLimit) {
+  const std::size_t block = (6 * kMiB + g_ - 1) / g_ * g_;
+  constexpr int kBlocks = 32;
+  Config config;
+  config.limit = kBlocks * block;  // room for the blocks and nothing more
+  Allocator a(*driver_, config);
+  ASSERT_EQ(a.validate(), "");
+
+  std::vector<DevPtr> blocks(kBlocks, 0);
+  for (int i = 0; i < kBlocks; ++i) {
+    POOL_OK(a.allocate(6 * kMiB, stream(), &blocks[i]));
+    ASSERT_NE(blocks[i], 0u);
+    ASSERT_NO_FATAL_FAILURE(write(blocks[i], 6 * kMiB, 100 + i));
+  }
+  ASSERT_EQ(a.validate(), "");
+  // Free every other block: 16 free blocks, none adjacent to another.
+  for (int i = 1; i < kBlocks; i += 2) POOL_OK(a.free(blocks[i]));
+  ASSERT_EQ(a.validate(), "");
+
+  const Stats before = a.stats();
+  const std::uint64_t creates_before = driver_->stats().calls(Call::create);
+  const std::size_t big = 4 * block;  // larger than any free block, smaller than all of them together
+  DevPtr stitched = 0;
+  POOL_OK(a.allocate(big, stream(), &stitched));
+  ASSERT_NE(stitched, 0u);
+  const Stats after = a.stats();
+  ASSERT_EQ(a.validate(), "");
+  EXPECT_GT(after.stitches, before.stitches) << "the request was not served by stitching";
+  EXPECT_EQ(driver_->stats().calls(Call::create), creates_before) << "physical memory was created past the limit";
+  EXPECT_LE(after.physical.current, config.limit);
+  std::printf("stitch: %llu stitches, physical %llu of limit %zu, creates %llu, maps %llu\n",
+              static_cast<unsigned long long>(after.stitches), static_cast<unsigned long long>(after.physical.current),
+              config.limit, static_cast<unsigned long long>(after.creates), static_cast<unsigned long long>(after.maps));
+
+  BlockInfo info;
+  POOL_OK(a.describe(stitched, &info));
+  EXPECT_EQ(info.base, stitched);
+  EXPECT_GE(info.block_size, big);
+
+  // The stitched block is one block to a kernel, across every seam.
+  ASSERT_NO_FATAL_FAILURE(write(stitched, big, 7));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(stitched, big, 7, 0, "stitched block"));
+  // Stitching moved only free pages: every live block kept its bytes.
+  for (int i = 0; i < kBlocks; i += 2) {
+    const std::string what = "live block " + std::to_string(i) + " after the stitch";
+    ASSERT_NO_FATAL_FAILURE(expect_pattern(blocks[i], 6 * kMiB, 100 + i, 0, what.c_str()));
+  }
+  // And writing the stitched block touched none of them.
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(blocks[0], 6 * kMiB, 100, 0, "live block 0 after writing the stitch"));
+
+  POOL_OK(a.free(stitched));
+  ASSERT_EQ(a.validate(), "");
+  // The pages of the stitched block serve again.
+  DevPtr again = 0;
+  POOL_OK(a.allocate(big, stream(), &again));
+  ASSERT_NO_FATAL_FAILURE(write(again, big, 8));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(again, big, 8, 0, "stitched block reused"));
+  POOL_OK(a.free(again));
+  for (int i = 0; i < kBlocks; i += 2) POOL_OK(a.free(blocks[i]));
+  ASSERT_EQ(a.validate(), "");
+  CUDA_OK(cudaStreamSynchronize(stream_));
+}
+
+// --- timing -----------------------------------------------------------------------------------------
+
+TEST_F(Gpu, CachedAllocFreePairCost) {
+  Allocator a(*driver_, Config{});
+  const std::vector<std::size_t> sizes = {512,        1000,       4096,       20000,       65536,      300000,
+                                          kMiB,       3 * kMiB,   6 * kMiB,   10 * kMiB,   32 * kMiB,  64 * kMiB,
+                                          777,        123456,     5 * kMiB,   48 * kMiB,   2 * kMiB,   9000};
+  // Warm up: every size once live at the same time, then pairs, so that each is cached on the stream.
+  std::vector<DevPtr> live(sizes.size(), 0);
+  for (std::size_t i = 0; i < sizes.size(); ++i) POOL_OK(a.allocate(sizes[i], stream(), &live[i]));
+  for (DevPtr p : live) POOL_OK(a.free(p));
+  for (int round = 0; round < 20; ++round) {
+    for (std::size_t s : sizes) {
+      DevPtr p = 0;
+      POOL_OK(a.allocate(s, stream(), &p));
+      POOL_OK(a.free(p));
+    }
+  }
+  ASSERT_EQ(a.validate(), "");
+
+  const std::uint64_t driver_calls_before = [&] {
+    std::uint64_t n = 0;
+    for (int c = 0; c < kCallKinds; ++c) n += driver_->stats().calls(static_cast<Call>(c));
+    return n;
+  }();
+  const std::uint64_t creates_before = a.stats().creates;
+  constexpr int kRounds = 2000;
+  std::vector<double> per_pair;
+  per_pair.reserve(kRounds);
+  int failures = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::size_t s : sizes) {
+      DevPtr p = 0;
+      if (a.allocate(s, stream(), &p) != Status::ok) ++failures;
+      if (a.free(p) != Status::ok) ++failures;
+    }
+    const auto t1 = std::chrono::steady_clock::now();
+    per_pair.push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(sizes.size()));
+  }
+  ASSERT_EQ(failures, 0);
+  std::uint64_t driver_calls = 0;
+  for (int c = 0; c < kCallKinds; ++c) driver_calls += driver_->stats().calls(static_cast<Call>(c));
+  driver_calls -= driver_calls_before;
+
+  std::sort(per_pair.begin(), per_pair.end());
+  const double median = per_pair[per_pair.size() / 2];
+  const double p90 = per_pair[per_pair.size() * 9 / 10];
+  std::printf("pair_ns_cuda: %.0f\n", median);
+  std::printf("pair_ns_cuda_p90: %.0f  driver calls in %d timed rounds: %llu\n", p90, kRounds,
+              static_cast<unsigned long long>(driver_calls));
+  RecordProperty("pair_ns_cuda", std::to_string(static_cast<long long>(median)));
+  EXPECT_EQ(a.stats().creates, creates_before) << "timed sizes were not all cached";
+  EXPECT_EQ(a.validate(), "");
+
+  double limit = 300;
+  if (const char* v = std::getenv("GLAKE_PAIR_NS_MAX"); v != nullptr && *v != '\0') limit = std::atof(v);
+  if (limit > 0) EXPECT_LE(median, limit) << "median alloc+free pair above target (GLAKE_PAIR_NS_MAX=0 only reports)";
+}
+
+}  // namespace
+}  // namespace glake::pool
