@@ -448,6 +448,14 @@ Status Allocator::Impl::stitch(const Request& q, StreamHandle s, DevPtr* out) {
 
 Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr* out) {
   std::lock_guard grow(grow_mu);
+  {
+    std::lock_guard lock(mu);
+    if (release_empty_chunks() > 0)
+      if (Block* b = best_fit(s, q.bytes, false)) {
+        *out = hand_out(take(b, q.bytes, s), q);
+        return Status::ok;
+      }
+  }
   for (int round = 0; round < 2; ++round) {
     settle(round > 0);
     {
@@ -528,40 +536,32 @@ Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
   return r;
 }
 
-Status Allocator::free(DevPtr ptr) {
-  Impl& m = *impl_;
-  StreamHandle s;
-  {
-    std::lock_guard lock(m.mu);
-    Block** b = m.live.find(ptr);
-    if (b == nullptr) return Status::invalid_value;
-    s = (*b)->stream;
-  }
-  return free(ptr, s);
-}
+Status Allocator::free(DevPtr ptr) { return impl_->free(ptr, nullptr); }
 
-Status Allocator::free(DevPtr ptr, StreamHandle stream) {
-  Impl& m = *impl_;
-  std::lock_guard lock(m.mu);
-  Block** found = m.live.find(ptr);
+Status Allocator::free(DevPtr ptr, StreamHandle stream) { return impl_->free(ptr, &stream); }
+
+Status Allocator::Impl::free(DevPtr ptr, const StreamHandle* on) {
+  std::lock_guard lock(mu);
+  Block** found = live.find(ptr);
   if (found == nullptr) return Status::invalid_value;
   Block* b = *found;
-  m.live.erase(ptr);
-  m.st.requested.sub(b->requested);
-  m.st.blocks.sub(b->size);
-  ++m.st.frees;
-  m.emit(EventKind::free, stream, ptr, b->requested);
-  StreamState& ss = m.stream_state(stream);
+  const StreamHandle stream = on != nullptr ? *on : b->stream;
+  live.erase(ptr);
+  st.requested.sub(b->requested);
+  st.blocks.sub(b->size);
+  ++st.frees;
+  emit(EventKind::free, stream, ptr, b->requested);
+  StreamState& ss = stream_state(stream);
   b->state = State::free;
   b->stream = stream;
   b->settled = false;
   b->free_seq = ++ss.free_seq;
   b->requested = 0;
   if (b->small) {
-    m.settle_piece(b);
+    settle_piece(b);
   } else {
-    m.large_in_use -= b->size;
-    m.settle_large_block(b);
+    large_in_use -= b->size;
+    settle_large_block(b);
   }
   return Status::ok;
 }
@@ -608,6 +608,7 @@ void Allocator::trim(std::size_t keep) {
   std::vector<std::int32_t> spare;
   {
     std::lock_guard lock(m.mu);
+    m.release_empty_chunks();
     std::size_t cached = m.st.physical.current - m.large_in_use;
     while (cached > keep && !m.spare.empty()) {
       spare.push_back(m.spare.back());

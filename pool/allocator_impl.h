@@ -104,7 +104,15 @@ struct Allocator::Impl {
       o->on_event(PoolEvent{k, drv.device(), s, a, n, aux});
   }
 
-  StreamState& stream_state(StreamHandle s) { return streams.try_emplace(s, &resource).first->second; }
+  // The hot path asks for the same stream again and again: remember the last one (map values are stable).
+  StreamState& stream_state(StreamHandle s) {
+    if (last_state != nullptr && last_stream == s) return *last_state;
+    last_state = &streams.try_emplace(s, &resource).first->second;
+    last_stream = s;
+    return *last_state;
+  }
+  StreamState* last_state = nullptr;
+  StreamHandle last_stream = 0;
 
   FreeSet& index_of(Block* b) {
     if (b->settled) return b->small ? settled_small : settled_large;
@@ -186,23 +194,33 @@ struct Allocator::Impl {
     if (b->state == State::free) index_insert(b);
   }
 
-  // A free piece, not indexed: merge; a chunk left with one free piece goes back to the large blocks.
-  void settle_piece(Block* p) {
-    p = coalesce(p);
-    if (p->prev != nullptr || p->next != nullptr) {
-      index_insert(p);
-      return;
-    }
-    Block* c = p->chunk;
-    c->state = State::free;
-    c->is_chunk = false;
-    c->pieces = nullptr;
-    c->settled = p->settled;
-    c->stream = p->stream;
-    c->free_seq = p->free_seq;
-    large_in_use -= c->size;
-    arena.drop(p);
-    settle_large_block(c);
+  // A free piece, not indexed: merge and index it. A chunk left wholly free stays a chunk (the next
+  // small request needs no large block) until release_empty_chunks() runs on a slow path.
+  void settle_piece(Block* p) { index_insert(coalesce(p)); }
+
+  // Gives every wholly free chunk back to the large blocks; returns how many. mu held, no driver call.
+  std::size_t release_empty_chunks() {
+    std::size_t n = 0;
+    auto drain = [&](FreeSet& set) {
+      while (!set.empty() && (*set.rbegin())->size == page) {
+        Block* p = *set.rbegin();
+        set.erase(std::prev(set.end()));
+        Block* c = p->chunk;
+        c->state = State::free;
+        c->is_chunk = false;
+        c->pieces = nullptr;
+        c->settled = p->settled;
+        c->stream = p->stream;
+        c->free_seq = p->free_seq;
+        large_in_use -= c->size;
+        arena.drop(p);
+        settle_large_block(c);
+        ++n;
+      }
+    };
+    drain(settled_small);
+    for (auto& [s, ss] : streams) drain(ss.small);
+    return n;
   }
 
   // Hands out free block b (indexed) for n bytes on stream s.
@@ -285,6 +303,7 @@ struct Allocator::Impl {
     account_alloc(b, q.requested);
     return b->base;
   }
+  Status free(DevPtr ptr, const StreamHandle* stream);  // stream null: the block's own
   Status allocate_large(const Request& q, StreamHandle s, DevPtr* out);
   Status stitch(const Request& q, StreamHandle s, DevPtr* out);
   enum class Prepared { ready, need_window, need_wait, no_memory };

@@ -164,17 +164,21 @@ TYPED_TEST_P(DriverConformance, MisalignedArgumentsAreRejectedAndChangeNothing) 
   EXPECT_EQ(d.free_reserve(va, 4 * g), Status::ok);
 }
 
-TYPED_TEST_P(DriverConformance, UnmapOfUnmappedRangeFails) {
+// The real driver accepts cuMemUnmap of a range that holds no mapping (seen on the H100, driver 580),
+// so the contract leaves it undefined and only a remap after an unmap is checked here; the host
+// driver's stricter checks are in its own tests.
+TYPED_TEST_P(DriverConformance, UnmapThenMapAgain) {
   auto& d = this->d();
   const std::size_t g = this->g_;
   DevPtr va = 0;
   PhysHandle h = 0;
   ASSERT_EQ(d.reserve(2 * g, &va), Status::ok);
   ASSERT_EQ(d.create(g, &h), Status::ok);
-  EXPECT_NE(d.unmap(va, g), Status::ok) << "unmap of a range never mapped";
   ASSERT_EQ(d.map(va, g, h, 0), Status::ok);
   EXPECT_EQ(d.unmap(va, g), Status::ok);
-  EXPECT_NE(d.unmap(va, g), Status::ok) << "double unmap";
+  ASSERT_EQ(d.map(va + g, g, h, 0), Status::ok) << "a chunk unmapped from one slot maps at another";
+  EXPECT_EQ(d.set_access(va + g, g), Status::ok);
+  EXPECT_EQ(d.unmap(va + g, g), Status::ok);
   EXPECT_EQ(d.release(h), Status::ok);
   EXPECT_EQ(d.free_reserve(va, 2 * g), Status::ok);
 }
@@ -240,26 +244,28 @@ TYPED_TEST_P(DriverConformance, StitchedRangeSharesBytesWithEachChunk) {
   EXPECT_EQ(d.free_reserve(plain, 2 * g), Status::ok);
 }
 
+// What the pool's stitching relies on: a whole chunk mapped at two addresses at once, each alias seeing
+// the other's writes, and unmapping one alias keeps the bytes. (Mapping part of a chunk, or one chunk
+// with different sizes, is refused by the real driver: the pool never does it.)
 TYPED_TEST_P(DriverConformance, OneChunkAtTwoAddressesAliases) {
   auto& d = this->d();
   const std::size_t g = this->g_;
   DevPtr va = 0;
   PhysHandle h = 0;
   ASSERT_EQ(d.reserve(3 * g, &va), Status::ok);
-  ASSERT_EQ(d.create(2 * g, &h), Status::ok);
-  const DevPtr x = va, y = va + g;  // x: the chunk's first half; y: the whole chunk
+  ASSERT_EQ(d.create(g, &h), Status::ok);
+  const DevPtr x = va, y = va + 2 * g;
   ASSERT_EQ(d.map(x, g, h, 0), Status::ok);
-  ASSERT_EQ(d.map(y, 2 * g, h, 0), Status::ok);
-  ASSERT_EQ(d.set_access(va, 3 * g), Status::ok);
+  ASSERT_EQ(d.map(y, g, h, 0), Status::ok);
+  ASSERT_EQ(d.set_access(x, g), Status::ok);
+  ASSERT_EQ(d.set_access(y, g), Status::ok);
   if constexpr (TypeParam::host_visible) {
     this->fill(x, g, 5);
     EXPECT_EQ(this->first_mismatch(y, g, 5), this->kNone);
-    this->fill(y + g, g, 6);
     this->fill(y, 64, 7);
     EXPECT_EQ(this->first_mismatch(x, 64, 7), this->kNone);
-    EXPECT_EQ(this->first_mismatch(x + 64, g - 64, 5, 64), this->kNone);
   }
-  EXPECT_EQ(d.unmap(y, 2 * g), Status::ok);
+  EXPECT_EQ(d.unmap(y, g), Status::ok);
   if constexpr (TypeParam::host_visible) {
     EXPECT_EQ(this->first_mismatch(x + 64, g - 64, 5, 64), this->kNone) << "unmapping an alias lost bytes";
   }
@@ -412,7 +418,7 @@ TYPED_TEST_P(DriverConformance, HostAllocAndAsyncCopyRoundTrip) {
 
 REGISTER_TYPED_TEST_SUITE_P(DriverConformance, GranularityIsAPowerOfTwo, ReserveGivesAlignedDisjointRanges,
                             CreateAndRelease, MapSetAccessUnmapRoundTrip,
-                            MisalignedArgumentsAreRejectedAndChangeNothing, UnmapOfUnmappedRangeFails,
+                            MisalignedArgumentsAreRejectedAndChangeNothing, UnmapThenMapAgain,
                             BadMapsAreRejected, StitchedRangeSharesBytesWithEachChunk,
                             OneChunkAtTwoAddressesAliases, ReleaseWhileMappedFreesAtLastUnmap,
                             EventsRecordQuerySynchronize, DefaultStreamIsNotCapturing, EveryCallIsCounted,
