@@ -1,0 +1,608 @@
+// tracer/replay.cpp: the replay of a trace through the pool, its report, and `glake-trace replay`.
+//
+// The trace is first compiled into a program of steps over slots: every block (live_at_start, then
+// each alloc event) gets a slot, and a free names the slot of its block. The trace-address -> slot map
+// (an unordered_map) exists only while compiling; the replay and the timed loops index a flat array of
+// pointers by slot. Invariant of a compiled program: a free's slot was allocated by an earlier step or
+// by the set-up, and is freed once.
+#include "tracer/replay.h"
+
+#include <malloc.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <unordered_map>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "pool/allocator.h"
+#include "pool/host_driver.h"
+#include "tracer/trace_reader.h"
+
+namespace glake::tracer {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr std::uint64_t kProgressEvents = 1 << 15;
+
+struct Step {
+  std::uint64_t size;
+  std::uint64_t stream;
+  std::uint32_t slot;
+  bool alloc;
+};
+
+struct Program {
+  std::vector<Step> steps;                 // one per event, same order
+  std::vector<std::uint32_t> left_live;    // event-allocated slots live after the last event
+  std::vector<std::uint32_t> start_live;   // live_at_start slots live after the last event
+  std::uint32_t slots = 0;
+  std::uint64_t setup_stream = 0;
+};
+
+std::string name_of(const Trace& t) { return t.path.empty() ? t.meta.name : t.path; }
+
+// Throws ReplayError, naming the trace, when the trace is inconsistent.
+Program compile(const Trace& t) {
+  const std::string name = name_of(t);
+  Program p;
+  if (t.live_at_start.size() + t.events.size() >= std::numeric_limits<std::uint32_t>::max())
+    throw ReplayError(fmt::format("{}: trace too large (2^32 blocks)", name));
+  std::unordered_map<std::uint64_t, std::uint32_t> slot_of;
+  slot_of.reserve(t.live_at_start.size() + 4096);
+  std::uint32_t next = 0;
+  for (const LiveBlock& b : t.live_at_start) {
+    if (!slot_of.emplace(b.addr, next++).second)
+      throw ReplayError(fmt::format("{}: live_at_start names address {} twice", name, b.addr));
+  }
+  p.setup_stream = t.events.empty() ? 0 : t.events.front().stream;
+  p.steps.reserve(t.events.size());
+  for (std::size_t i = 0; i < t.events.size(); ++i) {
+    const TraceEvent& e = t.events[i];
+    if (e.op == Op::alloc) {
+      if (!slot_of.emplace(e.addr, next).second)
+        throw ReplayError(
+            fmt::format("{}: events[{}]: allocation of address {}, which is live already", name, i, e.addr));
+      p.steps.push_back({e.size, e.stream, next++, true});
+    } else {
+      auto it = slot_of.find(e.addr);
+      if (it == slot_of.end())
+        throw ReplayError(
+            fmt::format("{}: events[{}]: free of unknown address {} (malformed trace)", name, i, e.addr));
+      p.steps.push_back({e.size, e.stream, it->second, false});
+      slot_of.erase(it);
+    }
+  }
+  p.slots = next;
+  auto start_slots = static_cast<std::uint32_t>(t.live_at_start.size());
+  for (const auto& [addr, slot] : slot_of) (slot < start_slots ? p.start_live : p.left_live).push_back(slot);
+  std::sort(p.left_live.begin(), p.left_live.end());
+  std::sort(p.start_live.begin(), p.start_live.end());
+  return p;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return kNaN;
+  std::sort(v.begin(), v.end());
+  std::size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+std::string fmt_bytes(std::uint64_t b) {
+  constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{} B", b) : fmt::format("{:.2f} {}", v, units[u]);
+}
+
+std::string fmt_pct(double f) { return std::isnan(f) ? std::string("n/a") : fmt::format("{:.2f}%", f * 100); }
+std::string fmt_ratio(double f) { return std::isnan(f) ? std::string("n/a") : fmt::format("{:.3f}", f); }
+std::string fmt_ns(double ns) { return std::isnan(ns) ? std::string("n/a") : fmt::format("{:.1f} ns", ns); }
+
+// The replay proper, with the pool and driver alive for the caller's frees and timing.
+class Replayer {
+ public:
+  Replayer(const Trace& t, const ReplayOptions& o)
+      : trace_(t), options_(o), program_(compile(t)), driver_(driver_options(o)), pool_(driver_, o.config),
+        ptr_(program_.slots, 0) {}
+
+  ReplayReport run() {
+    ReplayReport r;
+    r.trace = name_of(trace_);
+    r.name = trace_.meta.name;
+    r.events = trace_.events.size();
+    r.live_at_start = trace_.live_at_start.size();
+    r.granularity = options_.granularity;
+    r.capacity = options_.capacity;
+    r.stitch = options_.config.stitch;
+    for (const TraceEvent& e : trace_.events) (e.op == Op::alloc ? r.allocs : r.frees)++;
+
+    const pool::DriverStats& ds = driver_.stats();
+    setup();
+    std::uint64_t base_ns = ds.total_ns();
+    r.modeled_driver_s_setup = static_cast<double>(base_ns) * 1e-9;
+    std::array<std::uint64_t, pool::kCallKinds> base_calls{}, base_call_ns{};
+    for (int c = 0; c < pool::kCallKinds; ++c) {
+      base_calls[c] = ds.calls(static_cast<pool::Call>(c));
+      base_call_ns[c] = ds.ns(static_cast<pool::Call>(c));
+    }
+
+    // The second half starts at the first event with t_us >= the midpoint.
+    const auto& ev = trace_.events;
+    double first = ev.empty() ? 0 : static_cast<double>(ev.front().t_us);
+    double last = ev.empty() ? 0 : static_cast<double>(ev.back().t_us);
+    double mid = (first + last) / 2;
+    r.wall_s = (last - first) * 1e-6;
+    r.wall_s_second_half = (last - mid) * 1e-6;
+    std::uint64_t mid_ns = 0;
+    bool mid_taken = false;
+
+    auto t0 = std::chrono::steady_clock::now();
+    std::uint64_t live = 0, peak_live = 0;
+    for (const LiveBlock& b : trace_.live_at_start) live += b.size;
+    peak_live = live;
+    for (std::size_t i = 0; i < program_.steps.size(); ++i) {
+      if (!mid_taken && static_cast<double>(ev[i].t_us) >= mid) {
+        mid_ns = ds.total_ns();
+        mid_taken = true;
+      }
+      const Step& s = program_.steps[i];
+      if (s.alloc) {
+        allocate(s, i);
+        live += s.size;
+        peak_live = std::max(peak_live, live);
+      } else {
+        release(s, i);
+        live -= s.size;
+      }
+      if (options_.progress && (i + 1) % kProgressEvents == 0) options_.progress(i + 1, ev.size());
+    }
+    r.replay_host_s = seconds_since(t0);
+    if (options_.progress) options_.progress(ev.size(), ev.size());
+    std::uint64_t end_ns = ds.total_ns();
+    if (!mid_taken) mid_ns = end_ns;
+    r.modeled_driver_s = static_cast<double>(end_ns - base_ns) * 1e-9;
+    r.modeled_driver_s_second_half = static_cast<double>(end_ns - mid_ns) * 1e-9;
+    for (int c = 0; c < pool::kCallKinds; ++c) {
+      r.driver_calls[c] = ds.calls(static_cast<pool::Call>(c)) - base_calls[c];
+      r.driver_ns[c] = ds.ns(static_cast<pool::Call>(c)) - base_call_ns[c];
+    }
+    r.pool_stats = pool_.stats();
+    r.peak_live_bytes = peak_live;
+    r.peak_physical_bytes = r.pool_stats.physical.peak;
+    r.ratio = peak_live > 0 ? static_cast<double>(r.peak_physical_bytes) / static_cast<double>(peak_live) : kNaN;
+    r.native_peak_bytes = trace_.meta.peak_reserved_native;
+    if (r.native_peak_bytes && *r.native_peak_bytes > 0)
+      r.native_ratio = static_cast<double>(r.peak_physical_bytes) / static_cast<double>(*r.native_peak_bytes);
+
+    check_valid("after the last event");
+    free_left_live();
+    check_valid("after freeing every block");
+
+    r.reps = options_.reps;
+    r.pair_ns = r.glibc_pair_ns = kNaN;
+    if (options_.reps > 0) time_pairs(r);
+    return r;
+  }
+
+ private:
+  static pool::HostDriver::Options driver_options(const ReplayOptions& o) {
+    pool::HostDriver::Options d;
+    d.capacity = o.capacity;
+    d.granularity = o.granularity;
+    d.device = 0;
+    d.cost_model = true;
+    return d;
+  }
+
+  [[noreturn]] void pool_fail(std::string_view what, pool::Status st) const {
+    pool::Stats s = pool_.stats();
+    throw ReplayError(fmt::format("{}: {} ({}; the pool holds {} physical, {} in live blocks)", trace_name(), what,
+                                  pool::status_name(st), fmt_bytes(s.physical.current),
+                                  fmt_bytes(s.blocks.current)));
+  }
+  std::string trace_name() const { return name_of(trace_); }
+  std::string where(std::size_t i) const {
+    if (i < trace_.event_offsets.size()) return fmt::format("events[{}] (byte {})", i, trace_.event_offsets[i]);
+    return fmt::format("events[{}]", i);
+  }
+
+  void setup() {
+    for (std::size_t i = 0; i < trace_.live_at_start.size(); ++i) {
+      std::uint64_t size = trace_.live_at_start[i].size;
+      pool::Status st = pool_.allocate(size, program_.setup_stream, &ptr_[i]);
+      if (st != pool::Status::ok)
+        pool_fail(fmt::format("live_at_start[{}]: allocation of {} bytes failed", i, size), st);
+    }
+  }
+  void allocate(const Step& s, std::size_t i) {
+    pool::Status st = pool_.allocate(s.size, s.stream, &ptr_[s.slot]);
+    if (st != pool::Status::ok)
+      pool_fail(fmt::format("{}: allocation of {} bytes on stream {} failed", where(i), s.size, s.stream), st);
+  }
+  void release(const Step& s, std::size_t i) {
+    pool::DevPtr p = ptr_[s.slot];
+    ptr_[s.slot] = 0;
+    if (p == 0) return;  // a size-0 allocation got no pointer
+    pool::Status st = pool_.free(p, s.stream);
+    if (st != pool::Status::ok) pool_fail(fmt::format("{}: free of {} bytes failed", where(i), s.size), st);
+  }
+  void free_slot(std::uint32_t slot) {
+    pool::DevPtr p = ptr_[slot];
+    ptr_[slot] = 0;
+    if (p == 0) return;
+    pool::Status st = pool_.free(p);
+    if (st != pool::Status::ok) pool_fail("freeing the blocks left live at the end failed", st);
+  }
+  void free_left_live() {
+    for (std::uint32_t s : program_.left_live) free_slot(s);
+    for (std::uint32_t s : program_.start_live) free_slot(s);
+  }
+  void check_valid(std::string_view when) const {
+    std::string v = pool_.validate();
+    if (!v.empty()) throw ReplayError(fmt::format("{}: pool validate() {}: {}", trace_name(), when, v));
+  }
+
+  // One timed run of the sequence through the pool; returns ns per alloc+free pair.
+  double pool_run() {
+    for (std::size_t i = 0; i < trace_.live_at_start.size(); ++i) {
+      pool::Status st = pool_.allocate(trace_.live_at_start[i].size, program_.setup_stream, &ptr_[i]);
+      if (st != pool::Status::ok) pool_fail("timed loop: set-up allocation failed", st);
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    for (const Step& s : program_.steps) {
+      pool::Status st;
+      if (s.alloc) {
+        st = pool_.allocate(s.size, s.stream, &ptr_[s.slot]);
+      } else {
+        st = ptr_[s.slot] == 0 ? pool::Status::ok : pool_.free(ptr_[s.slot], s.stream);
+        ptr_[s.slot] = 0;
+      }
+      if (st != pool::Status::ok) pool_fail("timed loop: a pool call failed", st);
+    }
+    for (std::uint32_t slot : program_.left_live) free_slot(slot);
+    double s = seconds_since(t0);
+    for (std::uint32_t slot : program_.start_live) free_slot(slot);
+    return pair_ns(s);
+  }
+
+  // The same through glibc; NaN (and a note) if malloc fails.
+  double glibc_run(std::string* note) {
+    std::vector<void*> p(program_.slots, nullptr);
+    bool failed = false;
+    for (std::size_t i = 0; i < trace_.live_at_start.size(); ++i) {
+      p[i] = std::malloc(trace_.live_at_start[i].size);
+      failed |= p[i] == nullptr && trace_.live_at_start[i].size > 0;
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    for (const Step& s : program_.steps) {
+      if (s.alloc) {
+        void* q = std::malloc(s.size);
+        failed |= q == nullptr && s.size > 0;
+        p[s.slot] = q;
+      } else {
+        std::free(p[s.slot]);
+      }
+    }
+    for (std::uint32_t slot : program_.left_live) std::free(p[slot]);
+    double s = seconds_since(t0);
+    for (std::uint32_t slot : program_.start_live) std::free(p[slot]);
+    if (failed) {
+      *note = "malloc returned NULL (host memory or overcommit limit)";
+      return kNaN;
+    }
+    return pair_ns(s);
+  }
+
+  double pair_ns(double seconds) const {
+    double ops = static_cast<double>(program_.steps.size() + program_.left_live.size());
+    return ops > 0 ? seconds * 1e9 / (ops / 2) : kNaN;
+  }
+
+  void time_pairs(ReplayReport& r) {
+    // MALLOC_PERTURB_ (which meson test sets) makes glibc fill every block: it would time memset over
+    // gigabytes, not malloc/free, and commit them.
+    if (const char* p = std::getenv("MALLOC_PERTURB_"); p != nullptr && std::atoi(p) != 0) mallopt(M_PERTURB, 0);
+    std::vector<double> pool_ns, glibc_ns;
+    for (int rep = 0; rep < options_.reps; ++rep) {
+      pool_ns.push_back(pool_run());
+      glibc_ns.push_back(glibc_run(&r.glibc_note));
+    }
+    check_valid("after the timed loops");
+    r.pair_ns = median(pool_ns);
+    r.glibc_pair_ns = median(glibc_ns);
+  }
+
+  const Trace& trace_;
+  const ReplayOptions& options_;
+  Program program_;
+  pool::HostDriver driver_;
+  pool::Allocator pool_;
+  std::vector<pool::DevPtr> ptr_;  // slot -> pool pointer (0: not live)
+};
+
+}  // namespace
+
+double ReplayReport::driver_fraction() const { return wall_s > 0 ? modeled_driver_s / wall_s : kNaN; }
+double ReplayReport::driver_fraction_second_half() const {
+  return wall_s_second_half > 0 ? modeled_driver_s_second_half / wall_s_second_half : kNaN;
+}
+
+ReplayReport replay_trace(const Trace& trace, const ReplayOptions& options) {
+  Replayer replayer(trace, options);
+  return replayer.run();
+}
+
+std::string format_report_text(const ReplayReport& r) {
+  std::string out = fmt::format("{} ({}): {} events ({} allocs, {} frees), {} blocks live at start\n", r.name,
+                                r.trace, r.events, r.allocs, r.frees, r.live_at_start);
+  out += fmt::format("  peak live       {:>10}\n", fmt_bytes(r.peak_live_bytes));
+  out += fmt::format("  peak physical   {:>10}  {} x peak live", fmt_bytes(r.peak_physical_bytes), fmt_ratio(r.ratio));
+  if (r.native_ratio)
+    out += fmt::format(", {:.3f} x PyTorch native peak reserved ({}, {:.3f} x peak live)", *r.native_ratio,
+                       fmt_bytes(*r.native_peak_bytes),
+                       static_cast<double>(*r.native_peak_bytes) / static_cast<double>(r.peak_live_bytes));
+  out += "\n  driver calls   ";
+  bool any = false;
+  for (int c = 0; c < pool::kCallKinds; ++c) {
+    if (r.driver_calls[c] == 0) continue;
+    out += fmt::format(" {} {}", pool::call_name(static_cast<pool::Call>(c)), r.driver_calls[c]);
+    any = true;
+  }
+  out += any ? "\n" : " none\n";
+  out += fmt::format("  modeled driver  {:.4f} s = {} of {:.3f} s wall; second half {:.4f} s = {} of {:.3f} s"
+                     " (set-up of live_at_start: {:.4f} s)\n",
+                     r.modeled_driver_s, fmt_pct(r.driver_fraction()), r.wall_s, r.modeled_driver_s_second_half,
+                     fmt_pct(r.driver_fraction_second_half()), r.wall_s_second_half, r.modeled_driver_s_setup);
+  const pool::Stats& s = r.pool_stats;
+  out += fmt::format("  pool            stitches {} creates {} releases {} maps {} unmaps {} reclaims {} ooms {};"
+                     " peak mapped {}\n",
+                     s.stitches, s.creates, s.releases, s.maps, s.unmaps, s.reclaims, s.ooms, fmt_bytes(s.mapped.peak));
+  if (r.reps > 0) {
+    std::string glibc = fmt_ns(r.glibc_pair_ns);
+    if (!r.glibc_note.empty()) glibc += " (" + r.glibc_note + ")";
+    out += fmt::format("  alloc+free pair pool {}, glibc malloc/free {} (median of {})\n", fmt_ns(r.pair_ns), glibc,
+                       r.reps);
+  }
+  out += fmt::format("  host time       read {:.3f} s, replay {:.3f} s; granularity {}, capacity {}, stitching {}\n",
+                     r.read_s, r.replay_host_s, fmt_bytes(r.granularity), fmt_bytes(r.capacity),
+                     r.stitch ? "on" : "off");
+  return out;
+}
+
+std::string format_report_json(const ReplayReport& r) {
+  using json = nlohmann::ordered_json;  // keys in the order written here, "trace" first
+  auto num = [](double v) { return std::isnan(v) ? json(nullptr) : json(v); };
+  json calls = json::object(), call_s = json::object();
+  for (int c = 0; c < pool::kCallKinds; ++c) {
+    const char* n = pool::call_name(static_cast<pool::Call>(c));
+    calls[n] = r.driver_calls[c];
+    call_s[n] = static_cast<double>(r.driver_ns[c]) * 1e-9;
+  }
+  const pool::Stats& s = r.pool_stats;
+  json j = {
+      {"trace", r.trace},
+      {"name", r.name},
+      {"events", r.events},
+      {"allocs", r.allocs},
+      {"frees", r.frees},
+      {"live_at_start", r.live_at_start},
+      {"peak_live_bytes", r.peak_live_bytes},
+      {"peak_physical_bytes", r.peak_physical_bytes},
+      {"ratio", num(r.ratio)},
+      {"native_peak_bytes", r.native_peak_bytes ? json(*r.native_peak_bytes) : json(nullptr)},
+      {"native_ratio", r.native_ratio ? num(*r.native_ratio) : json(nullptr)},
+      {"driver_calls", calls},
+      {"driver_s_by_call", call_s},
+      {"modeled_driver_s", r.modeled_driver_s},
+      {"modeled_driver_s_second_half", r.modeled_driver_s_second_half},
+      {"modeled_driver_s_setup", r.modeled_driver_s_setup},
+      {"wall_s", r.wall_s},
+      {"wall_s_second_half", r.wall_s_second_half},
+      {"driver_fraction", num(r.driver_fraction())},
+      {"driver_fraction_second_half", num(r.driver_fraction_second_half())},
+      {"stitches", s.stitches},
+      {"creates", s.creates},
+      {"releases", s.releases},
+      {"maps", s.maps},
+      {"unmaps", s.unmaps},
+      {"reclaims", s.reclaims},
+      {"ooms", s.ooms},
+      {"peak_mapped_bytes", s.mapped.peak},
+      {"peak_block_bytes", s.blocks.peak},
+      {"pair_ns", num(r.pair_ns)},
+      {"glibc_pair_ns", num(r.glibc_pair_ns)},
+      {"reps", r.reps},
+      {"replay_host_s", r.replay_host_s},
+      {"read_s", r.read_s},
+      {"granularity", r.granularity},
+      {"capacity", r.capacity},
+      {"stitch", r.stitch},
+  };
+  return j.dump();
+}
+
+namespace {
+
+constexpr const char* kReplayUsage =
+    "usage: glake-trace replay [options] TRACE...\n"
+    "\n"
+    "Replays each trace (gzip or plain JSON, the format of the shared traces) through the glake pool on the\n"
+    "host driver with the H100 cost model, and reports per trace: peak live and peak physical bytes and\n"
+    "their ratio, the ratio to PyTorch's native peak, driver calls by kind, modeled driver time over the\n"
+    "trace and its second half as fractions of the trace's wall time, the pool's counters, and the host\n"
+    "cost of an alloc+free pair beside glibc malloc/free on the same sequence.\n"
+    "\n"
+    "options:\n"
+    "  --json               one JSON object per line per trace\n"
+    "  --granularity BYTES  the driver's granularity (default 2M; a power of two >= the page size)\n"
+    "  --capacity BYTES     the driver's physical capacity (default 1T)\n"
+    "  --no-stitch          turn stitching off (GLAKE_STITCH=0)\n"
+    "  --reps N             repetitions of the timed alloc+free loops (default 5; 0 skips them)\n"
+    "  -h, --help           this text\n"
+    "BYTES take K, M, G, T suffixes (binary). The pool's other settings come from GLAKE_* variables.\n"
+    "\n"
+    "A trace that is malformed, truncated or fails to replay gets a message on stderr naming the file\n"
+    "and the position (byte offset in the decompressed JSON, event index, what was expected); the other\n"
+    "traces are still replayed and reported. Exit status: 0 all replayed, 1 some failed, 2 bad usage.\n";
+
+bool parse_size(const std::string& text, std::size_t* out) { return pool::parse_bytes(text.c_str(), out); }
+
+// A progress line on stderr, only when stderr is a terminal; at most 10 updates a second unless forced
+// (a new stage); cleared when done.
+class ProgressLine {
+ public:
+  ProgressLine() : on_(::isatty(STDERR_FILENO) == 1) {}
+  bool on() const { return on_; }
+  void show(const std::string& text, bool force = false) {
+    if (!on_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (!force && shown_ && now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    std::fprintf(stderr, "\r\033[K%s", text.c_str());
+    std::fflush(stderr);
+    shown_ = true;
+  }
+  void clear() {
+    if (!shown_) return;
+    std::fputs("\r\033[K", stderr);
+    std::fflush(stderr);
+    shown_ = false;
+  }
+
+ private:
+  bool on_;
+  bool shown_ = false;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+}  // namespace
+
+int replay_command(const std::vector<std::string>& args) {
+  bool json_out = false;
+  ReplayOptions options;
+  std::vector<std::string> config_errors;
+  options.config = pool::config_from_env(&config_errors);
+  for (const std::string& e : config_errors) fmt::print(stderr, "glake-trace: warning: {}\n", e);
+  std::vector<std::string> traces;
+
+  auto usage_error = [](const std::string& what) {
+    fmt::print(stderr, "glake-trace replay: {}\n(see glake-trace replay --help)\n", what);
+    return 2;
+  };
+  bool options_done = false;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string a = args[i];
+    if (options_done || a.empty() || a[0] != '-' || a == "-") {
+      traces.push_back(a);
+      continue;
+    }
+    if (a == "--") {
+      options_done = true;
+      continue;
+    }
+    std::string value;
+    bool has_value = false;
+    if (auto eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+      has_value = true;
+    }
+    auto take_value = [&]() -> bool {
+      if (has_value) return true;
+      if (i + 1 >= args.size()) return false;
+      value = args[++i];
+      return true;
+    };
+    if (a == "-h" || a == "--help") {
+      fmt::print("{}", kReplayUsage);
+      return 0;
+    } else if (a == "--json" && !has_value) {
+      json_out = true;
+    } else if (a == "--no-stitch" && !has_value) {
+      options.config.stitch = false;
+    } else if (a == "--granularity" || a == "--capacity") {
+      if (!take_value()) return usage_error(a + " needs a value");
+      std::size_t v = 0;
+      if (!parse_size(value, &v) || v == 0)
+        return usage_error(fmt::format("{}: '{}' is not a byte count (e.g. 2M, 64G, 1T)", a, value));
+      if (a == "--granularity") {
+        auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+        if ((v & (v - 1)) != 0 || v < page)
+          return usage_error(fmt::format("--granularity: {} is not a power of two >= the page size ({})", v, page));
+        options.granularity = v;
+      } else {
+        options.capacity = v;
+      }
+    } else if (a == "--reps") {
+      if (!take_value()) return usage_error("--reps needs a value");
+      char* end = nullptr;
+      long n = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || n < 0 || n > 1000)
+        return usage_error(fmt::format("--reps: '{}' is not a number from 0 to 1000", value));
+      options.reps = static_cast<int>(n);
+    } else {
+      return usage_error(fmt::format("unknown option '{}'", args[i]));
+    }
+  }
+  if (traces.empty()) return usage_error("no trace given");
+
+  ProgressLine line;
+  int status = 0;
+  for (const std::string& path : traces) {
+    try {
+      ReadProgress read_progress;
+      if (line.on()) {
+        read_progress = [&](const char* stage, std::uint64_t done, std::uint64_t total) {
+          line.show(fmt::format("{}: {} {:.0f}%", path, stage, 100.0 * static_cast<double>(done) /
+                                                                 static_cast<double>(std::max<std::uint64_t>(total, 1))));
+        };
+        options.progress = [&](std::uint64_t done, std::uint64_t total) {
+          line.show(fmt::format("{}: replay event {}/{}", path, done, total));
+        };
+      }
+      auto read_t0 = std::chrono::steady_clock::now();
+      Trace trace = read_trace(path, read_progress);
+      double read_s = seconds_since(read_t0);
+      if (trace.meta.peak_live_bytes && *trace.meta.peak_live_bytes != trace.peak_live_bytes) {
+        line.clear();
+        fmt::print(stderr, "glake-trace: warning: {}: meta.peak_live_bytes is {}, the events give {}\n", path,
+                   *trace.meta.peak_live_bytes, trace.peak_live_bytes);
+      }
+      if (line.on() && options.reps > 0) options.progress = [&, inner = options.progress](std::uint64_t d, std::uint64_t t) {
+        inner(d, t);
+        if (d == t)
+          line.show(fmt::format("{}: timing alloc+free pairs ({} x pool, {} x glibc)", path, options.reps,
+                                options.reps), true);
+      };
+      ReplayReport r = replay_trace(trace, options);
+      r.read_s = read_s;
+      line.clear();
+      std::string text = json_out ? format_report_json(r) + "\n" : format_report_text(r);
+      std::fputs(text.c_str(), stdout);
+      std::fflush(stdout);
+    } catch (const std::exception& e) {
+      line.clear();
+      std::fflush(stdout);
+      fmt::print(stderr, "glake-trace: error: {}\n", e.what());
+      status = 1;
+    }
+  }
+  return status;
+}
+
+}  // namespace glake::tracer
