@@ -155,7 +155,8 @@ bool Allocator::Impl::find_window(std::size_t n, StreamHandle s, Plan* plan) {
   return found;
 }
 
-Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s, bool may_wait, Plan* plan) {
+Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s, bool may_wait,
+                                                   std::size_t device_free, Plan* plan) {
   std::lock_guard lock(mu);
   if (!find_window(n, s, plan)) return Prepared::need_window;
   StreamState& own = stream_state(s);
@@ -176,7 +177,10 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s
     for (auto& [other, ss] : streams)
       if (other != s && !ss.large.empty()) return Prepared::need_wait;
   }
+  // Fail before touching anything when the device cannot hold what would be created (a huge request
+  // would otherwise create pages until the driver refuses, and leave them all cached).
   if (cfg.limit != 0 && st.physical.current + creates * page > cfg.limit) return Prepared::no_memory;
+  if (creates * page > device_free) return Prepared::no_memory;
 
   // Mark the window busy, splitting the blocks at its edges.
   DevPtr lo = plan->start, hi = plan->start + n;
@@ -418,9 +422,11 @@ void Allocator::Impl::collect_stale() {
 Status Allocator::Impl::stitch(const Request& q, StreamHandle s, DevPtr* out) {
   const std::size_t n = q.bytes;
   bool may_wait = true, collected = false;
+  std::size_t device_free = 0, device_total = 0;
+  if (drv.mem_info(&device_free, &device_total) != Status::ok) device_free = ~std::size_t{0};
   for (int attempt = 0; attempt < 5; ++attempt) {
     Plan plan;
-    switch (prepare(n, s, may_wait, &plan)) {
+    switch (prepare(n, s, may_wait, device_free, &plan)) {
       case Prepared::need_window: {
         if (has_stale && !collected) {
           collect_stale();  // give stale slots back to the address space before reserving more

@@ -307,7 +307,7 @@ struct Allocator::Impl {
   Status allocate_large(const Request& q, StreamHandle s, DevPtr* out);
   Status stitch(const Request& q, StreamHandle s, DevPtr* out);
   enum class Prepared { ready, need_window, need_wait, no_memory };
-  Prepared prepare(std::size_t n, StreamHandle s, bool may_wait, Plan* plan);
+  Prepared prepare(std::size_t n, StreamHandle s, bool may_wait, std::size_t device_free, Plan* plan);
   bool find_window(std::size_t n, StreamHandle s, Plan* plan);
   Status execute(Plan& plan);
   Status finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out);

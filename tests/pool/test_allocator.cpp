@@ -166,6 +166,17 @@ TEST(Allocator, WhatFitsUnderPlainMallocFitsHere) {
   EXPECT_EQ(m.check(), "");
 }
 
+TEST(Allocator, AHugeRequestFailsAtOnceAndKeepsNothing) {
+  PoolModel m(small_pages(64 * kPage), no_limit());
+  DevPtr p = 0;
+  ASSERT_EQ(m.alloc(2 * kPage, 0, &p), Status::ok);
+  std::uint64_t creates = m.driver.stats().calls(Call::create);
+  EXPECT_EQ(m.alloc(200 * kPage, 0), Status::out_of_memory);
+  EXPECT_EQ(m.driver.stats().calls(Call::create), creates) << "nothing created for a request that cannot fit";
+  EXPECT_EQ(m.pool.stats().physical.current, 2 * kPage);
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
 TEST(Allocator, OutOfMemoryReclaimsWhatOtherStreamsFreed) {
   PoolModel m(small_pages(16 * kPage), no_limit());
   DevPtr a = 0;
