@@ -23,6 +23,7 @@
 
 #include "pool/allocator.h"
 #include "pool/host_driver.h"
+#include "tracer/format_util.h"
 #include "tracer/trace_reader.h"
 
 namespace glake::tracer {
@@ -39,7 +40,8 @@ struct Step {
 };
 
 struct Program {
-  std::vector<Step> steps;                 // one per event, same order
+  std::vector<Step> steps;                 // one per alloc or free event, same order
+  std::vector<std::uint32_t> step_event;   // the index in trace.events of each step
   std::vector<std::uint32_t> left_live;    // event-allocated slots live after the last event
   std::vector<std::uint32_t> start_live;   // live_at_start slots live after the last event
   std::uint32_t slots = 0;
@@ -52,7 +54,8 @@ std::string name_of(const Trace& t) { return t.path.empty() ? t.meta.name : t.pa
 Program compile(const Trace& t) {
   const std::string name = name_of(t);
   Program p;
-  if (t.live_at_start.size() + t.events.size() >= std::numeric_limits<std::uint32_t>::max())
+  if (t.live_at_start.size() + t.events.size() >= std::numeric_limits<std::uint32_t>::max() ||
+      t.events.size() >= std::numeric_limits<std::uint32_t>::max())
     throw ReplayError(fmt::format("{}: trace too large (2^32 blocks)", name));
   std::unordered_map<std::uint64_t, std::uint32_t> slot_of;
   slot_of.reserve(t.live_at_start.size() + 4096);
@@ -61,10 +64,18 @@ Program compile(const Trace& t) {
     if (!slot_of.emplace(b.addr, next++).second)
       throw ReplayError(fmt::format("{}: live_at_start names address {} twice", name, b.addr));
   }
-  p.setup_stream = t.events.empty() ? 0 : t.events.front().stream;
+  p.setup_stream = 0;
+  for (const TraceEvent& e : t.events)
+    if (is_alloc_or_free(e.op)) {
+      p.setup_stream = e.stream;
+      break;
+    }
   p.steps.reserve(t.events.size());
+  p.step_event.reserve(t.events.size());
   for (std::size_t i = 0; i < t.events.size(); ++i) {
     const TraceEvent& e = t.events[i];
+    if (!is_alloc_or_free(e.op)) continue;  // the replay places blocks itself: only a/f matter
+    p.step_event.push_back(static_cast<std::uint32_t>(i));
     if (e.op == Op::alloc) {
       if (!slot_of.emplace(e.addr, next).second)
         throw ReplayError(
@@ -98,18 +109,6 @@ double median(std::vector<double> v) {
   return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-std::string fmt_bytes(std::uint64_t b) {
-  constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(b);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{} B", b) : fmt::format("{:.2f} {}", v, units[u]);
-}
-
-std::string fmt_pct(double f) { return std::isnan(f) ? std::string("n/a") : fmt::format("{:.2f}%", f * 100); }
 std::string fmt_ratio(double f) { return std::isnan(f) ? std::string("n/a") : fmt::format("{:.3f}", f); }
 std::string fmt_ns(double ns) { return std::isnan(ns) ? std::string("n/a") : fmt::format("{:.1f} ns", ns); }
 
@@ -124,15 +123,20 @@ class Replayer {
     ReplayReport r;
     r.trace = name_of(trace_);
     r.name = trace_.meta.name;
-    r.events = trace_.events.size();
+    r.other_events = trace_.events.size() - program_.steps.size();
+    r.events = program_.steps.size();
     r.live_at_start = trace_.live_at_start.size();
     r.granularity = options_.granularity;
     r.capacity = options_.capacity;
     r.stitch = options_.config.stitch;
-    for (const TraceEvent& e : trace_.events) (e.op == Op::alloc ? r.allocs : r.frees)++;
+    r.small_limit = pool_.config().small_limit;
+    r.limit = options_.config.limit;
+    for (const Step& s : program_.steps) (s.alloc ? r.allocs : r.frees)++;
 
     const pool::DriverStats& ds = driver_.stats();
     setup();
+    if (options_.after_setup) options_.after_setup(pool_);
+    if (options_.observer != nullptr) pool_.set_observer(options_.observer);
     std::uint64_t base_ns = ds.total_ns();
     r.modeled_driver_s_setup = static_cast<double>(base_ns) * 1e-9;
     std::array<std::uint64_t, pool::kCallKinds> base_calls{}, base_call_ns{};
@@ -141,10 +145,11 @@ class Replayer {
       base_call_ns[c] = ds.ns(static_cast<pool::Call>(c));
     }
 
-    // The second half starts at the first event with t_us >= the midpoint.
+    // The second half starts at the first event with t_us >= the midpoint (alloc and free events).
     const auto& ev = trace_.events;
-    double first = ev.empty() ? 0 : static_cast<double>(ev.front().t_us);
-    double last = ev.empty() ? 0 : static_cast<double>(ev.back().t_us);
+    const auto& step_event = program_.step_event;
+    double first = step_event.empty() ? 0 : static_cast<double>(ev[step_event.front()].t_us);
+    double last = step_event.empty() ? 0 : static_cast<double>(ev[step_event.back()].t_us);
     double mid = (first + last) / 2;
     r.wall_s = (last - first) * 1e-6;
     r.wall_s_second_half = (last - mid) * 1e-6;
@@ -156,23 +161,25 @@ class Replayer {
     for (const LiveBlock& b : trace_.live_at_start) live += b.size;
     peak_live = live;
     for (std::size_t i = 0; i < program_.steps.size(); ++i) {
-      if (!mid_taken && static_cast<double>(ev[i].t_us) >= mid) {
+      if (!mid_taken && static_cast<double>(ev[step_event[i]].t_us) >= mid) {
         mid_ns = ds.total_ns();
         mid_taken = true;
       }
       const Step& s = program_.steps[i];
       if (s.alloc) {
-        allocate(s, i);
+        allocate(s, step_event[i]);
         live += s.size;
         peak_live = std::max(peak_live, live);
       } else {
-        release(s, i);
+        release(s, step_event[i]);
         live -= s.size;
       }
-      if (options_.progress && (i + 1) % kProgressEvents == 0) options_.progress(i + 1, ev.size());
+      if (options_.after_step) options_.after_step(step_event[i], pool_);
+      if (options_.progress && (i + 1) % kProgressEvents == 0) options_.progress(i + 1, program_.steps.size());
     }
     r.replay_host_s = seconds_since(t0);
-    if (options_.progress) options_.progress(ev.size(), ev.size());
+    if (options_.observer != nullptr) pool_.set_observer(nullptr);
+    if (options_.progress) options_.progress(program_.steps.size(), program_.steps.size());
     std::uint64_t end_ns = ds.total_ns();
     if (!mid_taken) mid_ns = end_ns;
     r.modeled_driver_s = static_cast<double>(end_ns - base_ns) * 1e-9;
@@ -224,7 +231,9 @@ class Replayer {
   void setup() {
     for (std::size_t i = 0; i < trace_.live_at_start.size(); ++i) {
       std::uint64_t size = trace_.live_at_start[i].size;
-      pool::Status st = pool_.allocate(size, program_.setup_stream, &ptr_[i]);
+      // The shared format has no stream per block: the first event's stream stands in.
+      std::uint64_t stream = trace_.format == "glake-trace" ? trace_.live_at_start[i].stream : program_.setup_stream;
+      pool::Status st = pool_.allocate(size, stream, &ptr_[i]);
       if (st != pool::Status::ok)
         pool_fail(fmt::format("live_at_start[{}]: allocation of {} bytes failed", i, size), st);
     }
@@ -378,9 +387,13 @@ std::string format_report_text(const ReplayReport& r) {
     out += fmt::format("  alloc+free pair pool {}, glibc malloc/free {} (median of {})\n", fmt_ns(r.pair_ns), glibc,
                        r.reps);
   }
-  out += fmt::format("  host time       read {:.3f} s, replay {:.3f} s; granularity {}, capacity {}, stitching {}\n",
-                     r.read_s, r.replay_host_s, fmt_bytes(r.granularity), fmt_bytes(r.capacity),
-                     r.stitch ? "on" : "off");
+  out += fmt::format("  host time       read {:.3f} s, replay {:.3f} s\n", r.read_s, r.replay_host_s);
+  out += fmt::format("  settings        granularity {}, capacity {}, stitching {}, small limit {}, limit {}\n",
+                     fmt_bytes(r.granularity), fmt_bytes(r.capacity), r.stitch ? "on" : "off",
+                     fmt_bytes(r.small_limit), r.limit == 0 ? std::string("none") : fmt_bytes(r.limit));
+  if (r.other_events > 0)
+    out += fmt::format("  not replayed    {} events of other ops (create, map, stitch, ...: the recording pool's own)\n",
+                       r.other_events);
   return out;
 }
 
@@ -432,6 +445,9 @@ std::string format_report_json(const ReplayReport& r) {
       {"granularity", r.granularity},
       {"capacity", r.capacity},
       {"stitch", r.stitch},
+      {"small_limit", r.small_limit},
+      {"limit", r.limit},
+      {"other_events", r.other_events},
   };
   return j.dump();
 }
@@ -450,11 +466,21 @@ constexpr const char* kReplayUsage =
     "options:\n"
     "  --json               one JSON object per line per trace\n"
     "  --granularity BYTES  the driver's granularity (default 2M; a power of two >= the page size)\n"
-    "  --capacity BYTES     the driver's physical capacity (default 1T)\n"
-    "  --no-stitch          turn stitching off (GLAKE_STITCH=0)\n"
+    "  --capacity BYTES     the driver's physical capacity (default 1T): the device's memory in a what-if\n"
+    "  --no-stitch          turn stitching off (GLAKE_STITCH=0): the pool grows where it would stitch\n"
+    "  --stitch             turn stitching on (the default, overrides GLAKE_STITCH=0)\n"
+    "  --small-limit BYTES  requests up to this size share pages (GLAKE_SMALL_LIMIT, default 1M; at most\n"
+    "                       half the granularity: larger values are lowered to it; 0 puts every request\n"
+    "                       in whole pages)\n"
+    "  --limit BYTES        most physical bytes the pool may hold (GLAKE_LIMIT; default 0: the capacity)\n"
     "  --reps N             repetitions of the timed alloc+free loops (default 5; 0 skips them)\n"
     "  -h, --help           this text\n"
-    "BYTES take K, M, G, T suffixes (binary). The pool's other settings come from GLAKE_* variables.\n"
+    "BYTES take K, M, G, T suffixes (binary). The pool's other settings come from GLAKE_* variables;\n"
+    "options override them. What-if: run the same trace with different options, e.g.\n"
+    "  glake-trace replay --granularity 32M --no-stitch --small-limit 256K TRACE\n"
+    "and compare peak physical. A what-if that runs out of memory (--capacity, --limit) is reported as an\n"
+    "error naming the event that failed and what the pool held.\n"
+    "Traces in glake's format (tracer/FORMAT.md) replay their \"a\"/\"f\" events only.\n"
     "\n"
     "A trace that is malformed, truncated or fails to replay gets a message on stderr naming the file\n"
     "and the position (byte offset in the decompressed JSON, event index, what was expected); the other\n"
@@ -535,6 +561,14 @@ int replay_command(const std::vector<std::string>& args) {
       json_out = true;
     } else if (a == "--no-stitch" && !has_value) {
       options.config.stitch = false;
+    } else if (a == "--stitch" && !has_value) {
+      options.config.stitch = true;
+    } else if (a == "--small-limit" || a == "--limit") {
+      if (!take_value()) return usage_error(a + " needs a value");
+      std::size_t v = 0;
+      if (!parse_size(value, &v))
+        return usage_error(fmt::format("{}: '{}' is not a byte count (e.g. 0, 256K, 1M, 64G)", a, value));
+      (a == "--limit" ? options.config.limit : options.config.small_limit) = v;
     } else if (a == "--granularity" || a == "--capacity") {
       if (!take_value()) return usage_error(a + " needs a value");
       std::size_t v = 0;

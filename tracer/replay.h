@@ -1,6 +1,9 @@
 // tracer/replay.h: replays an allocation trace through the pool on the host driver, and the
 // `glake-trace replay` subcommand that reports it.
 //
+// Only the alloc ("a") and free ("f") events are replayed; the other ops of glake traces (create, map,
+// stitch, ...) describe what the recording allocator did and are ignored here.
+//
 // One replay: a HostDriver (cost model on, large capacity: memfd pages are committed only when touched
 // and a replay touches none) under a pool::Allocator. Blocks of live_at_start are allocated first, on
 // the stream of the trace's first event; that set-up is outside the measured part, as it was outside
@@ -25,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "pool/allocator.h"
 #include "pool/config.h"
 #include "pool/driver.h"
 #include "pool/stats.h"
@@ -44,14 +48,23 @@ struct ReplayOptions {
   std::size_t granularity = std::size_t{2} << 20;  // the host driver's granularity
   pool::Config config;                             // the pool's settings (stitch, small_limit, ...)
   int reps = 5;  // repetitions of each timed loop (pool, glibc); 0 skips the host-cost measurement
-  // Called now and then during the replay with events done and events in all.
+  // Called now and then during the replay with alloc/free events done and in all.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
+  // Called after each alloc or free event with its index in trace.events and the pool (for tools that
+  // follow the pool's state over the replay: physical bytes, a snapshot at the peak, ...).
+  std::function<void(std::size_t event_index, const pool::Allocator& pool)> after_step;
+  // Called once after the set-up of live_at_start, before the first event.
+  std::function<void(const pool::Allocator& pool)> after_setup;
+  // Watches the pool's events (create, map, stitch, ...) from the first event on (the set-up of
+  // live_at_start excluded); removed before the replay returns.
+  pool::Observer* observer = nullptr;
 };
 
 struct ReplayReport {
   std::string trace;  // the trace's path (or name for in-memory traces)
   std::string name;   // meta.name
-  std::uint64_t events = 0, allocs = 0, frees = 0, live_at_start = 0;
+  std::uint64_t events = 0, allocs = 0, frees = 0, live_at_start = 0;  // events: alloc + free events
+  std::uint64_t other_events = 0;  // events of other ops (glake traces): not replayed
 
   std::uint64_t peak_live_bytes = 0;      // computed from the trace, live_at_start included
   std::uint64_t peak_physical_bytes = 0;  // the pool's peak of physical memory held
@@ -81,6 +94,8 @@ struct ReplayReport {
   double read_s = 0;         // host time to read, inflate, parse and check the trace (set by the caller)
   std::size_t granularity = 0, capacity = 0;
   bool stitch = true;
+  std::size_t small_limit = 0;  // the pool's effective small limit (lowered to half a page if larger)
+  std::size_t limit = 0;        // the pool's physical limit (0: none but the capacity)
 };
 
 ReplayReport replay_trace(const Trace& trace, const ReplayOptions& options);

@@ -3,7 +3,12 @@
 // The parser is a cursor over the decompressed text. Its only state besides the position is "where it
 // is" (section, element index, field), so that a failure can say what was expected at which byte and
 // in which event. Numbers are parsed by hand (non-negative integers only); strings are decoded with
-// their escapes; values of unknown keys are skipped with a depth limit.
+// their escapes; values of unknown keys are skipped with a depth limit. "meta" and each snapshot are
+// small: their text is handed to nlohmann::json; events, live_at_start and stacks are parsed here.
+//
+// Which format a file is in is known for sure only at the end ("format" may follow "events"): rows and
+// ops that only the glake format allows are accepted while parsing and remembered (the first one's
+// position), and rejected at the end if the file turns out not to be a glake trace.
 #include "tracer/trace_reader.h"
 
 #include <fcntl.h>
@@ -18,6 +23,8 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "tracer/snapshot.h"
 
 namespace glake::tracer {
 namespace {
@@ -75,7 +82,9 @@ class Parser {
   Trace parse() {
     Trace t;
     t.meta.json = "{}";
-    bool seen_meta = false, seen_live = false, seen_events = false;
+    bool seen_meta = false, seen_live = false, seen_events = false, seen_format = false, seen_version = false,
+         seen_stacks = false, seen_snapshots = false;
+    std::size_t version_at = 0;
     skip_ws();
     if (pos_ >= s_.size()) fail(s_.empty() ? "empty input, expected a JSON object" : "expected a JSON object");
     expect('{', "'{' to open the trace object");
@@ -101,6 +110,30 @@ class Parser {
         } else if (key == "events") {
           once(seen_events);
           parse_events(t);
+        } else if (key == "format") {
+          once(seen_format);
+          skip_ws();
+          std::size_t at = pos_;
+          std::string f = parse_string("the format name \"glake-trace\"");
+          if (f != "glake-trace")
+            fail(fmt::format("unknown format \"{}\" (this reader knows \"glake-trace\" and the shared format, "
+                             "which has no \"format\" key)", f), at);
+          glake_ = true;
+        } else if (key == "version") {
+          once(seen_version);
+          skip_ws();
+          version_at = pos_;
+          std::uint64_t v = parse_u64();
+          if (v != 1)
+            fail(fmt::format("unsupported version {} of the glake-trace format (this reader knows version 1)", v),
+                 version_at);
+          t.version = static_cast<std::uint32_t>(v);
+        } else if (key == "stacks") {
+          once(seen_stacks);
+          parse_stacks(t.stacks);
+        } else if (key == "snapshots") {
+          once(seen_snapshots);
+          parse_snapshots(t.snapshots);
         } else {
           skip_value(0);
         }
@@ -117,11 +150,38 @@ class Parser {
     if (pos_ != s_.size()) fail("unexpected data after the trace object");
     if (!seen_events)
       throw TraceError(fmt::format("{}: byte 0: the trace object has no key \"events\" (required)", origin_), 0);
+    if (glake_) {
+      t.format = "glake-trace";
+      if (!seen_version)
+        throw TraceError(fmt::format("{}: byte 0: a glake-trace file needs \"version\" (1)", origin_), 0);
+    } else {
+      if (seen_version)
+        throw TraceError(fmt::format("{}: byte {}: \"version\" without \"format\": \"glake-trace\"", origin_,
+                                     version_at), version_at);
+      if (first_glake_only_) {
+        const GlakeOnly& g = *first_glake_only_;
+        throw TraceError(fmt::format("{}: byte {} in {}: {}; only glake-trace files (\"format\": \"glake-trace\") "
+                                     "may have extra columns, ops other than \"a\" and \"f\", \"stacks\" and "
+                                     "\"snapshots\"",
+                                     origin_, g.at, g.where, g.what), g.at);
+      }
+    }
     return t;
   }
 
  private:
-  enum class Section { top, meta, live, events };
+  enum class Section { top, meta, live, events, stacks, snapshots };
+
+  // The first element that only the glake format allows, for the error if the file is not one.
+  struct GlakeOnly {
+    std::size_t at;
+    std::string where;  // "events[3]"
+    std::string what;   // "op \"create\""
+  };
+  void glake_only(std::size_t at, std::string where, std::string what) {
+    if (glake_ || first_glake_only_) return;
+    first_glake_only_ = GlakeOnly{at, std::move(where), std::move(what)};
+  }
 
   [[noreturn]] void fail(std::string_view what) const { fail(what, pos_); }
   [[noreturn]] void fail(std::string_view what, std::size_t at) const {
@@ -134,6 +194,11 @@ class Parser {
         where = fmt::format(" in events[{}]", index_);
         if (field_ != nullptr) where += fmt::format(" ({})", field_);
         break;
+      case Section::stacks:
+        where = stack_key_.empty() ? std::string(" in stacks") : fmt::format(" in stacks[\"{}\"]", stack_key_);
+        if (field_ != nullptr) where += fmt::format(" ({})", field_);
+        break;
+      case Section::snapshots: where = fmt::format(" in snapshots[{}]", index_); break;
     }
     std::string found = at >= s_.size() ? std::string(" (the input ends here: truncated?)")
                                          : " (found " + describe_at(s_, at) + ")";
@@ -318,6 +383,12 @@ class Parser {
       }
       meta.peak_live_bytes = meta_u64(m, "peak_live_bytes");
       meta.peak_reserved_native = meta_u64(m, "peak_reserved_pytorch_native");
+      meta.physical_at_start_bytes = meta_u64(m, "physical_at_start_bytes");
+      meta.events_dropped = meta_u64(m, "events_dropped");
+      if (auto it = m.find("stacks"); it != m.end() && !it->is_null()) {
+        if (!it->is_string()) throw std::invalid_argument("meta.stacks: expected a string, found " + it->dump());
+        meta.stacks_note = it->get<std::string>();
+      }
       if (auto it = m.find("median_iter_s"); it != m.end() && !it->is_null()) {
         if (!it->is_number()) throw std::invalid_argument("meta.median_iter_s: expected a number, found " + it->dump());
         meta.median_iter_s = it->get<double>();
@@ -326,6 +397,14 @@ class Parser {
       fail(e.what(), start);
     }
     meta.json = std::string(text);
+  }
+
+  std::uint32_t parse_u32(const char* what) {
+    skip_ws();
+    std::size_t at = pos_;
+    std::uint64_t v = parse_u64();
+    if (v > UINT32_MAX) fail(fmt::format("{} does not fit 32 bits", what), at);
+    return static_cast<std::uint32_t>(v);
   }
 
   void parse_live(std::vector<LiveBlock>& out) {
@@ -337,12 +416,25 @@ class Parser {
       return;
     }
     for (;;) {
+      skip_ws();
+      std::size_t block_at = pos_;
       expect('[', "'[' to open a block [addr, size]");
       LiveBlock b;
       b.addr = parse_u64();
       expect(',', "',' after addr (a block is [addr, size])");
       b.size = parse_u64();
-      expect(']', "']' after size (a block is [addr, size])");
+      // glake format: [addr, size, stream, device, stack], trailing ones optional.
+      int columns = 2;
+      while (columns < 5 && peek() == ',') {
+        ++pos_;
+        if (columns == 2) b.stream = parse_u64();
+        else if (columns == 3) b.device = parse_u32("device");
+        else b.stack = parse_u32("stack");
+        ++columns;
+      }
+      if (columns > 2) glake_only(block_at, fmt::format("live_at_start[{}]", index_), fmt::format("a block of {} elements: the shared format's blocks have 2 (addr, size)", columns));
+      expect(']', columns < 5 ? "']' after size (a block is [addr, size]; glake-trace: [addr, size, stream, device, stack])"
+                              : "']' to close the block (at most 5 elements: addr, size, stream, device, stack)");
       out.push_back(b);
       char c = peek();
       ++pos_;
@@ -364,9 +456,11 @@ class Parser {
     t.events.reserve(s_.size() / 48);
     t.event_offsets.reserve(s_.size() / 48);
     std::uint64_t next_progress = pos_ + kProgressStep;
+    static constexpr const char* kExtra[] = {"device", "thread", "stack", "aux"};
     for (;;) {
       field_ = nullptr;
       skip_ws();
+      const std::size_t event_at = pos_;
       t.event_offsets.push_back(pos_);
       expect('[', "'[' to open an event [t_us, op, addr, size, stream]");
       TraceEvent e;
@@ -379,11 +473,15 @@ class Parser {
           (s_[pos_ + 1] == 'a' || s_[pos_ + 1] == 'f')) {
         e.op = s_[pos_ + 1] == 'a' ? Op::alloc : Op::free;
         pos_ += 3;
-      } else {  // not the plain spelling: maybe escaped, else an error
+      } else {  // another op, an escaped spelling, or an error
         std::size_t at = pos_;
         std::string op = parse_string("op \"a\" or \"f\"");
-        if (op != "a" && op != "f") fail(fmt::format("expected op \"a\" or \"f\", found \"{}\"", op), at);
-        e.op = op == "a" ? Op::alloc : Op::free;
+        std::optional<Op> o = op_from_name(op);
+        if (!o)
+          fail(fmt::format("expected op \"a\" or \"f\" (glake-trace files also: create, release, map, unmap, stitch, "
+                           "reclaim, oom, offload), found \"{}\"", op), at);
+        e.op = *o;
+        if (!is_alloc_or_free(e.op)) glake_only(event_at, fmt::format("events[{}]", index_), fmt::format("op \"{}\": the shared format's ops are \"a\" and \"f\"", op));
       }
       field_ = "addr";
       expect(',', "',' after op");
@@ -394,8 +492,27 @@ class Parser {
       field_ = "stream";
       expect(',', "',' after size");
       e.stream = parse_u64();
+      int columns = 5;
+      while (columns < 9 && peek() == ',') {
+        ++pos_;
+        field_ = kExtra[columns - 5];
+        switch (columns) {
+          case 5: e.device = parse_u32("device"); break;
+          case 6: e.thread = parse_u32("thread"); break;
+          case 7: e.stack = parse_u32("stack"); break;
+          default: e.aux = parse_u64(); break;
+        }
+        ++columns;
+      }
       field_ = nullptr;
-      expect(']', "']' to close the event (an event has 5 elements: t_us, op, addr, size, stream)");
+      if (columns > 5)
+        glake_only(event_at, fmt::format("events[{}]", index_),
+                   fmt::format("{} elements: the shared format's events have 5 elements (t_us, op, addr, size, stream)", columns));
+      expect(']', glake_ || columns == 9
+                      ? "']' to close the event (an event has 5 to 9 elements: t_us, op, addr, size, stream, device, "
+                        "thread, stack, aux)"
+                      : "']' to close the event (an event has 5 elements: t_us, op, addr, size, stream; glake-trace "
+                        "files may add device, thread, stack, aux)");
       t.events.push_back(e);
       char c = peek();
       ++pos_;
@@ -410,6 +527,116 @@ class Parser {
     field_ = nullptr;
   }
 
+  // "stacks": {"ID": [FRAME, ...], ...}; FRAME: {"fn": s, "src": s, "obj": s} (each optional, other keys
+  // skipped) or a string (the function).
+  void parse_stacks(std::map<std::uint32_t, std::vector<Frame>>& out) {
+    section_ = Section::stacks;
+    stack_key_.clear();
+    field_ = nullptr;
+    skip_ws();
+    glake_only(pos_, "stacks", "the key \"stacks\"");
+    expect('{', "'{' to open \"stacks\" (an object: stack id -> array of frames)");
+    if (peek() == '}') {
+      ++pos_;
+      return;
+    }
+    for (;;) {
+      skip_ws();
+      std::size_t key_at = pos_;
+      stack_key_ = parse_string("a stack id (a string of digits)");
+      std::uint64_t id = 0;
+      bool digits = !stack_key_.empty() && stack_key_.size() <= 10 && (stack_key_.size() == 1 || stack_key_[0] != '0');
+      for (char c : stack_key_) {
+        if (c < '0' || c > '9') digits = false;
+        else id = id * 10 + static_cast<std::uint64_t>(c - '0');
+      }
+      if (!digits || id == 0 || id > UINT32_MAX)
+        fail(fmt::format("stack id \"{}\" is not an integer from 1 to 2^32-1", stack_key_), key_at);
+      if (out.count(static_cast<std::uint32_t>(id)) != 0) fail("stack id appears twice", key_at);
+      expect(':', "':' after a stack id");
+      std::vector<Frame>& frames = out[static_cast<std::uint32_t>(id)];
+      expect('[', "'[' to open the stack's frames");
+      if (peek() == ']') {
+        ++pos_;
+      } else {
+        for (;;) {
+          Frame f;
+          if (peek() == '"') {
+            f.fn = parse_string("a frame");
+          } else {
+            expect('{', "a frame ({\"fn\": ..., \"src\": ..., \"obj\": ...} or a string)");
+            if (peek() == '}') {
+              ++pos_;
+            } else {
+              for (;;) {
+                std::string k = parse_string("a key of the frame");
+                expect(':', "':' after a key");
+                if (k == "fn") field_ = "fn", f.fn = parse_string("the function name");
+                else if (k == "src") field_ = "src", f.src = parse_string("\"file:line\"");
+                else if (k == "obj") field_ = "obj", f.obj = parse_string("\"object+0xoffset\"");
+                else skip_value(1);
+                field_ = nullptr;
+                char c = peek();
+                ++pos_;
+                if (c == '}') break;
+                if (c != ',') fail("expected ',' or '}' in a frame", pos_ - 1);
+              }
+            }
+          }
+          frames.push_back(std::move(f));
+          char c = peek();
+          ++pos_;
+          if (c == ']') break;
+          if (c != ',') fail("expected ',' or ']' after a frame", pos_ - 1);
+        }
+      }
+      stack_key_.clear();
+      char c = peek();
+      ++pos_;
+      if (c == '}') return;
+      if (c != ',') fail("expected ',' or '}' after a stack", pos_ - 1);
+    }
+  }
+
+  // "snapshots": [SNAPSHOT, ...]; each object goes through nlohmann::json (see FORMAT.md).
+  void parse_snapshots(std::vector<TraceSnapshot>& out) {
+    section_ = Section::snapshots;
+    index_ = 0;
+    skip_ws();
+    glake_only(pos_, "snapshots", "the key \"snapshots\"");
+    expect('[', "'[' to open \"snapshots\" (an array of objects)");
+    if (peek() == ']') {
+      ++pos_;
+      return;
+    }
+    for (;;) {
+      skip_ws();
+      std::size_t start = pos_;
+      if (peek() != '{') fail("expected a snapshot object");
+      skip_value(0);
+      std::string_view text = s_.substr(start, pos_ - start);
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(text);
+      } catch (const nlohmann::json::parse_error& e) {
+        fail(fmt::format("bad JSON: {}", e.what()), start + (e.byte > 0 ? e.byte - 1 : 0));
+      }
+      TraceSnapshot snap;
+      try {
+        snapshot_from_json(j, snap);
+      } catch (const std::invalid_argument& e) {
+        fail(e.what(), start);
+      }
+      snap.json = std::string(text);
+      out.push_back(std::move(snap));
+      char c = peek();
+      ++pos_;
+      if (c == ']') return;
+      if (c != ',') fail("expected ',' or ']' after a snapshot", pos_ - 1);
+      ++index_;
+    }
+  }
+
   std::string_view s_;
   const std::string& origin_;
   const ReadProgress& progress_;
@@ -417,6 +644,9 @@ class Parser {
   Section section_ = Section::top;
   std::uint64_t index_ = 0;
   const char* field_ = nullptr;
+  std::string stack_key_;
+  bool glake_ = false;  // "format": "glake-trace" seen so far
+  std::optional<GlakeOnly> first_glake_only_;
 };
 
 }  // namespace
@@ -504,6 +734,7 @@ void check_trace(Trace& t, const std::string& origin) {
     if (i < t.event_offsets.size()) off = t.event_offsets[i];
     throw TraceError(fmt::format("{}: {}: {}", origin, at_event(i), what), off);
   };
+  auto known_stack = [&](std::uint32_t id) { return id == 0 || t.stacks.count(id) != 0; };
   std::unordered_map<std::uint64_t, std::uint64_t> live;  // addr -> size
   live.reserve(t.live_at_start.size() + 1024);
   std::uint64_t live_bytes = 0;
@@ -511,32 +742,60 @@ void check_trace(Trace& t, const std::string& origin) {
     const LiveBlock& b = t.live_at_start[i];
     if (!live.emplace(b.addr, b.size).second)
       throw TraceError(fmt::format("{}: live_at_start[{}]: address {} is listed twice", origin, i, b.addr), {});
+    if (!known_stack(b.stack))
+      throw TraceError(fmt::format("{}: live_at_start[{}]: stack {} is not in \"stacks\"", origin, i, b.stack), {});
     live_bytes += b.size;
   }
   std::uint64_t peak = live_bytes;
-  t.allocs = t.frees = 0;
+  std::uint64_t physical = t.meta.physical_at_start_bytes.value_or(0);
+  std::uint64_t peak_physical = physical;
+  bool has_physical = false;
+  t.allocs = t.frees = t.other_events = 0;
   for (std::size_t i = 0; i < t.events.size(); ++i) {
     const TraceEvent& e = t.events[i];
     if (i > 0 && e.t_us < t.events[i - 1].t_us)
       event_fail(i, fmt::format("t_us goes backwards ({} after {})", e.t_us, t.events[i - 1].t_us));
-    if (e.op == Op::alloc) {
-      ++t.allocs;
-      auto [it, fresh] = live.emplace(e.addr, e.size);
-      if (!fresh) event_fail(i, fmt::format("allocation of address {}, which is live already", e.addr));
-      live_bytes += e.size;
-      peak = std::max(peak, live_bytes);
-    } else {
-      ++t.frees;
-      auto it = live.find(e.addr);
-      if (it == live.end()) event_fail(i, fmt::format("free of unknown address {} (not live at this point)", e.addr));
-      if (it->second != e.size)
-        event_fail(i, fmt::format("free of address {} with size {}, but it was allocated with size {}", e.addr,
-                                  e.size, it->second));
-      live_bytes -= it->second;
-      live.erase(it);
+    if (!known_stack(e.stack)) event_fail(i, fmt::format("stack {} is not in \"stacks\"", e.stack));
+    switch (e.op) {
+      case Op::alloc: {
+        ++t.allocs;
+        auto [it, fresh] = live.emplace(e.addr, e.size);
+        if (!fresh) event_fail(i, fmt::format("allocation of address {}, which is live already", e.addr));
+        live_bytes += e.size;
+        peak = std::max(peak, live_bytes);
+        break;
+      }
+      case Op::free: {
+        ++t.frees;
+        auto it = live.find(e.addr);
+        if (it == live.end()) event_fail(i, fmt::format("free of unknown address {} (not live at this point)", e.addr));
+        if (it->second != e.size)
+          event_fail(i, fmt::format("free of address {} with size {}, but it was allocated with size {}", e.addr,
+                                    e.size, it->second));
+        live_bytes -= it->second;
+        live.erase(it);
+        break;
+      }
+      case Op::create:
+        ++t.other_events;
+        has_physical = true;
+        physical += e.size;
+        peak_physical = std::max(peak_physical, physical);
+        break;
+      case Op::release:
+        ++t.other_events;
+        has_physical = true;
+        if (e.size > physical)
+          event_fail(i, fmt::format("release of {} bytes, but only {} are held (creates so far plus "
+                                    "meta.physical_at_start_bytes)", e.size, physical));
+        physical -= e.size;
+        break;
+      default: ++t.other_events; break;
     }
   }
   t.peak_live_bytes = peak;
+  if (has_physical || t.meta.physical_at_start_bytes) t.peak_physical_bytes = peak_physical;
+  else t.peak_physical_bytes.reset();
 }
 
 Trace read_trace(const std::string& path, const ReadProgress& progress) {

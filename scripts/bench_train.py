@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""scripts/bench_train.py: the same training job under PyTorch native, expandable_segments:True and
+glake, one after another (separate processes), on one GPU. One run takes a few minutes.
+
+For each configuration it reports:
+  - peak reserved / peak allocated (torch.cuda.max_memory_reserved / max_memory_allocated; under glake
+    these are glake's physical / requested peaks), over training with a new batch size and sequence
+    length every step (activation checkpointing, bf16 autocast, AdamW, random weights);
+  - the median step time (first 3 steps excluded);
+  - the largest batch (at sequence lengths 1024, 512 and 768 in turn) that still trains when a second
+    process holds all but --cap-gib of the GPU's memory (the same cap for all three; the training phase
+    runs under that cap too).
+And, in one process under glake with PyTorch's own caching allocator (GLAKE_PYTORCH=0), the median
+cost of a warm allocation + free pair: PyTorch's caching allocator (raw_alloc/raw_delete), glake
+(cudaMallocAsync/cudaFreeAsync through the shim) and CUDA's own pool (cudaMallocFromPoolAsync on a
+pool that keeps its memory). It compiles a small extension with torch.utils.cpp_extension (--no-pair
+skips it).
+
+Targets (printed beside the figures): glake peak reserved <= 1.02 x peak allocated; glake median step
+<= 1.02 x native; glake pair <= 0.3 us. Prints a table and JSON (also to --json, default
+$OUT/bench_train.json when OUT is set). Needs libglake.so: GLAKE_LIB, or build-gpu/ or build/.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "gpu", "torch"))
+import glake_torch as gt  # noqa: E402
+
+GiB = 1 << 30
+CONFIGS = ("native", "expandable", "glake")
+LENGTHS = (1024, 512, 768)
+
+PAIR_SOURCE = r"""
+#include <torch/extension.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+template <class A, class F>
+static double median_pair_ns(A alloc, F free_) {
+  for (int i = 0; i < 2000; ++i) free_(alloc());
+  std::vector<double> v;
+  for (int b = 0; b < 200; ++b) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 1000; ++i) free_(alloc());
+    v.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / 1000);
+  }
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::vector<double> pairs(int64_t bytes) {
+  cudaStream_t s = c10::cuda::getCurrentCUDAStream().stream();
+  const size_t n = static_cast<size_t>(bytes);
+  double torch_ns = median_pair_ns(
+      [&] { return c10::cuda::CUDACachingAllocator::raw_alloc_with_stream(n, s); },
+      [&](void* p) { c10::cuda::CUDACachingAllocator::raw_delete(p); });
+  double glake_ns = median_pair_ns(
+      [&] { void* p = nullptr; TORCH_CHECK(cudaMallocAsync(&p, n, s) == cudaSuccess); return p; },
+      [&](void* p) { TORCH_CHECK(cudaFreeAsync(p, s) == cudaSuccess); });
+  int dev = 0;
+  cudaGetDevice(&dev);
+  cudaMemPoolProps props = {};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = dev;
+  cudaMemPool_t pool = nullptr;
+  TORCH_CHECK(cudaMemPoolCreate(&pool, &props) == cudaSuccess);
+  unsigned long long keep = ~0ull;
+  cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+  double pool_ns = median_pair_ns(
+      [&] { void* p = nullptr; TORCH_CHECK(cudaMallocFromPoolAsync(&p, n, pool, s) == cudaSuccess); return p; },
+      [&](void* p) { TORCH_CHECK(cudaFreeAsync(p, s) == cudaSuccess); });
+  cudaStreamSynchronize(s);
+  cudaMemPoolDestroy(pool);
+  return {torch_ns, glake_ns, pool_ns};
+}
+"""
+
+
+# ---- worker (one configuration, in its own process) -----------------------------------------------
+
+def worker_train(args):
+    import torch
+    glake = gt.Glake()
+    model = gt.build_model(args.model, "bench", seed=0)
+    torch.cuda.reset_peak_memory_stats()
+    losses, times = gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024)
+    result = {
+        "peak_allocated": torch.cuda.max_memory_allocated(),
+        "peak_reserved": torch.cuda.max_memory_reserved(),
+        "median_step_s": sorted(times[3:])[len(times[3:]) // 2],
+        "losses": losses,
+        "backend": torch.cuda.get_allocator_backend(),
+        "glake": glake.status(),
+        "glake_stats": glake.stats(),
+    }
+    # Largest batch under the cap: keep training the same model with growing batches.
+    best, batch = 0, args.start_batch
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
+    while batch <= args.batch_limit:
+        try:
+            for n in LENGTHS:
+                ids = torch.randint(0, 8192, (batch, n), device="cuda")
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(input_ids=ids, labels=ids).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                del ids, loss
+            torch.cuda.synchronize()
+            best = batch
+            batch += args.batch_step
+        except torch.cuda.OutOfMemoryError:
+            break
+    result["largest_batch"] = best
+    result["largest_batch_hit_limit"] = batch > args.batch_limit
+    return result
+
+
+def worker_pair(_args):
+    import torch
+    from torch.utils.cpp_extension import load_inline
+    glake = gt.Glake()
+    torch.cuda.init()
+    ext = load_inline("glake_pair_bench", cpp_sources=PAIR_SOURCE, functions=["pairs"], with_cuda=True,
+                      extra_cflags=["-O2"], verbose=False)
+    big = ext.pairs(1 << 20)
+    small = ext.pairs(4096)
+    return {"backend": torch.cuda.get_allocator_backend(), "glake": glake.status(),
+            "pytorch_caching_ns": big[0], "glake_ns": big[1], "cuda_pool_ns": big[2],
+            "pytorch_caching_ns_4k": small[0], "glake_ns_4k": small[1], "cuda_pool_ns_4k": small[2]}
+
+
+# ---- parent ---------------------------------------------------------------------------------------------
+
+HOG = r"""
+import sys, torch
+cap = int(sys.argv[1])
+free, total = torch.cuda.mem_get_info()
+hold = torch.empty(max(0, free - cap), dtype=torch.uint8, device="cuda")
+print("ready", free, total, hold.numel(), flush=True)
+sys.stdin.read()
+"""
+
+
+def start_hog(cap):
+    env = gt.child_env("native")
+    hog = subprocess.Popen([sys.executable, "-c", HOG, str(cap)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True, env=env)
+    line = hog.stdout.readline().split()
+    if not line or line[0] != "ready":
+        raise RuntimeError("the memory hog did not start")
+    return hog, int(line[1]), int(line[2]), int(line[3])
+
+
+def run_worker(config, phase, args, outdir):
+    result = os.path.join(outdir, f"bench-{phase}-{config}.json")
+    log = os.path.join(outdir, f"bench-{phase}-{config}.log")
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", phase, "--result", result, "--model", args.model,
+           "--steps", str(args.steps), "--max-batch", str(args.max_batch), "--start-batch", str(args.start_batch),
+           "--batch-step", str(args.batch_step), "--batch-limit", str(args.batch_limit)]
+    mode = "glake" if config.startswith("glake") else config
+    extra = {"GLAKE_PYTORCH": "0"} if phase == "pair" else {}
+    t0 = time.time()
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, env=gt.child_env(mode, extra), stdout=f, stderr=subprocess.STDOUT).returncode
+    took = time.time() - t0
+    if rc != 0 or not os.path.exists(result):
+        with open(log) as f:
+            tail = "".join(f.readlines()[-15:])
+        print(f"{phase} [{config}] failed (exit {rc}); last lines of {log}:\n{tail}", file=sys.stderr)
+        return {"error": f"exit {rc}", "seconds": took}
+    with open(result) as f:
+        r = json.load(f)
+    r["seconds"] = round(took, 1)
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gpt2", choices=["gpt2", "llama"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--max-batch", type=int, default=8, help="training phase: batch sizes 1..N")
+    ap.add_argument("--cap-gib", type=float, default=12.0, help="memory left to each run by the second process")
+    ap.add_argument("--start-batch", type=int, default=8)
+    ap.add_argument("--batch-step", type=int, default=4)
+    ap.add_argument("--batch-limit", type=int, default=256)
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--no-pair", action="store_true")
+    ap.add_argument("--json", help="write the results here (default: $OUT/bench_train.json)")
+    ap.add_argument("--worker", choices=["train", "pair"], help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        out = worker_train(args) if args.worker == "train" else worker_pair(args)
+        with open(args.result, "w") as f:
+            json.dump(out, f)
+        return 0
+
+    outdir = os.environ.get("OUT") or os.path.join(HERE, "..", "build-gpu")
+    os.makedirs(outdir, exist_ok=True)
+    report = {"model": args.model, "steps": args.steps, "cap_gib": args.cap_gib, "runs": {}}
+    cap = int(args.cap_gib * GiB)
+    hog, free, total, held = start_hog(cap)
+    report.update(gpu_total=total, gpu_free_before=free, held_by_second_process=held)
+    try:
+        for config in args.configs.split(","):
+            report["runs"][config] = run_worker(config, "train", args, outdir)
+            print(f"{config}: done in {report['runs'][config].get('seconds')} s", flush=True)
+    finally:
+        hog.stdin.close()
+        hog.wait()
+    if not args.no_pair:
+        report["pair"] = run_worker("glake", "pair", args, outdir)
+
+    # Table.
+    rows = []
+    native_step = report["runs"].get("native", {}).get("median_step_s")
+    for config, r in report["runs"].items():
+        if "error" in r:
+            rows.append((config, r["error"], "", "", "", ""))
+            continue
+        ratio = r["peak_reserved"] / max(1, r["peak_allocated"])
+        r["reserved_over_allocated"] = round(ratio, 4)
+        if native_step:
+            r["step_vs_native"] = round(r["median_step_s"] / native_step, 4)
+        rows.append((config, f"{r['peak_reserved'] / GiB:.2f}", f"{r['peak_allocated'] / GiB:.2f}", f"{ratio:.3f}",
+                     f"{r['median_step_s'] * 1000:.1f}" + (f" ({r['step_vs_native']:.3f}x)" if native_step else ""),
+                     f"{r['largest_batch']}" + ("+" if r.get("largest_batch_hit_limit") else "")))
+    head = ("config", "peak reserved GiB", "peak allocated GiB", "reserved/allocated", "median step ms",
+            f"largest batch @ {args.cap_gib:g} GiB")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    print()
+    print(f"model {args.model} (bench size), {args.steps} steps, batch 1-{args.max_batch} x length 64-1024")
+    print(line(head))
+    for row in rows:
+        print(line(row))
+    g = report["runs"].get("glake", {})
+    targets = {}
+    if "reserved_over_allocated" in g:
+        targets["glake reserved/allocated <= 1.02"] = g["reserved_over_allocated"] <= 1.02
+    if "step_vs_native" in g:
+        targets["glake median step <= 1.02 x native"] = g["step_vs_native"] <= 1.02
+    p = report.get("pair", {})
+    if "glake_ns" in p:
+        print(f"\nalloc+free pair, 1 MiB (4 KiB): PyTorch caching allocator {p['pytorch_caching_ns']:.0f} ns "
+              f"({p['pytorch_caching_ns_4k']:.0f}), glake {p['glake_ns']:.0f} ns ({p['glake_ns_4k']:.0f}), "
+              f"CUDA's pool {p['cuda_pool_ns']:.0f} ns ({p['cuda_pool_ns_4k']:.0f})")
+        targets["glake pair <= 300 ns"] = p["glake_ns"] <= 300
+    elif p:
+        print(f"\nalloc+free pair: not measured ({p.get('error')})")
+    report["targets"] = targets
+    print()
+    for name, ok in targets.items():
+        print(f"{'met ' if ok else 'MISSED'}  {name}")
+    path = args.json or os.path.join(outdir, "bench_train.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print("\n" + json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+// shim/hooks_driver.cpp: the CUDA driver entry points libglake.so interposes, and the three doors
+// through which programs reach driver functions without the dynamic linker: cuGetProcAddress[_v2]
+// and dlsym (cudaGetDriverEntryPoint* are in hooks_runtime.cpp). One-line forwards, as there.
+//
+// dlsym itself is an assembly stub (dlsym_stub.cpp) that jumps to glibc's dlsym for RTLD_DEFAULT and
+// RTLD_NEXT and to glake_dlsym_explicit, below, for real handles.
+#include <cuda.h>
+#include <dlfcn.h>
+
+#include "shim/hooks.h"
+#include "shim/lookup.h"
+#include "shim/real.h"
+#include "shim/router.h"
+
+#define GLAKE_HOOK extern "C" __attribute__((visibility("default")))
+
+using glake::shim::router;
+
+namespace {
+template <class F>
+CUresult guard(F&& f) noexcept {
+  try {
+    return f();
+  } catch (...) {
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+}
+}  // namespace
+
+GLAKE_HOOK CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { return guard([&] { return router().cu_mem_alloc(p, n); }); }
+GLAKE_HOOK CUresult cuMemFree_v2(CUdeviceptr p) { return guard([&] { return router().cu_mem_free(p); }); }
+GLAKE_HOOK CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, CUstream s) {
+  return guard([&] { return router().cu_mem_alloc_async(p, n, s, false); });
+}
+GLAKE_HOOK CUresult cuMemAllocAsync_ptsz(CUdeviceptr* p, size_t n, CUstream s) {
+  return guard([&] { return router().cu_mem_alloc_async(p, n, s, true); });
+}
+GLAKE_HOOK CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
+  return guard([&] { return router().cu_mem_free_async(p, s, false); });
+}
+GLAKE_HOOK CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s) {
+  return guard([&] { return router().cu_mem_free_async(p, s, true); });
+}
+GLAKE_HOOK CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
+  return guard([&] { return router().cu_mem_get_info(free, total); });
+}
+GLAKE_HOOK CUresult cuGetProcAddress_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
+                                        CUdriverProcAddressQueryResult* status) {
+  return guard([&] { return router().cu_get_proc_address_v2(symbol, fn, version, flags, status); });
+}
+GLAKE_HOOK CUresult glake_cuGetProcAddress_v1(const char* symbol, void** fn, int version, cuuint64_t flags) {
+  return guard([&] { return router().cu_get_proc_address(symbol, fn, version, flags); });
+}
+
+// dlsym on a real handle: the real answer, with glake's function in place of an interposed one.
+// glake's own look-ups (the pool's CudaDriver, real.cpp) get the real answer.
+extern "C" __attribute__((visibility("hidden"))) void* glake_dlsym_explicit(void* handle, const char* name) {
+  const void* caller = __builtin_return_address(0);
+  void* r = glake::shim::real_dlsym()(handle, name);
+  if (r == nullptr || glake::shim::in_glake(caller) || glake::shim::in_glake(r)) return r;
+  void* mine = glake::shim::glake_symbol(name);
+  return mine != nullptr ? mine : r;
+}

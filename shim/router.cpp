@@ -1,0 +1,1178 @@
+// shim/router.cpp: the routing decisions of router.h.
+#include "shim/router.h"
+
+#include <libgen.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "shim/ipc.h"
+#include "shim/lookup.h"
+#include "shim/pytorch.h"
+#include "shim/real.h"
+#include "tracer/pool_trace.h"
+#include "tracer/session.h"
+
+namespace glake::shim {
+
+namespace {
+
+constinit Router g_router;
+
+// Errors glake itself returned on this thread, merged into cudaGetLastError/cudaPeekAtLastError.
+__thread cudaError_t tl_last_error __attribute__((tls_model("initial-exec"))) = cudaSuccess;
+// The device of this thread's last allocation: where its frees look first (no cudaGetDevice on the
+// free path; a wrong guess only costs a look at the other pools).
+__thread int tl_device_hint __attribute__((tls_model("initial-exec"))) = -1;
+
+constexpr pool::StreamHandle kLegacy = 0;
+constexpr pool::StreamHandle kPerThread = 2;  // cudaStreamPerThread / CU_STREAM_PER_THREAD
+
+// Stream handles as the pool keys them: 0 and cudaStreamLegacy are the same stream; 0 under the
+// per-thread default stream API is the thread's stream.
+pool::StreamHandle normalize(const void* stream, bool ptds) {
+  auto s = reinterpret_cast<pool::StreamHandle>(stream);
+  if (s == 0 && ptds) return kPerThread;
+  if (s == 1) return kLegacy;
+  return s;
+}
+
+bool valid_device(int d) { return d >= 0 && d < kMaxDevices; }
+
+// GLAKE_* switches of the shim itself, with the pool's wording for bad values.
+bool read_switch(const char* name, bool fallback, std::vector<std::string>* errors) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  std::string s(v);
+  if (s == "1" || s == "true" || s == "on" || s == "yes") return true;
+  if (s == "0" || s == "false" || s == "off" || s == "no") return false;
+  errors->push_back(std::string(name) + "='" + s + "' is not a switch (accepted: 0, 1, on, off, true, false, yes, no)");
+  return fallback;
+}
+
+// The pool says "...; using the default": the shim turns glake off instead, so drop that ending.
+std::string without_default_note(std::string e) {
+  const std::string tail = "; using the default";
+  if (e.size() >= tail.size() && e.compare(e.size() - tail.size(), tail.size(), tail) == 0)
+    e.resize(e.size() - tail.size());
+  return e;
+}
+
+void fork_prepare() { g_router.prepare_fork(); }
+void fork_parent() { g_router.parent_after_fork(); }
+void fork_child() { g_router.child_after_fork(); }
+void exit_handler() { g_router.on_exit(); }
+
+// Registered at load: costs one call, and makes fork() safe from then on.
+__attribute__((constructor)) void register_fork_handlers() { pthread_atfork(fork_prepare, fork_parent, fork_child); }
+
+class Locked {
+ public:
+  explicit Locked(pthread_mutex_t* m) : m_(m) { pthread_mutex_lock(m_); }
+  ~Locked() { pthread_mutex_unlock(m_); }
+  Locked(const Locked&) = delete;
+  Locked& operator=(const Locked&) = delete;
+
+ private:
+  pthread_mutex_t* m_;
+};
+
+pool::Status driver_status(CUresult r) { return static_cast<pool::Status>(static_cast<int>(r)); }
+
+}  // namespace
+
+Router& router() { return g_router; }
+
+void say(const char* fmt, ...) {
+  char line[2048];
+  int n = std::snprintf(line, sizeof line, "glake: ");
+  va_list ap;
+  va_start(ap, fmt);
+  int m = std::vsnprintf(line + n, sizeof line - static_cast<std::size_t>(n) - 1, fmt, ap);
+  va_end(ap);
+  if (m < 0) return;
+  std::size_t len = std::min(sizeof line - 2, static_cast<std::size_t>(n + m));
+  line[len++] = '\n';
+  ssize_t w = ::write(2, line, len);
+  (void)w;
+}
+
+cudaError_t to_runtime_error(pool::Status s) {
+  switch (s) {
+    case pool::Status::ok: return cudaSuccess;
+    case pool::Status::invalid_value: return cudaErrorInvalidValue;
+    case pool::Status::out_of_memory: return cudaErrorMemoryAllocation;
+    case pool::Status::not_initialized: return cudaErrorInitializationError;
+    case pool::Status::deinitialized: return cudaErrorCudartUnloading;
+    case pool::Status::invalid_context: return cudaErrorDeviceUninitialized;
+    case pool::Status::invalid_handle: return cudaErrorInvalidResourceHandle;
+    case pool::Status::not_found: return cudaErrorSymbolNotFound;
+    case pool::Status::not_ready: return cudaErrorNotReady;
+    case pool::Status::not_permitted: return cudaErrorNotPermitted;
+    case pool::Status::not_supported: return cudaErrorNotSupported;
+    default: break;
+  }
+  // Driver codes without a name in Status: most runtime codes share the driver's number.
+  int v = static_cast<int>(s);
+  return v > 0 && v < 1000 ? static_cast<cudaError_t>(v) : cudaErrorUnknown;
+}
+
+// ------------------------------------------------------------------------------------------------
+// State
+
+Mode Router::mode() {
+  int m = mode_.load(std::memory_order_acquire);
+  if (m != static_cast<int>(Mode::not_started)) [[likely]]
+    return static_cast<Mode>(m);
+  return init();
+}
+
+Mode Router::init() {
+  Locked lock(&mutex_);
+  if (mode_.load(std::memory_order_relaxed) != static_cast<int>(Mode::not_started))
+    return static_cast<Mode>(mode_.load(std::memory_order_relaxed));
+  Mode m = Mode::on;
+  try {
+    std::vector<std::string> errors;
+    config_ = pool::config_from_env(&errors);
+    const bool disable = read_switch("GLAKE_DISABLE", false, &errors);
+    verbose_ = read_switch("GLAKE_VERBOSE", false, &errors);
+    (void)read_switch("GLAKE_PYTORCH", true, &errors);  // acted on at load (pytorch.cpp); checked here
+    tracer::SessionOptions trace;
+    const bool tracing = tracer::SessionOptions::from_env(&trace, &errors);
+    if (tracing) {
+      // The trace is written at exit: a path that cannot be written is a bad value now, not a lost trace then.
+      std::string dir = trace.path;
+      dir = ::dirname(dir.data());
+      if (::access(dir.c_str(), W_OK) != 0)
+        errors.push_back("GLAKE_TRACE='" + std::string(std::getenv("GLAKE_TRACE")) + "' cannot be written (" +
+                         std::strerror(errno) + " in " + dir + ")");
+    }
+    if (!errors.empty()) {
+      std::string line;
+      for (const std::string& e : errors) line += (line.empty() ? "" : "; ") + without_default_note(e);
+      say("off, CUDA calls pass through untouched: %s", line.c_str());
+      m = Mode::off;
+    } else if (disable) {
+      m = Mode::off;
+    } else {
+      if (const char* note = pytorch_note()) say("%s", note);
+      if (tracing) {
+        std::vector<std::string> trace_errors;
+        session_.store(tracer::TraceSession::start_from_env(&trace_errors), std::memory_order_release);
+        for (const std::string& e : trace_errors) say("%s", e.c_str());  // tracing off, glake on
+      }
+    }
+  } catch (...) {
+    m = Mode::off;  // out of host memory while reading the settings: stay out of the way
+  }
+  mode_.store(static_cast<int>(m), std::memory_order_release);
+  return m;
+}
+
+bool Router::serving() {
+  return mode() == Mode::on && !inside_real_call() && !exiting_.load(std::memory_order_relaxed);
+}
+
+bool Router::runtime_device(int* device) {
+  const auto f = real_runtime().get_device;
+  if (f == nullptr) return false;
+  RealCall g;
+  return f(device) == cudaSuccess && valid_device(*device);
+}
+
+bool Router::driver_device(int* device) {
+  const auto f = real_driver().ctx_get_device;
+  CUdevice d = 0;
+  if (f == nullptr || f(&d) != CUDA_SUCCESS) return false;
+  *device = static_cast<int>(d);
+  return valid_device(*device);
+}
+
+DevicePool* Router::existing_pool(int device) const {
+  if (!valid_device(device)) return nullptr;
+  DevicePool* p = pools_[device].load(std::memory_order_acquire);
+  return p != nullptr && p->usable ? p : nullptr;
+}
+
+DevicePool* Router::pool_for(int device, bool from_runtime) {
+  if (!valid_device(device)) return nullptr;
+  DevicePool* p = pools_[device].load(std::memory_order_acquire);
+  if (p == nullptr) [[unlikely]]
+    p = create_pool(device, from_runtime);
+  return p != nullptr && p->usable ? p : nullptr;
+}
+
+DevicePool* Router::create_pool(int device, bool from_runtime) {
+  Locked lock(&mutex_);
+  if (DevicePool* p = pools_[device].load(std::memory_order_acquire)) return p;
+  auto* p = new (std::nothrow) DevicePool;
+  if (p == nullptr) return nullptr;
+  p->device = device;
+  auto publish = [&] {
+    pools_[device].store(p, std::memory_order_release);
+    int seen = pool_count_.load(std::memory_order_relaxed);
+    while (seen < device + 1 && !pool_count_.compare_exchange_weak(seen, device + 1)) {
+    }
+    return p;
+  };
+
+  std::unique_ptr<pool::CudaDriver> drv;
+  const pool::Status s = pool::CudaDriver::open(device, &drv);
+  if (s != pool::Status::ok) {
+    say("device %d: the CUDA driver cannot serve glake here (%s); this device's allocations pass through",
+        device, pool::status_name(s));
+    return publish();
+  }
+  if (!exit_hook_.exchange(true)) std::atexit(exit_handler);  // after cuInit: runs before the driver's teardown
+
+  // The private stream of synchronous allocations, in the device's primary context.
+  const DriverApi& d = real_driver();
+  CUstream stream = nullptr;
+  CUdevice cu = 0;
+  CUcontext ctx = nullptr;
+  bool made = false;
+  if (d.device_get != nullptr && d.primary_ctx_retain != nullptr && d.ctx_push_current != nullptr &&
+      d.stream_create != nullptr && d.device_get(&cu, device) == CUDA_SUCCESS &&
+      d.primary_ctx_retain(&ctx, cu) == CUDA_SUCCESS) {
+    if (d.ctx_push_current(ctx) == CUDA_SUCCESS) {
+      made = d.stream_create(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS;
+      CUcontext popped = nullptr;
+      (void)d.ctx_pop_current(&popped);
+    }
+    (void)d.primary_ctx_release(cu);
+  }
+  if (!made) {
+    say("device %d: cannot create glake's stream; this device's allocations pass through", device);
+    return publish();
+  }
+
+  try {
+    p->alloc = new pool::Allocator(*drv, config_);
+  } catch (...) {
+    say("device %d: out of host memory making glake's pool; this device's allocations pass through", device);
+    return publish();
+  }
+  p->driver = drv.release();
+  p->sync_stream = reinterpret_cast<pool::StreamHandle>(stream);
+  const std::uint64_t peers = peers_[device].load(std::memory_order_relaxed);
+  for (int a = 0; a < kMaxDevices; ++a)
+    if ((peers >> a) & 1) p->driver->add_peer(a);
+  if (tracer::TraceSession* session = session_.load(std::memory_order_acquire)) {
+    if (auto* observer = new (std::nothrow) tracer::PoolTraceObserver(&session->recorder()))
+      p->alloc->set_observer(observer);  // never deleted, as the pool
+  }
+  p->usable = true;
+
+  // The runtime initialises its own state lazily; make it see this device as used, as a real
+  // cudaMalloc would have (a context is current on this thread afterwards). Not when the pool is made
+  // from a driver call: that may come from inside the runtime itself.
+  if (from_runtime) {
+    if (const auto f = real_runtime().free) {
+      RealCall g;
+      (void)f(nullptr);
+    }
+  }
+  if (verbose_) {
+    say("device %d: pool on (page %zu KiB, stitch %s, small limit %zu, limit %zu)", device,
+        p->driver->granularity() >> 10, config_.stitch ? "on" : "off", p->alloc->config().small_limit, config_.limit);
+  }
+  return publish();
+}
+
+DevicePool* Router::owner(pool::DevPtr ptr, int hint) {
+  if (DevicePool* p = existing_pool(hint); p != nullptr && p->alloc->owns(ptr)) return p;
+  const int n = pool_count_.load(std::memory_order_acquire);
+  for (int d = 0; d < n; ++d) {
+    if (d == hint) continue;
+    if (DevicePool* p = existing_pool(d); p != nullptr && p->alloc->owns(ptr)) return p;
+  }
+  return nullptr;
+}
+
+void Router::count_passthrough(int device, bool driver_api) {
+  // Counted once, where the program's call came in (not again inside glake's own real call).
+  if (mode_.load(std::memory_order_relaxed) != static_cast<int>(Mode::on) || inside_real_call()) return;
+  if (!valid_device(device) && !(driver_api ? driver_device(&device) : runtime_device(&device))) device = kMaxDevices;
+  passthrough_[device].fetch_add(1, std::memory_order_relaxed);
+}
+
+cudaError_t Router::fail(cudaError_t e) {
+  tl_last_error = e;
+  return e;
+}
+
+pool::Status Router::allocate(DevicePool* p, std::size_t size, pool::StreamHandle stream, pool::DevPtr* out) {
+  const pool::Status s = p->alloc->allocate(size, stream, out);
+  tracer::TraceSession* session = nullptr;
+  if (s == pool::Status::out_of_memory && (session = session_.load(std::memory_order_acquire)) != nullptr) [[unlikely]] {
+    // The pool's layout when it said no, for the trace (no pool lock is held here).
+    tracer::SnapshotContext c;
+    c.device = static_cast<std::uint32_t>(p->device);
+    c.request = size;
+    c.stream = stream;
+    c.limit = config_.limit;
+    std::size_t free = 0, total = 0;
+    if (p->driver->mem_info(&free, &total) == pool::Status::ok) {
+      c.device_free = free;
+      c.device_total = total;
+    }
+    (void)tracer::on_out_of_memory(*session, *p->alloc, c);
+  }
+  return s;
+}
+
+int Router::trace_dump(const char* path) {
+  tracer::TraceSession* s = session_.load(std::memory_order_acquire);
+  if (s == nullptr || forked_.load(std::memory_order_relaxed)) return -1;
+  return s->dump(path != nullptr ? path : "").empty() ? 0 : -1;
+}
+
+Ipc* Router::ipc() {
+  Ipc* i = ipc_.load(std::memory_order_acquire);
+  if (i != nullptr) return i;
+  Locked lock(&mutex_);
+  i = ipc_.load(std::memory_order_relaxed);
+  if (i == nullptr) {
+    i = new (std::nothrow) Ipc;
+    ipc_.store(i, std::memory_order_release);
+  }
+  return i;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Freeing
+
+pool::Status Router::synchronize_device(int device) {
+  const DriverApi& d = real_driver();
+  if (d.ctx_synchronize == nullptr) return pool::Status::not_initialized;
+  int current = -1;
+  if (driver_device(&current) && current == device) return driver_status(d.ctx_synchronize());
+  CUdevice cu = 0;
+  CUcontext ctx = nullptr;
+  CUresult r = d.device_get(&cu, device);
+  if (r == CUDA_SUCCESS) r = d.primary_ctx_retain(&ctx, cu);
+  if (r != CUDA_SUCCESS) return driver_status(r);
+  r = d.ctx_push_current(ctx);
+  if (r == CUDA_SUCCESS) {
+    r = d.ctx_synchronize();
+    CUcontext popped = nullptr;
+    (void)d.ctx_pop_current(&popped);
+  }
+  (void)d.primary_ctx_release(cu);
+  return driver_status(r);
+}
+
+void Router::hold_capture_free(DevicePool* p, pool::DevPtr ptr) {
+  Locked lock(&mutex_);
+  if (held_count_ == held_capacity_) {
+    std::size_t cap = held_capacity_ == 0 ? 64 : held_capacity_ * 2;
+    auto* grown = static_cast<HeldFree*>(std::realloc(held_frees_, cap * sizeof(HeldFree)));
+    if (grown == nullptr) return;  // out of host memory: the block stays allocated (leaked, never reused)
+    held_frees_ = grown;
+    held_capacity_ = cap;
+  }
+  held_frees_[held_count_++] = HeldFree{p, ptr};
+}
+
+pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
+  if (captures_.load(std::memory_order_acquire) != 0) {
+    // A device sync now would break the capture; the block is freed once every capture has ended.
+    hold_capture_free(p, ptr);
+    return pool::Status::ok;
+  }
+  const pool::Status sync = synchronize_device(p->device);
+  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
+  const pool::Status s = p->alloc->free(ptr);
+  return sync != pool::Status::ok ? sync : s;
+}
+
+bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int hint, pool::Status* st) {
+  auto try_pool = [&](DevicePool* p) {
+    if (p == nullptr) return false;
+    const pool::Status s = p->alloc->free(ptr, stream);
+    if (s == pool::Status::invalid_value) return false;  // not this pool's
+    if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
+    *st = s;
+    return true;
+  };
+  if (try_pool(existing_pool(hint))) return true;
+  const int n = pool_count_.load(std::memory_order_acquire);
+  for (int d = 0; d < n; ++d)
+    if (d != hint && try_pool(existing_pool(d))) return true;
+  return false;
+}
+
+bool Router::runtime_stream_capturing(cudaStream_t stream) {
+  const auto f = real_runtime().stream_is_capturing;
+  if (f == nullptr) return true;
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  RealCall g;
+  // An error (e.g. the legacy stream while another stream captures in global mode) means the real
+  // API must answer: it will give the caller that same error.
+  if (f(stream, &st) != cudaSuccess) return true;
+  return st != cudaStreamCaptureStatusNone;
+}
+
+bool Router::driver_stream_capturing(CUstream stream) {
+  const auto f = real_driver().stream_is_capturing;
+  if (f == nullptr) return true;
+  CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+  if (f(stream, &st) != CUDA_SUCCESS) return true;
+  return st != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+void Router::capture_started(cudaStream_t stream) {
+  Locked lock(&mutex_);
+  if (capturing_count_ < kMaxCaptures) capturing_[capturing_count_++] = stream;
+  // Beyond kMaxCaptures a capture is counted but cannot be matched at its end: captures_ then stays
+  // above zero and every allocation asks the real API whether its stream captures (slower, correct).
+  captures_.fetch_add(1, std::memory_order_acq_rel);
+}
+
+void Router::capture_ended(cudaStream_t stream) {
+  HeldFree* todo = nullptr;
+  std::size_t n = 0;
+  {
+    Locked lock(&mutex_);
+    int i = 0;
+    while (i < capturing_count_ && capturing_[i] != stream) ++i;
+    if (i == capturing_count_) return;
+    capturing_[i] = capturing_[--capturing_count_];
+    if (captures_.fetch_sub(1, std::memory_order_acq_rel) != 1 || held_count_ == 0) return;
+    todo = held_frees_;
+    n = held_count_;
+    held_frees_ = nullptr;
+    held_count_ = held_capacity_ = 0;
+  }
+  for (std::size_t k = 0; k < n; ++k) (void)free_sync(todo[k].pool, todo[k].ptr);
+  std::free(todo);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Runtime API
+
+cudaError_t Router::malloc(void** ptr, std::size_t size) {
+  int dev = -1;
+  if (ptr != nullptr && serving() && captures_.load(std::memory_order_acquire) == 0 && runtime_device(&dev)) {
+    if (DevicePool* p = pool_for(dev)) {
+      pool::DevPtr v = 0;
+      const pool::Status s = allocate(p, size, p->sync_stream, &v);
+      if (s != pool::Status::ok) return fail(to_runtime_error(s));
+      *ptr = reinterpret_cast<void*>(v);
+      return cudaSuccess;
+    }
+  }
+  count_passthrough(dev);
+  const auto f = real_runtime().malloc;
+  if (f == nullptr) return cudaErrorNotSupported;
+  RealCall g;
+  return f(ptr, size);
+}
+
+cudaError_t Router::free(void* ptr) {
+  if (ptr != nullptr && mode() == Mode::on && !inside_real_call()) {
+    int hint = -1;
+    (void)runtime_device(&hint);
+    if (DevicePool* p = owner(reinterpret_cast<pool::DevPtr>(ptr), hint)) {
+      if (exiting_.load(std::memory_order_relaxed)) return cudaSuccess;  // leak: the driver may be gone
+      const pool::Status s = free_sync(p, reinterpret_cast<pool::DevPtr>(ptr));
+      return s == pool::Status::ok ? cudaSuccess : fail(to_runtime_error(s));
+    }
+  }
+  const auto f = real_runtime().free;
+  if (f == nullptr) return cudaErrorNotSupported;
+  RealCall g;
+  return f(ptr);
+}
+
+cudaError_t Router::malloc_async(void** ptr, std::size_t size, cudaStream_t stream, bool ptds) {
+  int dev = -1;
+  if (ptr != nullptr && serving()) {
+    const pool::StreamHandle s = normalize(stream, ptds);
+    const bool capturing =
+        captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
+    if (!capturing && runtime_device(&dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
+      if (DevicePool* p = pool_for(dev)) {
+        tl_device_hint = dev;
+        pool::DevPtr v = 0;
+        const pool::Status st = allocate(p, size, s, &v);
+        if (st != pool::Status::ok) return fail(to_runtime_error(st));
+        *ptr = reinterpret_cast<void*>(v);
+        return cudaSuccess;
+      }
+    }
+  }
+  count_passthrough(dev);
+  const auto f = ptds ? real_runtime().malloc_async_ptsz : real_runtime().malloc_async;
+  if (f == nullptr) return cudaErrorNotSupported;
+  RealCall g;
+  return f(ptr, size, stream);
+}
+
+cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds) {
+  if (ptr != nullptr && mode() == Mode::on && !inside_real_call()) {
+    const auto v = reinterpret_cast<pool::DevPtr>(ptr);
+    const pool::StreamHandle s = normalize(stream, ptds);
+    const int hint = tl_device_hint;
+    if (exiting_.load(std::memory_order_relaxed)) {
+      if (owner(v, hint) != nullptr) return cudaSuccess;  // leak: the driver may be gone
+    } else if (captures_.load(std::memory_order_acquire) != 0 &&
+               runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s))) {
+      // A free inside a capture would happen at each replay; the graph may touch the block before it.
+      // The block is kept: never reused, never freed.
+      if (DevicePool* p = owner(v, hint)) {
+        held_[p->device].fetch_add(1, std::memory_order_relaxed);
+        return cudaSuccess;
+      }
+    } else {
+      pool::Status st = pool::Status::ok;
+      if (free_on_stream(v, s, hint, &st)) return st == pool::Status::ok ? cudaSuccess : fail(to_runtime_error(st));
+    }
+  }
+  const auto f = ptds ? real_runtime().free_async_ptsz : real_runtime().free_async;
+  if (f == nullptr) return cudaErrorNotSupported;
+  RealCall g;
+  return f(ptr, stream);
+}
+
+cudaError_t Router::malloc_from_pool_async(void** ptr, std::size_t size, cudaMemPool_t mem_pool,
+                                           cudaStream_t stream, bool ptds) {
+  int dev = -1;
+  if (ptr != nullptr && serving() && (dev = default_pool_device(mem_pool)) >= 0) {
+    const pool::StreamHandle s = normalize(stream, ptds);
+    const bool capturing =
+        captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
+    if (!capturing) {
+      if (DevicePool* p = pool_for(dev)) {
+        pool::DevPtr v = 0;
+        const pool::Status st = allocate(p, size, s, &v);
+        if (st != pool::Status::ok) return fail(to_runtime_error(st));
+        *ptr = reinterpret_cast<void*>(v);
+        return cudaSuccess;
+      }
+    }
+  }
+  count_passthrough(dev);
+  const auto f = ptds ? real_runtime().malloc_from_pool_async_ptsz : real_runtime().malloc_from_pool_async;
+  if (f == nullptr) return cudaErrorNotSupported;
+  RealCall g;
+  return f(ptr, size, mem_pool, stream);
+}
+
+// free as glake reports it: the driver's, plus what glake caches, within GLAKE_LIMIT.
+static std::size_t reported_free(const pool::Config& config, DevicePool* p, std::size_t driver_free) {
+  const std::size_t cached = p->alloc->cached_bytes();
+  if (config.limit == 0) return driver_free + cached;
+  const std::size_t physical = p->alloc->stats().physical.current;
+  const std::size_t headroom = config.limit > physical ? config.limit - physical : 0;
+  return std::min(driver_free, headroom) + cached;
+}
+
+cudaError_t Router::mem_get_info(std::size_t* free, std::size_t* total) {
+  const auto f = real_runtime().mem_get_info;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(free, total);
+  }
+  int dev = -1;
+  if (r == cudaSuccess && free != nullptr && serving() && runtime_device(&dev)) {
+    if (DevicePool* p = existing_pool(dev)) *free = reported_free(config_, p, *free);
+  }
+  return r;
+}
+
+int Router::default_pool_device(cudaMemPool_t mem_pool) {
+  const auto v = reinterpret_cast<std::uintptr_t>(mem_pool);
+  if (v == 0) return -1;
+  for (int d = 0; d < kMaxDevices; ++d)
+    if (default_pools_[d].load(std::memory_order_relaxed) == v) return d;
+  // Not known yet: learn the current device's default pool, then every device's, once.
+  const RuntimeApi& rt = real_runtime();
+  if (rt.device_get_default_mem_pool == nullptr) return -1;
+  int cur = -1;
+  if (runtime_device(&cur)) {
+    cudaMemPool_t p = nullptr;
+    RealCall g;
+    if (rt.device_get_default_mem_pool(&p, cur) == cudaSuccess) {
+      default_pools_[cur].store(reinterpret_cast<std::uintptr_t>(p), std::memory_order_relaxed);
+      if (p == mem_pool) return cur;
+    }
+  }
+  static std::atomic<bool> all_known{false};
+  if (all_known.load(std::memory_order_acquire)) return -1;
+  int count = 0;
+  {
+    RealCall g;
+    if (rt.get_device_count == nullptr || rt.get_device_count(&count) != cudaSuccess) return -1;
+  }
+  int found = -1;
+  for (int d = 0; d < std::min(count, kMaxDevices); ++d) {
+    cudaMemPool_t p = nullptr;
+    RealCall g;
+    if (rt.device_get_default_mem_pool(&p, d) != cudaSuccess) continue;
+    default_pools_[d].store(reinterpret_cast<std::uintptr_t>(p), std::memory_order_relaxed);
+    if (p == mem_pool) found = d;
+  }
+  all_known.store(true, std::memory_order_release);
+  return found;
+}
+
+cudaError_t Router::device_get_default_mem_pool(cudaMemPool_t* mem_pool, int device) {
+  const auto f = real_runtime().device_get_default_mem_pool;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(mem_pool, device);
+  }
+  if (r == cudaSuccess && mem_pool != nullptr && valid_device(device))
+    default_pools_[device].store(reinterpret_cast<std::uintptr_t>(*mem_pool), std::memory_order_relaxed);
+  return r;
+}
+
+cudaError_t Router::device_set_mem_pool(int device, cudaMemPool_t mem_pool) {
+  const auto f = real_runtime().device_set_mem_pool;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(device, mem_pool);
+  }
+  if (r == cudaSuccess && valid_device(device))
+    custom_pool_[device].store(default_pool_device(mem_pool) != device, std::memory_order_relaxed);
+  return r;
+}
+
+cudaError_t Router::mem_pool_get_attribute(cudaMemPool_t mem_pool, cudaMemPoolAttr attr, void* value) {
+  const auto f = real_runtime().mem_pool_get_attribute;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(mem_pool, attr, value);
+  }
+  if (r != cudaSuccess || value == nullptr || mode() != Mode::on || inside_real_call()) return r;
+  const int dev = default_pool_device(mem_pool);
+  DevicePool* p = existing_pool(dev);
+  if (p == nullptr) return r;
+  const pool::Stats st = p->alloc->stats();
+  auto* v = static_cast<cuuint64_t*>(value);
+  switch (attr) {
+    case cudaMemPoolAttrReservedMemCurrent: *v += st.physical.current; break;
+    case cudaMemPoolAttrReservedMemHigh: *v += st.physical.peak; break;
+    case cudaMemPoolAttrUsedMemCurrent: *v += st.requested.current; break;
+    case cudaMemPoolAttrUsedMemHigh: *v += st.requested.peak; break;
+    default: break;
+  }
+  return r;
+}
+
+cudaError_t Router::mem_pool_set_attribute(cudaMemPool_t mem_pool, cudaMemPoolAttr attr, void* value) {
+  const auto f = real_runtime().mem_pool_set_attribute;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(mem_pool, attr, value);
+  }
+  if (r != cudaSuccess || mode() != Mode::on || inside_real_call()) return r;
+  if (attr != cudaMemPoolAttrReservedMemHigh && attr != cudaMemPoolAttrUsedMemHigh) return r;
+  if (DevicePool* p = existing_pool(default_pool_device(mem_pool))) p->alloc->reset_peaks();
+  return r;
+}
+
+cudaError_t Router::mem_pool_trim_to(cudaMemPool_t mem_pool, std::size_t keep) {
+  const auto f = real_runtime().mem_pool_trim_to;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(mem_pool, keep);
+  }
+  if (r != cudaSuccess || !serving()) return r;
+  if (DevicePool* p = existing_pool(default_pool_device(mem_pool))) {
+    // CUDA keeps at least `keep` bytes reserved (all of it in use, if more is); glake's trim counts
+    // the free bytes it keeps.
+    const std::size_t cached = p->alloc->cached_bytes();
+    const std::size_t physical = p->alloc->stats().physical.current;
+    const std::size_t in_use = physical > cached ? physical - cached : 0;
+    p->alloc->trim(keep > in_use ? keep - in_use : 0);
+  }
+  return r;
+}
+
+cudaError_t Router::mem_pool_set_access(cudaMemPool_t mem_pool, const cudaMemAccessDesc* desc, std::size_t count) {
+  const auto f = real_runtime().mem_pool_set_access;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(mem_pool, desc, count);
+  }
+  if (r != cudaSuccess || desc == nullptr || !serving()) return r;
+  const int dev = default_pool_device(mem_pool);
+  if (dev < 0) return r;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (desc[i].location.type == cudaMemLocationTypeDevice && desc[i].location.id != dev &&
+        (desc[i].flags & cudaMemAccessFlagsProtReadWrite) == cudaMemAccessFlagsProtReadWrite)
+      grant_peer(dev, desc[i].location.id);
+  }
+  return r;
+}
+
+void Router::grant_peer(int owner_device, int accessor) {
+  if (!valid_device(owner_device) || !valid_device(accessor) || owner_device == accessor) return;
+  DevicePool* p = nullptr;
+  {
+    Locked lock(&mutex_);
+    peers_[owner_device].fetch_or(std::uint64_t{1} << accessor, std::memory_order_relaxed);
+    p = existing_pool(owner_device);
+  }
+  if (p == nullptr) return;  // create_pool registers the peer when the pool is made
+  p->driver->add_peer(accessor);
+  refresh_access(p);
+}
+
+void Router::refresh_access(DevicePool* p) {
+  // Later mappings get the peer from add_peer; the existing ones get it here. A region that a stitch
+  // or trim changes meanwhile fails harmlessly (its new mapping already has the peer).
+  try {
+    const pool::Snapshot snap = p->alloc->snapshot();
+    for (const pool::Region& r : snap.regions)
+      if (r.state == pool::Region::State::allocated || r.state == pool::Region::State::free)
+        (void)p->driver->set_access(r.base, r.size);
+  } catch (...) {
+  }
+}
+
+cudaError_t Router::device_enable_peer_access(int peer, unsigned int flags) {
+  const auto f = real_runtime().device_enable_peer_access;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(peer, flags);
+  }
+  int cur = -1;
+  if ((r == cudaSuccess || r == cudaErrorPeerAccessAlreadyEnabled) && serving() && runtime_device(&cur))
+    grant_peer(peer, cur);
+  return r;
+}
+
+cudaError_t Router::ipc_get_mem_handle(cudaIpcMemHandle_t* handle, void* ptr) {
+  if (handle != nullptr && ptr != nullptr && serving()) {
+    int hint = -1;
+    (void)runtime_device(&hint);
+    const auto v = reinterpret_cast<pool::DevPtr>(ptr);
+    pool::BlockInfo info;
+    auto try_pool = [&](DevicePool* p) { return p != nullptr && p->alloc->describe(v, &info) == pool::Status::ok; };
+    DevicePool* found = try_pool(existing_pool(hint)) ? existing_pool(hint) : nullptr;
+    for (int d = 0, n = pool_count_.load(std::memory_order_acquire); found == nullptr && d < n; ++d)
+      if (d != hint && try_pool(existing_pool(d))) found = existing_pool(d);
+    if (found != nullptr) {
+      Ipc* i = ipc();
+      if (i == nullptr) return fail(cudaErrorMemoryAllocation);
+      const cudaError_t e = i->export_block(found->device, *found->alloc, *found->driver, info, handle);
+      return e == cudaSuccess ? e : fail(e);
+    }
+  }
+  const auto f = real_runtime().ipc_get_mem_handle;
+  if (f == nullptr) return cudaErrorNotSupported;
+  RealCall g;
+  return f(handle, ptr);
+}
+
+cudaError_t Router::ipc_open_mem_handle(void** ptr, cudaIpcMemHandle_t handle, unsigned int flags) {
+  if (ptr != nullptr && Ipc::is_glake_handle(handle) && !forked_.load(std::memory_order_relaxed)) {
+    Ipc* i = ipc();
+    if (i == nullptr) return fail(cudaErrorMemoryAllocation);
+    const cudaError_t e = i->open(handle, flags, ptr);
+    return e == cudaSuccess ? e : fail(e);
+  }
+  const auto f = real_runtime().ipc_open_mem_handle;
+  if (f == nullptr) return cudaErrorNotSupported;
+  RealCall g;
+  return f(ptr, handle, flags);
+}
+
+cudaError_t Router::ipc_close_mem_handle(void* ptr) {
+  if (Ipc* i = ipc_.load(std::memory_order_acquire)) {
+    cudaError_t e = cudaSuccess;
+    if (i->close(ptr, &e)) return e == cudaSuccess ? e : fail(e);
+  }
+  const auto f = real_runtime().ipc_close_mem_handle;
+  if (f == nullptr) return cudaErrorNotSupported;
+  RealCall g;
+  return f(ptr);
+}
+
+cudaError_t Router::stream_begin_capture(cudaStream_t stream, cudaStreamCaptureMode capture_mode, bool ptds) {
+  const auto f = ptds ? real_runtime().stream_begin_capture_ptsz : real_runtime().stream_begin_capture;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(stream, capture_mode);
+  }
+  if (r == cudaSuccess) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  return r;
+}
+
+cudaError_t Router::stream_begin_capture_to_graph(cudaStream_t stream, cudaGraph_t graph,
+                                                  const cudaGraphNode_t* dependencies,
+                                                  const cudaGraphEdgeData* edge_data, std::size_t count,
+                                                  cudaStreamCaptureMode capture_mode, bool ptds) {
+  const auto f =
+      ptds ? real_runtime().stream_begin_capture_to_graph_ptsz : real_runtime().stream_begin_capture_to_graph;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(stream, graph, dependencies, edge_data, count, capture_mode);
+  }
+  if (r == cudaSuccess) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  return r;
+}
+
+cudaError_t Router::stream_end_capture(cudaStream_t stream, cudaGraph_t* graph, bool ptds) {
+  const auto f = ptds ? real_runtime().stream_end_capture_ptsz : real_runtime().stream_end_capture;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(stream, graph);
+  }
+  // The capture is over when it ended (invalidated or not) or was never under way; other errors
+  // (e.g. the wrong thread) leave it running.
+  if (r == cudaSuccess || r == cudaErrorStreamCaptureInvalidated || r == cudaErrorIllegalState)
+    capture_ended(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  return r;
+}
+
+cudaError_t Router::stream_destroy(cudaStream_t stream) {
+  const auto f = real_runtime().stream_destroy;
+  if (f == nullptr) return cudaErrorNotSupported;
+  if (reinterpret_cast<std::uintptr_t>(stream) > 2 && mode() == Mode::on && !inside_real_call() &&
+      !exiting_.load(std::memory_order_relaxed)) {
+    const int n = pool_count_.load(std::memory_order_acquire);
+    for (int d = 0; d < n; ++d)
+      if (DevicePool* p = existing_pool(d)) p->alloc->trim(SIZE_MAX);  // settles every stream's frees, keeps all
+  }
+  RealCall g;
+  return f(stream);
+}
+
+cudaError_t Router::get_last_error() {
+  const auto f = real_runtime().get_last_error;
+  cudaError_t r = cudaSuccess;
+  if (f != nullptr) {
+    RealCall g;
+    r = f();
+  }
+  const cudaError_t mine = tl_last_error;
+  tl_last_error = cudaSuccess;
+  return r != cudaSuccess ? r : mine;
+}
+
+cudaError_t Router::peek_at_last_error() {
+  const auto f = real_runtime().peek_at_last_error;
+  cudaError_t r = cudaSuccess;
+  if (f != nullptr) {
+    RealCall g;
+    r = f();
+  }
+  return r != cudaSuccess ? r : tl_last_error;
+}
+
+cudaError_t Router::get_driver_entry_point(const char* symbol, void** fn, unsigned long long flags,
+                                           cudaDriverEntryPointQueryResult* status, bool ptds) {
+  const auto f = ptds ? real_runtime().get_driver_entry_point_ptsz : real_runtime().get_driver_entry_point;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(symbol, fn, flags, status);
+  }
+  if (r == cudaSuccess && fn != nullptr) *fn = substitute_proc(symbol, CUDART_VERSION, flags, *fn);
+  return r;
+}
+
+cudaError_t Router::get_driver_entry_point_by_version(const char* symbol, void** fn, unsigned int version,
+                                                      unsigned long long flags,
+                                                      cudaDriverEntryPointQueryResult* status, bool ptds) {
+  const auto f =
+      ptds ? real_runtime().get_driver_entry_point_by_version_ptsz : real_runtime().get_driver_entry_point_by_version;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(symbol, fn, version, flags, status);
+  }
+  if (r == cudaSuccess && fn != nullptr) *fn = substitute_proc(symbol, static_cast<int>(version), flags, *fn);
+  return r;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Driver API
+
+CUresult Router::cu_mem_alloc(CUdeviceptr* ptr, std::size_t size) {
+  int dev = -1;
+  if (ptr != nullptr && serving() && captures_.load(std::memory_order_acquire) == 0 && driver_device(&dev)) {
+    if (DevicePool* p = pool_for(dev, false)) {
+      pool::DevPtr v = 0;
+      const pool::Status s = allocate(p, size, p->sync_stream, &v);
+      if (s == pool::Status::ok) *ptr = static_cast<CUdeviceptr>(v);
+      return to_driver_error(s);
+    }
+  }
+  count_passthrough(dev, true);
+  const auto f = real_driver().mem_alloc;
+  return f != nullptr ? f(ptr, size) : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+CUresult Router::cu_mem_free(CUdeviceptr ptr) {
+  if (ptr != 0 && mode() == Mode::on && !inside_real_call()) {
+    int hint = -1;
+    (void)driver_device(&hint);
+    if (DevicePool* p = owner(static_cast<pool::DevPtr>(ptr), hint)) {
+      if (exiting_.load(std::memory_order_relaxed)) return CUDA_SUCCESS;
+      return to_driver_error(free_sync(p, static_cast<pool::DevPtr>(ptr)));
+    }
+  }
+  const auto f = real_driver().mem_free;
+  return f != nullptr ? f(ptr) : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+CUresult Router::cu_mem_alloc_async(CUdeviceptr* ptr, std::size_t size, CUstream stream, bool ptds) {
+  int dev = -1;
+  if (ptr != nullptr && serving()) {
+    const pool::StreamHandle s = normalize(stream, ptds);
+    const bool capturing =
+        captures_.load(std::memory_order_acquire) != 0 && driver_stream_capturing(reinterpret_cast<CUstream>(s));
+    if (!capturing && driver_device(&dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
+      if (DevicePool* p = pool_for(dev, false)) {
+        tl_device_hint = dev;
+        pool::DevPtr v = 0;
+        const pool::Status st = allocate(p, size, s, &v);
+        if (st == pool::Status::ok) *ptr = static_cast<CUdeviceptr>(v);
+        return to_driver_error(st);
+      }
+    }
+  }
+  count_passthrough(dev, true);
+  const auto f = ptds ? real_driver().mem_alloc_async_ptsz : real_driver().mem_alloc_async;
+  return f != nullptr ? f(ptr, size, stream) : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+CUresult Router::cu_mem_free_async(CUdeviceptr ptr, CUstream stream, bool ptds) {
+  if (ptr != 0 && mode() == Mode::on && !inside_real_call()) {
+    const auto v = static_cast<pool::DevPtr>(ptr);
+    const pool::StreamHandle s = normalize(stream, ptds);
+    const int hint = tl_device_hint;
+    if (exiting_.load(std::memory_order_relaxed)) {
+      if (owner(v, hint) != nullptr) return CUDA_SUCCESS;
+    } else if (captures_.load(std::memory_order_acquire) != 0 &&
+               driver_stream_capturing(reinterpret_cast<CUstream>(s))) {
+      if (DevicePool* p = owner(v, hint)) {
+        held_[p->device].fetch_add(1, std::memory_order_relaxed);
+        return CUDA_SUCCESS;
+      }
+    } else {
+      pool::Status st = pool::Status::ok;
+      if (free_on_stream(v, s, hint, &st)) return to_driver_error(st);
+    }
+  }
+  const auto f = ptds ? real_driver().mem_free_async_ptsz : real_driver().mem_free_async;
+  return f != nullptr ? f(ptr, stream) : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+CUresult Router::cu_mem_get_info(std::size_t* free, std::size_t* total) {
+  const auto f = real_driver().mem_get_info;
+  if (f == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  const CUresult r = f(free, total);
+  int dev = -1;
+  if (r == CUDA_SUCCESS && free != nullptr && serving() && driver_device(&dev)) {
+    if (DevicePool* p = existing_pool(dev)) *free = reported_free(config_, p, *free);
+  }
+  return r;
+}
+
+CUresult Router::cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags) {
+  const DriverApi& d = real_driver();
+  CUresult r;
+  if (d.get_proc_address != nullptr) {
+    r = d.get_proc_address(symbol, fn, version, flags);
+  } else if (d.get_proc_address_v2 != nullptr) {
+    r = d.get_proc_address_v2(symbol, fn, version, flags, nullptr);
+  } else {
+    return CUDA_ERROR_NOT_INITIALIZED;
+  }
+  if (r == CUDA_SUCCESS && fn != nullptr) *fn = substitute_proc(symbol, version, flags, *fn);
+  return r;
+}
+
+CUresult Router::cu_get_proc_address_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
+                                        CUdriverProcAddressQueryResult* status) {
+  const auto f = real_driver().get_proc_address_v2;
+  if (f == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  const CUresult r = f(symbol, fn, version, flags, status);
+  if (r == CUDA_SUCCESS && fn != nullptr) *fn = substitute_proc(symbol, version, flags, *fn);
+  return r;
+}
+
+// ------------------------------------------------------------------------------------------------
+// PyTorch's pluggable allocator
+
+void* Router::pluggable_malloc(std::size_t size, int device, cudaStream_t stream) {
+  if (size == 0) return nullptr;
+  void* out = nullptr;
+  if (serving()) {
+    const pool::StreamHandle s = normalize(stream, false);
+    const bool capturing =
+        captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
+    if (!capturing) {
+      if (DevicePool* p = pool_for(device)) {
+        tl_device_hint = device;
+        pool::DevPtr v = 0;
+        return allocate(p, size, s, &v) == pool::Status::ok ? reinterpret_cast<void*>(v) : nullptr;
+      }
+    }
+  }
+  count_passthrough(device);
+  const auto f = real_runtime().malloc_async;
+  if (f == nullptr) return nullptr;
+  RealCall g;
+  return f(&out, size, stream) == cudaSuccess ? out : nullptr;
+}
+
+void Router::pluggable_free(void* ptr, cudaStream_t stream) { (void)free_async(ptr, stream, false); }
+
+// ------------------------------------------------------------------------------------------------
+// glake.h
+
+int Router::status() {
+  if (forked_.load(std::memory_order_relaxed) || exiting_.load(std::memory_order_relaxed)) return GLAKE_STATUS_OFF;
+  return mode_.load(std::memory_order_acquire);
+}
+
+int Router::stats(int device, glake_stats_t* out, std::size_t out_size) {
+  if (out == nullptr) return -1;
+  glake_stats_t s;
+  std::memset(&s, 0, sizeof s);
+  const std::size_t n = std::min(out_size, sizeof s);
+  std::memset(out, 0, n);
+  if (device == -1) {
+    s.passthrough_allocs = passthrough_[kMaxDevices].load(std::memory_order_relaxed);
+    std::memcpy(out, &s, n);
+    return 0;
+  }
+  DevicePool* p = forked_.load(std::memory_order_relaxed) ? nullptr : existing_pool(device);
+  if (valid_device(device)) {
+    s.passthrough_allocs = passthrough_[device].load(std::memory_order_relaxed);
+    s.capture_frees_held = held_[device].load(std::memory_order_relaxed);
+  }
+  if (p != nullptr) {
+    const pool::Stats st = p->alloc->stats();
+    s.requested = st.requested.current;
+    s.requested_peak = st.requested.peak;
+    s.blocks = st.blocks.current;
+    s.blocks_peak = st.blocks.peak;
+    s.physical = st.physical.current;
+    s.physical_peak = st.physical.peak;
+    s.mapped = st.mapped.current;
+    s.mapped_peak = st.mapped.peak;
+    s.cached = p->alloc->cached_bytes();
+    s.allocs = st.allocs;
+    s.frees = st.frees;
+    s.creates = st.creates;
+    s.releases = st.releases;
+    s.maps = st.maps;
+    s.unmaps = st.unmaps;
+    s.stitches = st.stitches;
+    s.reclaims = st.reclaims;
+    s.ooms = st.ooms;
+    s.driver_ns = st.driver_ns;
+  }
+  std::memcpy(out, &s, n);
+  return p != nullptr ? 0 : -1;
+}
+
+int Router::trim(int device, std::size_t keep) {
+  DevicePool* p = forked_.load(std::memory_order_relaxed) ? nullptr : existing_pool(device);
+  if (p == nullptr) return -1;
+  if (!exiting_.load(std::memory_order_relaxed)) p->alloc->trim(keep);
+  return 0;
+}
+
+int Router::reset_peaks(int device) {
+  DevicePool* p = forked_.load(std::memory_order_relaxed) ? nullptr : existing_pool(device);
+  if (p == nullptr) return -1;
+  p->alloc->reset_peaks();
+  return 0;
+}
+
+int Router::validate(int device, char* msg, std::size_t msg_size) {
+  DevicePool* p = forked_.load(std::memory_order_relaxed) ? nullptr : existing_pool(device);
+  if (msg != nullptr && msg_size > 0) msg[0] = '\0';
+  if (p == nullptr) return -1;
+  try {
+    const std::string v = p->alloc->validate();
+    if (v.empty()) return 0;
+    if (msg != nullptr && msg_size > 0) {
+      const std::size_t n = std::min(v.size(), msg_size - 1);
+      std::memcpy(msg, v.data(), n);
+      msg[n] = '\0';
+    }
+    return 1;
+  } catch (...) {
+    return 1;
+  }
+}
+
+int Router::device_of(const void* ptr) {
+  if (ptr == nullptr || forked_.load(std::memory_order_relaxed)) return -1;
+  DevicePool* p = owner(reinterpret_cast<pool::DevPtr>(ptr), -1);
+  return p != nullptr ? p->device : -1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Process life
+
+void Router::prepare_fork() {
+  pthread_mutex_lock(&mutex_);
+  if (Ipc* i = ipc_.load(std::memory_order_acquire)) i->lock_for_fork();
+  real_lock_for_fork();
+}
+
+void Router::parent_after_fork() {
+  real_unlock_after_fork();
+  if (Ipc* i = ipc_.load(std::memory_order_acquire)) i->unlock_after_fork();
+  pthread_mutex_unlock(&mutex_);
+}
+
+void Router::child_after_fork() {
+  real_unlock_after_fork();
+  if (Ipc* i = ipc_.load(std::memory_order_acquire)) i->after_fork_child();
+  pthread_mutex_init(&mutex_, nullptr);
+  if (pool_count_.load(std::memory_order_relaxed) > 0) {
+    // The parent's CUDA state is unusable here (as CUDA itself says on the child's first call), and
+    // its pools may be mid-operation on threads that do not exist here: leave them untouched.
+    forked_.store(true, std::memory_order_relaxed);
+    mode_.store(static_cast<int>(Mode::off), std::memory_order_release);
+  }
+}
+
+void Router::on_exit() { exiting_.store(true, std::memory_order_release); }
+
+}  // namespace glake::shim

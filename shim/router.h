@@ -1,0 +1,212 @@
+// shim/router.h: the one object behind every hook. It decides, per call, whether glake serves it or
+// the real CUDA API does, and owns one pool per device.
+//
+// Routing rules (each hook is a one-line forward to a method here):
+// - glake is off (bad GLAKE_* value, GLAKE_DISABLE=1, a forked child of a CUDA parent), or glake is
+//   inside its own call into the real runtime (RealCall): the real API.
+// - An allocation on a stream that is capturing a CUDA graph, a synchronous allocation while any
+//   capture is under way, an allocation from a memory pool other than the device's default one (or
+//   after cudaDeviceSetMemPool chose another current pool), and host, managed, pitched and array
+//   allocations: the real API.
+// - A pointer no glake pool owns (allocated before glake loaded, by the real API, or by someone else):
+//   freed by the real API.
+// - Everything else: the current device's pool (cudaSetDevice; cuCtxGetDevice for driver calls).
+//
+// Stream order: cudaMallocAsync blocks belong to their stream (the pool reuses a block on another
+// stream only after the work before its free has completed). cudaMalloc/cuMemAlloc blocks belong to
+// a private stream of the router, so they are handed out only when no stream can still touch them;
+// cudaFree/cuMemFree synchronize the block's device first, as the real ones do, so no work issued
+// before the free on any stream (non-blocking ones included) can still touch the block when it is
+// reused. Frees of glake blocks issued while a capture is under way are held (see capture_frees_held).
+//
+// Process life: nothing happens before the first CUDA call reaches a hook (then the GLAKE_* settings
+// are read, and with GLAKE_TRACE the tracer's session starts: tracer/session.h; pools are made per
+// device on their first allocation, each watched by the session's recorder). At exit (an atexit handler
+// registered after the driver's first cuInit) frees of glake blocks become no-ops and no driver call
+// is made: memory is leaked rather than returned to a driver that may be gone. Pools are never
+// destroyed. Fork: the router's locks are taken around fork(); a child whose parent had made a pool
+// gets glake off (its CUDA is unusable anyway); other children are unaffected.
+//
+// Thread-safety: everything may be called from any thread. The object is constant-initialized and
+// trivially destructible (no static destructor runs at exit).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "pool/allocator.h"
+#include "pool/cuda_driver.h"
+#include "shim/glake.h"
+
+namespace glake::tracer {
+class TraceSession;
+}
+
+namespace glake::shim {
+
+inline constexpr int kMaxDevices = 64;
+inline constexpr int kMaxCaptures = 64;
+
+class Ipc;
+
+// One device's pool; created on the device's first allocation, never destroyed.
+struct DevicePool {
+  int device = -1;
+  bool usable = false;  // false: the driver could not be opened for this device; its calls pass through
+  pool::CudaDriver* driver = nullptr;
+  pool::Allocator* alloc = nullptr;
+  pool::StreamHandle sync_stream = 0;  // the router's private stream: cudaMalloc/cuMemAlloc blocks
+};
+
+enum class Mode : int { not_started = GLAKE_STATUS_NOT_STARTED, on = GLAKE_STATUS_ON, off = GLAKE_STATUS_OFF };
+
+class Router {
+ public:
+  constexpr Router() = default;
+
+  // ---- runtime API (cuda*) ----
+  cudaError_t malloc(void** ptr, std::size_t size);
+  cudaError_t free(void* ptr);
+  cudaError_t malloc_async(void** ptr, std::size_t size, cudaStream_t stream, bool ptds);
+  cudaError_t free_async(void* ptr, cudaStream_t stream, bool ptds);
+  cudaError_t malloc_from_pool_async(void** ptr, std::size_t size, cudaMemPool_t pool, cudaStream_t stream,
+                                     bool ptds);
+  cudaError_t mem_get_info(std::size_t* free, std::size_t* total);
+  cudaError_t device_get_default_mem_pool(cudaMemPool_t* pool, int device);
+  cudaError_t device_set_mem_pool(int device, cudaMemPool_t pool);
+  cudaError_t mem_pool_get_attribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value);
+  cudaError_t mem_pool_set_attribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value);
+  cudaError_t mem_pool_trim_to(cudaMemPool_t pool, std::size_t keep);
+  cudaError_t mem_pool_set_access(cudaMemPool_t pool, const cudaMemAccessDesc* desc, std::size_t count);
+  cudaError_t ipc_get_mem_handle(cudaIpcMemHandle_t* handle, void* ptr);
+  cudaError_t ipc_open_mem_handle(void** ptr, cudaIpcMemHandle_t handle, unsigned int flags);
+  cudaError_t ipc_close_mem_handle(void* ptr);
+  cudaError_t device_enable_peer_access(int peer, unsigned int flags);
+  cudaError_t stream_begin_capture(cudaStream_t stream, cudaStreamCaptureMode mode, bool ptds);
+  cudaError_t stream_begin_capture_to_graph(cudaStream_t stream, cudaGraph_t graph,
+                                            const cudaGraphNode_t* dependencies,
+                                            const cudaGraphEdgeData* edge_data, std::size_t count,
+                                            cudaStreamCaptureMode mode, bool ptds);
+  cudaError_t stream_end_capture(cudaStream_t stream, cudaGraph_t* graph, bool ptds);
+  // The pools settle what was freed on the stream while its handle is still valid: the allocator
+  // records events on the streams blocks were freed on, and a destroyed stream's handle is dead.
+  cudaError_t stream_destroy(cudaStream_t stream);
+  cudaError_t get_last_error();
+  cudaError_t peek_at_last_error();
+  cudaError_t get_driver_entry_point(const char* symbol, void** fn, unsigned long long flags,
+                                     cudaDriverEntryPointQueryResult* status, bool ptds);
+  cudaError_t get_driver_entry_point_by_version(const char* symbol, void** fn, unsigned int version,
+                                                unsigned long long flags, cudaDriverEntryPointQueryResult* status,
+                                                bool ptds);
+
+  // ---- driver API (cu*) ----
+  CUresult cu_mem_alloc(CUdeviceptr* ptr, std::size_t size);
+  CUresult cu_mem_free(CUdeviceptr ptr);
+  CUresult cu_mem_alloc_async(CUdeviceptr* ptr, std::size_t size, CUstream stream, bool ptds);
+  CUresult cu_mem_free_async(CUdeviceptr ptr, CUstream stream, bool ptds);
+  CUresult cu_mem_get_info(std::size_t* free, std::size_t* total);
+  CUresult cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags);
+  CUresult cu_get_proc_address_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
+                                  CUdriverProcAddressQueryResult* status);
+
+  // ---- PyTorch's CUDAPluggableAllocator ----
+  void* pluggable_malloc(std::size_t size, int device, cudaStream_t stream);
+  void pluggable_free(void* ptr, cudaStream_t stream);
+
+  // ---- glake.h ----
+  int status();
+  int stats(int device, glake_stats_t* out, std::size_t out_size);
+  int trim(int device, std::size_t keep);
+  int reset_peaks(int device);
+  int validate(int device, char* msg, std::size_t msg_size);
+  int device_of(const void* ptr);
+  int trace_dump(const char* path);
+
+  // ---- process life (router.cpp registers these) ----
+  void prepare_fork();
+  void parent_after_fork();
+  void child_after_fork();
+  void on_exit();
+
+ private:
+  Mode mode();
+  Mode init();
+  // On, not re-entered from glake's own real call, not exiting: glake may serve this call.
+  bool serving();
+
+  bool runtime_device(int* device);
+  bool driver_device(int* device);
+  // The usable pool of a device, made on first use; null: pass through. from_runtime: the call came
+  // through a runtime hook (not from inside the runtime).
+  DevicePool* pool_for(int device, bool from_runtime = true);
+  DevicePool* create_pool(int device, bool from_runtime);
+  DevicePool* existing_pool(int device) const;
+  DevicePool* owner(pool::DevPtr ptr, int hint_device);
+
+  // The pool's allocate; an out-of-memory answer leaves the pool's snapshot in the trace (GLAKE_TRACE).
+  pool::Status allocate(DevicePool* p, std::size_t size, pool::StreamHandle stream, pool::DevPtr* out);
+  // Synchronous free of a glake block: sync its device, then free. Returns the sync's error, if any.
+  pool::Status free_sync(DevicePool* p, pool::DevPtr ptr);
+  // Stream-ordered free; false: no pool owns ptr.
+  bool free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int hint_device, pool::Status* st);
+  bool runtime_stream_capturing(cudaStream_t stream);
+  bool driver_stream_capturing(CUstream stream);
+  void hold_capture_free(DevicePool* p, pool::DevPtr ptr);
+  void capture_started(cudaStream_t stream);
+  void capture_ended(cudaStream_t stream);
+  pool::Status synchronize_device(int device);
+
+  int default_pool_device(cudaMemPool_t pool);
+  void grant_peer(int owner_device, int accessor_device);
+  void refresh_access(DevicePool* p);
+  void count_passthrough(int device, bool driver_api = false);
+  cudaError_t fail(cudaError_t e);
+  Ipc* ipc();
+
+  std::atomic<int> mode_{static_cast<int>(Mode::not_started)};
+  std::atomic<bool> exiting_{false};
+  std::atomic<bool> forked_{false};
+  std::atomic<int> captures_{0};
+  std::atomic<bool> exit_hook_{false};
+  pthread_mutex_t mutex_ = PTHREAD_MUTEX_INITIALIZER;  // init, pool creation, captures, held frees, peers
+
+  pool::Config config_{};
+  bool verbose_ = false;
+
+  std::atomic<DevicePool*> pools_[kMaxDevices] = {};
+  std::atomic<std::uintptr_t> default_pools_[kMaxDevices] = {};  // cudaMemPool_t of each device, once known
+  std::atomic<bool> custom_pool_[kMaxDevices] = {};             // cudaDeviceSetMemPool chose another pool
+  std::atomic<std::uint64_t> peers_[kMaxDevices] = {};          // devices granted access to this one's pool
+  std::atomic<std::uint64_t> passthrough_[kMaxDevices + 1] = {};  // [kMaxDevices]: device unknown
+  std::atomic<std::uint64_t> held_[kMaxDevices] = {};
+  std::atomic<int> pool_count_{0};  // highest device with a pool, + 1
+
+  cudaStream_t capturing_[kMaxCaptures] = {};  // streams whose capture began through glake's hooks
+  int capturing_count_ = 0;
+  struct HeldFree {
+    DevicePool* pool;
+    pool::DevPtr ptr;
+  };
+  HeldFree* held_frees_ = nullptr;  // frees of glake blocks during capture, done when captures end
+  std::size_t held_count_ = 0;
+  std::size_t held_capacity_ = 0;
+
+  std::atomic<Ipc*> ipc_{nullptr};
+  std::atomic<tracer::TraceSession*> session_{nullptr};  // GLAKE_TRACE; set in init(), before mode_
+};
+
+Router& router();
+
+// Status <-> CUDA error codes. pool::Status uses CUresult numbering.
+cudaError_t to_runtime_error(pool::Status s);
+inline CUresult to_driver_error(pool::Status s) { return static_cast<CUresult>(static_cast<int>(s)); }
+
+// One line on stderr, "glake: ..." (write(2), no stdio lock: safe after fork and at exit).
+void say(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+}  // namespace glake::shim

@@ -1,0 +1,171 @@
+// tests/shim/shim_helper.cpp: small CUDA programs that test_process.cpp runs as separate processes,
+// under the same preload, to see what only a fresh process can show. One mode per argv[1]; each
+// prints what it saw on stdout ("key=value" lines) and exits 0 unless something went wrong.
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "shim/glake.h"
+
+namespace {
+
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+int glake_status_now() {
+  auto f = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "glake_status"));
+  return f != nullptr ? f() : -1;
+}
+int glake_owns_now(const void* p) {
+  auto f = reinterpret_cast<int (*)(const void*)>(dlsym(RTLD_DEFAULT, "glake_owns"));
+  return f != nullptr ? f(p) : -1;
+}
+
+bool driver_loaded() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line))
+    if (line.find("libcuda.so") != std::string::npos) return true;
+  return false;
+}
+
+bool unhex(const std::string& s, void* out, std::size_t n) {
+  if (s.size() != 2 * n) return false;
+  for (std::size_t i = 0; i < n; ++i)
+    static_cast<unsigned char*>(out)[i] = static_cast<unsigned char>(std::stoi(s.substr(2 * i, 2), nullptr, 16));
+  return true;
+}
+
+// One allocation and its free; what glake made of them.
+int mode_alloc() {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, 3 * MiB);
+  std::printf("malloc=%d\nowns=%d\nstatus=%d\n", static_cast<int>(e), glake_owns_now(p), glake_status_now());
+  const cudaError_t f = cudaFree(p);
+  std::printf("free=%d\n", static_cast<int>(f));
+  return e == cudaSuccess && f == cudaSuccess ? 0 : 1;
+}
+
+// No CUDA call at all: nothing of glake's or CUDA's may run.
+int mode_no_cuda() {
+  std::printf("status=%d\ndriver_loaded=%d\n", glake_status_now(), driver_loaded() ? 1 : 0);
+  const char* a = std::getenv("PYTORCH_ALLOC_CONF");
+  const char* b = std::getenv("PYTORCH_CUDA_ALLOC_CONF");
+  std::printf("PYTORCH_ALLOC_CONF=%s\nPYTORCH_CUDA_ALLOC_CONF=%s\n", a ? a : "(unset)", b ? b : "(unset)");
+  return 0;
+}
+
+// The environment as the program sees it after glake's constructor, then one CUDA call.
+int mode_env() {
+  for (const char* name : {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "GLAKE_LIMIT", "GLAKE_STITCH",
+                           "GLAKE_TRACE", "GLAKE_SMALL_LIMIT", "GLAKE_PYTORCH", "GLAKE_VERBOSE", "GLAKE_DISABLE",
+                           "LD_PRELOAD"}) {
+    const char* v = std::getenv(name);
+    std::printf("%s=%s\n", name, v ? v : "(unset)");
+  }
+  std::fflush(stdout);
+  return mode_alloc();
+}
+
+// Forks before any CUDA call; the child uses CUDA through glake.
+int mode_fork_first() {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, MiB);
+    const int owned = glake_owns_now(p);
+    if (e == cudaSuccess) cudaFree(p);
+    _exit(e == cudaSuccess && owned == 1 ? 0 : 3);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  std::printf("child=%d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st));
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1;
+}
+
+void* g_exit_ptr = nullptr;
+void* g_exit_async = nullptr;
+cudaStream_t g_exit_stream = nullptr;
+
+void free_at_exit() {
+  // Registered before the first CUDA call: runs after the driver's own exit-time teardown.
+  const cudaError_t a = cudaFree(g_exit_ptr);
+  const cudaError_t b = cudaFreeAsync(g_exit_async, g_exit_stream);
+  std::fprintf(stderr, "exit-free: cudaFree=%d cudaFreeAsync=%d\n", static_cast<int>(a), static_cast<int>(b));
+}
+
+struct FreesInDestructor {
+  ~FreesInDestructor() {
+    if (g_exit_ptr != nullptr) (void)cudaFree(static_cast<char*>(g_exit_ptr));
+  }
+};
+FreesInDestructor g_static_object;
+
+// Frees glake memory from an atexit handler and a static destructor, after the driver went away.
+int mode_exit_free() {
+  std::atexit(free_at_exit);
+  if (cudaMalloc(&g_exit_ptr, 5 * MiB) != cudaSuccess) return 1;
+  if (cudaStreamCreate(&g_exit_stream) != cudaSuccess) return 1;
+  if (cudaMallocAsync(&g_exit_async, MiB, g_exit_stream) != cudaSuccess) return 1;
+  std::printf("owns=%d\n", glake_owns_now(g_exit_ptr));
+  return 0;
+}
+
+// Opens a glake IPC handle of another process, checks and changes the bytes.
+int mode_ipc_import(int argc, char** argv) {
+  if (argc < 5) return 2;
+  cudaIpcMemHandle_t h;
+  if (!unhex(argv[2], &h, sizeof h)) return 2;
+  const std::size_t n = std::strtoull(argv[3], nullptr, 10);
+  const int seed = std::atoi(argv[4]);
+  void* p = nullptr;
+  const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
+  std::printf("open=%d\n", static_cast<int>(e));
+  if (e != cudaSuccess) return 0;  // the parent checks the code
+  std::vector<unsigned char> buf(n);
+  if (cudaMemcpy(buf.data(), p, n, cudaMemcpyDeviceToHost) != cudaSuccess) return 4;
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < n; ++i) wrong += buf[i] != static_cast<unsigned char>(seed + i * 13);
+  std::printf("wrong=%zu\n", wrong);
+  const unsigned char reply[4] = {0xde, 0xad, 0xbe, 0xef};
+  if (cudaMemcpy(p, reply, sizeof reply, cudaMemcpyHostToDevice) != cudaSuccess) return 5;
+  const cudaError_t c = cudaIpcCloseMemHandle(p);
+  std::printf("close=%d\n", static_cast<int>(c));
+  return 0;
+}
+
+// Runs out of memory under GLAKE_LIMIT, then asks for the trace: prints what came back.
+int mode_trace_oom(int argc, char** argv) {
+  if (argc < 3) return 2;
+  void* a = nullptr;
+  void* b = nullptr;
+  const cudaError_t ea = cudaMalloc(&a, 32 * MiB);
+  const cudaError_t eb = cudaMalloc(&b, 512 * MiB);
+  auto dump = reinterpret_cast<int (*)(const char*)>(dlsym(RTLD_DEFAULT, "glake_trace_dump"));
+  const int d = dump != nullptr ? dump(argv[2]) : -2;
+  std::printf("first=%d\nsecond=%d\ndump=%d\n", static_cast<int>(ea), static_cast<int>(eb), d);
+  cudaFree(a);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  const std::string mode = argv[1];
+  if (mode == "alloc") return mode_alloc();
+  if (mode == "no-cuda") return mode_no_cuda();
+  if (mode == "env") return mode_env();
+  if (mode == "fork-first") return mode_fork_first();
+  if (mode == "exit-free") return mode_exit_free();
+  if (mode == "ipc-import") return mode_ipc_import(argc, argv);
+  if (mode == "trace-oom") return mode_trace_oom(argc, argv);
+  return 2;
+}

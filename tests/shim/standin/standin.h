@@ -1,0 +1,37 @@
+// tests/shim/standin/standin.h: what the stand-in CUDA driver and runtime offer tests beyond CUDA.
+//
+// The stand-in libcuda.so.1 (driver.cpp) emulates a GPU on the host: device memory is memfd-backed
+// host memory (VMM physical chunks are memfds, reservations PROT_NONE mappings, cuMemMap maps a chunk
+// at a reserved address with no access until cuMemSetAccess), every stream is a worker thread that
+// runs its work in order (host functions from cuLaunchHostFunc play the kernels), the legacy default
+// stream synchronizes with blocking streams, events complete when their stream reaches them, and graph
+// capture records a stream's work for replay. Devices: GLAKE_STANDIN_DEVICES (2), each with
+// GLAKE_STANDIN_MEMORY bytes (1G); VMM granularity 2 MiB.
+//
+// It behaves like the real driver where glake depends on it: cuGetProcAddress by base name and
+// version, legacy cudaIpc failing on VMM memory, cuMemFree synchronizing, calls before cuInit, after
+// exit-time teardown (CUDA_ERROR_DEINITIALIZED) and in a forked child of an initialised parent
+// (CUDA_ERROR_NOT_INITIALIZED) failing.
+#pragma once
+
+#include <cuda.h>
+#include <stddef.h>
+
+extern "C" {
+// Device allocations made with cuMemAlloc/cuMemAllocAsync/... (not VMM) that are still live.
+int standin_live_allocations(void);
+// Bytes of device memory in use on the device (VMM chunks and other allocations).
+size_t standin_memory_in_use(int device);
+// 1 if the VMM mapping containing ptr grants `device` read-write access, 0 if not, -1 if ptr is mapped
+// nowhere.
+int standin_mapping_access(const void* ptr, int device);
+// A device allocation made behind every hook's back, as another allocator (or glake before it loaded)
+// would have made it. Free it with cudaFree/cuMemFree.
+CUresult standin_raw_alloc(CUdeviceptr* ptr, size_t size);
+// Device synchronizations (cuCtxSynchronize, and the one cuMemFree does) so far.
+unsigned long long standin_device_syncs(void);
+
+// Runtime (libcudart.so.13): the pointer the runtime's own driver table holds for `name` (e.g.
+// "cuMemAlloc_v2"), as it got it from cuGetProcAddress at initialisation.
+void* standin_runtime_driver_entry(const char* name);
+}

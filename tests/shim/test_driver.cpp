@@ -1,0 +1,214 @@
+// tests/shim/test_driver.cpp: driver interposition. The real runtime reaches the driver through
+// cuGetProcAddress (found with dlsym on libcuda.so.1), frameworks through cudaGetDriverEntryPoint*,
+// and programs linked with -lcuda through the dynamic linker: every door must hand out glake's
+// cuMemAlloc_v2, cuMemFree_v2, cuMemAllocAsync, cuMemFreeAsync (and _ptsz) and cuMemGetInfo_v2, and
+// every other symbol unchanged. This program links the stand-in libcuda.so.1 directly too.
+#include <cuda.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "shim_test.h"
+
+using namespace glake_test;
+
+namespace {
+
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+std::string object_of(const void* fn) {
+  Dl_info info{};
+  if (fn == nullptr || dladdr(fn, &info) == 0 || info.dli_fname == nullptr) return "";
+  std::string path = info.dli_fname;
+  return path.substr(path.rfind('/') + 1);
+}
+bool is_glake(const void* fn) { return object_of(fn).rfind("libglake.so", 0) == 0; }
+bool is_driver(const void* fn) { return object_of(fn).rfind("libcuda.so", 0) == 0; }
+
+void* libcuda() {
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+  EXPECT_NE(nullptr, h);
+  return h;
+}
+
+using GetProcV2 = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
+using GetProcV1 = CUresult (*)(const char*, void**, int, cuuint64_t);
+
+void* proc(GetProcV2 get, const char* name, int version, cuuint64_t flags = CU_GET_PROC_ADDRESS_DEFAULT) {
+  void* p = nullptr;
+  CUdriverProcAddressQueryResult st = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+  const CUresult r = get(name, &p, version, flags, &st);
+  return r == CUDA_SUCCESS ? p : nullptr;
+}
+
+class Driver : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    REQUIRE_GLAKE();
+    CUDA_OK(cudaSetDevice(0));
+    CUDA_OK(cudaFree(nullptr));  // runtime and context up
+  }
+  void TearDown() override { EXPECT_EQ("", validate(0)); }
+};
+
+TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
+  void* h = libcuda();
+  for (const char* name : {"cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
+                           "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuGetProcAddress",
+                           "cuGetProcAddress_v2"}) {
+    void* p = dlsym(h, name);
+    EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
+    EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
+  }
+  for (const char* name : {"cuMemCreate", "cuMemMap", "cuStreamCreate", "cuMemAlloc", "cuMemAllocPitch_v2"})
+    EXPECT_TRUE(is_driver(dlsym(h, name))) << name << " must pass through";
+  EXPECT_EQ(nullptr, dlsym(h, "cuNoSuchFunction"));
+  EXPECT_NE(nullptr, dlerror());
+}
+
+TEST_F(Driver, RtldNextAndDefaultKeepTheCallersView) {
+  // glibc answers these relative to the calling object. From this program, the next dlsym is
+  // libglake.so's (the preload comes right after the program); a stub that called glibc's dlsym
+  // instead of jumping to it would be taken for the caller and answer libc's.
+  EXPECT_TRUE(is_glake(dlsym(RTLD_NEXT, "dlsym"))) << object_of(dlsym(RTLD_NEXT, "dlsym"));
+  EXPECT_TRUE(is_glake(dlsym(RTLD_NEXT, "cudaMalloc")));
+  EXPECT_TRUE(is_glake(dlsym(RTLD_DEFAULT, "cudaMalloc")));
+  EXPECT_NE(nullptr, dlsym(RTLD_NEXT, "malloc"));
+  EXPECT_EQ(nullptr, dlsym(RTLD_DEFAULT, "glake_no_such_symbol"));
+}
+
+TEST_F(Driver, TheRuntimesOwnTableHoldsGlakesFunctions) {
+  for (const char* name : {"cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
+                           "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2"})
+    EXPECT_TRUE(is_glake(standin_runtime_driver_entry(name))) << name;
+  EXPECT_TRUE(is_driver(standin_runtime_driver_entry("cuStreamCreate")));
+}
+
+TEST_F(Driver, GetProcAddressSwapsOnlyWhatGlakeInterposes) {
+  auto get = reinterpret_cast<GetProcV2>(dlsym(libcuda(), "cuGetProcAddress_v2"));
+  ASSERT_TRUE(is_glake(reinterpret_cast<void*>(get)));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemAlloc_v2"), proc(get, "cuMemAlloc", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemFree_v2"), proc(get, "cuMemFree", 12000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemGetInfo_v2"), proc(get, "cuMemGetInfo", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemAllocAsync"), proc(get, "cuMemAllocAsync", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemAllocAsync_ptsz"),
+            proc(get, "cuMemAllocAsync", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemFreeAsync_ptsz"),
+            proc(get, "cuMemFreeAsync", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuGetProcAddress_v2"), proc(get, "cuGetProcAddress", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuGetProcAddress"), proc(get, "cuGetProcAddress", 11000));
+  // The 32-bit cuMemAlloc of CUDA < 3.2 is not glake's.
+  void* old = proc(get, "cuMemAlloc", 3000);
+  EXPECT_TRUE(is_driver(old)) << object_of(old);
+  // Everything else is the driver's own.
+  for (const char* name : {"cuMemCreate", "cuMemAddressReserve", "cuStreamCreate", "cuEventRecord", "cuMemAllocPitch"})
+    EXPECT_TRUE(is_driver(proc(get, name, 13000))) << name;
+  EXPECT_EQ(nullptr, proc(get, "cuNoSuchFunction", 13000));
+  // The old door answers the same.
+  auto get_v1 = reinterpret_cast<GetProcV1>(dlsym(libcuda(), "cuGetProcAddress"));
+  void* p = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, get_v1("cuMemFree", &p, 13000, 0));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemFree_v2"), p);
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+TEST_F(Driver, DriverEntryPointsAnswerGlakesFunctions) {
+  void* p = nullptr;
+  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+  CUDA_OK(cudaGetDriverEntryPoint("cuMemAlloc", &p, cudaEnableDefault, &q));
+  EXPECT_EQ(cudaDriverEntryPointSuccess, q);
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemAlloc_v2"), p);
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemGetInfo", &p, 13000, cudaEnableDefault, &q));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemGetInfo_v2"), p);
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemFreeAsync", &p, 12080, cudaEnablePerThreadDefaultStream, &q));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemFreeAsync_ptsz"), p);
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemCreate", &p, 13000, cudaEnableDefault, &q));
+  EXPECT_TRUE(is_driver(p));
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemAlloc", &p, 3000, cudaEnableDefault, &q));
+  EXPECT_FALSE(is_glake(p));
+}
+#pragma GCC diagnostic pop
+
+TEST_F(Driver, AllocationsThroughEntryPointsAreGlakes) {
+  void* fa = nullptr;
+  void* ff = nullptr;
+  void* faa = nullptr;
+  void* ffa = nullptr;
+  void* fi = nullptr;
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemAlloc", &fa, 13000, cudaEnableDefault, nullptr));
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemFree", &ff, 13000, cudaEnableDefault, nullptr));
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemAllocAsync", &faa, 13000, cudaEnableDefault, nullptr));
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemFreeAsync", &ffa, 13000, cudaEnableDefault, nullptr));
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemGetInfo", &fi, 13000, cudaEnableDefault, nullptr));
+  auto mem_alloc = reinterpret_cast<decltype(&cuMemAlloc_v2)>(fa);
+  auto mem_free = reinterpret_cast<decltype(&cuMemFree_v2)>(ff);
+  auto alloc_async = reinterpret_cast<decltype(&cuMemAllocAsync)>(faa);
+  auto free_async = reinterpret_cast<decltype(&cuMemFreeAsync)>(ffa);
+  auto get_info = reinterpret_cast<decltype(&cuMemGetInfo_v2)>(fi);
+  const int live = standin::live_allocations();
+  CUdeviceptr d = 0;
+  ASSERT_EQ(CUDA_SUCCESS, mem_alloc(&d, 3 * MiB));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(d)));
+  EXPECT_EQ(CUDA_SUCCESS, mem_free(d));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(d)));
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreate(&s));
+  ASSERT_EQ(CUDA_SUCCESS, alloc_async(&d, MiB, reinterpret_cast<CUstream>(s)));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(d)));
+  EXPECT_EQ(CUDA_SUCCESS, free_async(d, reinterpret_cast<CUstream>(s)));
+  EXPECT_EQ(live, standin::live_allocations());
+  std::size_t free = 0, total = 0;
+  ASSERT_EQ(CUDA_SUCCESS, get_info(&free, &total));
+  EXPECT_EQ(total - standin::memory_in_use(0) + stats().cached, free);
+  CUDA_OK(cudaStreamSynchronize(s));
+  CUDA_OK(cudaStreamDestroy(s));
+}
+
+TEST_F(Driver, DirectlyLinkedDriverCallsReachGlake) {
+  // This program links libcuda.so.1: these calls go through the dynamic linker to the preload.
+  CUdeviceptr d = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAlloc(&d, 2 * MiB));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(d)));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFree(d));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(d)));
+}
+
+TEST_F(Driver, OtherCallersVmmCallsAreUntouched) {
+  // What NCCL or expandable segments do: their own reservation and chunks, through the entry points.
+  auto get = reinterpret_cast<GetProcV2>(dlsym(libcuda(), "cuGetProcAddress_v2"));
+  auto reserve = reinterpret_cast<decltype(&cuMemAddressReserve)>(proc(get, "cuMemAddressReserve", 13000));
+  auto create = reinterpret_cast<decltype(&cuMemCreate)>(proc(get, "cuMemCreate", 13000));
+  auto map = reinterpret_cast<decltype(&cuMemMap)>(proc(get, "cuMemMap", 13000));
+  auto access = reinterpret_cast<decltype(&cuMemSetAccess)>(proc(get, "cuMemSetAccess", 13000));
+  auto unmap = reinterpret_cast<decltype(&cuMemUnmap)>(proc(get, "cuMemUnmap", 13000));
+  auto release = reinterpret_cast<decltype(&cuMemRelease)>(proc(get, "cuMemRelease", 13000));
+  auto address_free = reinterpret_cast<decltype(&cuMemAddressFree)>(proc(get, "cuMemAddressFree", 13000));
+  ASSERT_TRUE(reserve && create && map && access && unmap && release && address_free);
+  const glake_stats_t before = stats();
+  CUdeviceptr va = 0;
+  ASSERT_EQ(CUDA_SUCCESS, reserve(&va, 4 * MiB, 0, 0, 0));
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = 0;
+  CUmemGenericAllocationHandle h = 0;
+  ASSERT_EQ(CUDA_SUCCESS, create(&h, 4 * MiB, &prop, 0));
+  ASSERT_EQ(CUDA_SUCCESS, map(va, 4 * MiB, 0, h, 0));
+  CUmemAccessDesc desc{};
+  desc.location = prop.location;
+  desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  ASSERT_EQ(CUDA_SUCCESS, access(va, 4 * MiB, &desc, 1));
+  std::memset(reinterpret_cast<void*>(va), 7, 4 * MiB);
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(va)));
+  ASSERT_EQ(CUDA_SUCCESS, unmap(va, 4 * MiB));
+  ASSERT_EQ(CUDA_SUCCESS, release(h));
+  ASSERT_EQ(CUDA_SUCCESS, address_free(va, 4 * MiB));
+  const glake_stats_t after = stats();
+  EXPECT_EQ(before.allocs, after.allocs);
+  EXPECT_EQ(before.physical, after.physical);
+  EXPECT_EQ(before.creates, after.creates);
+}
+
+}  // namespace

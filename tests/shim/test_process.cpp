@@ -1,0 +1,343 @@
+// tests/shim/test_process.cpp: process life under the preload, and what only separate processes show:
+// settings (bad values fall back to passing through, with one line), fork (with and without CUDA in
+// the parent, and while other threads allocate), exit after the driver's teardown, subprocesses that
+// never touch CUDA, IPC of glake memory between processes, PyTorch's allocator selection, GLAKE_TRACE
+// and scripts/glake-run.
+#include <dirent.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+#include <vector>
+
+#include "shim_test.h"
+#include "tracer/trace_reader.h"
+
+using namespace glake_test;
+
+namespace {
+
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+std::string hex(const void* data, std::size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  for (std::size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<const unsigned char*>(data)[i];
+    s += digits[c >> 4];
+    s += digits[c & 15];
+  }
+  return s;
+}
+
+bool has(const std::string& text, const std::string& what) { return text.find(what) != std::string::npos; }
+
+class Process : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    REQUIRE_GLAKE();
+    ASSERT_FALSE(helper().empty()) << "GLAKE_TEST_HELPER is not set";
+    CUDA_OK(cudaSetDevice(0));
+  }
+};
+
+// ---- settings --------------------------------------------------------------------------------------
+
+TEST_F(Process, ABadValueGivesOneLineAndPassesThrough) {
+  const Outcome r = run({helper(), "alloc"}, {{"GLAKE_LIMIT", "12XB"}});
+  EXPECT_EQ(0, r.status) << r.err;
+  const auto lines = glake_lines(r.err);
+  ASSERT_EQ(1u, lines.size()) << r.err;
+  EXPECT_TRUE(has(lines[0], "GLAKE_LIMIT='12XB'")) << lines[0];
+  EXPECT_TRUE(has(lines[0], "pass through")) << lines[0];
+  EXPECT_TRUE(has(r.out, "malloc=0\nowns=0\nstatus=2\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "free=0")) << r.out;
+}
+
+TEST_F(Process, SeveralBadValuesStillGiveOneLine) {
+  const Outcome r = run({helper(), "alloc"}, {{"GLAKE_STITCH", "maybe"}, {"GLAKE_SMALL_LIMIT", "-3"},
+                                          {"GLAKE_TRACE", "/nonexistent-dir/trace.json"}});
+  EXPECT_EQ(0, r.status) << r.err;
+  const auto lines = glake_lines(r.err);
+  ASSERT_EQ(1u, lines.size()) << r.err;
+  EXPECT_TRUE(has(lines[0], "GLAKE_STITCH") && has(lines[0], "GLAKE_SMALL_LIMIT") && has(lines[0], "GLAKE_TRACE"))
+      << lines[0];
+  EXPECT_TRUE(has(r.out, "owns=0")) << r.out;
+}
+
+TEST_F(Process, DisableSwitchPassesEverythingThroughSilently) {
+  const Outcome r = run({helper(), "alloc"}, {{"GLAKE_DISABLE", "1"}});
+  EXPECT_EQ(0, r.status);
+  EXPECT_TRUE(glake_lines(r.err).empty()) << r.err;
+  EXPECT_TRUE(has(r.out, "owns=0\nstatus=2\n")) << r.out;
+}
+
+TEST_F(Process, VerboseSaysWhatItMade) {
+  const Outcome r = run({helper(), "alloc"}, {{"GLAKE_VERBOSE", "1"}});
+  EXPECT_EQ(0, r.status);
+  EXPECT_TRUE(has(r.err, "glake: device 0: pool on")) << r.err;
+  EXPECT_TRUE(has(r.out, "owns=1\nstatus=1\n")) << r.out;
+}
+
+TEST_F(Process, ASubprocessThatNeverTouchesCudaPaysNothing) {
+  // Not even a bad setting is read: nothing of glake's runs before a CUDA call.
+  const Outcome r = run({helper(), "no-cuda"}, {{"GLAKE_LIMIT", "nonsense"}});
+  EXPECT_EQ(0, r.status);
+  EXPECT_TRUE(glake_lines(r.err).empty()) << r.err;
+  EXPECT_TRUE(has(r.out, "status=0\ndriver_loaded=0\n")) << r.out;
+}
+
+// ---- PyTorch's allocator choice ---------------------------------------------------------------------
+
+TEST_F(Process, PyTorchIsPointedAtCudaMallocAsync) {
+  Outcome r = run({helper(), "no-cuda"}, {}, {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
+  // Options of no particular backend get the backend added.
+  r = run({helper(), "no-cuda"}, {{"PYTORCH_CUDA_ALLOC_CONF", "pinned_use_cuda_host_register:True"}},
+          {"PYTORCH_ALLOC_CONF", "GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,backend:cudaMallocAsync\n"))
+      << r.out;
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)")) << r.out;
+}
+
+TEST_F(Process, PyTorchOptOutAndUserChoicesAreKept) {
+  Outcome r = run({helper(), "no-cuda"}, {{"GLAKE_PYTORCH", "0"}}, {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)\nPYTORCH_CUDA_ALLOC_CONF=(unset)\n")) << r.out;
+  r = run({helper(), "no-cuda"}, {{"PYTORCH_ALLOC_CONF", "backend:native"}}, {"PYTORCH_CUDA_ALLOC_CONF", "GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:native\n")) << r.out;
+  r = run({helper(), "no-cuda"}, {{"PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128"}},
+          {"PYTORCH_ALLOC_CONF", "GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:128\n")) << r.out;
+  EXPECT_TRUE(glake_lines(r.err).empty()) << "said something without a CUDA call: " << r.err;
+}
+
+TEST_F(Process, ExpandableSegmentsAreKeptAndExplainedOnce) {
+  const Outcome r = run({helper(), "env"}, {{"PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"}},
+                    {"PYTORCH_ALLOC_CONF", "GLAKE_PYTORCH"});
+  EXPECT_EQ(0, r.status);
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True\n")) << r.out;
+  const auto lines = glake_lines(r.err);
+  ASSERT_EQ(1u, lines.size()) << r.err;
+  EXPECT_TRUE(has(lines[0], "expandable_segments")) << lines[0];
+  EXPECT_TRUE(has(r.out, "owns=1")) << "glake still serves cudaMalloc: " << r.out;
+}
+
+// ---- fork ---------------------------------------------------------------------------------------------
+
+TEST_F(Process, AChildOfAParentThatUsedCudaIsUnaffectedWithoutCuda) {
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, MiB));
+  const pid_t pid = fork();
+  if (pid == 0) {
+    alarm(20);
+    std::vector<int> v(1000, 1);  // ordinary work
+    int code = v[999] == 1 ? 0 : 1;
+    if (api().status() != GLAKE_STATUS_OFF) code = 2;
+    glake_stats_t s;
+    if (api().stats(0, &s, sizeof s) != -1) code = 3;
+    // CUDA in such a child fails, as without glake: an error, not a crash or a hang.
+    void* q = nullptr;
+    if (cudaMalloc(&q, MiB) == cudaSuccess) code = 4;
+    _exit(code);
+  }
+  int st = 0;
+  ASSERT_EQ(pid, waitpid(pid, &st, 0));
+  ASSERT_TRUE(WIFEXITED(st)) << "signal " << WTERMSIG(st);
+  EXPECT_EQ(0, WEXITSTATUS(st));
+  EXPECT_TRUE(owns(p));
+  CUDA_OK(cudaFree(p));
+}
+
+TEST_F(Process, AChildForkedBeforeAnyCudaCallUsesGlake) {
+  const Outcome r = run({helper(), "fork-first"});
+  EXPECT_EQ(0, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "child=0")) << r.out;
+}
+
+TEST_F(Process, ForkWhileOtherThreadsAllocateLeavesNoLockHeld) {
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      cudaSetDevice(0);
+      cudaStream_t s = nullptr;
+      cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+      while (!stop.load()) {
+        void* p = nullptr;
+        if (cudaMallocAsync(&p, (t + 1) * 300000, s) == cudaSuccess) cudaFreeAsync(p, s);
+        void* q = nullptr;
+        if (cudaMalloc(&q, 4 * MiB) == cudaSuccess) cudaFree(q);
+      }
+      cudaStreamSynchronize(s);
+      cudaStreamDestroy(s);
+    });
+  }
+  for (int i = 0; i < 20; ++i) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      alarm(20);  // a lock left held would hang here; the alarm turns it into a failure
+      (void)api().status();
+      glake_stats_t s;
+      (void)api().stats(0, &s, sizeof s);
+      void* q = nullptr;
+      (void)cudaMalloc(&q, MiB);
+      (void)cudaGetLastError();
+      void* h = std::malloc(1000);
+      std::free(h);
+      _exit(0);
+    }
+    int st = 0;
+    ASSERT_EQ(pid, waitpid(pid, &st, 0));
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "child " << i << ": status " << st;
+  }
+  stop = true;
+  for (auto& t : threads) t.join();
+  EXPECT_EQ("", validate(0));
+}
+
+// ---- exit -------------------------------------------------------------------------------------------
+
+TEST_F(Process, FreesAfterTheDriversTeardownAtExitAreHarmless) {
+  const Outcome r = run({helper(), "exit-free"});
+  EXPECT_EQ(0, r.status) << r.err;
+  EXPECT_TRUE(has(r.out, "owns=1")) << r.out;
+  EXPECT_TRUE(has(r.err, "exit-free: cudaFree=0 cudaFreeAsync=0")) << r.err;
+}
+
+// ---- IPC ----------------------------------------------------------------------------------------------
+
+void ipc_roundtrip(std::size_t n, int seed) {
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, n));
+  ASSERT_TRUE(owns(p));
+  std::vector<unsigned char> data(n);
+  for (std::size_t i = 0; i < n; ++i) data[i] = static_cast<unsigned char>(seed + i * 13);
+  CUDA_OK(cudaMemcpy(p, data.data(), n, cudaMemcpyHostToDevice));
+  cudaIpcMemHandle_t h;
+  CUDA_OK(cudaIpcGetMemHandle(&h, p));
+  const Outcome r = run({helper(), "ipc-import", hex(&h, sizeof h), std::to_string(n), std::to_string(seed)});
+  EXPECT_EQ(0, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "open=0\nwrong=0\nclose=0\n")) << r.out << r.err;
+  unsigned char reply[4] = {};
+  CUDA_OK(cudaMemcpy(reply, p, 4, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(0xde, reply[0]);
+  EXPECT_EQ(0xef, reply[3]);
+  CUDA_OK(cudaFree(p));
+  // Freed: the handle names nothing any more.
+  const Outcome gone = run({helper(), "ipc-import", hex(&h, sizeof h), std::to_string(n), std::to_string(seed)});
+  EXPECT_TRUE(has(gone.out, "open=" + std::to_string(static_cast<int>(cudaErrorInvalidResourceHandle))))
+      << gone.out << gone.err;
+}
+
+TEST_F(Process, IpcOfAMultiPageBlock) { ipc_roundtrip(6 * MiB + 123, 3); }
+
+TEST_F(Process, IpcOfASmallBlockSharingAPage) { ipc_roundtrip(64 * 1024, 5); }
+
+TEST_F(Process, IpcOfForeignMemoryIsTheRealRuntimes) {
+  CUDA_OK(cudaFree(nullptr));
+  CUdeviceptr d = 0;
+  ASSERT_EQ(CUDA_SUCCESS, standin::raw_alloc(&d, MiB));
+  void* p = reinterpret_cast<void*>(d);
+  std::vector<unsigned char> data(MiB);
+  for (std::size_t i = 0; i < MiB; ++i) data[i] = static_cast<unsigned char>(7 + i * 13);
+  CUDA_OK(cudaMemcpy(p, data.data(), MiB, cudaMemcpyHostToDevice));
+  cudaIpcMemHandle_t h;
+  CUDA_OK(cudaIpcGetMemHandle(&h, p));
+  const Outcome r = run({helper(), "ipc-import", hex(&h, sizeof h), std::to_string(MiB), "7"});
+  EXPECT_TRUE(has(r.out, "open=0\nwrong=0\nclose=0\n")) << r.out << r.err;
+  CUDA_OK(cudaFree(p));
+}
+
+// ---- GLAKE_TRACE and glake-run ------------------------------------------------------------------------
+
+TEST_F(Process, TraceFileIsATraceTheToolsRead) {
+  // "%p" in the setting becomes the writing process's id.
+  const std::string prefix = "glake-shim-trace-" + std::to_string(getpid()) + "-";
+  const Outcome r = run({helper(), "alloc"}, {{"GLAKE_TRACE", "/tmp/" + prefix + "%p.json"}});
+  EXPECT_EQ(0, r.status) << r.err;
+  std::string path;
+  if (DIR* d = opendir("/tmp")) {
+    while (dirent* e = readdir(d))
+      if (std::string(e->d_name).rfind(prefix, 0) == 0) path = std::string("/tmp/") + e->d_name;
+    closedir(d);
+  }
+  ASSERT_FALSE(path.empty()) << "no trace file";
+  EXPECT_EQ(std::string::npos, path.find("%p"));
+  glake::tracer::Trace t;
+  try {
+    t = glake::tracer::read_trace(path);
+  } catch (const std::exception& e) {
+    FAIL() << e.what();
+  }
+  EXPECT_GE(t.allocs, 1u);
+  EXPECT_GE(t.frees, 1u);
+  EXPECT_EQ(3 * MiB, t.peak_live_bytes);
+  std::remove(path.c_str());
+}
+
+// LD_PRELOAD without libglake.so (a sanitizer's runtime, if any, stays: glake-run adds after it).
+std::string preload_without_glake() {
+  std::string out, item;
+  std::string all = env_path("LD_PRELOAD") + " ";
+  for (char c : all) {
+    if (c != ' ' && c != ':') {
+      item += c;
+      continue;
+    }
+    if (!item.empty() && item.find("libglake") == std::string::npos) out += (out.empty() ? "" : " ") + item;
+    item.clear();
+  }
+  return out;
+}
+
+TEST_F(Process, OutOfMemoryLeavesASnapshotAndTheTraceCanBeWrittenOnRequest) {
+  const std::string base = "/tmp/glake-shim-oom-" + std::to_string(getpid());
+  const Outcome r = run({helper(), "trace-oom", base + "-now.json"},
+                        {{"GLAKE_TRACE", base + ".json"}, {"GLAKE_LIMIT", "64M"}, {"GLAKE_TRACE_QUIET", "1"}});
+  EXPECT_EQ(0, r.status) << r.err;
+  EXPECT_TRUE(has(r.out, "first=0\nsecond=2\ndump=0\n")) << r.out << r.err;
+  std::ifstream snapshot(base + ".oom.json");
+  EXPECT_TRUE(snapshot.good()) << "no out-of-memory snapshot at " << base << ".oom.json";
+  for (const std::string& path : {base + "-now.json", base + ".json"}) {
+    try {
+      const glake::tracer::Trace t = glake::tracer::read_trace(path);
+      EXPECT_GE(t.allocs, 1u) << path;
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << path << ": " << e.what();
+    }
+    std::remove(path.c_str());
+  }
+  std::remove((base + ".oom.json").c_str());
+}
+
+TEST_F(Process, GlakeRunSetsThePreloadAndTheSettings) {
+  const std::string script = env_path("GLAKE_RUN");
+  ASSERT_FALSE(script.empty());
+  const std::string trace = "/tmp/glake-run-trace-" + std::to_string(getpid()) + ".json";
+  // Started without the preload: glake-run adds it.
+  const Outcome r = run({script, "--lib", env_path("GLAKE_LIB"), "--limit", "512M", "--no-stitch", "--trace", trace,
+                         "--small-limit", "64K", "--verbose", "--", helper(), "env"},
+                        {{"LD_PRELOAD", preload_without_glake()}});
+  EXPECT_EQ(0, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "GLAKE_LIMIT=512M\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "GLAKE_STITCH=0\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "GLAKE_TRACE=" + trace + "\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "GLAKE_SMALL_LIMIT=64K\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "libglake.so")) << r.out;
+  EXPECT_TRUE(has(r.out, "owns=1")) << r.out << r.err;
+  EXPECT_TRUE(has(r.err, "glake: device 0: pool on")) << r.err;
+  std::remove(trace.c_str());
+  // A flag it does not know is a usage error before anything runs.
+  const Outcome bad = run({script, "--no-such-flag", "--", helper(), "env"});
+  EXPECT_EQ(2, bad.status);
+  EXPECT_TRUE(has(bad.err, "usage")) << bad.err;
+  // The pass-through switch.
+  const Outcome off = run({script, "--lib", env_path("GLAKE_LIB"), "--disable", "--", helper(), "alloc"},
+                          {{"LD_PRELOAD", preload_without_glake()}});
+  EXPECT_TRUE(has(off.out, "owns=0\nstatus=2\n")) << off.out << off.err;
+}
+
+}  // namespace

@@ -1,0 +1,207 @@
+// tests/shim/test_streams.cpp: the routing rules that involve streams. In the stand-in every stream
+// is a worker thread and cudaLaunchHostFunc plays a kernel, so "a kernel still running" is real: a
+// host function that sleeps, then reads the buffer. CUDA's contract: memory freed with cudaFree is
+// never handed out again while work issued before the free may still touch it, on any stream,
+// non-blocking ones included; a stream-ordered free makes a block reusable at once on its stream and
+// on others only after the work before the free has completed; allocations on a capturing stream go
+// to the real API.
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "shim_test.h"
+
+using namespace glake_test;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+// A "kernel": waits, then checks that every byte of the buffer still holds `expect`.
+struct SlowReader {
+  const unsigned char* p;
+  std::size_t n;
+  unsigned char expect;
+  int delay_ms;
+  std::atomic<int> bad{-1};  // -1: not run; else the number of wrong bytes seen
+  static void run(void* self) {
+    auto* r = static_cast<SlowReader*>(self);
+    std::this_thread::sleep_for(std::chrono::milliseconds(r->delay_ms));
+    int wrong = 0;
+    for (int pass = 0; pass < 20; ++pass) {
+      for (std::size_t i = 0; i < r->n; i += 4096) wrong += r->p[i] != r->expect;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    r->bad = wrong;
+  }
+};
+
+class Streams : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    REQUIRE_GLAKE();
+    CUDA_OK(cudaSetDevice(0));
+  }
+  void TearDown() override { EXPECT_EQ("", validate(0)); }
+};
+
+TEST_F(Streams, CudaFreeWaitsForWorkOnANonBlockingStream) {
+  const std::size_t n = 8 * MiB;
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, n));
+  CUDA_OK(cudaMemset(p, 0xab, n));
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  SlowReader reader{static_cast<unsigned char*>(p), n, 0xab, 300};
+  CUDA_OK(cudaLaunchHostFunc(s, SlowReader::run, &reader));
+  const auto t0 = Clock::now();
+  CUDA_OK(cudaFree(p));  // the "kernel" still reads p
+  const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  void* q = nullptr;
+  CUDA_OK(cudaMalloc(&q, n));
+  EXPECT_EQ(p, q) << "glake did not reuse the block: the test proves nothing";
+  CUDA_OK(cudaMemset(q, 0x11, n));  // legacy stream: no implicit order with the non-blocking stream
+  CUDA_OK(cudaStreamSynchronize(s));
+  EXPECT_EQ(0, reader.bad.load()) << "reused while the work before the free still read it";
+  EXPECT_GE(waited, 250) << "cudaFree returned before the work issued before it had finished";
+  CUDA_OK(cudaFree(q));
+  CUDA_OK(cudaStreamDestroy(s));
+}
+
+TEST_F(Streams, StreamOrderedFreeIsReusedElsewhereOnlyAfterItsWork) {
+  const std::size_t n = 8 * MiB;
+  cudaStream_t s1 = nullptr, s2 = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocAsync(&p, n, s1));
+  CUDA_OK(cudaMemsetAsync(p, 0xcd, n, s1));
+  SlowReader reader{static_cast<unsigned char*>(p), n, 0xcd, 300};
+  CUDA_OK(cudaLaunchHostFunc(s1, SlowReader::run, &reader));
+  CUDA_OK(cudaFreeAsync(p, s1));
+  // Another stream, and cudaMalloc (which must be safe on every stream), while s1 still reads.
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, n, s2));
+  CUDA_OK(cudaMemsetAsync(q, 0x22, n, s2));
+  void* r = nullptr;
+  CUDA_OK(cudaMalloc(&r, n));
+  CUDA_OK(cudaMemset(r, 0x33, n));
+  CUDA_OK(cudaStreamSynchronize(s2));
+  CUDA_OK(cudaStreamSynchronize(s1));
+  EXPECT_EQ(0, reader.bad.load());
+  // Once s1's work is done, the block is everyone's again.
+  void* later = nullptr;
+  CUDA_OK(cudaMallocAsync(&later, n, s2));
+  CUDA_OK(cudaFreeAsync(later, s2));
+  CUDA_OK(cudaFreeAsync(q, s2));
+  CUDA_OK(cudaFree(r));
+  CUDA_OK(cudaStreamSynchronize(s2));
+  CUDA_OK(cudaStreamDestroy(s1));
+  CUDA_OK(cudaStreamDestroy(s2));
+}
+
+TEST_F(Streams, SameStreamReuseIsImmediateAndOrdered) {
+  const std::size_t n = 4 * MiB;
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocAsync(&p, n, s));
+  CUDA_OK(cudaMemsetAsync(p, 0x44, n, s));
+  SlowReader reader{static_cast<unsigned char*>(p), n, 0x44, 200};
+  CUDA_OK(cudaLaunchHostFunc(s, SlowReader::run, &reader));
+  CUDA_OK(cudaFreeAsync(p, s));
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, n, s));
+  EXPECT_EQ(p, q);
+  CUDA_OK(cudaMemsetAsync(q, 0x55, n, s));  // after the reader, in stream order
+  CUDA_OK(cudaStreamSynchronize(s));
+  EXPECT_EQ(0, reader.bad.load());
+  CUDA_OK(cudaFreeAsync(q, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  CUDA_OK(cudaStreamDestroy(s));
+}
+
+struct Fill {
+  unsigned char* p;
+  std::size_t n;
+  unsigned char v;
+  static void run(void* self) {
+    auto* f = static_cast<Fill*>(self);
+    std::memset(f->p, f->v, f->n);
+  }
+};
+
+TEST_F(Streams, AllocationsOnACapturingStreamGoToTheRealApi) {
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const int live = standin::live_allocations();
+  const auto passed = stats().passthrough_allocs;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocAsync(&p, MiB, s));
+  EXPECT_FALSE(owns(p));
+  EXPECT_EQ(live + 1, standin::live_allocations());
+  // A synchronous allocation while a capture is under way goes to the real API too (in relaxed mode
+  // it succeeds there).
+  void* q = nullptr;
+  CUDA_OK(cudaMalloc(&q, MiB));
+  EXPECT_FALSE(owns(q));
+  EXPECT_EQ(passed + 2, stats().passthrough_allocs);
+  Fill fill{static_cast<unsigned char*>(p), MiB, 0x66};
+  CUDA_OK(cudaLaunchHostFunc(s, Fill::run, &fill));
+  CUDA_OK(cudaFreeAsync(p, s));
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  cudaGraphExec_t exec = nullptr;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  EXPECT_EQ(0x66, static_cast<unsigned char*>(p)[MiB - 1]);
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaFree(q));  // not glake's: the real free
+  // Capture over: glake serves the stream again.
+  void* r = nullptr;
+  CUDA_OK(cudaMallocAsync(&r, MiB, s));
+  EXPECT_TRUE(owns(r));
+  CUDA_OK(cudaFreeAsync(r, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  CUDA_OK(cudaStreamDestroy(s));
+  EXPECT_EQ(live, standin::live_allocations());
+}
+
+TEST_F(Streams, FreesOfGlakeBlocksDuringACapture) {
+  cudaStream_t s = nullptr, other = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  void* eager = nullptr;
+  void* in_graph = nullptr;
+  void* elsewhere = nullptr;
+  CUDA_OK(cudaMalloc(&eager, MiB));
+  CUDA_OK(cudaMallocAsync(&in_graph, MiB, s));
+  CUDA_OK(cudaMallocAsync(&elsewhere, MiB, other));
+  CUDA_OK(cudaStreamSynchronize(s));
+  const auto held = stats().capture_frees_held;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  // cudaFree cannot synchronize the device now: the block is freed when the capture ends.
+  CUDA_OK(cudaFree(eager));
+  EXPECT_TRUE(owns(eager));
+  // A free captured into the graph would happen at every replay: the block is kept for good.
+  CUDA_OK(cudaFreeAsync(in_graph, s));
+  EXPECT_TRUE(owns(in_graph));
+  EXPECT_EQ(held + 1, stats().capture_frees_held);
+  // A stream that is not capturing frees as usual.
+  CUDA_OK(cudaFreeAsync(elsewhere, other));
+  EXPECT_FALSE(owns(elsewhere));
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  EXPECT_FALSE(owns(eager));
+  EXPECT_TRUE(owns(in_graph));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamSynchronize(other));
+  CUDA_OK(cudaStreamDestroy(s));
+  CUDA_OK(cudaStreamDestroy(other));
+}
+
+}  // namespace

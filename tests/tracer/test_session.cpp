@@ -1,0 +1,238 @@
+// tests/tracer/test_session.cpp: the process's trace session: GLAKE_TRACE_* settings (bad values are
+// reported, defaults kept), writing on request, on a signal (by the watcher thread, chaining to the
+// handler that was there), at exit (and not in a forked child), and out-of-memory snapshots of a real
+// pool on the host driver (a small trace of their own, plus the whole trace asked for).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "pool/allocator.h"
+#include "pool/host_driver.h"
+#include "tests/tracer/recorder_test_util.h"
+#include "tests/tracer/trace_test_util.h"
+#include "tracer/pool_trace.h"
+#include "tracer/session.h"
+#include "tracer/snapshot.h"
+#include "tracer/trace_reader.h"
+
+namespace glake::tracer {
+namespace {
+
+using testing_util::ev;
+
+SessionOptions quiet_options(const std::string& path, int signal = 0) {
+  SessionOptions o;
+  o.path = path;
+  o.signal = signal;
+  o.quiet = true;
+  o.oom_path = default_oom_path(path);
+  o.name = "session-test";
+  return o;
+}
+
+bool wait_for(const std::function<bool()>& cond, int ms = 10000) {
+  for (int i = 0; i < ms / 10; ++i) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return cond();
+}
+
+TEST(Session, PathsExpand) {
+  EXPECT_EQ(expand_trace_path("/tmp/t-%p.json", 42), "/tmp/t-42.json");
+  EXPECT_EQ(expand_trace_path("a%%b%x", 1), "a%b%x");
+  EXPECT_EQ(default_oom_path("/x/trace.json.gz"), "/x/trace.oom.json");
+  EXPECT_EQ(default_oom_path("trace.json"), "trace.oom.json");
+  EXPECT_EQ(default_oom_path("trace"), "trace.oom.json");
+}
+
+TEST(Session, SettingsFromTheEnvironment) {
+  SessionOptions o;
+  std::vector<std::string> errors;
+  ::unsetenv("GLAKE_TRACE");
+  EXPECT_FALSE(SessionOptions::from_env(&o, &errors));
+  ::setenv("GLAKE_TRACE", "/tmp/x-%p.json.gz", 1);
+  ::setenv("GLAKE_TRACE_EVENTS", "64K", 1);
+  ::setenv("GLAKE_TRACE_KEEP", "oldest", 1);
+  ::setenv("GLAKE_TRACE_STACKS", "1", 1);
+  ::setenv("GLAKE_TRACE_STACK_DEPTH", "7", 1);
+  ::setenv("GLAKE_TRACE_SIGNAL", "USR1", 1);
+  ::setenv("GLAKE_TRACE_TIME", "exact", 1);
+  ::setenv("GLAKE_TRACE_OOM", "off", 1);
+  ASSERT_TRUE(SessionOptions::from_env(&o, &errors));
+  EXPECT_TRUE(errors.empty());
+  EXPECT_EQ(o.path, "/tmp/x-" + std::to_string(::getpid()) + ".json.gz");
+  EXPECT_EQ(o.recorder.capacity, 65536u);
+  EXPECT_EQ(o.recorder.keep, RecorderOptions::Keep::oldest);
+  EXPECT_TRUE(o.recorder.stacks);
+  EXPECT_EQ(o.recorder.stack_depth, 7);
+  EXPECT_EQ(o.signal, SIGUSR1);
+  EXPECT_EQ(o.recorder.time, RecorderOptions::Time::exact);
+  EXPECT_TRUE(o.oom_path.empty());
+
+  ::setenv("GLAKE_TRACE_EVENTS", "lots", 1);
+  ::setenv("GLAKE_TRACE_KEEP", "middle", 1);
+  ::setenv("GLAKE_TRACE_SIGNAL", "KILL", 1);
+  ::setenv("GLAKE_TRACE_STACK_DEPTH", "99", 1);
+  ::unsetenv("GLAKE_TRACE_OOM");
+  errors.clear();
+  ASSERT_TRUE(SessionOptions::from_env(&o, &errors));
+  EXPECT_EQ(errors.size(), 4u);
+  for (const std::string& e : errors) EXPECT_NE(e.find("GLAKE_TRACE_"), std::string::npos) << e;
+  EXPECT_EQ(o.recorder.capacity, RecorderOptions{}.capacity) << "a bad value keeps the default";
+  EXPECT_EQ(o.signal, SIGUSR2);
+  EXPECT_EQ(o.oom_path, "/tmp/x-" + std::to_string(::getpid()) + ".oom.json");
+  for (const char* v : {"GLAKE_TRACE", "GLAKE_TRACE_EVENTS", "GLAKE_TRACE_KEEP", "GLAKE_TRACE_STACKS",
+                        "GLAKE_TRACE_STACK_DEPTH", "GLAKE_TRACE_SIGNAL", "GLAKE_TRACE_TIME"})
+    ::unsetenv(v);
+}
+
+TEST(Session, DumpOnRequest) {
+  std::string path = testing_util::temp_path("req.json");
+  std::remove(path.c_str());
+  TraceSession s(quiet_options(path));
+  s.record(ev(Op::alloc, 0x1000, 10));
+  s.record(ev(Op::free, 0x1000, 10));
+  EXPECT_EQ(s.dump(), "");
+  EXPECT_EQ(s.dumps(), 1u);
+  Trace t = read_trace(path);
+  EXPECT_EQ(t.events.size(), 2u);
+  auto m = nlohmann::json::parse(t.meta.json);
+  EXPECT_EQ(m["pid"], ::getpid());
+  EXPECT_EQ(m["name"], "session-test");
+  EXPECT_NE(m["cmdline"].get<std::string>().find("test_session"), std::string::npos);
+  // Another path on request; an unwritable one is an error, not a crash.
+  std::string other = testing_util::temp_path("other.json.gz");
+  EXPECT_EQ(s.dump(other), "");
+  EXPECT_EQ(read_trace(other).events.size(), 2u);
+  std::string err = s.dump("/nonexistent-dir/t.json");
+  EXPECT_NE(err.find("/nonexistent-dir/t.json"), std::string::npos) << err;
+  EXPECT_EQ(s.last_error(), err);
+}
+
+std::atomic<int> g_previous_handler_calls{0};
+void previous_handler(int) { ++g_previous_handler_calls; }
+
+TEST(Session, SignalMakesTheWatcherWrite) {
+  struct sigaction prev {}, saved {};
+  prev.sa_handler = previous_handler;
+  sigemptyset(&prev.sa_mask);
+  ASSERT_EQ(::sigaction(SIGUSR2, &prev, &saved), 0);
+  std::string path = testing_util::temp_path("sig.json");
+  std::remove(path.c_str());
+  {
+    TraceSession s(quiet_options(path, SIGUSR2));
+    ASSERT_EQ(s.signal(), SIGUSR2);
+    s.record(ev(Op::alloc, 0x1000, 10));
+    ::raise(SIGUSR2);
+    EXPECT_TRUE(wait_for([&] { return s.dumps() >= 1; })) << "the watcher did not write";
+    EXPECT_EQ(g_previous_handler_calls.load(), 1) << "the previous handler is chained";
+    EXPECT_EQ(read_trace(path).events.size(), 1u);
+    s.record(ev(Op::free, 0x1000, 10));
+    ::kill(::getpid(), SIGUSR2);
+    EXPECT_TRUE(wait_for([&] { return s.dumps() >= 2; }));
+    EXPECT_EQ(read_trace(path).events.size(), 2u);
+  }
+  struct sigaction now {};
+  ::sigaction(SIGUSR2, nullptr, &now);
+  EXPECT_EQ(now.sa_handler, previous_handler) << "the session restores the handler it found";
+  ::sigaction(SIGUSR2, &saved, nullptr);
+}
+
+TEST(Session, WritesAtExitAndNotInAForkedChild) {
+  std::string path = testing_util::temp_path("exit.json");
+  std::remove(path.c_str());
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::setenv("GLAKE_TRACE", path.c_str(), 1);
+    ::setenv("GLAKE_TRACE_SIGNAL", "0", 1);
+    ::setenv("GLAKE_TRACE_QUIET", "1", 1);
+    std::vector<std::string> errors;
+    TraceSession* s = TraceSession::start_from_env(&errors);
+    if (s == nullptr || !errors.empty()) ::_exit(3);
+    s->record(ev(Op::alloc, 0x1000, 10));
+    pid_t grandchild = ::fork();
+    if (grandchild == 0) {
+      // A forked child neither writes on request nor at exit.
+      if (s->dump().find("not the recording process") == std::string::npos) ::_exit(4);
+      std::exit(0);
+    }
+    int st = 0;
+    ::waitpid(grandchild, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) ::_exit(5);
+    if (testing_util::file_exists(path)) ::_exit(6);
+    s->record(ev(Op::free, 0x1000, 10));
+    std::exit(0);  // the atexit writer runs
+  }
+  int st = 0;
+  ::waitpid(child, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  ASSERT_EQ(WEXITSTATUS(st), 0);
+  Trace t = read_trace(path);
+  EXPECT_EQ(t.events.size(), 2u);
+  EXPECT_EQ(nlohmann::json::parse(t.meta.json)["pid"], child);
+}
+
+TEST(Session, OutOfMemorySnapshot) {
+  std::string path = testing_util::temp_path("oom.json");
+  std::string oom_path = default_oom_path(path);
+  std::remove(path.c_str());
+  std::remove(oom_path.c_str());
+  TraceSession s(quiet_options(path));
+  pool::HostDriver::Options d;
+  d.capacity = std::size_t{16} << 20;
+  d.cost_model = false;
+  pool::HostDriver driver(d);
+  pool::Allocator alloc(driver, pool::Config{});
+  PoolTraceObserver observer(&s.recorder());
+  alloc.set_observer(&observer);
+  std::vector<pool::DevPtr> live;
+  pool::DevPtr p = 0;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(alloc.allocate(std::size_t{4} << 20, 0, &p), pool::Status::ok);
+    live.push_back(p);
+  }
+  ASSERT_EQ(alloc.allocate(std::size_t{3} << 20, 0, &p), pool::Status::ok);  // 14 MiB held
+  live.push_back(p);
+  ASSERT_EQ(alloc.free(live[1]), pool::Status::ok);                            // a 4 MiB hole
+  pool::Status st = alloc.allocate(std::size_t{8} << 20, 0, &p);               // needs 8: 4 free + 2 left
+  ASSERT_EQ(st, pool::Status::out_of_memory);
+  SnapshotContext c;
+  c.request = std::size_t{8} << 20;
+  c.device = 0;
+  c.limit = 0;
+  std::string written = on_out_of_memory(s, alloc, c);
+  EXPECT_EQ(written, oom_path);
+  Trace snap = read_trace(oom_path);
+  ASSERT_EQ(snap.snapshots.size(), 1u);
+  const TraceSnapshot& sn = snap.snapshots[0];
+  EXPECT_EQ(sn.reason, "oom");
+  EXPECT_EQ(sn.request, std::uint64_t{8} << 20);
+  SnapshotSummary m = summarize_snapshot(sn);
+  EXPECT_EQ(m.physical_bytes, std::uint64_t{16} << 20);
+  EXPECT_EQ(m.requested_bytes, std::uint64_t{11} << 20);
+  std::string why = explain_snapshot(sn);
+  EXPECT_NE(why.find("out of memory"), std::string::npos) << why;
+  EXPECT_NE(why.find("8.00 MiB"), std::string::npos) << why;
+  // The whole trace follows, written by the watcher, with the snapshot and the oom event in it.
+  EXPECT_TRUE(wait_for([&] { return s.dumps() >= 1; }));
+  alloc.set_observer(nullptr);
+  Trace t = read_trace(path);
+  ASSERT_EQ(t.snapshots.size(), 1u);
+  bool oom_event = false;
+  for (const TraceEvent& e : t.events) oom_event |= e.op == Op::oom && e.size == (std::uint64_t{8} << 20);
+  EXPECT_TRUE(oom_event);
+  for (pool::DevPtr q : live)
+    if (q != live[1]) alloc.free(q);
+}
+
+}  // namespace
+}  // namespace glake::tracer

@@ -1,0 +1,485 @@
+// tracer/recorder.cpp: the ring, the stack table and collect() (see recorder.h).
+//
+// Slot protocol (Boehm's seqlock): a writer stores seq = 0, a release fence, the payload (relaxed
+// atomics), then seq = ticket + 1 (release). A reader loads seq (acquire), the payload (relaxed), an
+// acquire fence and seq again: the slot is taken only if both equal ticket + 1.
+//
+// Stack table: open addressing over 2 x max_stacks buckets, never shrinking. A bucket is published by
+// storing its hash (release) after its frames; lookups run without a lock and take one only to insert.
+#include "tracer/recorder.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <new>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#if defined(GLAKE_HAVE_LIBUNWIND)
+#define UNW_LOCAL_ONLY
+#include <libunwind.h>
+#endif
+
+#include "tracer/symbolize.h"
+#include "tracer/trace_reader.h"
+
+namespace glake::tracer {
+
+namespace detail {
+thread_local constinit std::uint32_t t_trace_tid __attribute__((tls_model("initial-exec"))) = 0;
+std::uint32_t fetch_thread_id() noexcept {
+  t_trace_tid = static_cast<std::uint32_t>(::syscall(SYS_gettid));
+  return t_trace_tid;
+}
+}  // namespace detail
+
+namespace {
+
+constexpr int kMaxDepth = 48;
+constexpr int kRawExtra = 12;  // room for glake's own frames above the caller
+constexpr std::uint64_t kUnseenAddr = 1;  // live_at_start address of the unseen live bytes (odd: never a block's)
+
+std::once_flag g_atfork_once;
+
+void* map_zeroed(std::size_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  return p;
+}
+
+std::uint64_t mix(std::uint64_t h, std::uint64_t v) {
+  h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  h *= 0xff51afd7ed558ccdull;
+  return h ^ (h >> 33);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+
+class StackTable {
+ public:
+  StackTable(std::size_t max_stacks, int max_depth) : max_stacks_(max_stacks), max_depth_(max_depth) {
+    std::size_t buckets = 16;
+    while (buckets < 2 * max_stacks) buckets <<= 1;
+    mask_ = buckets - 1;
+    entries_bytes_ = buckets * sizeof(Entry);
+    entries_ = static_cast<Entry*>(map_zeroed(entries_bytes_));
+    frames_cap_ = max_stacks * static_cast<std::size_t>(max_depth);
+    frames_bytes_ = frames_cap_ * sizeof(std::uintptr_t);
+    frames_ = static_cast<std::uintptr_t*>(map_zeroed(frames_bytes_));
+  }
+  ~StackTable() {
+    ::munmap(entries_, entries_bytes_);
+    ::munmap(frames_, frames_bytes_);
+  }
+
+  // The id (bucket + 1) of this stack, inserting it if new; 0 if the table is full.
+  std::uint32_t intern(const std::uintptr_t* ips, int n) noexcept {
+    if (n <= 0) return 0;
+    std::uint64_t h = static_cast<std::uint64_t>(n);
+    for (int i = 0; i < n; ++i) h = mix(h, ips[i]);
+    if (h == 0) h = 1;
+    if (std::uint32_t id = find(h, ips, n)) return id;
+    std::lock_guard lock(mu_);
+    std::uint64_t b = h & mask_;
+    for (;; b = (b + 1) & mask_) {
+      Entry& e = entries_[b];
+      std::uint64_t eh = e.hash.load(std::memory_order_acquire);
+      if (eh == 0) break;
+      if (eh == h && same(e, ips, n)) return static_cast<std::uint32_t>(b + 1);
+    }
+    if (used_ >= max_stacks_ || next_frame_ + static_cast<std::size_t>(n) > frames_cap_) {
+      dropped_.fetch_add(1, std::memory_order_relaxed);
+      return 0;
+    }
+    Entry& e = entries_[b];
+    std::memcpy(frames_ + next_frame_, ips, static_cast<std::size_t>(n) * sizeof(std::uintptr_t));
+    e.offset = static_cast<std::uint32_t>(next_frame_);
+    e.depth = static_cast<std::uint32_t>(n);
+    next_frame_ += static_cast<std::size_t>(n);
+    ++used_;
+    count_.fetch_add(1, std::memory_order_relaxed);
+    e.hash.store(h, std::memory_order_release);
+    return static_cast<std::uint32_t>(b + 1);
+  }
+
+  // The frames of a published id (the caller got the id from an event it read).
+  std::pair<const std::uintptr_t*, int> get(std::uint32_t id) const {
+    if (id == 0 || id > mask_ + 1) return {nullptr, 0};
+    const Entry& e = entries_[id - 1];
+    if (e.hash.load(std::memory_order_acquire) == 0) return {nullptr, 0};
+    return {frames_ + e.offset, static_cast<int>(e.depth)};
+  }
+  std::uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+  std::uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  int max_depth() const { return max_depth_; }
+
+ private:
+  struct Entry {
+    std::atomic<std::uint64_t> hash;  // 0: empty; set last
+    std::uint32_t depth;
+    std::uint32_t offset;
+  };
+  bool same(const Entry& e, const std::uintptr_t* ips, int n) const {
+    return e.depth == static_cast<std::uint32_t>(n) &&
+           std::memcmp(frames_ + e.offset, ips, static_cast<std::size_t>(n) * sizeof(std::uintptr_t)) == 0;
+  }
+  std::uint32_t find(std::uint64_t h, const std::uintptr_t* ips, int n) const noexcept {
+    for (std::uint64_t b = h & mask_;; b = (b + 1) & mask_) {
+      const Entry& e = entries_[b];
+      std::uint64_t eh = e.hash.load(std::memory_order_acquire);
+      if (eh == 0) return 0;
+      if (eh == h && same(e, ips, n)) return static_cast<std::uint32_t>(b + 1);
+    }
+  }
+
+  std::size_t max_stacks_;
+  int max_depth_;
+  std::uint64_t mask_ = 0;
+  Entry* entries_ = nullptr;
+  std::size_t entries_bytes_ = 0;
+  std::uintptr_t* frames_ = nullptr;
+  std::size_t frames_cap_ = 0, frames_bytes_ = 0;
+  std::mutex mu_;
+  std::size_t used_ = 0, next_frame_ = 0;  // under mu_
+  std::atomic<std::uint64_t> count_{0}, dropped_{0};
+};
+
+// ------------------------------------------------------------------------------------------------
+
+bool Recorder::stacks_supported() {
+#if defined(GLAKE_HAVE_LIBUNWIND)
+  return true;
+#else
+  return false;
+#endif
+}
+
+Recorder::Recorder(RecorderOptions options) : options_(std::move(options)), clock_(options_.clock) {
+  std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, [] { detail::t_trace_tid = 0; }); });
+  std::size_t cap = 16;
+  while (cap < options_.capacity) cap <<= 1;
+  mask_ = cap - 1;
+  ring_bytes_ = cap * sizeof(Slot);
+  ring_ = static_cast<Slot*>(map_zeroed(ring_bytes_));
+  keep_oldest_ = options_.keep == RecorderOptions::Keep::oldest;
+  exact_time_ = options_.time == RecorderOptions::Time::exact;
+  if (!exact_time_) {
+    // Room for a checkpoint per 64 events and one per tick while events come: a quarter of the ring.
+    std::size_t n = 16;
+    while (n < cap / 4) n <<= 1;
+    checkpoint_mask_ = n - 1;
+    checkpoints_bytes_ = n * sizeof(Checkpoint);
+    checkpoints_ = static_cast<Checkpoint*>(map_zeroed(checkpoints_bytes_));
+    checkpoint(0, clock_.ticks());
+    if (options_.tick_us > 0) ticker_ = std::thread([this] { tick_loop(); });
+  }
+  options_.stack_depth = std::clamp(options_.stack_depth, 1, kMaxDepth);
+  stacks_ = options_.stacks && stacks_supported();
+  slow_ = stacks_ || keep_oldest_ || exact_time_;
+  if (stacks_) stack_table_ = std::make_unique<StackTable>(std::max<std::size_t>(options_.max_stacks, 1),
+                                                           options_.stack_depth + kRawExtra);
+  symbolizer_ = std::make_unique<Symbolizer>(options_.symbolizer);
+}
+
+Recorder::~Recorder() {
+  {
+    std::lock_guard lock(tick_mu_);
+    stop_ = true;
+  }
+  tick_cv_.notify_all();
+  if (ticker_.joinable()) ticker_.join();
+  ::munmap(ring_, ring_bytes_);
+  if (checkpoints_ != nullptr) ::munmap(checkpoints_, checkpoints_bytes_);
+}
+
+void Recorder::checkpoint(std::uint64_t ticket, std::uint64_t ticks) noexcept {
+  const std::uint64_t i = checkpoint_head_.fetch_add(1, std::memory_order_relaxed);
+  Checkpoint& c = checkpoints_[i & checkpoint_mask_];
+  c.seq.store(0, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  c.ticket.store(ticket, std::memory_order_relaxed);
+  c.ticks.store(ticks, std::memory_order_relaxed);
+  c.seq.store(i + 1, std::memory_order_release);
+}
+
+void Recorder::tick_loop() {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+  std::uint64_t last = head_.load(std::memory_order_acquire);
+  std::unique_lock lock(tick_mu_);
+  while (!tick_cv_.wait_for(lock, std::chrono::microseconds(options_.tick_us), [this] { return stop_; })) {
+    // Events before `head` happened before now; the next one after.
+    std::uint64_t head = head_.load(std::memory_order_acquire);
+    if (head != last) checkpoint(head, clock_.ticks());
+    last = head;
+  }
+}
+
+std::string Recorder::stacks_note() const {
+  if (stacks_) return "on";
+  if (options_.stacks) return "unavailable: glake was built without libunwind (meson -Dlibunwind=enabled)";
+  return "off (GLAKE_TRACE_STACKS=1 records them)";
+}
+
+bool Recorder::record_slow(Op op, std::uint32_t* stack, std::uint64_t* ticks, std::uint64_t* ticket) noexcept {
+  if (stacks_ && (op == Op::alloc || op == Op::oom)) *stack = capture_stack();
+  *ticket = head_.fetch_add(1, std::memory_order_relaxed);
+  if (keep_oldest_ && *ticket > mask_) return false;  // counted at collect: head - capacity
+  if (exact_time_) *ticks = clock_.ticks();
+  else if ((*ticket & (kCheckpointEvery - 1)) == 0) checkpoint(*ticket, clock_.ticks());
+  return true;
+}
+
+std::uint32_t Recorder::capture_stack() noexcept {
+#if defined(GLAKE_HAVE_LIBUNWIND)
+  void* raw[kMaxDepth + kRawExtra];
+  int n = unw_backtrace(raw, stack_table_->max_depth());
+  return stack_table_->intern(reinterpret_cast<const std::uintptr_t*>(raw), n);
+#else
+  return 0;
+#endif
+}
+
+RecorderCounters Recorder::counters() const noexcept {
+  RecorderCounters c;
+  c.recorded = head_.load(std::memory_order_relaxed);
+  c.dropped = c.recorded > mask_ + 1 ? c.recorded - (mask_ + 1) : 0;
+  if (stack_table_) {
+    c.stacks = stack_table_->count();
+    c.stacks_dropped = stack_table_->dropped();
+  }
+  return c;
+}
+
+Trace Recorder::collect(const CollectOptions& co) {
+  std::lock_guard lock(collect_mu_);
+  clock_.calibrate();
+  const std::uint64_t head = head_.load(std::memory_order_acquire);
+  // Sampled time: the checkpoints, by ticket, with clocks made monotonic, ending with (head, now).
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> cps;
+  if (!exact_time_) {
+    const std::uint64_t ch = checkpoint_head_.load(std::memory_order_acquire);
+    const std::uint64_t cn = checkpoint_mask_ + 1;
+    for (std::uint64_t i = ch > cn ? ch - cn : 0; i < ch; ++i) {
+      const Checkpoint& c = checkpoints_[i & checkpoint_mask_];
+      std::uint64_t seq = c.seq.load(std::memory_order_acquire);
+      std::uint64_t ticket = c.ticket.load(std::memory_order_relaxed), ticks = c.ticks.load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (seq == i + 1 && c.seq.load(std::memory_order_relaxed) == seq && ticket <= head) cps.emplace_back(ticket, ticks);
+    }
+    cps.emplace_back(head, clock_.ticks());
+    std::sort(cps.begin(), cps.end());
+    for (std::size_t i = 1; i < cps.size(); ++i) cps[i].second = std::max(cps[i].second, cps[i - 1].second);
+  }
+  std::size_t cp_at = 0;
+  auto sampled_ticks = [&](std::uint64_t ticket) -> std::uint64_t {
+    while (cp_at + 1 < cps.size() && cps[cp_at + 1].first <= ticket) ++cp_at;
+    const auto& lo = cps[cp_at];
+    if (ticket <= lo.first || cp_at + 1 >= cps.size()) return lo.second;
+    const auto& hi = cps[cp_at + 1];
+    return lo.second + static_cast<std::uint64_t>(static_cast<double>(hi.second - lo.second) *
+                                                  static_cast<double>(ticket - lo.first) /
+                                                  static_cast<double>(hi.first - lo.first));
+  };
+  const std::uint64_t cap = mask_ + 1;
+  const std::uint64_t begin = keep_oldest_ || head <= cap ? 0 : head - cap;
+  const std::uint64_t end = keep_oldest_ ? std::min(head, cap) : head;
+
+  Trace t;
+  t.format = "glake-trace";
+  t.version = 1;
+  t.path = "";
+  t.events.reserve(static_cast<std::size_t>(end - begin));
+  std::uint64_t lost_in_flight = 0, prev_us = 0;
+  std::vector<std::uint32_t> raw_stack_ids;  // per event
+  raw_stack_ids.reserve(static_cast<std::size_t>(end - begin));
+  for (std::uint64_t i = begin; i < end; ++i) {
+    const Slot& s = ring_[i & mask_];
+    std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+    TraceEvent e;
+    std::uint64_t ticks = s.ticks.load(std::memory_order_relaxed);
+    e.addr = s.addr.load(std::memory_order_relaxed);
+    e.size = s.size.load(std::memory_order_relaxed);
+    e.stream = s.stream.load(std::memory_order_relaxed);
+    e.aux = s.aux.load(std::memory_order_relaxed);
+    std::uint64_t ts = s.thread_stack.load(std::memory_order_relaxed);
+    std::uint64_t od = s.op_device.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (seq != i + 1 || s.seq.load(std::memory_order_relaxed) != seq || (od & 0xff) >= kOps) {
+      ++lost_in_flight;  // being written, or overwritten since `head` was read
+      continue;
+    }
+    e.op = static_cast<Op>(od & 0xff);
+    e.device = static_cast<std::uint32_t>(od >> 8);
+    e.thread = static_cast<std::uint32_t>(ts >> 32);
+    raw_stack_ids.push_back(static_cast<std::uint32_t>(ts));
+    if (!exact_time_) ticks = sampled_ticks(i);
+    e.t_us = std::max(prev_us, clock_.to_us(ticks));
+    prev_us = e.t_us;
+    t.events.push_back(e);
+  }
+
+  // Stacks: symbolise, trim, and number the distinct results 1, 2, ... in order of first use.
+  if (stack_table_) {
+    std::vector<std::uintptr_t> ips;
+    std::map<std::uint32_t, bool> seen;
+    for (std::uint32_t id : raw_stack_ids)
+      if (id != 0 && seen.emplace(id, true).second) {
+        auto [p, n] = stack_table_->get(id);
+        ips.insert(ips.end(), p, p + n);
+      }
+    symbolizer_->prefetch(ips);
+    std::map<std::uint32_t, std::uint32_t> renumber;
+    std::map<std::string, std::uint32_t> by_text;
+    for (std::size_t k = 0; k < t.events.size(); ++k) {
+      std::uint32_t raw = raw_stack_ids[k];
+      if (raw == 0) continue;
+      auto it = renumber.find(raw);
+      if (it == renumber.end()) {
+        auto [p, n] = stack_table_->get(raw);
+        std::vector<Frame> frames = symbolizer_->frames(p, n, options_.stack_depth);
+        std::string key;
+        for (const Frame& f : frames) key += f.fn + '\x1f' + f.src + '\x1f' + f.obj + '\x1e';
+        auto [bt, fresh] = by_text.emplace(key, static_cast<std::uint32_t>(t.stacks.size() + 1));
+        if (fresh) t.stacks.emplace(bt->second, std::move(frames));
+        it = renumber.emplace(raw, bt->second).first;
+      }
+      t.events[k].stack = it->second;
+    }
+  }
+
+  // Blocks live at the window's start: those its frees name without an allocation before them.
+  std::unordered_map<std::uint64_t, std::uint64_t> live;  // addr -> size
+  std::uint64_t start_named = 0;
+  std::int64_t physical = 0, physical_min = 0;
+  std::uint64_t repaired = 0;
+  std::vector<TraceEvent> repaired_events;
+  repaired_events.reserve(t.events.size());
+  for (TraceEvent& e : t.events) {
+    if (e.op == Op::alloc) {
+      auto [it, fresh] = live.emplace(e.addr, e.size);
+      if (!fresh) {
+        // Its free was lost (in flight while collecting): free it here, so the trace stays consistent.
+        TraceEvent f = e;
+        f.op = Op::free;
+        f.size = it->second;
+        f.stack = 0;
+        f.aux = 0;
+        repaired_events.push_back(f);
+        it->second = e.size;
+        ++repaired;
+      }
+    } else if (e.op == Op::free) {
+      auto it = live.find(e.addr);
+      if (it == live.end()) {
+        LiveBlock b;
+        b.addr = e.addr;
+        b.size = e.size;
+        b.stream = e.stream;
+        b.device = e.device;
+        t.live_at_start.push_back(b);
+        start_named += e.size;
+      } else {
+        if (it->second != e.size) e.size = it->second;  // cannot happen with the pool; keep the trace valid
+        live.erase(it);
+      }
+    } else if (e.op == Op::create) {
+      physical += static_cast<std::int64_t>(e.size);
+    } else if (e.op == Op::release) {
+      physical -= static_cast<std::int64_t>(e.size);
+      physical_min = std::min(physical_min, physical);
+    }
+    repaired_events.push_back(e);
+  }
+  t.events = std::move(repaired_events);
+  // Live bytes at the window's start = now - the window's net; the part no free in the window names
+  // is the unseen block. Only when events were dropped before the window (else the window starts at
+  // the recorder's start, with nothing live before it).
+  std::uint64_t unseen = 0;
+  std::int64_t window_live_net = 0, window_physical_net = physical;
+  for (const TraceEvent& e : t.events) {
+    if (e.op == Op::alloc) window_live_net += static_cast<std::int64_t>(e.size);
+    else if (e.op == Op::free) window_live_net -= static_cast<std::int64_t>(e.size);
+  }
+  if (begin > 0 && co.totals) {
+    std::int64_t at_start = static_cast<std::int64_t>(co.totals->live_bytes) - window_live_net;
+    if (at_start > static_cast<std::int64_t>(start_named)) unseen = static_cast<std::uint64_t>(at_start) - start_named;
+  }
+  if (unseen > 0) {
+    std::uint64_t addr = kUnseenAddr;
+    auto used = [&](std::uint64_t a) {
+      for (const LiveBlock& b : t.live_at_start)
+        if (b.addr == a) return true;
+      return live.count(a) != 0 ||
+             std::any_of(t.events.begin(), t.events.end(), [&](const TraceEvent& e) { return e.addr == a; });
+    };
+    while (used(addr)) addr += 2;
+    LiveBlock b;
+    b.addr = addr;
+    b.size = unseen;
+    t.live_at_start.insert(t.live_at_start.begin(), b);
+  }
+  std::uint64_t physical_at_start = 0;
+  if (begin > 0 && co.totals && static_cast<std::int64_t>(co.totals->physical_bytes) > window_physical_net)
+    physical_at_start = static_cast<std::uint64_t>(static_cast<std::int64_t>(co.totals->physical_bytes) - window_physical_net);
+  if (static_cast<std::int64_t>(physical_at_start) < -physical_min)
+    physical_at_start = static_cast<std::uint64_t>(-physical_min);
+
+  RecorderCounters c = counters();
+  const std::uint64_t dropped = (keep_oldest_ ? (head > cap ? head - cap : 0) : begin) + lost_in_flight;
+  t.meta.name = co.name;
+  t.meta.physical_at_start_bytes = physical_at_start;
+  t.meta.events_dropped = dropped;
+  t.meta.stacks_note = stacks_note();
+  check_trace(t, "the recorder's trace");
+
+  nlohmann::ordered_json m;
+  m["name"] = co.name;
+  m["source"] = "glake tracer";
+  m["clock"] = clock_.name();
+  m["time"] = exact_time_ ? std::string("exact (the clock read at every event)")
+                          : fmt::format("sampled (interpolated between checkpoints every {} events and every {} us)",
+                                        kCheckpointEvery, options_.tick_us);
+  m["start_unix_us"] = clock_.start_unix_us();
+  m["events_recorded"] = head;
+  m["events_written"] = t.events.size() - repaired;
+  m["events_dropped"] = dropped;
+  m["ring_capacity"] = cap;
+  m["keep"] = keep_oldest_ ? "oldest" : "newest";
+  if (dropped > 0)
+    m["dropped_note"] = keep_oldest_ ? fmt::format("the ring was full: the last {} events are missing "
+                                                   "(GLAKE_TRACE_EVENTS raises the capacity)", dropped)
+                                     : fmt::format("the ring was full: the first {} events are missing; live_at_start "
+                                                   "and physical_at_start_bytes stand for them (GLAKE_TRACE_EVENTS "
+                                                   "raises the capacity)", dropped);
+  if (lost_in_flight > 0) m["events_in_flight"] = lost_in_flight;
+  if (repaired > 0) m["events_repaired"] = repaired;
+  m["stacks"] = stacks_note();
+  if (stacks_) {
+    m["stack_depth"] = options_.stack_depth;
+    m["stacks_recorded"] = c.stacks;
+    m["stacks_dropped"] = c.stacks_dropped;
+    m["symbolizer"] = symbolizer_->mode();
+  }
+  m["physical_at_start_bytes"] = physical_at_start;
+  m["unseen_live_bytes"] = unseen;
+  m["peak_live_bytes"] = t.peak_live_bytes;
+  if (t.peak_physical_bytes) m["peak_physical_bytes"] = *t.peak_physical_bytes;
+  for (const auto& [k, v] : co.extra_meta.items()) m[k] = v;
+  t.meta.json = m.dump();
+  t.snapshots = co.snapshots;
+  return t;
+}
+
+}  // namespace glake::tracer
