@@ -32,13 +32,14 @@ void Allocator::Impl::settle(bool wait, bool all) {
     bool record;
     bool recorded;
     bool done;
+    bool retired;
   };
   std::vector<Todo> todo;
   {
     std::lock_guard lock(mu);
     for (auto& [s, ss] : streams) {
       if (!all && ss.large.empty() && ss.small.empty()) continue;
-      todo.push_back({s, ss.event, ss.free_seq, ss.event == 0 || ss.event_seq < ss.free_seq, false, false});
+      todo.push_back({s, ss.event, ss.free_seq, ss.event == 0 || ss.event_seq < ss.free_seq, false, false, ss.retired});
     }
   }
   for (Todo& t : todo) {
@@ -46,10 +47,15 @@ void Allocator::Impl::settle(bool wait, bool all) {
       t.event = 0;
       continue;
     }
+    // A destroyed stream gets no new record; a capturing one neither (it would join the user's graph).
+    bool capturing = false;
+    if (t.record && (t.retired || drv.stream_is_capturing(t.stream, &capturing) != Status::ok || capturing))
+      t.record = false;
     if (t.record) {
       if (drv.event_record(t.event, t.stream) != Status::ok) continue;
       t.recorded = true;
     }
+    if (!t.record && !t.recorded && t.event == 0) continue;
     t.done = (wait ? drv.event_synchronize(t.event) : drv.event_query(t.event)) == Status::ok;
   }
   std::lock_guard lock(mu);
@@ -604,6 +610,59 @@ Status Allocator::describe(DevPtr ptr, BlockInfo* info) const {
     info->pages.push_back(m.pages[static_cast<std::size_t>(id)].handle);
   }
   return Status::ok;
+}
+
+void Allocator::forget_stream(StreamHandle stream) {
+  Impl& m = *impl_;
+  std::lock_guard grow(m.grow_mu);
+  EventHandle ev = 0;
+  {
+    std::lock_guard lock(m.mu);
+    auto it = m.streams.find(stream);
+    if (it == m.streams.end() || it->second.retired) return;
+    ev = it->second.event;
+  }
+  if (ev == 0 && m.drv.event_create(&ev) != Status::ok) ev = 0;
+  bool recorded = ev != 0 && m.drv.event_record(ev, stream) == Status::ok;
+  std::lock_guard lock(m.mu);
+  // Re-key its state so that a new stream with the same handle starts afresh.
+  auto node = m.streams.extract(stream);
+  StreamHandle ghost = m.next_ghost++;
+  node.key() = ghost;
+  StreamState& ss = m.streams.insert(std::move(node)).position->second;
+  ss.event = ev;
+  if (recorded) ss.event_seq = ss.free_seq;
+  ss.retired = true;
+  m.last_state = nullptr;
+  for (FreeSet* set : {&ss.large, &ss.small})
+    for (Block* b : *set) b->stream = ghost;  // the sets order by size and address: still ordered
+  for (const auto& seg : m.segments)
+    for (Block* b = seg->head; b != nullptr; b = b->next)
+      if (b->state == State::stale && !b->settled && b->stream == stream) b->stream = ghost;
+}
+
+Status Allocator::refresh_access() {
+  Impl& m = *impl_;
+  std::lock_guard grow(m.grow_mu);  // no stitch in flight: mappings change only under grow_mu
+  std::vector<std::pair<DevPtr, std::size_t>> runs;
+  {
+    std::lock_guard lock(m.mu);
+    for (const auto& seg : m.segments)
+      for (std::size_t i = 0; i < seg->slot_page.size();) {
+        if (seg->slot_page[i] < 0) {
+          ++i;
+          continue;
+        }
+        std::size_t j = i;
+        while (j < seg->slot_page.size() && seg->slot_page[j] >= 0) ++j;
+        runs.emplace_back(seg->base + i * m.page, (j - i) * m.page);
+        i = j;
+      }
+  }
+  Status result = Status::ok;
+  for (auto [va, size] : runs)
+    if (Status r = m.drv.set_access(va, size); r != Status::ok) result = r;
+  return result;
 }
 
 void Allocator::trim(std::size_t keep) {

@@ -75,6 +75,12 @@ class Allocator {
   // The live block containing ptr (anywhere inside it); invalid_value if none.
   Status describe(DevPtr ptr, BlockInfo* info) const;
 
+  // Before a stream is destroyed: records an event on it so that what was freed on it settles once its
+  // last work completes; the pool never records on that stream again (its handle may be reused).
+  void forget_stream(StreamHandle stream);
+  // Grants access again over every mapping (after a peer was added: see Driver::set_access).
+  Status refresh_access();
+
   // Returns free physical memory to the driver until the pool holds at most `keep` bytes of free pages.
   void trim(std::size_t keep = 0);
   // Bytes of physical memory the pool holds but no live block uses (cached).

@@ -33,6 +33,7 @@ struct StreamState {
   EventHandle event = 0;
   std::uint64_t event_seq = 0;      // frees up to this sequence number precede the last record
   std::uint64_t completed_seq = 0;  // the work before frees up to this number has completed
+  bool retired = false;             // its stream was destroyed: query the last event, never record
 };
 
 struct Page {
@@ -96,6 +97,7 @@ struct Allocator::Impl {
   Stats st;
   std::size_t large_in_use = 0;  // bytes of allocated large blocks, chunks included
   std::atomic<Observer*> observer{nullptr};
+  StreamHandle next_ghost = (StreamHandle{1} << 63) | 1;  // keys for the states of destroyed streams
 
   // ---- small helpers (mu held) ----
 

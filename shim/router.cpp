@@ -745,15 +745,8 @@ void Router::grant_peer(int owner_device, int accessor) {
 }
 
 void Router::refresh_access(DevicePool* p) {
-  // Later mappings get the peer from add_peer; the existing ones get it here. A region that a stitch
-  // or trim changes meanwhile fails harmlessly (its new mapping already has the peer).
-  try {
-    const pool::Snapshot snap = p->alloc->snapshot();
-    for (const pool::Region& r : snap.regions)
-      if (r.state == pool::Region::State::allocated || r.state == pool::Region::State::free)
-        (void)p->driver->set_access(r.base, r.size);
-  } catch (...) {
-  }
+  // Later mappings get the peer from add_peer; the existing ones get it here.
+  (void)p->alloc->refresh_access();
 }
 
 cudaError_t Router::device_enable_peer_access(int peer, unsigned int flags) {
@@ -867,7 +860,7 @@ cudaError_t Router::stream_destroy(cudaStream_t stream) {
       !exiting_.load(std::memory_order_relaxed)) {
     const int n = pool_count_.load(std::memory_order_acquire);
     for (int d = 0; d < n; ++d)
-      if (DevicePool* p = existing_pool(d)) p->alloc->trim(SIZE_MAX);  // settles every stream's frees, keeps all
+      if (DevicePool* p = existing_pool(d)) p->alloc->forget_stream(reinterpret_cast<pool::StreamHandle>(stream));
   }
   RealCall g;
   return f(stream);

@@ -118,6 +118,55 @@ TEST(Allocator, CrossStreamSmallPiecesWaitToo) {
   EXPECT_EQ(m.pool.validate(), "");
 }
 
+TEST(Allocator, NeverRecordsOnACapturingStream) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  m.driver.set_capturing(1, true);
+  ASSERT_EQ(m.alloc(4 * kPage, 2, &b), Status::ok);
+  EXPECT_NE(b, a) << "stream 1's free cannot settle while it captures";
+  EXPECT_EQ(m.driver.stats().calls(Call::event_record), 0u);
+  m.driver.set_capturing(1, false);
+  m.pool.trim();
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+TEST(Allocator, ForgottenStreamSettlesOnceItsWorkIsDone) {
+  Config cfg;
+  cfg.stitch = false;  // grows rather than waits, so a premature reuse would show
+  PoolModel m(small_pages(16 << 20), cfg);
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  m.pool.forget_stream(1);  // destroyed with work pending
+  std::uint64_t records = m.driver.stats().calls(Call::event_record);
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &b), Status::ok);
+  EXPECT_NE(b, a) << "a new stream with the old handle must not inherit the old stream's frees";
+  m.driver.complete_work(1);
+  ASSERT_EQ(m.free(b, 1), Status::ok);
+  DevPtr c = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 3, &c), Status::ok);
+  EXPECT_TRUE(c == a || c == b);
+  ASSERT_EQ(m.alloc(4 * kPage, 3, &c), Status::ok);
+  EXPECT_TRUE(c == a || c == b);
+  EXPECT_EQ(m.pool.stats().physical.peak, 8 * kPage) << "both settled and reused, nothing created";
+  EXPECT_GE(m.driver.stats().calls(Call::event_record), records);
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+TEST(Allocator, RefreshAccessCoversEveryMapping) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(3 * kPage, 0, &a), Status::ok);
+  ASSERT_EQ(m.alloc(100, 0, &b), Status::ok);
+  std::uint64_t before = m.driver.stats().calls(Call::set_access);
+  ASSERT_EQ(m.pool.refresh_access(), Status::ok);
+  EXPECT_GT(m.driver.stats().calls(Call::set_access), before);
+  EXPECT_EQ(m.check(), "");
+}
+
 TEST(Allocator, StitchesScatteredFreePagesInsteadOfCreating) {
   PoolModel m(small_pages(64 << 20), no_limit());
   std::vector<DevPtr> ps(16);

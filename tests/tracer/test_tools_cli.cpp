@@ -1,0 +1,246 @@
+// tests/tracer/test_tools_cli.cpp: the glake-trace subcommands as a user runs them, on a trace recorded
+// here from a real pool (with an out-of-memory snapshot), on the shipped demo trace, and on a PyTorch
+// snapshot made by tests/tracer/make_torch_snapshot.py: summary (text and --json), replay's what-if
+// options, export --chrome (valid trace-event JSON with counters and instants), import --torch (the
+// numbers the snapshot implies; a pickle that is not a snapshot refused), report (self-contained HTML).
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/tracer/cli_test_util.h"
+#include "tests/tracer/recorder_test_util.h"
+#include "tracer/pool_trace.h"
+#include "tracer/trace_reader.h"
+#include "tracer/trace_writer.h"
+
+namespace glake::tracer {
+namespace {
+
+using namespace testing_util;
+
+constexpr std::size_t MiB = std::size_t{1} << 20;
+
+class Tools : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (trace_bin() == nullptr) GTEST_SKIP() << "GLAKE_TRACE_BIN not set";
+  }
+  static std::string demo() { return env_dir("GLAKE_TEST_DATA", "tests/data") + "/demo-trace.json.gz"; }
+  static std::string scripts() { return env_dir("GLAKE_SCRIPTS", "scripts"); }
+  static std::string test_scripts() { return env_dir("GLAKE_TEST_SCRIPTS", "tests/tracer"); }
+
+  // A glake trace of a pool on the host driver with stacks (if available), stitches and an
+  // out-of-memory with its snapshot.
+  static std::string recorded_trace() {
+    static std::string path;
+    if (!path.empty()) return path;
+    RecorderOptions ro;
+    ro.stacks = true;
+    TracedPool tp(ro, std::size_t{64} << 20);
+    std::vector<pool::DevPtr> live;
+    for (int i = 0; i < 12; ++i) {
+      pool::DevPtr p = 0;
+      EXPECT_EQ(tp.pool.allocate((i % 3 + 1) * 2 * MiB + 1000, 0, &p), pool::Status::ok);
+      live.push_back(p);
+    }
+    for (std::size_t i = 0; i < live.size(); i += 2) EXPECT_EQ(tp.pool.free(live[i]), pool::Status::ok);
+    pool::DevPtr p = 0;
+    EXPECT_EQ(tp.pool.allocate(20 * MiB, 0, &p), pool::Status::ok);  // stitched from the holes
+    EXPECT_EQ(tp.pool.allocate(60 * MiB, 0, &p), pool::Status::out_of_memory);
+    SnapshotContext c;
+    c.request = 60 * MiB;
+    c.t_us = tp.recorder.now_us();
+    TraceSnapshot snap = to_trace_snapshot(tp.pool.snapshot(), c);
+    pool::Stats st = tp.pool.stats();
+    CollectOptions co;
+    co.name = "recorded";
+    co.totals = Totals{st.requested.current, st.physical.current};
+    co.snapshots.push_back(snap);
+    Trace t = tp.recorder.collect(co);
+    path = temp_path("recorded.json.gz");
+    write_trace(t, path);
+    return path;
+  }
+};
+
+TEST_F(Tools, SummaryTextAndJson) {
+  CmdResult r = glake_trace("summary " + quote(recorded_trace()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const char* part : {"peak live", "peak physical", "fragmentation over time", "allocation sites",
+                           "out of memory on device 0", "a request of 60.00 MiB", "stitch"})
+    EXPECT_NE(r.out.find(part), std::string::npos) << part << "\n" << r.out;
+  if (Recorder::stacks_supported()) EXPECT_NE(r.out.find("at "), std::string::npos) << r.out;
+
+  r = glake_trace("summary --json --buckets 4 " + quote(recorded_trace()) + " " + quote(demo()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::istringstream lines(r.out);
+  std::string line;
+  int n = 0;
+  while (std::getline(lines, line)) {
+    auto j = nlohmann::json::parse(line);
+    ++n;
+    for (const char* key : {"peak_live_bytes", "peak_physical_bytes", "buckets", "peak_sites", "ooms", "snapshots",
+                            "events_dropped"})
+      EXPECT_TRUE(j.contains(key)) << key;
+    EXPECT_LE(j["buckets"].size(), 4u);
+    if (n == 1) {
+      EXPECT_TRUE(j["peak_physical_bytes"].is_number());
+      EXPECT_EQ(j["ooms"].size(), 1u);
+      ASSERT_EQ(j["snapshots"].size(), 1u);
+      EXPECT_NE(j["snapshots"][0]["explanation"].get<std::string>().find("out of memory"), std::string::npos);
+    } else {
+      EXPECT_TRUE(j["peak_physical_bytes"].is_null()) << "the shared demo trace has no create/release";
+    }
+  }
+  EXPECT_EQ(n, 2);
+  r = glake_trace("summary --replay --json " + quote(demo()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["physical_source"], "glake replay");
+  EXPECT_GE(j["peak_physical_bytes"].get<std::uint64_t>(), j["peak_live_bytes"].get<std::uint64_t>());
+}
+
+TEST_F(Tools, SummaryErrorsNameTheFile) {
+  std::string bad = write_file("bad.json", R"({"format":"glake-trace","version":1,"events":[[1,"a",0,1,0,0,0,9]]})");
+  CmdResult r = glake_trace("summary " + quote(bad));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find(bad), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("stack 9"), std::string::npos) << r.err;
+  EXPECT_EQ(glake_trace("summary").status, 2);
+  EXPECT_EQ(glake_trace("summary --top x " + quote(demo())).status, 2);
+}
+
+TEST_F(Tools, ReplayWhatIf) {
+  CmdResult base = glake_trace("replay --json --reps 0 " + quote(demo()));
+  ASSERT_EQ(base.status, 0) << base.err;
+  auto b = nlohmann::json::parse(base.out);
+  EXPECT_EQ(b["small_limit"], 1 << 20);
+  CmdResult r = glake_trace("replay --json --reps 0 --small-limit 0 --granularity 4M --no-stitch " + quote(demo()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto w = nlohmann::json::parse(r.out);
+  EXPECT_EQ(w["small_limit"], 0);
+  EXPECT_EQ(w["granularity"], 4 << 20);
+  EXPECT_EQ(w["stitch"], false);
+  EXPECT_EQ(w["stitches"], 0);
+  EXPECT_GT(w["peak_physical_bytes"].get<std::uint64_t>(), b["peak_physical_bytes"].get<std::uint64_t>());
+  // A what-if that does not fit: the error names the event and what the pool held.
+  r = glake_trace("replay --reps 0 --capacity 1G " + quote(demo()));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("out_of_memory"), std::string::npos) << r.err;
+  // A glake trace replays its a/f events only.
+  r = glake_trace("replay --json --reps 0 " + quote(recorded_trace()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_GT(nlohmann::json::parse(r.out)["other_events"].get<std::uint64_t>(), 0u);
+  EXPECT_EQ(glake_trace("replay --small-limit lots " + quote(demo())).status, 2);
+}
+
+TEST_F(Tools, ExportChrome) {
+  std::string out = temp_path("chrome.json");
+  CmdResult r = glake_trace("export --chrome --replay --blocks 1M " + quote(recorded_trace()) + " -o " + quote(out));
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(slurp(out));
+  ASSERT_TRUE(j["traceEvents"].is_array());
+  int counters = 0, stitches = 0, ooms = 0, slices = 0, replay = 0;
+  for (const auto& e : j["traceEvents"]) {
+    ASSERT_TRUE(e.contains("ph") && e.contains("pid") && e.contains("name"));
+    std::string ph = e["ph"];
+    if (ph != "M") ASSERT_TRUE(e["ts"].is_number());
+    if (ph == "C" && e["name"] == "memory (MiB)") {
+      ++counters;
+      EXPECT_TRUE(e["args"].contains("live") && e["args"].contains("physical") && e["args"].contains("fragmented"));
+    }
+    if (ph == "C" && e["name"] == "glake replay (MiB)") ++replay;
+    if (ph == "i" && e["name"] == "stitch") ++stitches;
+    if (ph == "i" && e["name"] == "out of memory") ++ooms;
+    if (ph == "X") ++slices;
+  }
+  EXPECT_GT(counters, 10);
+  EXPECT_GT(replay, 10);
+  EXPECT_GT(stitches, 0);
+  EXPECT_EQ(ooms, 1);
+  EXPECT_GT(slices, 0);
+  EXPECT_EQ(j["displayTimeUnit"], "ms");
+  EXPECT_EQ(glake_trace("export " + quote(demo())).status, 2) << "the format must be named";
+  // stdout, thinned.
+  r = glake_trace("export --chrome --max-samples 100 " + quote(demo()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto d = nlohmann::json::parse(r.out);
+  EXPECT_LE(d["traceEvents"].size(), 200u);
+}
+
+TEST_F(Tools, ImportTorchSnapshot) {
+  std::string pickle = temp_path("snap.pickle"), out = temp_path("torch.json.gz");
+  CmdResult gen = run_shell("python3 " + quote(test_scripts() + "/make_torch_snapshot.py") + " " + quote(pickle));
+  if (gen.status != 0) GTEST_SKIP() << "python3 unavailable: " << gen.err;
+  auto expect = nlohmann::json::parse(gen.out);
+  CmdResult r = glake_trace("import --torch " + quote(pickle) + " -o " + quote(out));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("glake-trace replay"), std::string::npos) << r.out;
+  Trace t = read_trace(out);
+  EXPECT_EQ(t.events.size(), expect["events"].get<std::size_t>());
+  EXPECT_EQ(t.allocs, expect["allocs"].get<std::uint64_t>());
+  EXPECT_EQ(t.frees, expect["frees"].get<std::uint64_t>());
+  EXPECT_EQ(t.peak_live_bytes, expect["peak_live_bytes"].get<std::uint64_t>());
+  EXPECT_EQ(*t.meta.physical_at_start_bytes, expect["physical_at_start_bytes"].get<std::uint64_t>());
+  EXPECT_EQ(*t.meta.peak_reserved_native, expect["peak_reserved_pytorch_native"].get<std::uint64_t>());
+  ASSERT_EQ(t.live_at_start.size(), expect["live_at_start"].size());
+  for (std::size_t i = 0; i < t.live_at_start.size(); ++i) {
+    EXPECT_EQ(t.live_at_start[i].addr, expect["live_at_start"][i][0].get<std::uint64_t>());
+    EXPECT_EQ(t.live_at_start[i].size, expect["live_at_start"][i][1].get<std::uint64_t>());
+  }
+  ASSERT_FALSE(t.stacks.empty());
+  bool python_frame = false;
+  for (const auto& [id, frames] : t.stacks)
+    for (const Frame& f : frames) python_frame |= f.src == "/work/train.py:42";
+  EXPECT_TRUE(python_frame);
+  ASSERT_EQ(t.snapshots.size(), 1u);
+  EXPECT_EQ(t.snapshots[0].reason, "pytorch segments at the snapshot");
+  // Then the user's next steps work on it.
+  r = glake_trace("replay --reps 0 " + quote(out));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("PyTorch native peak reserved"), std::string::npos) << r.out;
+  r = glake_trace("summary " + quote(out));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("forward (/work/train.py:42)"), std::string::npos) << r.out;
+}
+
+TEST_F(Tools, ImportRefusesWhatIsNotASnapshot) {
+  std::string out = temp_path("never.json");
+  std::string junk = write_file("junk.pickle", "this is not a pickle");
+  CmdResult r = glake_trace("import --torch " + quote(junk) + " -o " + quote(out));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find(junk), std::string::npos) << r.err;
+  EXPECT_FALSE(file_exists(out));
+  std::string pickle = temp_path("bad.pickle");
+  CmdResult gen = run_shell("python3 " + quote(test_scripts() + "/make_torch_snapshot.py") + " " + quote(pickle) + " --bad-class");
+  if (gen.status != 0) GTEST_SKIP() << "python3 unavailable";
+  r = glake_trace("import --torch " + quote(pickle) + " -o " + quote(out));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("collections.Counter"), std::string::npos) << r.err;
+  EXPECT_FALSE(file_exists(out));
+  EXPECT_EQ(glake_trace("import " + quote(pickle) + " -o " + quote(out)).status, 2);
+  EXPECT_EQ(glake_trace("import --torch " + quote(pickle)).status, 2) << "-o is required";
+  // The script is found through GLAKE_SCRIPTS; a wrong one is reported.
+  r = run_shell("GLAKE_SCRIPTS=/nonexistent " + quote(trace_bin()) + " import --torch " + quote(pickle) + " -o " + quote(out));
+  EXPECT_TRUE(r.status == 0 || r.status == 1);  // found elsewhere (next to the binary, the source tree) or not
+}
+
+TEST_F(Tools, ReportIsSelfContained) {
+  for (const std::string& trace : {recorded_trace(), demo()}) {
+    std::string out = temp_path("report.html");
+    CmdResult r = glake_trace("report " + quote(trace) + " -o " + quote(out));
+    ASSERT_EQ(r.status, 0) << r.err;
+    std::string html = slurp(out);
+    EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
+    for (const char* part : {"<svg", "Memory over time", "Fragmentation over time", "Block maps", "data-ready",
+                             "glake (replay)"})
+      EXPECT_NE(html.find(part), std::string::npos) << part;
+    for (const char* net : {"src=\"http", "href=\"http", "src='http", "@import", "url(http", "cdn."})
+      EXPECT_EQ(html.find(net), std::string::npos) << "fetches from the network: " << net;
+  }
+  CmdResult r = glake_trace("report --no-replay " + quote(recorded_trace()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("oom (device 0"), std::string::npos) << "the trace's own snapshot is drawn";
+}
+
+}  // namespace
+}  // namespace glake::tracer
