@@ -3,7 +3,7 @@
 
 GLAKE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 GLAKE_PACKAGES=(meson ninja-build pkg-config g++ libfmt-dev nlohmann-json3-dev libgtest-dev libgmock-dev
-                libunwind-dev zlib1g-dev python3)
+                libunwind-dev zlib1g-dev python3 binutils chromium fonts-dejavu-core)
 
 glake_install_deps() {
   local missing=() p

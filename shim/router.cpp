@@ -267,8 +267,10 @@ DevicePool* Router::create_pool(int device, bool from_runtime) {
   for (int a = 0; a < kMaxDevices; ++a)
     if ((peers >> a) & 1) p->driver->add_peer(a);
   if (tracer::TraceSession* session = session_.load(std::memory_order_acquire)) {
-    if (auto* observer = new (std::nothrow) tracer::PoolTraceObserver(&session->recorder()))
-      p->alloc->set_observer(observer);  // never deleted, as the pool
+    if (auto* observer = new (std::nothrow) tracer::PoolTraceObserver(&session->recorder())) {
+      p->alloc->set_observer(observer);           // never deleted, as the pool
+      tracer::register_pool(*session, p->alloc);  // live/physical totals for the trace
+    }
   }
   p->usable = true;
 

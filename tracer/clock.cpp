@@ -18,7 +18,9 @@ bool kernel_uses_tsc() {
 
 TraceClock::TraceClock(const std::string& mode) {
 #if defined(__x86_64__)
-  tsc_ = mode != "monotonic" && kernel_uses_tsc();
+  // The TSC only when asked for: on virtual machines its rate was seen to disagree with the monotonic
+  // clock by a factor of 2.6, and the recorder reads the clock only at checkpoints anyway.
+  tsc_ = mode == "tsc" && kernel_uses_tsc();
 #else
   (void)mode;
 #endif

@@ -96,8 +96,16 @@ std::string write_pool_snapshot(const std::string& path, const pool::Snapshot& s
   }
 }
 
+void register_pool(TraceSession& session, const pool::Allocator* pool) {
+  session.add_totals_source([pool] {
+    pool::Stats s = pool->stats();
+    return Totals{s.requested.current, s.physical.current};
+  });
+}
+
 std::string on_out_of_memory(TraceSession& session, const pool::Allocator& pool, SnapshotContext c) noexcept {
   try {
+    session.recorder().mark();  // the out-of-memory event is placed before the snapshot
     if (c.t_us == 0) c.t_us = session.recorder().now_us();
     return session.on_snapshot(to_trace_snapshot(pool.snapshot(), c));
   } catch (...) {

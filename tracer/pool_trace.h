@@ -6,6 +6,7 @@
 //   TraceSession* s = TraceSession::start_from_env(&errors);   // GLAKE_TRACE set?
 //   PoolTraceObserver observer(&s->recorder());                  // one for every pool
 //   allocator.set_observer(&observer);
+//   register_pool(*s, &allocator);                               // its totals, for wrapped rings
 //   ... allocator.allocate(...) returned out_of_memory (no pool lock held now):
 //   on_out_of_memory(*s, allocator, context);                   // snapshot, write, ask for the trace
 // and dump() from the C API. PoolTraceObserver::on_event is called under the pool's lock: it only
@@ -65,6 +66,11 @@ std::string pool_snapshot_json(const pool::Snapshot& s, const SnapshotContext& c
 // Writes the snapshot as a small glake trace of its own (meta, no events, one snapshot) to `path`,
 // atomically: `glake-trace summary PATH` explains it. Returns "" or what went wrong.
 std::string write_pool_snapshot(const std::string& path, const pool::Snapshot& s, const SnapshotContext& c) noexcept;
+
+// Adds the pool's live (requested) and physical bytes to what the session's traces start from when the
+// ring overwrote older events (TraceSession::add_totals_source). The pool must outlive the session's
+// last write (the shim's pools are never destroyed).
+void register_pool(TraceSession& session, const pool::Allocator* pool);
 
 // For the shim, after allocate() returned out_of_memory (no pool lock held): takes the pool's snapshot
 // and hands it to the session (kept for the trace, written to GLAKE_TRACE_OOM, whole trace requested).

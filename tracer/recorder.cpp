@@ -1,8 +1,10 @@
 // tracer/recorder.cpp: the ring, the stack table and collect() (see recorder.h).
 //
-// Slot protocol (Boehm's seqlock): a writer stores seq = 0, a release fence, the payload (relaxed
-// atomics), then seq = ticket + 1 (release). A reader loads seq (acquire), the payload (relaxed), an
-// acquire fence and seq again: the slot is taken only if both equal ticket + 1.
+// Slot protocol (a seqlock without fences, which ThreadSanitizer does not model): a writer stores
+// seq = 0, the payload with release stores, then seq = ticket + 1 (release). A reader loads seq
+// (acquire), the payload with acquire loads, and seq again: the slot is taken only if both equal
+// ticket + 1. A payload word from a newer writer carries (release/acquire) that writer's seq = 0, so
+// the second load of seq sees it changed. On x86 these orders are plain moves.
 //
 // Stack table: open addressing over 2 x max_stacks buckets, never shrinking. A bucket is published by
 // storing its hash (release) after its frames; lookups run without a lock and take one only to insert.
@@ -185,7 +187,7 @@ Recorder::Recorder(RecorderOptions options) : options_(std::move(options)), cloc
   }
   options_.stack_depth = std::clamp(options_.stack_depth, 1, kMaxDepth);
   stacks_ = options_.stacks && stacks_supported();
-  slow_ = stacks_ || keep_oldest_ || exact_time_;
+  slow_.store(stacks_ || keep_oldest_ || exact_time_ ? kSlowConfig : 0, std::memory_order_relaxed);
   if (stacks_) stack_table_ = std::make_unique<StackTable>(std::max<std::size_t>(options_.max_stacks, 1),
                                                            options_.stack_depth + kRawExtra);
   symbolizer_ = std::make_unique<Symbolizer>(options_.symbolizer);
@@ -206,9 +208,8 @@ void Recorder::checkpoint(std::uint64_t ticket, std::uint64_t ticks) noexcept {
   const std::uint64_t i = checkpoint_head_.fetch_add(1, std::memory_order_relaxed);
   Checkpoint& c = checkpoints_[i & checkpoint_mask_];
   c.seq.store(0, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
-  c.ticket.store(ticket, std::memory_order_relaxed);
-  c.ticks.store(ticks, std::memory_order_relaxed);
+  c.ticket.store(ticket, std::memory_order_release);
+  c.ticks.store(ticks, std::memory_order_release);
   c.seq.store(i + 1, std::memory_order_release);
 }
 
@@ -216,13 +217,48 @@ void Recorder::tick_loop() {
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);
-  std::uint64_t last = head_.load(std::memory_order_acquire);
+  // A checkpoint (h, t) here says: the events before ticket h happened before t, and event h has not
+  // happened yet at t. While the head does not move, the last one is moved forward in time, so that
+  // the next event after a pause is placed within one tick of when it happened.
+  // After kIdleTicks ticks without an event it sleeps (no wake-ups while the program allocates nothing);
+  // the next event writes its own checkpoint and wakes it (record_slow).
+  constexpr int kIdleTicks = 100;
+  std::uint64_t last_head = head_.load(std::memory_order_acquire);
+  std::uint64_t last_index = UINT64_MAX;
+  int idle = 0;
   std::unique_lock lock(tick_mu_);
-  while (!tick_cv_.wait_for(lock, std::chrono::microseconds(options_.tick_us), [this] { return stop_; })) {
-    // Events before `head` happened before now; the next one after.
-    std::uint64_t head = head_.load(std::memory_order_acquire);
-    if (head != last) checkpoint(head, clock_.ticks());
-    last = head;
+  for (;;) {
+    if (idle >= kIdleTicks) {
+      slow_.fetch_or(kSlowIdle, std::memory_order_seq_cst);
+      // An event between the last tick and the flag would not wake us: look once more before sleeping
+      // (seq_cst pairs with record()'s increment and load).
+      if (head_.load(std::memory_order_seq_cst) == last_head) {
+        tick_cv_.wait(lock, [this] { return stop_ || woken_; });
+      } else {
+        slow_.fetch_and(static_cast<std::uint8_t>(~kSlowIdle), std::memory_order_acq_rel);
+      }
+      woken_ = false;
+      idle = 0;
+      if (stop_) return;
+    } else if (tick_cv_.wait_for(lock, std::chrono::microseconds(options_.tick_us), [this] { return stop_; })) {
+      return;
+    }
+    const std::uint64_t head = head_.load(std::memory_order_acquire);
+    const std::uint64_t now = clock_.ticks();
+    if (head != last_head) {
+      last_index = checkpoint_head_.fetch_add(1, std::memory_order_relaxed);
+      last_head = head;
+      idle = 0;
+    } else {
+      ++idle;
+      if (last_index == UINT64_MAX || checkpoint_head_.load(std::memory_order_relaxed) - last_index > checkpoint_mask_)
+        continue;  // nothing to move forward (none yet, or its slot was reused)
+    }
+    Checkpoint& c = checkpoints_[last_index & checkpoint_mask_];
+    c.seq.store(0, std::memory_order_relaxed);
+    c.ticket.store(head, std::memory_order_release);
+    c.ticks.store(now, std::memory_order_release);
+    c.seq.store(last_index + 1, std::memory_order_release);
   }
 }
 
@@ -232,12 +268,24 @@ std::string Recorder::stacks_note() const {
   return "off (GLAKE_TRACE_STACKS=1 records them)";
 }
 
-bool Recorder::record_slow(Op op, std::uint32_t* stack, std::uint64_t* ticks, std::uint64_t* ticket) noexcept {
+bool Recorder::record_slow(Op op, std::uint64_t ticket, std::uint32_t* stack, std::uint64_t* ticks) noexcept {
+  if (keep_oldest_ && ticket > mask_) return false;  // counted at collect: head - capacity
   if (stacks_ && (op == Op::alloc || op == Op::oom)) *stack = capture_stack();
-  *ticket = head_.fetch_add(1, std::memory_order_relaxed);
-  if (keep_oldest_ && *ticket > mask_) return false;  // counted at collect: head - capacity
-  if (exact_time_) *ticks = clock_.ticks();
-  else if ((*ticket & (kCheckpointEvery - 1)) == 0) checkpoint(*ticket, clock_.ticks());
+  if (exact_time_) {
+    *ticks = clock_.ticks();
+  } else if ((slow_.load(std::memory_order_relaxed) & kSlowIdle) != 0) {
+    // The first event after a pause: its own time, and the ticker woken up.
+    checkpoint(ticket, clock_.ticks());
+    if ((slow_.fetch_and(static_cast<std::uint8_t>(~kSlowIdle), std::memory_order_acq_rel) & kSlowIdle) != 0) {
+      {
+        std::lock_guard lock(tick_mu_);
+        woken_ = true;
+      }
+      tick_cv_.notify_one();
+    }
+  } else if ((ticket & (kCheckpointEvery - 1)) == 0) {
+    checkpoint(ticket, clock_.ticks());
+  }
   return true;
 }
 
@@ -249,6 +297,10 @@ std::uint32_t Recorder::capture_stack() noexcept {
 #else
   return 0;
 #endif
+}
+
+void Recorder::mark() noexcept {
+  if (checkpoints_ != nullptr) checkpoint(head_.load(std::memory_order_acquire), clock_.ticks());
 }
 
 RecorderCounters Recorder::counters() const noexcept {
@@ -274,8 +326,7 @@ Trace Recorder::collect(const CollectOptions& co) {
     for (std::uint64_t i = ch > cn ? ch - cn : 0; i < ch; ++i) {
       const Checkpoint& c = checkpoints_[i & checkpoint_mask_];
       std::uint64_t seq = c.seq.load(std::memory_order_acquire);
-      std::uint64_t ticket = c.ticket.load(std::memory_order_relaxed), ticks = c.ticks.load(std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_acquire);
+      std::uint64_t ticket = c.ticket.load(std::memory_order_acquire), ticks = c.ticks.load(std::memory_order_acquire);
       if (seq == i + 1 && c.seq.load(std::memory_order_relaxed) == seq && ticket <= head) cps.emplace_back(ticket, ticks);
     }
     cps.emplace_back(head, clock_.ticks());
@@ -308,14 +359,13 @@ Trace Recorder::collect(const CollectOptions& co) {
     const Slot& s = ring_[i & mask_];
     std::uint64_t seq = s.seq.load(std::memory_order_acquire);
     TraceEvent e;
-    std::uint64_t ticks = s.ticks.load(std::memory_order_relaxed);
-    e.addr = s.addr.load(std::memory_order_relaxed);
-    e.size = s.size.load(std::memory_order_relaxed);
-    e.stream = s.stream.load(std::memory_order_relaxed);
-    e.aux = s.aux.load(std::memory_order_relaxed);
-    std::uint64_t ts = s.thread_stack.load(std::memory_order_relaxed);
-    std::uint64_t od = s.op_device.load(std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_acquire);
+    std::uint64_t ticks = s.ticks.load(std::memory_order_acquire);
+    e.addr = s.addr.load(std::memory_order_acquire);
+    e.size = s.size.load(std::memory_order_acquire);
+    e.stream = s.stream.load(std::memory_order_acquire);
+    e.aux = s.aux.load(std::memory_order_acquire);
+    std::uint64_t ts = s.thread_stack.load(std::memory_order_acquire);
+    std::uint64_t od = s.op_device.load(std::memory_order_acquire);
     if (seq != i + 1 || s.seq.load(std::memory_order_relaxed) != seq || (od & 0xff) >= kOps) {
       ++lost_in_flight;  // being written, or overwritten since `head` was read
       continue;

@@ -12,7 +12,9 @@
 // every 64th event, and a ticker thread every tick_us (1 ms) while events come, write a checkpoint
 // (ticket, clock), and collect() gives each event the time interpolated between the checkpoints around
 // its ticket. An event's time is then off by at most the span between checkpoints: 64 events or one
-// tick, whichever is shorter. "exact" reads the clock at every event instead.
+// tick, whichever is shorter. After 100 ticks without an event the ticker sleeps (no wake-ups while
+// the program allocates nothing); the next event writes its own checkpoint and wakes it. "exact"
+// reads the clock at every event instead.
 //
 // Bounded: the ring holds `capacity` events (64 bytes each, reserved with MAP_NORESERVE: pages are
 // committed as they are first written). When it is full, keep=newest overwrites the oldest events
@@ -121,31 +123,34 @@ class Recorder {
   // of a struct just written field by field stalls on store forwarding).
   [[gnu::always_inline]] void record(Op op, std::uint32_t device, std::uint64_t stream, std::uint64_t addr,
                                      std::uint64_t size, std::uint64_t aux) noexcept {
+    // seq_cst on head_ and slow_ (free on x86: the increment is a locked instruction anyway): a writer
+    // increments head_ and then reads slow_, the ticker sets kSlowIdle and then reads head_; one of them
+    // sees the other, so no event slips past a falling-asleep ticker.
+    const std::uint64_t ticket = head_.fetch_add(1, std::memory_order_seq_cst);
     std::uint32_t stack = 0;
     std::uint64_t ticks = 0;
-    std::uint64_t ticket;
-    if (__builtin_expect(slow_, 0)) {  // stacks, keep oldest or exact time: out of line
-      if (!record_slow(op, &stack, &ticks, &ticket)) return;
-    } else {
-      ticket = head_.fetch_add(1, std::memory_order_relaxed);
-      if ((ticket & (kCheckpointEvery - 1)) == 0) checkpoint(ticket, clock_.ticks());
+    // Stacks, keep oldest, exact time, or the first event after a pause: out of line.
+    if (__builtin_expect(slow_.load(std::memory_order_seq_cst) != 0, 0)) {
+      if (!record_slow(op, ticket, &stack, &ticks)) return;
+    } else if ((ticket & (kCheckpointEvery - 1)) == 0) {
+      checkpoint(ticket, clock_.ticks());
     }
-    // The slots ahead are cold (the ring is larger than the caches): ask for them early, so that the
-    // stores below do not wait for memory.
-    __builtin_prefetch(&ring_[(ticket + kPrefetchAhead) & mask_], 1, 3);
     Slot& s = ring_[ticket & mask_];
     s.seq.store(0, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
-    s.ticks.store(ticks, std::memory_order_relaxed);
-    s.addr.store(addr, std::memory_order_relaxed);
-    s.size.store(size, std::memory_order_relaxed);
-    s.stream.store(stream, std::memory_order_relaxed);
-    s.aux.store(aux, std::memory_order_relaxed);
-    s.thread_stack.store(static_cast<std::uint64_t>(detail::thread_id()) << 32 | stack, std::memory_order_relaxed);
+    s.ticks.store(ticks, std::memory_order_release);
+    s.addr.store(addr, std::memory_order_release);
+    s.size.store(size, std::memory_order_release);
+    s.stream.store(stream, std::memory_order_release);
+    s.aux.store(aux, std::memory_order_release);
+    s.thread_stack.store(static_cast<std::uint64_t>(detail::thread_id()) << 32 | stack, std::memory_order_release);
     s.op_device.store(static_cast<std::uint64_t>(op) | static_cast<std::uint64_t>(device) << 8,
-                      std::memory_order_relaxed);
+                      std::memory_order_release);
     s.seq.store(ticket + 1, std::memory_order_release);
   }
+
+  // Pins the time of everything recorded so far (sampled time): the events before now are placed
+  // before now. For moments that matter (an out-of-memory snapshot). Not for the hot path.
+  void mark() noexcept;
 
   RecorderCounters counters() const noexcept;
   const RecorderOptions& options() const { return options_; }
@@ -177,13 +182,12 @@ class Recorder {
     std::atomic<std::uint64_t> seq;  // index + 1 once written; 0 while being written
   };
 
-  static constexpr std::uint64_t kPrefetchAhead = 16;   // slots
   static constexpr std::uint64_t kCheckpointEvery = 64;  // events (a power of two)
 
   void checkpoint(std::uint64_t ticket, std::uint64_t ticks) noexcept;
   std::uint32_t capture_stack() noexcept;  // the current stack's id in the table (0: none)
   // record()'s first half when stacks, keep oldest or exact time are on; false: the event is dropped.
-  bool record_slow(Op op, std::uint32_t* stack, std::uint64_t* ticks, std::uint64_t* ticket) noexcept;
+  bool record_slow(Op op, std::uint64_t ticket, std::uint32_t* stack, std::uint64_t* ticks) noexcept;
   void tick_loop();
 
   RecorderOptions options_;
@@ -194,7 +198,11 @@ class Recorder {
   bool keep_oldest_ = false;
   bool stacks_ = false;
   bool exact_time_ = false;
-  bool slow_ = false;  // stacks_ || keep_oldest_ || exact_time_
+  // Nonzero when record() must take the slow path: kSlowConfig (stacks_ || keep_oldest_ || exact_time_)
+  // and/or kSlowIdle (the ticker is asleep after a pause: the next event wakes it and writes its own
+  // checkpoint).
+  static constexpr std::uint8_t kSlowConfig = 1, kSlowIdle = 2;
+  std::atomic<std::uint8_t> slow_{0};
   Checkpoint* checkpoints_ = nullptr;
   std::size_t checkpoints_bytes_ = 0;
   std::uint64_t checkpoint_mask_ = 0;
@@ -202,6 +210,7 @@ class Recorder {
   std::mutex tick_mu_;
   std::condition_variable tick_cv_;
   bool stop_ = false;  // under tick_mu_
+  bool woken_ = false;  // under tick_mu_: an event came while the ticker slept
   std::thread ticker_;
   alignas(64) std::atomic<std::uint64_t> head_{0};
   std::unique_ptr<StackTable> stack_table_;

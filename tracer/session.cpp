@@ -281,6 +281,11 @@ void TraceSession::watch() {
   }
 }
 
+void TraceSession::add_totals_source(std::function<Totals()> source) {
+  std::lock_guard lock(state_mu_);
+  totals_sources_.push_back(std::move(source));
+}
+
 std::string TraceSession::last_error() const {
   std::lock_guard lock(state_mu_);
   return last_error_;
@@ -291,10 +296,21 @@ std::string TraceSession::write_trace_file(const std::string& path) {
   CollectOptions co;
   co.name = options_.name;
   co.extra_meta = {{"pid", pid_}, {"cmdline", cmdline_}, {"host", host_}};
+  std::vector<std::function<Totals()>> sources;
   {
     std::lock_guard lock(state_mu_);
     co.snapshots = snapshots_;
     if (snapshots_dropped_ > 0) co.extra_meta["snapshots_dropped"] = snapshots_dropped_;
+    sources = totals_sources_;
+  }
+  if (!sources.empty()) {
+    Totals sum;
+    for (const auto& f : sources) {
+      Totals t = f();
+      sum.live_bytes += t.live_bytes;
+      sum.physical_bytes += t.physical_bytes;
+    }
+    co.totals = sum;
   }
   Trace t = recorder_.collect(co);
   write_trace(t, path);
@@ -335,6 +351,7 @@ std::string TraceSession::dump(const std::string& path) noexcept {
 std::string TraceSession::on_snapshot(TraceSnapshot snap) noexcept {
   std::string written;
   try {
+    recorder_.mark();  // the events before the snapshot are placed before it
     if (snap.t_us == 0) snap.t_us = recorder_.now_us();
     snap.json = snapshot_to_json(snap).dump();
     {

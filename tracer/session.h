@@ -34,6 +34,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -87,6 +88,11 @@ class TraceSession {
   // now.
   std::string on_snapshot(TraceSnapshot snapshot) noexcept;
 
+  // A source of the live (requested) and physical bytes of now, summed over all sources when a trace is
+  // written: with them a trace whose ring overwrote older events still starts from the right totals
+  // (recorder.h). tracer/pool_trace.h's register_pool() adds a pool. Thread-safe.
+  void add_totals_source(std::function<Totals()> source);
+
   const SessionOptions& options() const { return options_; }
   std::uint64_t dumps() const { return dumps_.load(std::memory_order_acquire); }
   std::string last_error() const;
@@ -106,8 +112,9 @@ class TraceSession {
   bool signal_installed_ = false;
   struct sigaction old_action_ {};
   std::mutex dump_mu_;
-  mutable std::mutex state_mu_;  // snapshots_, snapshots_dropped_, last_error_
+  mutable std::mutex state_mu_;  // snapshots_, snapshots_dropped_, last_error_, totals_sources_
   std::vector<TraceSnapshot> snapshots_;
+  std::vector<std::function<Totals()>> totals_sources_;
   std::uint64_t snapshots_dropped_ = 0;
   std::string last_error_;
   std::atomic<std::uint64_t> dumps_{0};

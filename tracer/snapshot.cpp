@@ -154,10 +154,11 @@ std::string explain_snapshot(const TraceSnapshot& s, std::uint64_t t0_us) {
                        fmt_time_us(t), fmt_bytes(s.request), fmt_bytes(need), fmt_bytes(page));
     std::uint64_t reusable = m.free_bytes + m.spare_bytes;
     out += fmt::format("  the pool held {} of physical memory: {} requested by live allocations, {} in rounding and"
-                       " shared small-block pages, {} cached free ({} ranges, largest {}), {} spare pages.\n",
+                       " shared small-block pages, {} cached free ({} range{}, largest {}), {} spare pages.\n",
                        fmt_bytes(m.physical_bytes), fmt_bytes(m.requested_bytes),
                        fmt_bytes(m.allocated_bytes > m.requested_bytes ? m.allocated_bytes - m.requested_bytes : 0),
-                       fmt_bytes(m.free_bytes), m.free_ranges, fmt_bytes(m.largest_free_bytes), fmt_bytes(m.spare_bytes));
+                       fmt_bytes(m.free_bytes), m.free_ranges, m.free_ranges == 1 ? "" : "s",
+                       fmt_bytes(m.largest_free_bytes), fmt_bytes(m.spare_bytes));
     if (reusable >= need) {
       out += fmt::format("  the cached pages ({}) would have covered the request by stitching: stitching was off, or"
                          " the pages were still in use by another stream's pending work.\n",
@@ -175,10 +176,11 @@ std::string explain_snapshot(const TraceSnapshot& s, std::uint64_t t0_us) {
     }
   } else {
     out += fmt::format("snapshot of device {} at {} ({}): {} physical, {} requested by live allocations, {} cached"
-                       " free ({} ranges, largest {}), {} spare.\n",
+                       " free ({} range{}, largest {}), {} spare.\n",
                        s.device, fmt_time_us(t), s.reason.empty() ? "no reason given" : s.reason,
                        fmt_bytes(m.physical_bytes), fmt_bytes(m.requested_bytes), fmt_bytes(m.free_bytes),
-                       m.free_ranges, fmt_bytes(m.largest_free_bytes), fmt_bytes(m.spare_bytes));
+                       m.free_ranges, m.free_ranges == 1 ? "" : "s", fmt_bytes(m.largest_free_bytes),
+                       fmt_bytes(m.spare_bytes));
   }
   if (m.small_free_bytes > 0)
     out += fmt::format("  {} free inside shared small-block pages (usable only by small requests).\n",

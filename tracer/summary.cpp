@@ -67,9 +67,8 @@ nlohmann::ordered_json frames_json(const Trace& t, std::uint32_t stack, int n) {
 
 void sites_text(std::string& out, const Trace& t, const std::vector<Site>& sites, std::uint64_t total, const Options& o) {
   if (t.stacks.empty()) {
-    out += "    (the trace has no call stacks";
-    if (!t.meta.stacks_note.empty()) out += ": stacks " + t.meta.stacks_note;
-    out += "; record with GLAKE_TRACE_STACKS=1 in a build with libunwind)\n";
+    if (!t.meta.stacks_note.empty()) out += "    (the trace has no call stacks: stacks " + t.meta.stacks_note + ")\n";
+    else out += "    (the trace has no call stacks; glake records them with GLAKE_TRACE_STACKS=1 in a build with libunwind)\n";
   }
   std::size_t shown = 0;
   for (const Site& s : sites) {
@@ -191,6 +190,19 @@ int summarize(const std::string& path, const Options& o) {
   }
 
   std::string out;
+  if (t.events.empty() && !t.snapshots.empty()) {
+    // A snapshot file (GLAKE_TRACE_OOM): the pool's state, explained; the whole trace is elsewhere.
+    out += fmt::format("{} ({}): {} snapshot(s), no events\n", t.meta.name, path, t.snapshots.size());
+    try {
+      auto m = nlohmann::json::parse(t.meta.json);
+      if (m.contains("trace") && m["trace"].is_string())
+        out += fmt::format("  the whole trace (events, allocation sites) is written to {}\n", m["trace"].get<std::string>());
+    } catch (const std::exception&) {
+    }
+    for (const TraceSnapshot& s : t.snapshots) out += "\n" + explain_snapshot(s);
+    std::fputs(out.c_str(), stdout);
+    return 0;
+  }
   out += fmt::format("{} ({}, {}{}): {} events over {}, {} blocks live at the start\n", t.meta.name, path,
                      t.format, t.format == "glake-trace" ? fmt::format(" v{}", t.version) : std::string(),
                      fmt_count(t.events.size()), fmt_time_us(tl.t_last - tl.t_first), fmt_count(t.live_at_start.size()));

@@ -80,6 +80,29 @@ bool internal_name(const std::string& fn) {
   return false;
 }
 
+// "a/b/../c" -> "a/c", "a/./b" -> "a/b" (lexically; build folders give sources as "build/../src/x.cpp").
+std::string normalize_path(const std::string& p) {
+  if (p.find("/.") == std::string::npos) return p;
+  const bool absolute = !p.empty() && p[0] == '/';
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (start <= p.size()) {
+    std::size_t end = p.find('/', start);
+    if (end == std::string::npos) end = p.size();
+    std::string part = p.substr(start, end - start);
+    if (part == "..") {
+      if (!parts.empty() && parts.back() != "..") parts.pop_back();
+      else if (!absolute) parts.push_back(part);
+    } else if (!part.empty() && part != ".") {
+      parts.push_back(part);
+    }
+    start = end + 1;
+  }
+  std::string out = absolute ? "/" : "";
+  for (std::size_t i = 0; i < parts.size(); ++i) out += (i > 0 ? "/" : "") + parts[i];
+  return out;
+}
+
 std::uint64_t now_ms() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -237,7 +260,7 @@ void Symbolizer::prefetch(const std::vector<std::uintptr_t>& ips) {
       for (std::size_t i = 0; i < rel.size(); ++i) {
         Info& in = cache_[p.ips[start + i]];
         if (!res[i].first.empty()) in.frame.fn = res[i].first;
-        in.frame.src = res[i].second;
+        in.frame.src = normalize_path(res[i].second);
       }
     }
   }

