@@ -462,7 +462,8 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
   std::lock_guard grow(grow_mu);
   {
     std::lock_guard lock(mu);
-    if (release_empty_chunks() > 0)
+    std::size_t freed = unpark_all();
+    if (release_empty_chunks() + freed > 0)
       if (Block* b = best_fit(s, q.bytes, false)) {
         *out = hand_out(take(b, q.bytes, s), q);
         return Status::ok;
@@ -528,6 +529,12 @@ Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
   if (size <= m.cfg.small_limit) q = Request{m.page, size, round_up(size, kSmallUnit)};
   {
     std::lock_guard lock(m.mu);
+    if (Block* b = m.unpark(m.stream_state(stream), q.piece != 0 ? q.piece : q.bytes, q.piece != 0)) {
+      b->stream = stream;
+      m.account_alloc(b, size);
+      *out = b->base;
+      return Status::ok;
+    }
     if (q.piece != 0) {
       if (Block* p = m.best_fit(stream, q.piece, true)) {
         *out = m.hand_out(m.take(p, q.piece, stream), Request{q.piece, size, 0});
@@ -564,15 +571,22 @@ Status Allocator::Impl::free(DevPtr ptr, const StreamHandle* on) {
   ++st.frees;
   emit(EventKind::free, stream, ptr, b->requested);
   StreamState& ss = stream_state(stream);
-  b->state = State::free;
   b->stream = stream;
   b->settled = false;
   b->free_seq = ++ss.free_seq;
   b->requested = 0;
+  if (!b->small) large_in_use -= b->size;
+  // Only pieces are parked: a parked large block would hide pages from best fit and from merging, and
+  // replays showed more stitching for it.
+  if (b->small && ss.parked_count < StreamState::kParked) {
+    b->parked = true;
+    ss.parked[ss.parked_count++] = b;
+    return Status::ok;
+  }
+  b->state = State::free;
   if (b->small) {
     settle_piece(b);
   } else {
-    large_in_use -= b->size;
     settle_large_block(b);
   }
   return Status::ok;
@@ -594,7 +608,7 @@ Status Allocator::describe(DevPtr ptr, BlockInfo* info) const {
     while (l != nullptr && !(ptr >= l->base && ptr < l->base + l->size)) l = l->next;
     if (l != nullptr && l->is_chunk)
       for (l = l->pieces; l != nullptr && !(ptr >= l->base && ptr < l->base + l->size);) l = l->next;
-    if (l != nullptr && l->state == State::allocated && !l->is_chunk) b = l;
+    if (l != nullptr && l->state == State::allocated && !l->is_chunk && !l->parked) b = l;
   }
   if (b == nullptr) return Status::invalid_value;
   info->base = b->base;
@@ -618,6 +632,7 @@ void Allocator::forget_stream(StreamHandle stream) {
   EventHandle ev = 0;
   {
     std::lock_guard lock(m.mu);
+    m.unpark_all();
     auto it = m.streams.find(stream);
     if (it == m.streams.end() || it->second.retired) return;
     ev = it->second.event;
@@ -668,6 +683,10 @@ Status Allocator::refresh_access() {
 void Allocator::trim(std::size_t keep) {
   Impl& m = *impl_;
   std::lock_guard grow(m.grow_mu);
+  {
+    std::lock_guard lock(m.mu);
+    m.unpark_all();
+  }
   m.collect_stale();  // waits for every stream's work, so every free block is settled after it
   std::vector<Block*> victims;
   std::vector<std::int32_t> spare;
@@ -770,15 +789,17 @@ void Allocator::trim(std::size_t keep) {
 }
 
 std::size_t Allocator::cached_bytes() const {
-  std::lock_guard lock(impl_->mu);
-  return impl_->st.physical.current - impl_->large_in_use + [&] {
-    // Free pieces inside chunks are cached too.
-    std::size_t n = 0;
-    for (Block* p : impl_->settled_small) n += p->size;
-    for (const auto& [s, ss] : impl_->streams)
-      for (Block* p : ss.small) n += p->size;
-    return n;
-  }();
+  const Impl& m = *impl_;
+  std::lock_guard lock(m.mu);
+  // Free pieces inside chunks, and parked pieces, are cached too (parked large blocks already are).
+  std::size_t n = m.st.physical.current - m.large_in_use;
+  for (const Block* p : m.settled_small) n += p->size;
+  for (const auto& [s, ss] : m.streams) {
+    for (const Block* p : ss.small) n += p->size;
+    for (std::size_t i = 0; i < ss.parked_count; ++i)
+      if (ss.parked[i]->small) n += ss.parked[i]->size;
+  }
+  return n;
 }
 
 Stats Allocator::stats() const {
@@ -814,7 +835,7 @@ Snapshot Allocator::snapshot() const {
     r.stream = b->stream;
     r.requested = b->requested;
     switch (b->state) {
-      case State::allocated: r.state = Region::State::allocated; break;
+      case State::allocated: r.state = b->parked ? Region::State::free : Region::State::allocated; break;
       case State::free: r.state = Region::State::free; break;
       case State::hole: r.state = Region::State::hole; break;
       case State::stale: r.state = Region::State::stale; break;

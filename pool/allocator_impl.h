@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <mutex>
 #include <string>
@@ -34,6 +35,12 @@ struct StreamState {
   std::uint64_t event_seq = 0;      // frees up to this sequence number precede the last record
   std::uint64_t completed_seq = 0;  // the work before frees up to this number has completed
   bool retired = false;             // its stream was destroyed: query the last event, never record
+  // The last few blocks freed on this stream, kept whole (not merged, not indexed) so that the common
+  // free-then-allocate-the-same-size pattern costs no set operation. Only this stream reuses them; a
+  // slow path unparks them all first.
+  static constexpr std::size_t kParked = 8;
+  std::array<Block*, kParked> parked{};
+  std::size_t parked_count = 0;
 };
 
 struct Page {
@@ -199,6 +206,38 @@ struct Allocator::Impl {
   // A free piece, not indexed: merge and index it. A chunk left wholly free stays a chunk (the next
   // small request needs no large block) until release_empty_chunks() runs on a slow path.
   void settle_piece(Block* p) { index_insert(coalesce(p)); }
+
+  // A parked block of exactly `size` (a piece if `small`) from stream s's quick cache, or null.
+  Block* unpark(StreamState& ss, std::size_t size, bool small) {
+    for (std::size_t i = ss.parked_count; i-- > 0;) {
+      Block* b = ss.parked[i];
+      if (b->size != size || b->small != small) continue;
+      ss.parked[i] = ss.parked[--ss.parked_count];
+      b->parked = false;
+      if (!b->small) large_in_use += b->size;
+      return b;
+    }
+    return nullptr;
+  }
+
+  // Frees every parked block for real (merged and indexed); returns how many. mu held, no driver call.
+  std::size_t unpark_all() {
+    std::size_t n = 0;
+    for (auto& [s, ss] : streams) {
+      n += ss.parked_count;
+      for (std::size_t i = 0; i < ss.parked_count; ++i) {
+        Block* b = ss.parked[i];
+        b->parked = false;
+        b->state = State::free;
+        if (b->small)
+          settle_piece(b);
+        else
+          settle_large_block(b);
+      }
+      ss.parked_count = 0;
+    }
+    return n;
+  }
 
   // Gives every wholly free chunk back to the large blocks; returns how many. mu held, no driver call.
   std::size_t release_empty_chunks() {

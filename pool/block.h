@@ -40,6 +40,7 @@ struct Block {
   bool small = false;     // a piece of a chunk
   bool is_chunk = false;  // a large allocated block that holds pieces
   bool settled = false;   // free blocks: the work before the free has completed
+  bool parked = false;    // freed, but kept whole in its stream's quick cache (state stays allocated)
   StreamHandle stream = 0;
   std::uint64_t free_seq = 0;  // the stream's free sequence number at the free
   std::size_t requested = 0;   // allocated user blocks: the size asked for

@@ -46,7 +46,18 @@ std::string Allocator::Impl::validate() const {
   std::size_t mapped_pages = 0, free_blocks = 0, user_blocks = 0, large_used = 0;
   std::uint64_t requested = 0, block_bytes = 0;
 
+  std::size_t parked_seen = 0;
   auto check_user = [&](const Block* b) -> std::string {
+    if (b->parked) {
+      auto it = streams.find(b->stream);
+      const StreamState* ss = it == streams.end() ? nullptr : &it->second;
+      if (ss == nullptr || std::find(ss->parked.begin(), ss->parked.begin() + static_cast<long>(ss->parked_count), b) ==
+                               ss->parked.begin() + static_cast<long>(ss->parked_count))
+        return fmt::format("parked block {:#x} is not in its stream's quick cache", b->base);
+      if (live.find(b->base) != nullptr) return fmt::format("parked block {:#x} is still live", b->base);
+      ++parked_seen;
+      return {};
+    }
     Block* const* hit = live.find(b->base);
     if (hit == nullptr || *hit != b) return fmt::format("allocated block {:#x} is not in the address map", b->base);
     ++user_blocks;
@@ -85,7 +96,7 @@ std::string Allocator::Impl::validate() const {
         ++free_blocks;
         if (!in_index(b)) return where + ": free but not in its index";
       } else if (b->state == State::allocated) {
-        large_used += b->size;
+        if (!b->parked) large_used += b->size;
         if (!b->is_chunk) {
           if (std::string e = check_user(b); !e.empty()) return e;
           continue;
@@ -137,6 +148,9 @@ std::string Allocator::Impl::validate() const {
       if (!b->settled || b->state != State::free)
         return fmt::format("block {:#x} is in a settled index but is not settled and free", b->base);
   if (indexed != free_blocks) return fmt::format("{} blocks indexed, {} free", indexed, free_blocks);
+  std::size_t parked = 0;
+  for (const auto& [s, ss] : streams) parked += ss.parked_count;
+  if (parked != parked_seen) return fmt::format("{} blocks parked, {} found parked", parked, parked_seen);
   if (live.size() != user_blocks) return fmt::format("{} addresses mapped, {} live blocks", live.size(), user_blocks);
   if (live_pages * page != st.physical.current)
     return fmt::format("physical bytes {} but {} live pages", st.physical.current, live_pages);
