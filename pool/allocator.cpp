@@ -2,10 +2,11 @@
 // Its state and locks are described in allocator_impl.h.
 //
 // Invariants (validate() checks them): blocks of a segment are contiguous and cover it; a slot is
-// mapped iff its block is allocated, free, busy or quarantined; every live page is mapped at one slot
-// or spare; no two neighbouring holes, no two neighbouring free blocks that could merge; every free
-// block is in exactly its index; every allocated user block is in the address map; the pieces of a
-// chunk cover it and never all of it in one free piece; the statistics match the blocks.
+// mapped iff its block is not a hole; every live page is owned by exactly one slot of an allocated,
+// free or quarantined block, or is spare, and is also mapped at as many stale slots as it counts
+// aliases; no two neighbouring blocks that could merge; every free block is in exactly its index, every
+// parked one in its stream's quick cache; every allocated user block is in the address map; the pieces
+// of a chunk cover it; the statistics match the blocks.
 #include "pool/allocator.h"
 
 #include "pool/allocator_impl.h"

@@ -2,8 +2,9 @@
 // allocator.cpp (the paths through the pool) and validate.cpp (its invariants). Internal.
 //
 // State (under mu): reservations ("segments") split into large blocks that cover them exactly; pages
-// (physical chunks of one granularity each), each mapped at exactly one slot or kept spare; chunks of
-// small pieces; free blocks indexed by size per stream (unsettled) or in the settled sets.
+// (physical chunks of one granularity each), each owned by one slot or kept spare, and possibly still
+// mapped at stale slots (aliases a stitch left behind); chunks of small pieces; free blocks indexed by
+// size per stream (unsettled) or in the settled sets; each stream's parked pieces.
 //
 // Locks: mu guards all state and is never held across a driver call. grow_mu serialises the slow
 // paths (settle, stitch, trim), which release mu around their driver calls after marking the blocks
