@@ -187,6 +187,7 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s
   // Fail before touching anything when the device cannot hold what would be created (a huge request
   // would otherwise create pages until the driver refuses, and leave them all cached).
   if (cfg.limit != 0 && st.physical.current + creates * page > cfg.limit) return Prepared::no_memory;
+  if (creates > 0 && device_free == kUnknown) return Prepared::need_device_free;  // asked only to grow
   if (creates * page > device_free) return Prepared::no_memory;
 
   // Mark the window busy, splitting the blocks at its edges.
@@ -429,9 +430,8 @@ void Allocator::Impl::collect_stale() {
 Status Allocator::Impl::stitch(const Request& q, StreamHandle s, DevPtr* out) {
   const std::size_t n = q.bytes;
   bool may_wait = true, collected = false;
-  std::size_t device_free = 0, device_total = 0;
-  if (drv.mem_info(&device_free, &device_total) != Status::ok) device_free = ~std::size_t{0};
-  for (int attempt = 0; attempt < 5; ++attempt) {
+  std::size_t device_free = kUnknown;
+  for (int attempt = 0; attempt < 6; ++attempt) {
     Plan plan;
     switch (prepare(n, s, may_wait, device_free, &plan)) {
       case Prepared::need_window: {
@@ -448,6 +448,11 @@ Status Allocator::Impl::stitch(const Request& q, StreamHandle s, DevPtr* out) {
         settle(true);
         may_wait = false;
         continue;
+      case Prepared::need_device_free: {
+        std::size_t total = 0;
+        if (drv.mem_info(&device_free, &total) != Status::ok) device_free = kUnknown - 1;  // unknown: no cap
+        continue;
+      }
       case Prepared::no_memory:
         return Status::out_of_memory;
       case Prepared::ready:

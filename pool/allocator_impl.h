@@ -348,7 +348,8 @@ struct Allocator::Impl {
   Status free(DevPtr ptr, const StreamHandle* stream);  // stream null: the block's own
   Status allocate_large(const Request& q, StreamHandle s, DevPtr* out);
   Status stitch(const Request& q, StreamHandle s, DevPtr* out);
-  enum class Prepared { ready, need_window, need_wait, no_memory };
+  enum class Prepared { ready, need_window, need_wait, need_device_free, no_memory };
+  static constexpr std::size_t kUnknown = ~std::size_t{0};  // device_free not queried yet
   Prepared prepare(std::size_t n, StreamHandle s, bool may_wait, std::size_t device_free, Plan* plan);
   bool find_window(std::size_t n, StreamHandle s, Plan* plan);
   Status execute(Plan& plan);
