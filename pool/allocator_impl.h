@@ -83,11 +83,12 @@ struct Plan {
 };
 
 struct Allocator::Impl {
-  Impl(Driver& d, const Config& c) : drv(d), cfg(c), page(d.granularity()) {}
+  Impl(Driver& d, const Config& c) : drv(d), cfg(c), page(d.granularity()), device(d.device()) {}
 
   Driver& drv;
   Config cfg;
   std::size_t page;
+  int device;  // the driver's, for events
   std::size_t total_device = 0;
 
   mutable std::mutex mu;
@@ -111,7 +112,7 @@ struct Allocator::Impl {
 
   void emit(EventKind k, StreamHandle s, DevPtr a, std::size_t n, std::uint64_t aux = 0) {
     if (Observer* o = observer.load(std::memory_order_acquire))
-      o->on_event(PoolEvent{k, drv.device(), s, a, n, aux});
+      o->on_event(PoolEvent{k, device, s, a, n, aux});
   }
 
   // The hot path asks for the same stream again and again: remember the last one (map values are stable).

@@ -1,10 +1,11 @@
 // tracer/recorder.cpp: the ring, the stack table and collect() (see recorder.h).
 //
-// Slot protocol (a seqlock without fences, which ThreadSanitizer does not model): a writer stores
-// seq = 0, the payload with release stores, then seq = ticket + 1 (release). A reader loads seq
-// (acquire), the payload with acquire loads, and seq again: the slot is taken only if both equal
-// ticket + 1. A payload word from a newer writer carries (release/acquire) that writer's seq = 0, so
-// the second load of seq sees it changed. On x86 these orders are plain moves.
+// Slot protocol: a writer takes ticket i (head_, seq_cst), stores the payload with release stores and
+// then seq = (i + 1) << 16 | device << 8 | op (release). A reader loads seq (acquire), the payload with
+// acquire loads, then seq and head_ again: the slot holds event i only if seq names i + 1 both times and
+// head_ <= i + capacity, i.e. no writer has taken the slot's next ticket (keep oldest: none ever does). A payload word from such a
+// writer carries (release/acquire) that writer's increment of head_, so the last check sees it: a torn
+// slot is never taken. On x86 these orders are plain moves.
 //
 // Stack table: open addressing over 2 x max_stacks buckets, never shrinking. A bucket is published by
 // storing its hash (release) after its frames; lookups run without a lock and take one only to insert.
@@ -359,19 +360,19 @@ Trace Recorder::collect(const CollectOptions& co) {
     const Slot& s = ring_[i & mask_];
     std::uint64_t seq = s.seq.load(std::memory_order_acquire);
     TraceEvent e;
-    std::uint64_t ticks = s.ticks.load(std::memory_order_acquire);
     e.addr = s.addr.load(std::memory_order_acquire);
     e.size = s.size.load(std::memory_order_acquire);
     e.stream = s.stream.load(std::memory_order_acquire);
     e.aux = s.aux.load(std::memory_order_acquire);
     std::uint64_t ts = s.thread_stack.load(std::memory_order_acquire);
-    std::uint64_t od = s.op_device.load(std::memory_order_acquire);
-    if (seq != i + 1 || s.seq.load(std::memory_order_relaxed) != seq || (od & 0xff) >= kOps) {
+    std::uint64_t ticks = exact_time_ ? s.ticks.load(std::memory_order_acquire) : 0;
+    if (seq >> 16 != i + 1 || s.seq.load(std::memory_order_acquire) != seq ||
+        (!keep_oldest_ && head_.load(std::memory_order_acquire) > i + cap) || (seq & 0xff) >= kOps) {
       ++lost_in_flight;  // being written, or overwritten since `head` was read
       continue;
     }
-    e.op = static_cast<Op>(od & 0xff);
-    e.device = static_cast<std::uint32_t>(od >> 8);
+    e.op = static_cast<Op>(seq & 0xff);
+    e.device = static_cast<std::uint32_t>(seq >> 8 & 0xff);
     e.thread = static_cast<std::uint32_t>(ts >> 32);
     raw_stack_ids.push_back(static_cast<std::uint32_t>(ts));
     if (!exact_time_) ticks = sampled_ticks(i);

@@ -3,7 +3,8 @@
 // The recorder knows nothing of the pool: callers hand it RecordEvents (tracer/pool_trace.h maps
 // pool::PoolEvent to them). record() is the hot path: no lock, no allocation, no system call; one
 // atomic increment takes a ticket, the event is written to slot ticket % capacity of a ring and
-// published by a sequence word (a seqlock per slot), so collect() may run while other threads record.
+// published by a sequence word, so collect() may run while other threads record (recorder.cpp: the
+// slot protocol).
 // Cost: a few ns per event (bench_trace_overhead); with stacks, one unw_backtrace and a lookup in a
 // lock-free hash table of stacks (a short lock only for a stack never seen).
 //
@@ -16,7 +17,7 @@
 // the program allocates nothing); the next event writes its own checkpoint and wakes it. "exact"
 // reads the clock at every event instead.
 //
-// Bounded: the ring holds `capacity` events (64 bytes each, reserved with MAP_NORESERVE: pages are
+// Bounded: the ring holds `capacity` events (56 bytes each, reserved with MAP_NORESERVE: pages are
 // committed as they are first written). When it is full, keep=newest overwrites the oldest events
 // (what led to the end or to an out-of-memory is kept), keep=oldest refuses new ones. Every event lost
 // is counted (RecorderCounters::dropped, meta.events_dropped of the trace), never silently lost. With
@@ -136,16 +137,13 @@ class Recorder {
       checkpoint(ticket, clock_.ticks());
     }
     Slot& s = ring_[ticket & mask_];
-    s.seq.store(0, std::memory_order_relaxed);
-    s.ticks.store(ticks, std::memory_order_release);
     s.addr.store(addr, std::memory_order_release);
     s.size.store(size, std::memory_order_release);
     s.stream.store(stream, std::memory_order_release);
     s.aux.store(aux, std::memory_order_release);
+    if (exact_time_) s.ticks.store(ticks, std::memory_order_release);
     s.thread_stack.store(static_cast<std::uint64_t>(detail::thread_id()) << 32 | stack, std::memory_order_release);
-    s.op_device.store(static_cast<std::uint64_t>(op) | static_cast<std::uint64_t>(device) << 8,
-                      std::memory_order_release);
-    s.seq.store(ticket + 1, std::memory_order_release);
+    s.seq.store(slot_seq(ticket, op, device), std::memory_order_release);
   }
 
   // Pins the time of everything recorded so far (sampled time): the events before now are placed
@@ -170,13 +168,18 @@ class Recorder {
   Trace collect(const CollectOptions& options = {});
 
  private:
-  struct alignas(64) Slot {
-    std::atomic<std::uint64_t> ticks, addr, size, stream, aux;
+  // Six words per event (seven with exact time): what an event costs is its stores, so op and device
+  // ride in the sequence word and sampled time writes no time at all.
+  struct Slot {
+    std::atomic<std::uint64_t> addr, size, stream, aux;
     std::atomic<std::uint64_t> thread_stack;  // thread << 32 | stack
-    std::atomic<std::uint64_t> op_device;     // op | device << 8
-    std::atomic<std::uint64_t> seq;           // ticket + 1 once written; 0 while being written
+    std::atomic<std::uint64_t> seq;           // (ticket + 1) << 16 | device << 8 | op, once written
+    std::atomic<std::uint64_t> ticks;         // exact time only
   };
-  static_assert(sizeof(Slot) == 64);
+  static_assert(sizeof(Slot) == 56);
+  static std::uint64_t slot_seq(std::uint64_t ticket, Op op, std::uint32_t device) noexcept {
+    return (ticket + 1) << 16 | static_cast<std::uint64_t>(device & 0xff) << 8 | static_cast<std::uint64_t>(op);
+  }
   struct Checkpoint {
     std::atomic<std::uint64_t> ticket, ticks;
     std::atomic<std::uint64_t> seq;  // index + 1 once written; 0 while being written

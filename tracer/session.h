@@ -17,7 +17,7 @@
 //
 // Settings (a bad value is reported in `errors`, naming the variable and the accepted values; the
 // default is used):
-//   GLAKE_TRACE_EVENTS       ring capacity in events (default 1M; K/M suffixes); 64 bytes each
+//   GLAKE_TRACE_EVENTS       ring capacity in events (default 1M; K/M suffixes); 56 bytes each
 //   GLAKE_TRACE_KEEP         newest (default: the ring overwrites the oldest) | oldest (refuses new ones)
 //   GLAKE_TRACE_STACKS       0 (default) | 1: call stacks of allocations (needs a build with libunwind)
 //   GLAKE_TRACE_STACK_DEPTH  frames per stack (default 16, 1..48)
