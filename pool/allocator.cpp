@@ -1,13 +1,16 @@
 // pool/allocator.cpp: the caching, stitching allocator: the hot path, settling, stitching, trim.
 // Its state and locks are described in allocator_impl.h.
 //
-// Invariants (validate() checks them): blocks of a segment are contiguous and cover it; a slot is
-// mapped iff its block is not a hole; every live page is owned by exactly one slot of an allocated,
-// free or quarantined block, or is spare, and is also mapped at as many stale slots as it counts
-// aliases; no two neighbouring blocks that could merge; every free block is in exactly its index, every
+// Invariants (validate() checks them): blocks of a segment are contiguous and cover it; holes, stale
+// and quarantined blocks and chunks are whole pages, and no page lies under both one of those and
+// another block; a slot is mapped iff it is not under a hole; every live page is owned by exactly one
+// slot (under allocated, free or quarantined blocks), or is spare, and is also mapped at as many stale
+// slots as it counts aliases; no two neighbouring blocks that could merge; every free block is in exactly its index, every
 // parked one in its stream's quick cache; every allocated user block is in the address map; the pieces
 // of a chunk cover it; the statistics match the blocks.
 #include "pool/allocator.h"
+
+#include <iterator>
 
 #include "pool/allocator_impl.h"
 
@@ -16,6 +19,8 @@ namespace glake::pool {
 namespace {
 
 constexpr std::size_t kSmallUnit = 512;
+// A large request that rounding up to whole pages would grow by at most 1/kAlignedWaste gets whole pages.
+constexpr std::size_t kAlignedWaste = 16;
 constexpr std::size_t kMaxRequest = std::size_t{1} << 48;  // beyond any device: out_of_memory at once
 
 std::size_t round_up(std::size_t n, std::size_t unit) { return (n + unit - 1) / unit * unit; }
@@ -111,14 +116,17 @@ Status Allocator::Impl::add_segment(std::size_t n) {
 }
 
 // The window of n bytes, inside one run of holes and free blocks usable by stream s, that needs the
-// fewest pages filled; ties go to the lowest address. mu held.
-bool Allocator::Impl::find_window(std::size_t n, StreamHandle s, Plan* plan) {
+// fewest pages filled; ties go to the lowest address. Holes are whole pages, free blocks need not be:
+// a window starts at a block's start, or ends at a free block's end or the run's end (moved down to a
+// page boundary when that would start it inside a hole). An aligned window starts on a page boundary.
+// mu held.
+bool Allocator::Impl::find_window(std::size_t n, bool aligned, StreamHandle s, Plan* plan) {
   auto usable = [&](const Block* b) {
     return b->state == State::hole || (b->state == State::free && (b->settled || b->stream == s));
   };
   bool found = false;
   std::vector<const Block*> run;
-  std::vector<std::size_t> free_before;  // free bytes in the run before each block
+  std::vector<std::size_t> holes_before;  // hole bytes in the run before each block
   for (const auto& seg : segments) {
     for (const Block* b = seg->head; b != nullptr;) {
       if (!usable(b)) {
@@ -126,25 +134,33 @@ bool Allocator::Impl::find_window(std::size_t n, StreamHandle s, Plan* plan) {
         continue;
       }
       run.clear();
-      free_before.clear();
-      std::size_t free_total = 0;
+      holes_before.clear();
+      std::size_t hole_total = 0;
       for (; b != nullptr && usable(b); b = b->next) {
         run.push_back(b);
-        free_before.push_back(free_total);
-        if (b->state == State::free) free_total += b->size;
+        holes_before.push_back(hole_total);
+        if (b->state == State::hole) hole_total += b->size;
       }
       DevPtr lo = run.front()->base, hi = run.back()->base + run.back()->size;
       if (hi - lo < n) continue;
-      // Free bytes in [lo, x).
-      auto free_below = [&](DevPtr x) {
+      auto at = [&](DevPtr x) {  // the run block holding x (lo <= x < hi)
         auto it = std::upper_bound(run.begin(), run.end(), x, [](DevPtr v, const Block* r) { return v < r->base; });
-        std::size_t i = static_cast<std::size_t>(it - run.begin()) - 1;
-        const Block* r = run[i];
-        return free_before[i] + (r->state == State::free ? std::min<std::size_t>(x - r->base, r->size) : 0);
+        return static_cast<std::size_t>(it - run.begin()) - 1;
+      };
+      auto holes_below = [&](DevPtr x) {  // hole bytes in [lo, x)
+        if (x >= hi) return hole_total;
+        std::size_t i = at(x);
+        return holes_before[i] + (run[i]->state == State::hole ? x - run[i]->base : 0);
       };
       auto consider = [&](DevPtr x) {
-        if (x < lo || x + n > hi) return;
-        std::size_t holes = (n - (free_below(x + n) - free_below(x))) / page;
+        if (x < lo || x >= hi) return;
+        if (aligned || run[at(x)]->state == State::hole) {
+          DevPtr down = page_down(seg.get(), x);
+          x = down >= lo ? down : page_up(seg.get(), x);
+        }
+        if (x + n > hi) return;
+        // Holes are whole pages: only the last one can be partly inside the window, and its page is filled whole.
+        std::size_t holes = (holes_below(x + n) - holes_below(x) + page - 1) / page;
         if (!found || holes < plan->holes || (holes == plan->holes && x < plan->start)) {
           found = true;
           plan->segment = seg.get();
@@ -162,20 +178,29 @@ bool Allocator::Impl::find_window(std::size_t n, StreamHandle s, Plan* plan) {
   return found;
 }
 
-Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s, bool may_wait,
+Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, StreamHandle s, bool may_wait,
                                                    std::size_t device_free, Plan* plan) {
   std::lock_guard lock(mu);
-  if (!find_window(n, s, plan)) return Prepared::need_window;
+  if (!find_window(n, aligned, s, plan)) return Prepared::need_window;
   StreamState& own = stream_state(s);
+  DevPtr lo = plan->start, hi = plan->start + n;
   std::size_t sources = spare.size();
   if (cfg.stitch) {
-    for (Block* b : settled_large) sources += b->size / page;
-    for (Block* b : own.large) sources += b->size / page;
-    // Free blocks inside the window are not sources; subtract them.
+    for (Block* b : settled_large) sources += own_page_count(b);
+    for (Block* b : own.large) sources += own_page_count(b);
+    // Free blocks the window cuts keep only the pages outside it.
     for (Block* b = plan->segment->head; b != nullptr; b = b->next) {
       if (b->state != State::free || !(b->settled || b->stream == s)) continue;
-      DevPtr lo = std::max(b->base, plan->start), hi = std::min(b->base + b->size, plan->start + n);
-      if (lo < hi) sources -= (hi - lo) / page;
+      if (b->base >= hi || b->base + b->size <= lo) continue;
+      sources -= own_page_count(b);
+      if (b->base < lo) {
+        auto [l, h] = whole_pages(b->segment, b->base, lo - b->base);
+        sources += (h - l) / page;
+      }
+      if (b->base + b->size > hi) {
+        auto [l, h] = whole_pages(b->segment, hi, b->base + b->size - hi);
+        sources += (h - l) / page;
+      }
     }
   }
   std::size_t creates = plan->holes > sources ? plan->holes - sources : 0;
@@ -190,8 +215,7 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s
   if (creates > 0 && device_free == kUnknown) return Prepared::need_device_free;  // asked only to grow
   if (creates * page > device_free) return Prepared::no_memory;
 
-  // Mark the window busy, splitting the blocks at its edges.
-  DevPtr lo = plan->start, hi = plan->start + n;
+  // Mark the window busy, splitting the blocks at its edges (a hole at the page boundary after the end).
   Block* b = plan->segment->head;
   while (b->base + b->size <= lo) b = b->next;
   if (b->base < lo) {
@@ -203,8 +227,11 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s
   for (; b != nullptr && b->base < hi; b = b->next) {
     if (b->state == State::free) index_erase(b);
     if (b->base + b->size > hi) {
-      Block* r = split(b, hi - b->base);
-      if (r->state == State::free) index_insert(r);
+      DevPtr cut = b->state == State::hole ? page_up(plan->segment, hi) : hi;
+      if (b->base + b->size > cut) {
+        Block* r = split(b, cut - b->base);
+        if (r->state == State::free) index_insert(r);
+      }
     }
     plan->window.push_back(b);
     plan->window_state.push_back(b->state);
@@ -226,24 +253,29 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, StreamHandle s
     spare.pop_back();
     plan->fills.push_back({Fill::Kind::spare, dsts[k++], id, pages[static_cast<std::size_t>(id)].handle, 0, nullptr, 0});
   }
-  while (cfg.stitch && k < dsts.size()) {
-    FreeSet* from = settled_large.empty() ? nullptr : &settled_large;
-    if (!own.large.empty() && (from == nullptr || (*own.large.begin())->size < (*from->begin())->size))
-      from = &own.large;
-    if (from == nullptr) break;
-    Block* src = *from->begin();
-    from->erase(from->begin());
-    std::size_t want = (dsts.size() - k) * page;
-    if (src->size > want) {
-      Block* tail = split(src, src->size - want);
-      from->insert(src);
-      src = tail;
-    }
-    src->state = State::busy;
-    plan->sources.push_back(src);
-    for (DevPtr a = src->base; a < src->base + src->size; a += page) {
-      std::int32_t id = slot(src->segment, a);
-      plan->fills.push_back({Fill::Kind::move, dsts[k++], id, pages[static_cast<std::size_t>(id)].handle, a, src, 0});
+  if (cfg.stitch && k < dsts.size()) {
+    // The smallest first (both sets are in size order), skipping those that hold no whole page.
+    std::vector<Block*> from;
+    std::merge(settled_large.begin(), settled_large.end(), own.large.begin(), own.large.end(),
+               std::back_inserter(from), BySizeThenAddress{});
+    for (Block* src : from) {
+      if (k == dsts.size()) break;
+      auto [plo, phi] = own_pages(src);
+      if (plo == phi) continue;
+      DevPtr take_from = phi - std::min<std::size_t>(phi - plo, (dsts.size() - k) * page);
+      index_erase(src);
+      if (src->base < take_from) {  // the head stays free
+        Block* t = split(src, take_from - src->base);
+        index_insert(src);
+        src = t;
+      }
+      if (src->base + src->size > phi) index_insert(split(src, phi - src->base));  // so does a partial tail page
+      src->state = State::busy;
+      plan->sources.push_back(src);
+      for (DevPtr a = src->base; a < src->base + src->size; a += page) {
+        std::int32_t id = slot(src->segment, a);
+        plan->fills.push_back({Fill::Kind::move, dsts[k++], id, pages[static_cast<std::size_t>(id)].handle, a, src, 0});
+      }
     }
   }
   while (k < dsts.size()) plan->fills.push_back({Fill::Kind::create, dsts[k++], -1, 0, 0, nullptr, 0});
@@ -334,6 +366,14 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
     b->state = State::allocated;
     b->stream = s;
     b->settled = false;
+    if (b->size > q.bytes) {
+      // The rest of the window's last page: free, on this stream (the page may have come from its
+      // unsettled blocks, whose work may still use it at the old address).
+      Block* tail = split(b, q.bytes);
+      tail->state = State::free;
+      tail->free_seq = stream_state(s).free_seq;
+      settle_large_block(tail);
+    }
     large_in_use += b->size;
     if (moved > 0) {
       ++st.stitches;
@@ -433,7 +473,7 @@ Status Allocator::Impl::stitch(const Request& q, StreamHandle s, DevPtr* out) {
   std::size_t device_free = kUnknown;
   for (int attempt = 0; attempt < 6; ++attempt) {
     Plan plan;
-    switch (prepare(n, s, may_wait, device_free, &plan)) {
+    switch (prepare(n, q.aligned, s, may_wait, device_free, &plan)) {
       case Prepared::need_window: {
         if (has_stale && !collected) {
           collect_stale();  // give stale slots back to the address space before reserving more
@@ -470,8 +510,8 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
     std::lock_guard lock(mu);
     std::size_t freed = unpark_all();
     if (release_empty_chunks() + freed > 0)
-      if (Block* b = best_fit(s, q.bytes, false)) {
-        *out = hand_out(take(b, q.bytes, s), q);
+      if (Block* b = fit_large(s, q)) {
+        *out = take_large(b, q, s);
         return Status::ok;
       }
   }
@@ -479,8 +519,8 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
     settle(round > 0);
     {
       std::lock_guard lock(mu);
-      if (Block* b = best_fit(s, q.bytes, false)) {
-        *out = hand_out(take(b, q.bytes, s), q);
+      if (Block* b = fit_large(s, q)) {
+        *out = take_large(b, q, s);
         return Status::ok;
       }
     }
@@ -531,8 +571,16 @@ Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
     m.emit(EventKind::oom, stream, 0, size);
     return Status::out_of_memory;
   }
-  Request q{round_up(size, m.page), size, 0};
-  if (size <= m.cfg.small_limit) q = Request{m.page, size, round_up(size, kSmallUnit)};
+  // Placement: small requests are pieces of page-long chunks. A large one whose last page it would
+  // mostly fill gets whole pages of its own (kAlignedWaste), which a stitch can later move whole;
+  // others start wherever free space does, sharing their end pages with their neighbours, so that
+  // tensors of 2.25 or 6.75 MiB do not each waste most of a page (replays: tracer/README.md).
+  Request q{round_up(size, kSmallUnit), size, 0, false};
+  if (size <= m.cfg.small_limit) {
+    q = Request{m.page, size, round_up(size, kSmallUnit), true};
+  } else if ((round_up(size, m.page) - q.bytes) * kAlignedWaste <= q.bytes) {
+    q = Request{round_up(size, m.page), size, 0, true};
+  }
   {
     std::lock_guard lock(m.mu);
     if (Block* b = m.unpark(m.stream_state(stream), q.piece != 0 ? q.piece : q.bytes, q.piece != 0)) {
@@ -547,8 +595,8 @@ Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
         return Status::ok;
       }
     }
-    if (Block* b = m.best_fit(stream, q.bytes, false)) {
-      *out = m.hand_out(m.take(b, q.bytes, stream), q);
+    if (Block* b = m.fit_large(stream, q)) {
+      *out = m.take_large(b, q, stream);
       return Status::ok;
     }
   }
@@ -622,11 +670,11 @@ Status Allocator::describe(DevPtr ptr, BlockInfo* info) const {
   info->block_size = b->size;
   info->stream = b->stream;
   info->pages.clear();
-  const Block* large = b->small ? b->chunk : b;
-  info->offset_in_first_page = b->base - large->base;
-  for (DevPtr a = large->base; a < large->base + large->size; a += m.page) {
-    if (b->small && a != large->base) break;
-    std::int32_t id = const_cast<Impl&>(m).slot(large->segment, a);
+  Segment* seg = (b->small ? b->chunk : b)->segment;
+  const DevPtr first = m.page_down(seg, b->base), end = m.page_up(seg, b->base + b->size);
+  info->offset_in_first_page = b->base - first;
+  for (DevPtr a = first; a < end; a += m.page) {
+    std::int32_t id = const_cast<Impl&>(m).slot(seg, a);
     info->pages.push_back(m.pages[static_cast<std::size_t>(id)].handle);
   }
   return Status::ok;
@@ -705,16 +753,21 @@ void Allocator::trim(std::size_t keep) {
       m.spare.pop_back();
       cached -= m.page;
     }
-    // Largest free blocks first: fewer calls for the same bytes.
-    while (cached > keep && !m.settled_large.empty()) {
-      Block* v = *m.settled_large.rbegin();
+    // Largest free blocks first: fewer calls for the same bytes. Only the pages a block holds alone go
+    // (own_pages); its partial pages at either end stay.
+    std::vector<Block*> order(m.settled_large.rbegin(), m.settled_large.rend());
+    for (Block* v : order) {
+      if (cached <= keep) break;
+      auto [plo, phi] = m.own_pages(v);
+      if (plo == phi) continue;
+      DevPtr from = phi - std::min<std::size_t>(phi - plo, round_up(cached - keep, m.page));
       m.settled_large.erase(v);
-      std::size_t want = round_up(cached - keep, m.page);
-      if (v->size > want) {
-        Block* tail = m.split(v, v->size - want);
+      if (v->base < from) {
+        Block* t = m.split(v, from - v->base);
         m.settled_large.insert(v);
-        v = tail;
+        v = t;
       }
+      if (v->base + v->size > phi) m.settled_large.insert(m.split(v, phi - v->base));
       v->state = State::busy;
       victims.push_back(v);
       cached -= std::min(cached, v->size);

@@ -69,13 +69,15 @@ struct Request {
   std::size_t bytes = 0;
   std::size_t requested = 0;
   std::size_t piece = 0;
+  bool aligned = false;  // whole pages of its own, from a page boundary (chunks, and see allocate())
 };
 
 struct Plan {
   Segment* segment = nullptr;
   DevPtr start = 0;
   std::size_t holes = 0;           // pages to fill
-  std::vector<Block*> window;      // busy blocks covering [start, start+need), address order
+  std::vector<Block*> window;      // busy blocks covering [start, start + n), address order; a window
+                                   // that ends inside a hole runs on to the end of that page
   std::vector<State> window_state; // their states before the stitch
   std::vector<Block> window_saved; // and their fields
   std::vector<Block*> sources;     // busy blocks whose pages move into the window
@@ -244,10 +246,13 @@ struct Allocator::Impl {
   // Gives every wholly free chunk back to the large blocks; returns how many. mu held, no driver call.
   std::size_t release_empty_chunks() {
     std::size_t n = 0;
+    std::vector<Block*> empty;
     auto drain = [&](FreeSet& set) {
-      while (!set.empty() && (*set.rbegin())->size == page) {
-        Block* p = *set.rbegin();
-        set.erase(std::prev(set.end()));
+      empty.clear();
+      for (Block* p : set)
+        if (p->size == p->chunk->size) empty.push_back(p);
+      for (Block* p : empty) {
+        set.erase(p);
         Block* c = p->chunk;
         c->state = State::free;
         c->is_chunk = false;
@@ -315,6 +320,22 @@ struct Allocator::Impl {
 
   std::int32_t& slot(Segment* s, DevPtr va) { return s->slot_page[(va - s->base) / page]; }
 
+  // Page boundaries (a segment's base is one).
+  DevPtr page_down(const Segment* s, DevPtr a) const { return s->base + (a - s->base) / page * page; }
+  DevPtr page_up(const Segment* s, DevPtr a) const { return s->base + (a - s->base + page - 1) / page * page; }
+  // The whole pages inside [a, a + n) of segment s: [lo, hi), empty when lo == hi.
+  std::pair<DevPtr, DevPtr> whole_pages(const Segment* s, DevPtr a, std::size_t n) const {
+    DevPtr lo = page_up(s, a), hi = page_down(s, a + n);
+    return {lo, std::max(lo, hi)};
+  }
+  // Pages that large free block b holds alone: its partial pages at either end are shared with its
+  // neighbours, so only these may move (stitch) or go back to the driver (trim).
+  std::pair<DevPtr, DevPtr> own_pages(const Block* b) const { return whole_pages(b->segment, b->base, b->size); }
+  std::size_t own_page_count(const Block* b) const {
+    auto [lo, hi] = own_pages(b);
+    return (hi - lo) / page;
+  }
+
   Segment* segment_of(DevPtr va) const {
     for (const auto& s : segments)
       if (va >= s->base && va < s->base + s->size) return s.get();
@@ -334,6 +355,52 @@ struct Allocator::Impl {
   void collect_stale();
   bool has_stale = false;  // a stitch left stale slots since the last collect_stale()
 
+  // ---- large requests ----
+
+  // The free large block to hand out for q on stream s, or null: the best fit, and for a new page-long
+  // chunk the smallest block holding a whole page (page-aligned, so that a long-lived chunk never pins
+  // a neighbour's partial page).
+  Block* fit_large(StreamHandle s, const Request& q) {
+    if (!q.aligned) return best_fit(s, q.bytes, false);
+    const std::size_t want = q.bytes / page;
+    Block* best = nullptr;
+    StreamState& ss = stream_state(s);
+    for (FreeSet* set : {&ss.large, &settled_large}) {
+      Block probe;
+      probe.size = q.bytes;
+      int scanned = 0;
+      for (auto it = set->lower_bound(&probe); it != set->end(); ++it) {
+        if (best != nullptr && (*it)->size >= best->size) break;
+        if (own_page_count(*it) >= want) {
+          best = *it;
+          break;
+        }
+        if (++scanned == 32) {  // a block one page longer always holds enough
+          probe.size = q.bytes + page;
+          it = set->lower_bound(&probe);
+          if (it != set->end() && (best == nullptr || (*it)->size < best->size)) best = *it;
+          break;
+        }
+      }
+    }
+    return best;
+  }
+  // Hands out free large block b (indexed) for q on stream s; an aligned request starts at b's first
+  // whole page.
+  DevPtr take_large(Block* b, const Request& q, StreamHandle s) {
+    if (q.aligned) {
+      DevPtr at = own_pages(b).first;
+      if (b->base < at) {
+        index_erase(b);
+        Block* r = split(b, at - b->base);
+        index_insert(b);
+        index_insert(r);
+        b = r;
+      }
+    }
+    return hand_out(take(b, q.bytes, s), q);
+  }
+
   // ---- the slow path ----
 
   // mu held: accounts large allocated block b for q (carving a piece when q asks for one).
@@ -351,8 +418,8 @@ struct Allocator::Impl {
   Status stitch(const Request& q, StreamHandle s, DevPtr* out);
   enum class Prepared { ready, need_window, need_wait, need_device_free, no_memory };
   static constexpr std::size_t kUnknown = ~std::size_t{0};  // device_free not queried yet
-  Prepared prepare(std::size_t n, StreamHandle s, bool may_wait, std::size_t device_free, Plan* plan);
-  bool find_window(std::size_t n, StreamHandle s, Plan* plan);
+  Prepared prepare(std::size_t n, bool aligned, StreamHandle s, bool may_wait, std::size_t device_free, Plan* plan);
+  bool find_window(std::size_t n, bool aligned, StreamHandle s, Plan* plan);
   Status execute(Plan& plan);
   Status finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out);
   Status add_segment(std::size_t n);

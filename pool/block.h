@@ -1,8 +1,11 @@
 // pool/block.h: the pool's unit of bookkeeping, and the size-ordered sets of free blocks.
 //
-// A large block is a run of whole pages inside one virtual reservation; the blocks of a reservation
-// are linked in address order and cover it exactly. A small block ("piece") is a slice of a chunk: a
-// one-page large block shared by small requests; the pieces of a chunk cover it exactly.
+// A large block is a range of one virtual reservation; the blocks of a reservation are linked in
+// address order and cover it exactly. Holes (nothing mapped), stale and quarantined blocks are whole
+// pages; allocated and free blocks are multiples of 512 bytes and share their partial end pages with
+// their neighbours (a page is mapped while any block on it is not a hole). A small block ("piece") is
+// a slice of a chunk: a one-page, page-aligned large block shared by small requests; the pieces of a
+// chunk cover it exactly.
 //
 // A free block is "settled" once the work issued on its stream before its free has completed: only
 // then may any stream use it, and only then may its slots be unmapped. A stitch maps a free block's

@@ -66,31 +66,32 @@ std::string Allocator::Impl::validate() const {
     return {};
   };
 
+  // What each slot lies under: holes, stale and quarantined blocks are whole pages; allocated and free
+  // blocks need not be, and share their partial pages with their neighbours (never with a hole or
+  // stale block).
+  enum Under : std::uint8_t { none, owner, stale, hole, quarantined };
   for (const auto& seg : segments) {
+    std::vector<Under> under(seg->slot_page.size(), none);
     DevPtr at = seg->base;
     const Block* prev = nullptr;
     for (const Block* b = seg->head; b != nullptr; prev = b, at += b->size, b = b->next) {
       std::string where = fmt::format("block {:#x}+{:#x} ({})", b->base, b->size, state_name(b->state));
       if (b->base != at) return where + fmt::format(": expected to start at {:#x}", at);
       if (b->prev != prev || b->segment != seg.get() || b->small) return where + ": broken links";
-      if (b->size == 0 || b->size % page != 0) return where + ": size is not a whole number of pages";
+      if (b->size == 0) return where + ": empty";
       if (b->state == State::busy) return where + ": busy outside a stitch";
       if (mergeable(prev, b)) return where + ": not merged with its mergeable predecessor";
-      for (DevPtr a = b->base; a < b->base + b->size; a += page) {
-        std::int32_t id = seg->slot_page[(a - seg->base) / page];
-        if ((id >= 0) == (b->state == State::hole))
-          return where + fmt::format(": slot {:#x} is {}mapped", a, id >= 0 ? "" : "not ");
-        if (id < 0) continue;
-        auto u = static_cast<std::size_t>(id);
-        if (u >= pages.size() || !pages[u].live) return where + fmt::format(": slot {:#x} maps dead page {}", a, id);
-        bool owner = pages[u].va == a;
-        if (owner == (b->state == State::stale) && b->state != State::quarantined)
-          return where + fmt::format(": slot {:#x} {} page {}", a, owner ? "owns" : "does not own", id);
-        if (owner)
-          ++seen[u];
-        else
-          ++aliased[u];
-        ++mapped_pages;
+      const bool paged = b->state == State::hole || b->state == State::stale || b->state == State::quarantined;
+      if (paged && ((b->base - seg->base) % page != 0 || b->size % page != 0))
+        return where + ": not whole pages";
+      if (b->is_chunk && ((b->base - seg->base) % page != 0 || b->size != page)) return where + ": a chunk is not one page";
+      const Under u = b->state == State::hole ? hole
+                      : b->state == State::stale ? stale
+                      : b->state == State::quarantined ? quarantined : owner;
+      for (DevPtr a = page_down(seg.get(), b->base); a < b->base + b->size; a += page) {
+        Under& x = under[(a - seg->base) / page];
+        if (x != none && x != u) return where + fmt::format(": shares slot {:#x} with a block of another kind", a);
+        x = u;
       }
       if (b->state == State::free) {
         ++free_blocks;
@@ -121,6 +122,23 @@ std::string Allocator::Impl::validate() const {
       }
     }
     if (at != seg->base + seg->size) return fmt::format("segment {:#x}: blocks end at {:#x}", seg->base, at);
+    // A slot is mapped iff it is not under a hole; it owns its page unless it is a stale alias.
+    for (std::size_t i = 0; i < under.size(); ++i) {
+      const DevPtr a = seg->base + i * page;
+      const std::int32_t id = seg->slot_page[i];
+      if ((id >= 0) == (under[i] == hole)) return fmt::format("slot {:#x} is {}mapped", a, id >= 0 ? "" : "not ");
+      if (id < 0) continue;
+      auto u = static_cast<std::size_t>(id);
+      if (u >= pages.size() || !pages[u].live) return fmt::format("slot {:#x} maps dead page {}", a, id);
+      bool owns = pages[u].va == a;
+      if (under[i] != quarantined && owns == (under[i] == stale))
+        return fmt::format("slot {:#x} {} page {}", a, owns ? "owns" : "does not own", id);
+      if (owns)
+        ++seen[u];
+      else
+        ++aliased[u];
+      ++mapped_pages;
+    }
   }
   for (std::int32_t id : spare) {
     auto u = static_cast<std::size_t>(id);

@@ -54,6 +54,47 @@ TEST(Allocator, SmallRequestsShareAPage) {
   EXPECT_EQ(m.pool.cached_bytes(), kPage);
 }
 
+TEST(Allocator, LargeRequestsShareTheirEndPages) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  // 2.25 pages each: in whole pages four would take 12; packed, they take 9.
+  std::vector<DevPtr> ps(4);
+  for (auto& p : ps) ASSERT_EQ(m.alloc(9 * kPage / 4, 0, &p), Status::ok);
+  for (std::size_t i = 1; i < ps.size(); ++i) EXPECT_EQ(ps[i], ps[i - 1] + 9 * kPage / 4);
+  EXPECT_EQ(m.pool.stats().physical.current, 9 * kPage);
+  EXPECT_EQ(m.pool.stats().blocks.current, 9 * kPage);
+  BlockInfo info;
+  ASSERT_EQ(m.pool.describe(ps[1], &info), Status::ok);
+  EXPECT_EQ(info.offset_in_first_page, kPage / 4);
+  EXPECT_EQ(info.pages.size(), 3u) << "2.25 pages from a quarter into a page span three";
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+  // The middle two freed: 4.5 pages, reused in place without a new page.
+  ASSERT_EQ(m.free(ps[1], 0), Status::ok);
+  ASSERT_EQ(m.free(ps[2], 0), Status::ok);
+  DevPtr mid = 0;
+  ASSERT_EQ(m.alloc(9 * kPage / 2, 0, &mid), Status::ok);
+  EXPECT_EQ(mid, ps[1]);
+  EXPECT_EQ(m.pool.stats().physical.current, 9 * kPage);
+  // Nearly whole pages (rounding adds at most 1/16): pages of its own, from a page boundary.
+  DevPtr whole = 0;
+  ASSERT_EQ(m.alloc(8 * kPage - 512, 0, &whole), Status::ok);
+  ASSERT_EQ(m.pool.describe(whole, &info), Status::ok);
+  EXPECT_EQ(info.offset_in_first_page, 0u);
+  EXPECT_EQ(info.block_size, 8 * kPage);
+  EXPECT_EQ(info.pages.size(), 8u);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+  // Trim gives back only pages no live block touches.
+  ASSERT_EQ(m.free(ps[0], 0), Status::ok);
+  m.pool.trim(0);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.pool.stats().physical.current, 15 * kPage) << "of 17, ps[0]'s first two pages go; its third holds mid";
+  m.free_all();
+  m.pool.trim(0);
+  EXPECT_EQ(m.pool.stats().physical.current, 0u);
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
 TEST(Allocator, SameStreamReusesAtOnceWithoutDriverCalls) {
   PoolModel m(small_pages(16 << 20), no_limit());
   DevPtr a = 0, b = 0;
