@@ -80,8 +80,9 @@ def process_gpu_used(pid=None):
 
 
 def child_env(mode, extra=None):
-    """The environment of a child run: 'native', 'expandable' (PyTorch's expandable_segments) or
-    'glake' (LD_PRELOAD of GLAKE_LIB, or the build next to the repository)."""
+    """The environment of a child run: 'native', 'expandable' (PyTorch's expandable_segments),
+    'cudaasync' (PyTorch's cudaMallocAsync backend on CUDA's own pool, no glake) or 'glake' (LD_PRELOAD
+    of GLAKE_LIB, or the build next to the repository)."""
     env = dict(os.environ)
     for k in ("LD_PRELOAD", "PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
         env.pop(k, None)
@@ -89,6 +90,8 @@ def child_env(mode, extra=None):
     env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     if mode == "expandable":
         env["PYTORCH_ALLOC_CONF"] = env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+    elif mode == "cudaasync":
+        env["PYTORCH_ALLOC_CONF"] = env["PYTORCH_CUDA_ALLOC_CONF"] = "backend:cudaMallocAsync"
     elif mode == "glake":
         env["LD_PRELOAD"] = glake_lib()
     elif mode != "native":
