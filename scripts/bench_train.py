@@ -22,8 +22,8 @@ pool that keeps its memory). It compiles a small extension with torch.utils.cpp_
 skips it).
 
 Targets (printed beside the figures): glake peak reserved <= 1.02 x peak allocated; glake step
-<= 1.02 x native (the paired median when --rounds > 0, else the training run's medians); glake pair <= 0.3 us. Prints a table and JSON (also to --json, default
-$OUT/bench_train.json when OUT is set). Needs libglake.so: GLAKE_LIB, or build-gpu/ or build/.
+<= 1.02 x native (the paired median when --rounds > 0, else the training run's medians); glake pair
+<= 0.3 us. Prints a table and JSON (also to --json, default $OUT/bench_train.json when OUT is set). Needs libglake.so: GLAKE_LIB, or build-gpu/ or build/.
 """
 
 import argparse
