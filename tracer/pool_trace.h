@@ -9,8 +9,8 @@
 //   register_pool(*s, &allocator);                               // its totals, for wrapped rings
 //   ... allocator.allocate(...) returned out_of_memory (no pool lock held now):
 //   on_out_of_memory(*s, allocator, context);                   // snapshot, write, ask for the trace
-// and dump() from the C API. PoolTraceObserver::on_event is called under the pool's lock: it only
-// records (see recorder.h for the cost); it never calls back into the pool.
+// and dump() from the C API. PoolTraceObserver::on_event only records (see recorder.h for the cost);
+// it never calls back into the pool.
 #pragma once
 
 #include <string>
@@ -36,16 +36,46 @@ inline RecordEvent to_record_event(const pool::PoolEvent& e) {
   return r;
 }
 
+// Where a pool event goes rests on the pool's locking (pool/observer.h):
+//   - alloc, free, stitch, reclaim and oom: emitted with the pool's mutex held, so one pool's are
+//     serialised, which is what a lane asks of its callers: they go to the lane of the pool's device
+//     (Recorder::lane), no atomic read-modify-write;
+//   - create, release, map and unmap: emitted without it (growth and trim, possibly at the same time
+//     as the others): they go to the shared ring, which any thread may write, and carry the lane's
+//     head, which places them among the lane's events (recorder.h, "Order").
+// Hence: one observer per pool (it keeps its pool's lane; only the pool's lock guards that), and one
+// pool per device on a recorder (two pools of one device would write one lane unserialised; give the
+// second a recorder of its own). Pools of different devices may share a recorder, as the shim's do. A
+// device without a lane (>= Recorder::kMaxLanes, or its ring could not be reserved) records all its
+// events into the shared ring.
 class PoolTraceObserver final : public pool::Observer {
  public:
   explicit PoolTraceObserver(Recorder* recorder) : recorder_(recorder) {}
   void on_event(const pool::PoolEvent& e) noexcept override {
-    recorder_->record(op_of(e.kind), e.device < 0 ? 0u : static_cast<std::uint32_t>(e.device),
-                      static_cast<std::uint64_t>(e.stream), static_cast<std::uint64_t>(e.address), e.size, e.aux);
+    const Op op = op_of(e.kind);
+    const std::uint32_t device = e.device < 0 ? 0u : static_cast<std::uint32_t>(e.device);
+    if (serialised(e.kind)) {
+      // The pool's lane, kept: one dependent load less on the hot path than asking the recorder (a
+      // measurable part of the event's cost). Read and written only here, under the pool's lock.
+      Recorder::Lane* lane = lane_;
+      if (lane == nullptr || lane->device() != device) lane = lane_ = recorder_->lane(device);
+      if (lane != nullptr) {
+        lane->record(op, static_cast<std::uint64_t>(e.stream), static_cast<std::uint64_t>(e.address), e.size, e.aux);
+        return;
+      }
+    }
+    recorder_->record(op, device, static_cast<std::uint64_t>(e.stream), static_cast<std::uint64_t>(e.address), e.size,
+                      e.aux);
+  }
+  // The kinds the pool emits under its mutex (pool/allocator.cpp; see the class comment).
+  static constexpr bool serialised(pool::EventKind k) {
+    return k == pool::EventKind::alloc || k == pool::EventKind::free || k == pool::EventKind::stitch ||
+           k == pool::EventKind::reclaim || k == pool::EventKind::oom;
   }
 
  private:
   Recorder* recorder_;
+  Recorder::Lane* lane_ = nullptr;  // the lane of the last serialised event's device
 };
 
 // What the pool's snapshot does not know about the moment it was taken.

@@ -1,40 +1,61 @@
 // tracer/recorder.h: records what an allocator does, cheaply, from any thread, in bounded memory.
 //
-// The recorder knows nothing of the pool: callers hand it RecordEvents (tracer/pool_trace.h maps
-// pool::PoolEvent to them). record() is the hot path: no lock, no allocation, no system call; one
-// atomic increment takes a ticket, the event is written to slot ticket % capacity of a ring and
-// published by a sequence word, so collect() may run while other threads record (recorder.cpp: the
-// slot protocol).
+// The recorder knows nothing of the pool: callers hand it events (tracer/pool_trace.h maps
+// pool::PoolEvent to them). Two ways in, neither with a lock, an allocation or a system call:
+//   - record(): the shared ring, for any thread at any time. One atomic increment (a locked
+//     instruction) takes a ticket, the event is written to slot ticket % capacity and published by a
+//     sequence word, so collect() may run while other threads record (recorder.cpp: the slot protocol).
+//   - lane(device)->record(): the device's lane, a ring of its own whose record calls the caller
+//     serialises (one after another, e.g. under one mutex: the pool's lock). The ticket is then taken
+//     with a plain load and store of the lane's head, no atomic read-modify-write (a locked
+//     instruction costs more than the rest of the event's bookkeeping; the slot's stores, a fresh
+//     cache line, stay). The pool's alloc, free, stitch, reclaim and oom events come this way; its
+//     create, release, map and unmap events, emitted outside its lock, go to the shared ring
+//     (pool_trace.h).
 // Cost: a few ns per event (bench_trace_overhead); with stacks, one unw_backtrace and a lookup in a
 // lock-free hash table of stacks (a short lock only for a stack never seen).
 //
+// Order: collect() merges the rings into one sequence. Each ring keeps its ticket order. An event of
+// device d in the shared ring carries the head of lane d as it was then (a load, no read-modify-write),
+// and goes after the lane's events with lower tickets and before the others: so what happened before
+// it on the lane (happens-before: the pool's lock, then the same thread) comes before it, and what
+// happened after it comes after. Where this leaves a choice (other devices, concurrent events) the
+// earlier time goes first (ties: the shared ring, then the lanes by device). Times come from the
+// recording threads and are made monotonic (a time earlier than its predecessor's is raised to it).
+//
 // Time (RecorderOptions::time): reading the clock is the dearest part of an event (rdtsc costs 8 ns
 // on some CPUs, clock_gettime 25 ns), so by default ("sampled") events carry no time of their own:
-// every 64th event, and a ticker thread every tick_us (1 ms) while events come, write a checkpoint
-// (ticket, clock), and collect() gives each event the time interpolated between the checkpoints around
-// its ticket. An event's time is then off by at most the span between checkpoints: 64 events or one
-// tick, whichever is shorter. After 100 ticks without an event the ticker sleeps (no wake-ups while
-// the program allocates nothing); the next event writes its own checkpoint and wakes it. "exact"
-// reads the clock at every event instead.
+// per ring, every 64th event, and a ticker thread every tick_us (1 ms) while events come, write a
+// checkpoint (ticket, clock), and collect() gives each event the time interpolated between its ring's
+// checkpoints around its ticket. An event's time is then off by at most the span between checkpoints:
+// 64 events of its ring or one tick, whichever is shorter. After 100 ticks without an event on any
+// ring the ticker sleeps (no wake-ups while the program allocates nothing); the next event pins every
+// ring's time (mark()) and wakes it. To fall asleep safely the ticker sets a flag and then must see
+// every event that missed it: the shared ring's locked increment orders itself; a lane's plain store
+// does not, so the ticker forces a barrier on every thread of the process
+// (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), once per pause; recorder.cpp). Where the kernel
+// refuses membarrier (RecorderOptions::membarrier false does as if), the ticker never sleeps for
+// good: it ticks every 50 ms while idle, so that a lane event that missed the flag (a race of a few
+// ns as the ticker falls asleep) is placed at most 50 ms off, the worst case then. "exact" reads the
+// clock at every event instead.
 //
-// Bounded: the ring holds `capacity` events (56 bytes each, reserved with MAP_NORESERVE: pages are
-// committed as they are first written). When it is full, keep=newest overwrites the oldest events
-// (what led to the end or to an out-of-memory is kept), keep=oldest refuses new ones. Every event lost
-// is counted (RecorderCounters::dropped, meta.events_dropped of the trace), never silently lost. With
-// keep=newest a dump still starts from the right totals when the caller tells collect() the live and
-// physical bytes of now (CollectOptions::totals; the pool's stats): the window's own events are
-// subtracted to give meta.physical_at_start_bytes and a live_at_start block of meta.unseen_live_bytes
-// (at address 1) for the blocks allocated before the window that no event in it names.
+// Bounded: every ring (the shared one and each lane) holds `capacity` events (64 bytes each, reserved
+// with MAP_NORESERVE: pages are committed as they are first written). When a ring is full, keep=newest
+// overwrites its oldest events (what led to the end or to an out-of-memory is kept), keep=oldest
+// refuses new ones. Every event lost is counted (RecorderCounters::dropped, meta.events_dropped of the
+// trace), never silently lost. With keep=newest a dump still starts from the right totals when the
+// caller tells collect() the live and physical bytes of now (CollectOptions::totals; the pool's
+// stats): the window's own events are subtracted to give meta.physical_at_start_bytes and a
+// live_at_start block of meta.unseen_live_bytes (at address 1) for the blocks allocated before the
+// window that no event in it names.
 //
 // Stacks (RecorderOptions::stacks, needs libunwind at build time): raw return addresses of alloc and
 // oom events are interned on the hot path; they are symbolised (function, file:line, object+offset)
-// at collect(), glake's own frames trimmed (symbolize.h).
-//
-// Order: collect() returns events in ticket order. Events of one pool's allocs and frees are recorded
-// under the pool's lock, so their order is the pool's; times come from the recording threads and are
-// made monotonic (a time earlier than its predecessor's is raised to it).
+// at collect(), glake's own frames trimmed (symbolize.h). Stacks, keep=oldest and exact time take a
+// slower path out of line, on lanes as on the shared ring.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -63,7 +84,7 @@ struct RecordEvent {
 };
 
 struct RecorderOptions {
-  std::size_t capacity = std::size_t{1} << 20;  // events in the ring (rounded up to a power of two, >= 16)
+  std::size_t capacity = std::size_t{1} << 20;  // events per ring (rounded up to a power of two, >= 16)
   enum class Keep { newest, oldest } keep = Keep::newest;
   bool stacks = false;                 // capture the stacks of alloc and oom events (needs libunwind)
   int stack_depth = 16;                // frames kept per stack, glake's own frames not counted (1..48)
@@ -72,11 +93,14 @@ struct RecorderOptions {
   enum class Time { sampled, exact } time = Time::sampled;
   int tick_us = 1000;                  // sampled: the ticker's period (0: no ticker)
   std::string symbolizer = "auto";     // auto | addr2line | dladdr | none (symbolize.h)
+  bool membarrier = true;              // false: as if the kernel refused membarrier (tests; see Time above)
 };
 
+// Over every ring (the shared one and the lanes).
 struct RecorderCounters {
-  std::uint64_t recorded = 0;        // record() calls
+  std::uint64_t recorded = 0;        // record() calls, shared ring and lanes
   std::uint64_t dropped = 0;         // events lost: overwritten (keep newest) or refused (keep oldest)
+  std::uint64_t lanes = 0;           // lanes made so far
   std::uint64_t stacks = 0;          // distinct stacks interned
   std::uint64_t stacks_dropped = 0;  // stack captures that found the table full
 };
@@ -87,7 +111,7 @@ struct Totals {
   std::uint64_t physical_bytes = 0;
 };
 
-// What collect() adds to the trace besides the ring.
+// What collect() adds to the trace besides the rings.
 struct CollectOptions {
   std::string name;                    // meta.name
   std::optional<Totals> totals;        // read just before collecting; see the class comment
@@ -108,51 +132,45 @@ inline std::uint32_t thread_id() noexcept {
   std::uint32_t t = t_trace_tid;
   return t != 0 ? t : fetch_thread_id();
 }
+struct RingEvent;   // collect(): an event read from a ring (recorder.cpp)
+struct RingWindow;  // collect(): what was read of a ring
 }  // namespace detail
 
 class Recorder {
  public:
-  // Reserves the ring (and the stack table): throws std::bad_alloc if the address space is not there.
+  class Lane;
+  // Devices 0 .. kMaxLanes - 1 may have a lane; events of others go to the shared ring.
+  static constexpr std::uint32_t kMaxLanes = 64;
+
+  // Reserves the shared ring (and the stack table): throws std::bad_alloc if the address space is not
+  // there. Lanes are reserved on first use.
   explicit Recorder(RecorderOptions options);
   ~Recorder();
   Recorder(const Recorder&) = delete;
   Recorder& operator=(const Recorder&) = delete;
 
-  // The hot path, inline (see the class comment); stacks go out of line.
+  // The shared ring's hot path, inline (see the class comment); stacks go out of line.
   void record(const RecordEvent& e) noexcept { record(e.op, e.device, e.stream, e.addr, e.size, e.aux); }
   // The same from scalars: callers that hold another struct read its fields one by one (a block copy
   // of a struct just written field by field stalls on store forwarding).
-  [[gnu::always_inline]] void record(Op op, std::uint32_t device, std::uint64_t stream, std::uint64_t addr,
-                                     std::uint64_t size, std::uint64_t aux) noexcept {
-    // seq_cst on head_ and slow_ (free on x86: the increment is a locked instruction anyway): a writer
-    // increments head_ and then reads slow_, the ticker sets kSlowIdle and then reads head_; one of them
-    // sees the other, so no event slips past a falling-asleep ticker.
-    const std::uint64_t ticket = head_.fetch_add(1, std::memory_order_seq_cst);
-    std::uint32_t stack = 0;
-    std::uint64_t ticks = 0;
-    // Stacks, keep oldest, exact time, or the first event after a pause: out of line.
-    if (__builtin_expect(slow_.load(std::memory_order_seq_cst) != 0, 0)) {
-      if (!record_slow(op, ticket, &stack, &ticks)) return;
-    } else if ((ticket & (kCheckpointEvery - 1)) == 0) {
-      checkpoint(ticket, clock_.ticks());
-    }
-    Slot& s = ring_[ticket & mask_];
-    s.addr.store(addr, std::memory_order_release);
-    s.size.store(size, std::memory_order_release);
-    s.stream.store(stream, std::memory_order_release);
-    s.aux.store(aux, std::memory_order_release);
-    if (exact_time_) s.ticks.store(ticks, std::memory_order_release);
-    s.thread_stack.store(static_cast<std::uint64_t>(detail::thread_id()) << 32 | stack, std::memory_order_release);
-    s.seq.store(slot_seq(ticket, op, device), std::memory_order_release);
+  void record(Op op, std::uint32_t device, std::uint64_t stream, std::uint64_t addr, std::uint64_t size,
+              std::uint64_t aux) noexcept;
+
+  // The lane of `device`, made on first use (thread-safe; a lane lives as long as the recorder). Null
+  // for a device >= kMaxLanes or if its ring cannot be reserved: record() such events instead.
+  Lane* lane(std::uint32_t device) noexcept {
+    if (device >= kMaxLanes) return nullptr;
+    Lane* l = lanes_[device].load(std::memory_order_acquire);
+    return l != nullptr ? l : make_lane(device);
   }
 
-  // Pins the time of everything recorded so far (sampled time): the events before now are placed
-  // before now. For moments that matter (an out-of-memory snapshot). Not for the hot path.
+  // Pins the time of everything recorded so far on every ring (sampled time): the events before now
+  // are placed before now. For moments that matter (an out-of-memory snapshot). Not for the hot path.
   void mark() noexcept;
 
   RecorderCounters counters() const noexcept;
   const RecorderOptions& options() const { return options_; }
-  std::size_t capacity() const { return mask_ + 1; }
+  std::size_t capacity() const { return shared_.mask + 1; }  // of each ring
   // Now on the trace's clock (microseconds since the recorder started).
   std::uint64_t now_us() const noexcept { return clock_.now_us(); }
   const TraceClock& clock() const { return clock_; }
@@ -168,15 +186,16 @@ class Recorder {
   Trace collect(const CollectOptions& options = {});
 
  private:
-  // Six words per event (seven with exact time): what an event costs is its stores, so op and device
-  // ride in the sequence word and sampled time writes no time at all.
+  // One cache line per event; what an event costs is its stores, so op and device ride in the sequence
+  // word, sampled time writes no time, and only the shared ring writes lane_ticket.
   struct Slot {
     std::atomic<std::uint64_t> addr, size, stream, aux;
     std::atomic<std::uint64_t> thread_stack;  // thread << 32 | stack
     std::atomic<std::uint64_t> seq;           // (ticket + 1) << 16 | device << 8 | op, once written
     std::atomic<std::uint64_t> ticks;         // exact time only
+    std::atomic<std::uint64_t> lane_ticket;   // shared ring only: the head of the device's lane then
   };
-  static_assert(sizeof(Slot) == 56);
+  static_assert(sizeof(Slot) == 64);
   static std::uint64_t slot_seq(std::uint64_t ticket, Op op, std::uint32_t device) noexcept {
     return (ticket + 1) << 16 | static_cast<std::uint64_t>(device & 0xff) << 8 | static_cast<std::uint64_t>(op);
   }
@@ -184,41 +203,131 @@ class Recorder {
     std::atomic<std::uint64_t> ticket, ticks;
     std::atomic<std::uint64_t> seq;  // index + 1 once written; 0 while being written
   };
+  // Slots and checkpoints: the shared ring and every lane have one.
+  struct Ring {
+    Ring(std::uint64_t capacity, bool sampled);  // capacity: a power of two; throws std::bad_alloc
+    ~Ring();
+    Ring(const Ring&) = delete;
+    Ring& operator=(const Ring&) = delete;
+    Slot* slots = nullptr;
+    std::uint64_t mask = 0;
+    Checkpoint* checkpoints = nullptr;  // sampled time only
+    std::uint64_t checkpoint_mask = 0;
+    std::size_t slots_bytes = 0, checkpoints_bytes = 0;
+    alignas(64) std::atomic<std::uint64_t> checkpoint_head{0};
+    alignas(64) std::atomic<std::uint64_t> head{0};  // the next ticket
+  };
 
   static constexpr std::uint64_t kCheckpointEvery = 64;  // events (a power of two)
 
-  void checkpoint(std::uint64_t ticket, std::uint64_t ticks) noexcept;
+  // The payload, then the seq store that publishes it.
+  [[gnu::always_inline]] static void write_slot(Slot& s, std::uint64_t seq, std::uint64_t stream,
+                                                std::uint64_t addr, std::uint64_t size, std::uint64_t aux,
+                                                std::uint64_t thread_stack) noexcept {
+    s.addr.store(addr, std::memory_order_release);
+    s.size.store(size, std::memory_order_release);
+    s.stream.store(stream, std::memory_order_release);
+    s.aux.store(aux, std::memory_order_release);
+    s.thread_stack.store(thread_stack, std::memory_order_release);
+    s.seq.store(seq, std::memory_order_release);
+  }
+  void checkpoint(Ring& r, std::uint64_t ticket, std::uint64_t ticks) noexcept;
   std::uint32_t capture_stack() noexcept;  // the current stack's id in the table (0: none)
-  // record()'s first half when stacks, keep oldest or exact time are on; false: the event is dropped.
-  bool record_slow(Op op, std::uint64_t ticket, std::uint32_t* stack, std::uint64_t* ticks) noexcept;
+  // The rest of an event, after its ticket, when it cannot take the fast path (stacks, keep oldest,
+  // exact time, the first event after a pause) or writes a checkpoint (every 64th). Out of line, so
+  // that the fast path keeps nothing but the event in registers.
+  [[gnu::noinline]] void record_slow(Ring& r, std::uint64_t ticket, Op op, std::uint32_t device, std::uint64_t stream,
+                                     std::uint64_t addr, std::uint64_t size, std::uint64_t aux,
+                                     std::uint64_t lane_ticket) noexcept;
+  Lane* make_lane(std::uint32_t device) noexcept;
   void tick_loop();
+  // The ring's events as read now, in ticket order, with their ticks (recorder.cpp).
+  void read_ring(const Ring& r, std::vector<detail::RingEvent>* out, detail::RingWindow* w);
 
   RecorderOptions options_;
   TraceClock clock_;
-  Slot* ring_ = nullptr;
-  std::size_t ring_bytes_ = 0;
-  std::uint64_t mask_ = 0;
+  // What every event reads, on one cache line that events do not write.
+  // slow_ is nonzero when record() must take the slow path: kSlowConfig (stacks_ || keep_oldest_ ||
+  // exact_time_) and/or kSlowIdle (the ticker is asleep after a pause: the next event pins the time and
+  // wakes it).
+  static constexpr std::uint8_t kSlowConfig = 1, kSlowIdle = 2;
+  alignas(64) std::atomic<std::uint8_t> slow_{0};
   bool keep_oldest_ = false;
   bool stacks_ = false;
   bool exact_time_ = false;
-  // Nonzero when record() must take the slow path: kSlowConfig (stacks_ || keep_oldest_ || exact_time_)
-  // and/or kSlowIdle (the ticker is asleep after a pause: the next event wakes it and writes its own
-  // checkpoint).
-  static constexpr std::uint8_t kSlowConfig = 1, kSlowIdle = 2;
-  std::atomic<std::uint8_t> slow_{0};
-  Checkpoint* checkpoints_ = nullptr;
-  std::size_t checkpoints_bytes_ = 0;
-  std::uint64_t checkpoint_mask_ = 0;
-  alignas(64) std::atomic<std::uint64_t> checkpoint_head_{0};
+  std::array<std::atomic<Lane*>, kMaxLanes> lanes_{};
+  Ring shared_;
+  std::mutex lanes_mu_;  // making lanes
+  std::atomic<std::uint64_t> lanes_refused_{0};  // bit d: lane d's ring could not be reserved
   std::mutex tick_mu_;
   std::condition_variable tick_cv_;
   bool stop_ = false;  // under tick_mu_
   bool woken_ = false;  // under tick_mu_: an event came while the ticker slept
   std::thread ticker_;
-  alignas(64) std::atomic<std::uint64_t> head_{0};
   std::unique_ptr<StackTable> stack_table_;
   std::mutex collect_mu_;
   std::unique_ptr<Symbolizer> symbolizer_;  // under collect_mu_; caches across collects
 };
+
+// A device's lane (see the class comment): made by Recorder::lane(), owned by the recorder.
+class Recorder::Lane {
+ public:
+  std::uint32_t device() const { return device_; }
+  // The hot path, inline. The caller serialises every call on one lane (each happens after the one
+  // before, e.g. under one mutex): the head is read and written back, not incremented atomically.
+  void record(Op op, std::uint64_t stream, std::uint64_t addr, std::uint64_t size, std::uint64_t aux) noexcept;
+
+ private:
+  friend class Recorder;
+  Lane(Recorder* recorder, std::uint32_t device)
+      : recorder_(recorder), device_(device), ring_(recorder->shared_.mask + 1, !recorder->exact_time_) {}
+  Recorder* recorder_;
+  std::uint32_t device_;
+  Ring ring_;
+};
+
+[[gnu::always_inline]] inline void Recorder::record(Op op, std::uint32_t device, std::uint64_t stream,
+                                                   std::uint64_t addr, std::uint64_t size,
+                                                   std::uint64_t aux) noexcept {
+  // The device's lane head: the event goes after the lane's events below it (class comment, "Order").
+  // A relaxed load suffices: a lane event that happened before this one stored a higher head before it
+  // (so this load sees it), and one that happens after has not stored its head yet (coherence). It is
+  // loaded before the ticket is taken, so that the shared ring's order agrees with the heads: if A
+  // takes its ticket before B, and B happened before lane event L, then A's load happened before L
+  // too (the increments synchronise), so A's head is at most L's ticket. collect() relies on it when
+  // it raises each shared event's head to the largest before it in the ring.
+  const Lane* lane = device < kMaxLanes ? lanes_[device].load(std::memory_order_acquire) : nullptr;
+  const std::uint64_t lane_ticket = lane != nullptr ? lane->ring_.head.load(std::memory_order_relaxed) : 0;
+  // seq_cst on head and slow_ (free on x86: the increment is a locked instruction anyway): a writer
+  // increments the head and then reads slow_, the ticker sets kSlowIdle and then reads the head; one of
+  // them sees the other, so no event slips past a falling-asleep ticker.
+  const std::uint64_t ticket = shared_.head.fetch_add(1, std::memory_order_seq_cst);
+  if (__builtin_expect(slow_.load(std::memory_order_seq_cst) != 0 || (ticket & (kCheckpointEvery - 1)) == 0, 0)) {
+    record_slow(shared_, ticket, op, device, stream, addr, size, aux, lane_ticket);
+    return;
+  }
+  Slot& s = shared_.slots[ticket & shared_.mask];
+  s.lane_ticket.store(lane_ticket, std::memory_order_release);
+  write_slot(s, slot_seq(ticket, op, device), stream, addr, size, aux, std::uint64_t{detail::thread_id()} << 32);
+}
+
+[[gnu::always_inline]] inline void Recorder::Lane::record(Op op, std::uint64_t stream, std::uint64_t addr,
+                                                         std::uint64_t size, std::uint64_t aux) noexcept {
+  Recorder& r = *recorder_;
+  // One writer at a time, so a plain load and store take the ticket. The head goes up before the slot
+  // is written, as the shared ring's increment does: a reader that sees any of this event's payload
+  // (release stores) sees the new head too, which is how it tells an overwritten slot (recorder.cpp).
+  const std::uint64_t ticket = ring_.head.load(std::memory_order_relaxed);
+  ring_.head.store(ticket + 1, std::memory_order_relaxed);
+  // No fence here: the ticker's membarrier orders the store above before the load of slow_ below when
+  // it falls asleep (recorder.cpp, tick_loop); only the compiler must keep them in this order.
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  if (__builtin_expect(r.slow_.load(std::memory_order_relaxed) != 0 || (ticket & (kCheckpointEvery - 1)) == 0, 0)) {
+    r.record_slow(ring_, ticket, op, device_, stream, addr, size, aux, 0);
+    return;
+  }
+  write_slot(ring_.slots[ticket & ring_.mask], slot_seq(ticket, op, device_), stream, addr, size, aux,
+             std::uint64_t{detail::thread_id()} << 32);
+}
 
 }  // namespace glake::tracer

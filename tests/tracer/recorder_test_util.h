@@ -28,15 +28,16 @@ inline RecordEvent ev(Op op, std::uint64_t addr, std::uint64_t size, std::uint64
 // A pool over a host driver, with a recorder watching it.
 struct TracedPool {
   explicit TracedPool(RecorderOptions ro = {}, std::size_t capacity = std::size_t{1} << 36,
-                      pool::Config config = {})
-      : driver(driver_options(capacity)), pool(driver, config), recorder(ro), observer(&recorder) {
+                      pool::Config config = {}, int device = 0)
+      : driver(driver_options(capacity, device)), pool(driver, config), recorder(ro), observer(&recorder) {
     pool.set_observer(&observer);
   }
   ~TracedPool() { pool.set_observer(nullptr); }
-  static pool::HostDriver::Options driver_options(std::size_t capacity) {
+  static pool::HostDriver::Options driver_options(std::size_t capacity, int device) {
     pool::HostDriver::Options o;
     o.capacity = capacity;
     o.cost_model = false;
+    o.device = device;
     return o;
   }
   pool::HostDriver driver;
@@ -50,6 +51,10 @@ struct TracedPool {
 // Outside glake's namespaces, so that a stack keeps it (see symbolize.h).
 extern "C" __attribute__((noinline)) inline void glake_test_alloc_site(glake::tracer::Recorder* r, std::uint64_t addr) {
   r->record(glake::tracer::testing_util::ev(glake::tracer::Op::alloc, addr, 4096));
+  asm volatile("" ::: "memory");
+}
+extern "C" __attribute__((noinline)) inline void glake_test_lane_site(glake::tracer::Recorder::Lane* l, std::uint64_t addr) {
+  l->record(glake::tracer::Op::alloc, 0, addr, 4096, 0);
   asm volatile("" ::: "memory");
 }
 extern "C" __attribute__((noinline)) inline void glake_test_other_site(glake::tracer::Recorder* r, std::uint64_t addr) {
