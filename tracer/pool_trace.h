@@ -36,46 +36,45 @@ inline RecordEvent to_record_event(const pool::PoolEvent& e) {
   return r;
 }
 
-// Where a pool event goes rests on the pool's locking (pool/observer.h):
-//   - alloc, free, stitch, reclaim and oom: emitted with the pool's mutex held, so one pool's are
-//     serialised, which is what a lane asks of its callers: they go to the lane of the pool's device
-//     (Recorder::lane), no atomic read-modify-write;
-//   - create, release, map and unmap: emitted without it (growth and trim, possibly at the same time
-//     as the others): they go to the shared ring, which any thread may write, and carry the lane's
-//     head, which places them among the lane's events (recorder.h, "Order").
-// Hence: one observer per pool (it keeps its pool's lane; only the pool's lock guards that), and one
-// pool per device on a recorder (two pools of one device would write one lane unserialised; give the
-// second a recorder of its own). Pools of different devices may share a recorder, as the shim's do. A
-// device without a lane (>= Recorder::kMaxLanes, or its ring could not be reserved) records all its
-// events into the shared ring.
+// One observer per pool: the pool emits every event with its mutex held (pool/observer.h), so one
+// pool's events are serialised, which is what a lane asks of its writer. The observer makes a lane on
+// its first event and records all its pool's events there (device carried per event): no atomic
+// read-modify-write per event, and the pool's order kept exactly. Pools (of one device or of several)
+// each have their own lane, so any number may share a recorder. Past Recorder::kMaxLanes pools, or if
+// a lane cannot be reserved, the observer records into the shared ring.
 class PoolTraceObserver final : public pool::Observer {
  public:
   explicit PoolTraceObserver(Recorder* recorder) : recorder_(recorder) {}
   void on_event(const pool::PoolEvent& e) noexcept override {
-    const Op op = op_of(e.kind);
-    const std::uint32_t device = e.device < 0 ? 0u : static_cast<std::uint32_t>(e.device);
-    if (serialised(e.kind)) {
-      // The pool's lane, kept: one dependent load less on the hot path than asking the recorder (a
-      // measurable part of the event's cost). Read and written only here, under the pool's lock.
-      Recorder::Lane* lane = lane_;
-      if (lane == nullptr || lane->device() != device) lane = lane_ = recorder_->lane(device);
-      if (lane != nullptr) {
-        lane->record(op, static_cast<std::uint64_t>(e.stream), static_cast<std::uint64_t>(e.address), e.size, e.aux);
-        return;
-      }
+    // lane_ is read and written only here, under the pool's lock.
+    if (Recorder::Lane* lane = lane_; __builtin_expect(lane != nullptr, 1)) {
+      lane->record(op_of(e.kind), device_of(e), static_cast<std::uint64_t>(e.stream),
+                   static_cast<std::uint64_t>(e.address), e.size, e.aux);
+      return;
     }
-    recorder_->record(op, device, static_cast<std::uint64_t>(e.stream), static_cast<std::uint64_t>(e.address), e.size,
-                      e.aux);
-  }
-  // The kinds the pool emits under its mutex (pool/allocator.cpp; see the class comment).
-  static constexpr bool serialised(pool::EventKind k) {
-    return k == pool::EventKind::alloc || k == pool::EventKind::free || k == pool::EventKind::stitch ||
-           k == pool::EventKind::reclaim || k == pool::EventKind::oom;
+    record_without_lane(e);
   }
 
  private:
+  static std::uint32_t device_of(const pool::PoolEvent& e) { return e.device < 0 ? 0u : static_cast<std::uint32_t>(e.device); }
+  // The first event (makes the lane), or every event when there is none.
+  [[gnu::noinline]] void record_without_lane(const pool::PoolEvent& e) noexcept {
+    if (!tried_lane_) {
+      tried_lane_ = true;
+      lane_ = recorder_->add_lane();
+    }
+    if (lane_ != nullptr) {
+      lane_->record(op_of(e.kind), device_of(e), static_cast<std::uint64_t>(e.stream),
+                    static_cast<std::uint64_t>(e.address), e.size, e.aux);
+      return;
+    }
+    recorder_->record(op_of(e.kind), device_of(e), static_cast<std::uint64_t>(e.stream),
+                      static_cast<std::uint64_t>(e.address), e.size, e.aux);
+  }
+
   Recorder* recorder_;
-  Recorder::Lane* lane_ = nullptr;  // the lane of the last serialised event's device
+  Recorder::Lane* lane_ = nullptr;  // this pool's lane (null: not made yet, or none: the shared ring)
+  bool tried_lane_ = false;
 };
 
 // What the pool's snapshot does not know about the moment it was taken.

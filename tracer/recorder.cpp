@@ -9,21 +9,17 @@
 // that writer's new head, stored before it, so the last check sees it: a torn slot is never taken. On
 // x86 these orders are plain moves.
 //
-// The ticker falling asleep (tick_loop): it sets kSlowIdle in slow_, then reads every ring's head; a
-// writer stores its head, then reads slow_. Either the ticker sees the new head (and stays awake) or
-// the writer sees the flag (and wakes it). The shared ring's increment and load are seq_cst, which
-// gives that; a lane's writer has no fence between its plain store and its load (that fence would cost
-// what the lane saves), so the ticker puts one into every thread of the process with
-// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) between its store and its reads: a running thread takes
-// a full barrier by interrupt, a sleeping one has passed one at its context switch, and the writer's
-// std::atomic_signal_fence keeps the compiler from swapping its two accesses. Without membarrier the
-// ticker ticks every 50 ms instead of sleeping: a missed flag then costs at most that much precision.
+// The ticker going idle (tick_loop): it sets kSlowIdle in slow_, then reads every ring's head; a
+// writer stores its head, then reads slow_. For the shared ring (seq_cst increment and load) either the
+// ticker sees the new head (and stays awake) or the writer sees the flag (and wakes it). A lane's
+// writer has no fence between its plain store and its load (the fence would cost what the lane saves),
+// so both may miss each other; the idle ticker therefore still ticks every 50 ms, which bounds how far
+// such an event's time can be off (recorder.h, Time).
 //
 // Stack table: open addressing over 2 x max_stacks buckets, never shrinking. A bucket is published by
 // storing its hash (release) after its frames; lookups run without a lock and take one only to insert.
 #include "tracer/recorder.h"
 
-#include <linux/membarrier.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -36,6 +32,8 @@
 #include <cstring>
 #include <map>
 #include <new>
+#include <queue>
+#include <tuple>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -59,11 +57,10 @@ std::uint32_t fetch_thread_id() noexcept {
 
 // An event read from a ring, before the merge.
 struct RingEvent {
-  TraceEvent e;                   // t_us not yet set
+  TraceEvent e;              // t_us not yet set
   std::uint64_t ticket = 0;
-  std::uint64_t ticks = 0;        // exact time: the slot's; sampled: interpolated from its ring's checkpoints
-  std::uint64_t lane_ticket = 0;  // shared ring: the head of e.device's lane when it was recorded
-  std::uint32_t stack = 0;        // the stack table's id
+  std::uint64_t ticks = 0;   // exact time: the slot's; sampled: interpolated from its ring's checkpoints
+  std::uint32_t stack = 0;   // the stack table's id
 };
 
 struct RingWindow {
@@ -92,13 +89,6 @@ std::uint64_t ring_capacity(std::size_t wanted) {
   std::uint64_t cap = 16;
   while (cap < wanted) cap <<= 1;
   return cap;
-}
-
-// A full memory barrier on every running thread of the process (see the file's comment); false if
-// the kernel refuses. Registered on first use, by the ticker: registering may wait for the scheduler.
-bool fence_all_threads() noexcept {
-  static const bool registered = ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
-  return registered && ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
 }
 
 std::uint64_t mix(std::uint64_t h, std::uint64_t v) {
@@ -259,22 +249,21 @@ Recorder::~Recorder() {
   }
   tick_cv_.notify_all();
   if (ticker_.joinable()) ticker_.join();
-  for (auto& l : lanes_) delete l.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0, n = lane_count(); i < n; ++i) delete lanes_[i];
 }
 
-Recorder::Lane* Recorder::make_lane(std::uint32_t device) noexcept {
-  const std::uint64_t bit = std::uint64_t{1} << device;
-  if ((lanes_refused_.load(std::memory_order_relaxed) & bit) != 0) return nullptr;
+Recorder::Lane* Recorder::add_lane() noexcept {
   std::lock_guard lock(lanes_mu_);
-  if (Lane* l = lanes_[device].load(std::memory_order_acquire)) return l;  // made meanwhile
+  const std::uint32_t n = lane_count_.load(std::memory_order_relaxed);
+  if (n >= kMaxLanes) return nullptr;
   Lane* l = nullptr;
   try {
-    l = new Lane(this, device);
+    l = new Lane(this);
   } catch (const std::bad_alloc&) {
-    lanes_refused_.fetch_or(bit, std::memory_order_relaxed);  // its events go to the shared ring
-    return nullptr;
+    return nullptr;  // its caller records into the shared ring
   }
-  lanes_[device].store(l, std::memory_order_release);
+  lanes_[n] = l;
+  lane_count_.store(n + 1, std::memory_order_release);
   return l;
 }
 
@@ -296,16 +285,18 @@ void Recorder::tick_loop() {
   // stays, a second one, (h, now), is moved forward at every tick, so that the ring's next event after
   // a pause is placed within one tick of when it happened; the first stays where it is (moving it would
   // spread the events before it over the pause).
-  // After kIdleTicks ticks without an event on any ring it sleeps (no wake-ups while the program
-  // allocates nothing); the next event pins every ring's time and wakes it (record_slow).
+  // After kIdleTicks ticks without an event on any ring it goes idle (kSlowIdle): the next event pins
+  // every ring's time and wakes it (record_slow). A lane's event may miss the flag (see the file's
+  // comment), so while idle it still ticks every kIdleWake: the moving checkpoints stay at most that far
+  // behind, which bounds how early such an event is placed, and the head it moved ends the idle time.
   constexpr int kIdleTicks = 100;
-  constexpr auto kUnfencedIdleTick = std::chrono::milliseconds(50);
+  constexpr auto kIdleWake = std::chrono::milliseconds(50);
   struct RingTick {
     std::uint64_t head = 0;             // at the last tick
     std::uint64_t moving = UINT64_MAX;  // the checkpoint moved forward since (UINT64_MAX: none yet)
   };
   RingTick shared{shared_.head.load(std::memory_order_acquire), UINT64_MAX};
-  std::array<RingTick, kMaxLanes> lanes{};
+  std::array<RingTick, kMaxLanes> lanes{};  // by lane index
   // One ring's tick; true if its head moved.
   auto tick = [this](Ring& r, RingTick& rt) {
     const std::uint64_t head = r.head.load(std::memory_order_acquire);
@@ -327,35 +318,34 @@ void Recorder::tick_loop() {
   };
   auto heads_moved = [&] {
     if (shared_.head.load(std::memory_order_seq_cst) != shared.head) return true;
-    for (std::uint32_t d = 0; d < kMaxLanes; ++d)
-      if (const Lane* l = lanes_[d].load(std::memory_order_acquire))
-        if (l->ring_.head.load(std::memory_order_relaxed) != lanes[d].head) return true;
+    for (std::uint32_t i = 0, n = lane_count(); i < n; ++i)
+      if (lanes_[i]->ring_.head.load(std::memory_order_relaxed) != lanes[i].head) return true;
     return false;
   };
-  int idle = 0;
+  int idle = 0;            // ticks in a row without an event
+  bool flag_set = false;   // kSlowIdle set by this loop
   std::unique_lock lock(tick_mu_);
   for (;;) {
     if (idle >= kIdleTicks) {
-      // Fall asleep (see the file's comment): the flag, the barrier, one more look at the heads.
-      slow_.fetch_or(kSlowIdle, std::memory_order_seq_cst);
-      const bool fenced = options_.membarrier && fence_all_threads();
-      if (!heads_moved()) {
-        auto woken = [this] { return stop_ || woken_; };
-        // Unfenced, a lane's event may have missed the flag: tick now and then, while still idle.
-        if (fenced) tick_cv_.wait(lock, woken);
-        else tick_cv_.wait_for(lock, kUnfencedIdleTick, woken);
+      if (!flag_set) {
+        slow_.fetch_or(kSlowIdle, std::memory_order_seq_cst);
+        flag_set = true;
       }
-      slow_.fetch_and(static_cast<std::uint8_t>(~kSlowIdle), std::memory_order_acq_rel);
-      woken_ = false;
-      if (stop_) return;
-    } else if (tick_cv_.wait_for(lock, std::chrono::microseconds(options_.tick_us), [this] { return stop_; })) {
-      return;
+      // One more look at the heads after the flag (a shared-ring event cannot miss both), then wait.
+      if (!heads_moved()) tick_cv_.wait_for(lock, kIdleWake, [this] { return stop_ || woken_; });
+    } else {
+      tick_cv_.wait_for(lock, std::chrono::microseconds(options_.tick_us), [this] { return stop_; });
     }
-    bool moved = tick(shared_, shared);
-    for (std::uint32_t d = 0; d < kMaxLanes; ++d)
-      if (Lane* l = lanes_[d].load(std::memory_order_acquire)) moved |= tick(l->ring_, lanes[d]);
-    // Still idle after a wake-up without events: back to sleep at once.
+    if (stop_) return;
+    bool moved = woken_;
+    woken_ = false;
+    moved |= tick(shared_, shared);
+    for (std::uint32_t i = 0, n = lane_count(); i < n; ++i) moved |= tick(lanes_[i]->ring_, lanes[i]);
     idle = moved ? 0 : std::min(idle + 1, kIdleTicks);
+    if (moved && flag_set) {  // an event came: tick again (record_slow may have cleared the flag already)
+      slow_.fetch_and(static_cast<std::uint8_t>(~kSlowIdle), std::memory_order_acq_rel);
+      flag_set = false;
+    }
   }
 }
 
@@ -366,7 +356,7 @@ std::string Recorder::stacks_note() const {
 }
 
 void Recorder::record_slow(Ring& r, std::uint64_t ticket, Op op, std::uint32_t device, std::uint64_t stream,
-                           std::uint64_t addr, std::uint64_t size, std::uint64_t aux, std::uint64_t lane_ticket) noexcept {
+                           std::uint64_t addr, std::uint64_t size, std::uint64_t aux) noexcept {
   if (keep_oldest_ && ticket > r.mask) return;  // refused; counted at collect: head - capacity
   Slot& s = r.slots[ticket & r.mask];
   std::uint32_t stack = 0;
@@ -374,9 +364,9 @@ void Recorder::record_slow(Ring& r, std::uint64_t ticket, Op op, std::uint32_t d
   if (exact_time_) {
     s.ticks.store(clock_.ticks(), std::memory_order_release);
   } else if ((slow_.load(std::memory_order_relaxed) & kSlowIdle) != 0) {
-    // The first event after a pause. The ticker's checkpoints stopped moving when it fell asleep: pin
-    // every ring's time now (not only this one's: another lane's events before the ticker's next tick
-    // would be placed back at the pause's start), this event at now, and wake the ticker.
+    // The first event after a pause. The idle ticker moves its checkpoints only every 50 ms: pin
+    // every ring's time now (not only this one's: another ring's events before the ticker's next tick
+    // would be placed up to 50 ms early), this event at now, and wake the ticker.
     mark();
     checkpoint(r, ticket, clock_.ticks());
     if ((slow_.fetch_and(static_cast<std::uint8_t>(~kSlowIdle), std::memory_order_acq_rel) & kSlowIdle) != 0) {
@@ -389,7 +379,6 @@ void Recorder::record_slow(Ring& r, std::uint64_t ticket, Op op, std::uint32_t d
   } else if ((ticket & (kCheckpointEvery - 1)) == 0) {
     checkpoint(r, ticket, clock_.ticks());
   }
-  s.lane_ticket.store(lane_ticket, std::memory_order_release);
   write_slot(s, slot_seq(ticket, op, device), stream, addr, size, aux,
              std::uint64_t{detail::thread_id()} << 32 | stack);
 }
@@ -411,8 +400,7 @@ void Recorder::mark() noexcept {
     checkpoint(r, head, clock_.ticks());
   };
   pin(shared_);
-  for (auto& l : lanes_)
-    if (Lane* lane = l.load(std::memory_order_acquire)) pin(lane->ring_);
+  for (std::uint32_t i = 0, n = lane_count(); i < n; ++i) pin(lanes_[i]->ring_);
 }
 
 RecorderCounters Recorder::counters() const noexcept {
@@ -424,11 +412,8 @@ RecorderCounters Recorder::counters() const noexcept {
     c.dropped += head > cap ? head - cap : 0;
   };
   add(shared_);
-  for (const auto& l : lanes_)
-    if (const Lane* lane = l.load(std::memory_order_acquire)) {
-      add(lane->ring_);
-      ++c.lanes;
-    }
+  c.lanes = lane_count();
+  for (std::uint32_t i = 0; i < c.lanes; ++i) add(lanes_[i]->ring_);
   if (stack_table_) {
     c.stacks = stack_table_->count();
     c.stacks_dropped = stack_table_->dropped();
@@ -481,7 +466,6 @@ void Recorder::read_ring(const Ring& r, std::vector<detail::RingEvent>* out, det
     x.e.aux = s.aux.load(std::memory_order_acquire);
     std::uint64_t ts = s.thread_stack.load(std::memory_order_acquire);
     x.ticks = exact_time_ ? s.ticks.load(std::memory_order_acquire) : 0;
-    x.lane_ticket = s.lane_ticket.load(std::memory_order_acquire);
     if (seq >> 16 != i + 1 || s.seq.load(std::memory_order_acquire) != seq ||
         (!keep_oldest_ && r.head.load(std::memory_order_acquire) > i + cap) || (seq & 0xff) >= kOps) {
       ++w->in_flight;  // being written, or overwritten since `head` was read
@@ -499,73 +483,23 @@ void Recorder::read_ring(const Ring& r, std::vector<detail::RingEvent>* out, det
 
 namespace {
 
-// One lane's events, in ticket order, and how many the merge has taken.
-struct LaneEvents {
-  std::uint32_t device = 0;
-  std::vector<detail::RingEvent> events;
-  std::size_t taken = 0;
-};
-
-// The rings' events as one sequence (recorder.h, "Order"). Each ring keeps its ticket order; a shared
-// event of device d goes after lane d's events below its lane_ticket and before the rest of them;
-// otherwise the earlier time first (ties: the shared ring, then the lanes in device order). A choice
-// always exists: a lane's next event waits only for a shared event of its device whose lane_ticket is
-// at most its ticket, and that shared event (or one before it in the shared ring, with a lane_ticket
-// no larger once raised below) waits for nothing on that lane.
-std::vector<detail::RingEvent> merge_rings(std::vector<detail::RingEvent>& shared, std::vector<LaneEvents>& lanes) {
-  constexpr std::size_t kNone = SIZE_MAX;
-  std::array<std::size_t, 256> lane_of;  // device (8 bits in a slot) -> index in lanes
-  lane_of.fill(kNone);
-  for (std::size_t k = 0; k < lanes.size(); ++k) lane_of[lanes[k].device] = k;
-  // A shared event also goes after what an earlier shared event of its device goes after (the shared
-  // ring keeps its order): raise each lane_ticket to the largest before it. Two threads may load a
-  // lane's head and then take their tickets in the other order; they were concurrent then, and the
-  // raise is right (record() loads the head before taking the ticket: see there).
-  std::vector<std::uint64_t> raised(lanes.size(), 0);
-  for (detail::RingEvent& s : shared)
-    if (std::size_t k = lane_of[s.e.device]; k != kNone) s.lane_ticket = raised[k] = std::max(raised[k], s.lane_ticket);
-  // waiting[k]: lane k's first shared event not yet taken; next_of[i]: the one after shared[i].
-  std::vector<std::size_t> waiting(lanes.size(), kNone), next_of(shared.size(), kNone);
-  for (std::size_t i = shared.size(); i-- > 0;)
-    if (std::size_t k = lane_of[shared[i].e.device]; k != kNone) {
-      next_of[i] = waiting[k];
-      waiting[k] = i;
-    }
-  std::size_t total = shared.size();
-  for (const LaneEvents& l : lanes) total += l.events.size();
+// The rings' events as one sequence (recorder.h, "Order"): repeatedly the earliest of the rings' next
+// events, ties to the lower ring index; each ring keeps its ticket order.
+std::vector<detail::RingEvent> merge_rings(std::vector<std::vector<detail::RingEvent>>& rings) {
+  std::size_t total = 0;
+  for (const auto& r : rings) total += r.size();
   std::vector<detail::RingEvent> out;
   out.reserve(total);
-  std::size_t si = 0;  // shared events taken
-  for (;;) {
-    const detail::RingEvent* best = nullptr;
-    std::size_t from = kNone;  // kNone: the shared ring
-    if (si < shared.size()) {
-      const detail::RingEvent& s = shared[si];
-      const std::size_t k = lane_of[s.e.device];
-      if (k == kNone || lanes[k].taken == lanes[k].events.size() || lanes[k].events[lanes[k].taken].ticket >= s.lane_ticket)
-        best = &s;
-    }
-    for (std::size_t k = 0; k < lanes.size(); ++k) {
-      const LaneEvents& l = lanes[k];
-      if (l.taken == l.events.size()) continue;
-      const detail::RingEvent& x = l.events[l.taken];
-      if (waiting[k] != kNone && shared[waiting[k]].lane_ticket <= x.ticket) continue;  // that shared event first
-      if (best == nullptr || x.ticks < best->ticks) {
-        best = &x;
-        from = k;
-      }
-    }
-    if (best == nullptr) break;
-    out.push_back(*best);
-    if (from != kNone) {
-      ++lanes[from].taken;
-    } else {
-      if (std::size_t k = lane_of[shared[si].e.device]; k != kNone) waiting[k] = next_of[si];
-      ++si;
-    }
+  using Next = std::tuple<std::uint64_t, std::size_t, std::size_t>;  // ticks, ring, index in it
+  std::priority_queue<Next, std::vector<Next>, std::greater<>> next;
+  for (std::size_t k = 0; k < rings.size(); ++k)
+    if (!rings[k].empty()) next.emplace(rings[k][0].ticks, k, 0);
+  while (!next.empty()) {
+    auto [ticks, k, i] = next.top();
+    next.pop();
+    out.push_back(rings[k][i]);
+    if (i + 1 < rings[k].size()) next.emplace(rings[k][i + 1].ticks, k, i + 1);
   }
-  if (out.size() != total) throw TraceError(fmt::format("the recorder's merge stalled after {} of {} events (a bug)",
-                                                        out.size(), total), {});
   return out;
 }
 
@@ -574,28 +508,21 @@ std::vector<detail::RingEvent> merge_rings(std::vector<detail::RingEvent>& share
 Trace Recorder::collect(const CollectOptions& co) {
   std::lock_guard lock(collect_mu_);
   clock_.calibrate();
-  // The shared ring, then the lanes (either order would do: a shared event whose lane head is beyond
-  // what was read of its lane goes after all of that, which is right).
-  std::vector<detail::RingEvent> shared_events;
-  detail::RingWindow w;
-  read_ring(shared_, &shared_events, &w);
-  std::uint64_t recorded = w.head, dropped = w.dropped, lost_in_flight = w.in_flight;
-  bool window_cut = w.begin > 0;  // some ring overwrote events: the trace starts after the recorder did
-  std::vector<LaneEvents> lanes;
-  for (std::uint32_t d = 0; d < kMaxLanes; ++d)
-    if (const Lane* l = lanes_[d].load(std::memory_order_acquire)) {
-      LaneEvents& le = lanes.emplace_back();
-      le.device = d;
-      read_ring(l->ring_, &le.events, &w);
-      recorded += w.head;
-      dropped += w.dropped;
-      lost_in_flight += w.in_flight;
-      window_cut = window_cut || w.begin > 0;
-    }
-  const std::size_t lane_count = lanes.size();
-  std::vector<detail::RingEvent> merged = merge_rings(shared_events, lanes);
-  lanes.clear();
-  shared_events.clear();
+  // Ring 0: the shared one; then the lanes, as they were made.
+  const std::uint32_t lanes = lane_count();
+  std::vector<std::vector<detail::RingEvent>> rings(1 + lanes);
+  std::uint64_t recorded = 0, dropped = 0, lost_in_flight = 0;
+  bool window_cut = false;  // some ring overwrote events: the trace starts after the recorder did
+  for (std::uint32_t k = 0; k <= lanes; ++k) {
+    detail::RingWindow w;
+    read_ring(k == 0 ? shared_ : lanes_[k - 1]->ring_, &rings[k], &w);
+    recorded += w.head;
+    dropped += w.dropped;
+    lost_in_flight += w.in_flight;
+    window_cut = window_cut || w.begin > 0;
+  }
+  std::vector<detail::RingEvent> merged = merge_rings(rings);
+  rings = {};
   dropped += lost_in_flight;
 
   Trace t;
@@ -739,7 +666,7 @@ Trace Recorder::collect(const CollectOptions& co) {
   m["events_written"] = t.events.size() - repaired;
   m["events_dropped"] = dropped;
   m["ring_capacity"] = capacity();
-  m["lanes"] = lane_count;
+  m["lanes"] = lanes;
   m["keep"] = keep_oldest_ ? "oldest" : "newest";
   if (dropped > 0)
     m["dropped_note"] = keep_oldest_ ? fmt::format("a ring was full: the last {} events are missing "

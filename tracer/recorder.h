@@ -2,44 +2,37 @@
 //
 // The recorder knows nothing of the pool: callers hand it events (tracer/pool_trace.h maps
 // pool::PoolEvent to them). Two ways in, neither with a lock, an allocation or a system call:
-//   - record(): the shared ring, for any thread at any time. One atomic increment (a locked
-//     instruction) takes a ticket, the event is written to slot ticket % capacity and published by a
-//     sequence word, so collect() may run while other threads record (recorder.cpp: the slot protocol).
-//   - lane(device)->record(): the device's lane, a ring of its own whose record calls the caller
-//     serialises (one after another, e.g. under one mutex: the pool's lock). The ticket is then taken
-//     with a plain load and store of the lane's head, no atomic read-modify-write (a locked
-//     instruction costs more than the rest of the event's bookkeeping; the slot's stores, a fresh
-//     cache line, stay). The pool's alloc, free, stitch, reclaim and oom events come this way; its
-//     create, release, map and unmap events, emitted outside its lock, go to the shared ring
-//     (pool_trace.h).
+//   - record(): the shared ring, for any thread at any time. One atomic increment takes a ticket, the
+//     event is written to slot ticket % capacity and published by a sequence word, so collect() may
+//     run while other threads record (recorder.cpp: the slot protocol).
+//   - a lane (add_lane()): a ring of its own with one writer at a time: its caller serialises its
+//     record() calls (e.g. under one mutex: a pool's events, emitted under the pool's lock, one lane
+//     per pool). The ticket is then a plain load and store of the lane's head, no atomic
+//     read-modify-write (which costs more than the rest of the event's bookkeeping).
 // Cost: a few ns per event (bench_trace_overhead); with stacks, one unw_backtrace and a lookup in a
 // lock-free hash table of stacks (a short lock only for a stack never seen).
 //
-// Order: collect() merges the rings into one sequence. Each ring keeps its ticket order. An event of
-// device d in the shared ring carries the head of lane d as it was then (a load, no read-modify-write),
-// and goes after the lane's events with lower tickets and before the others: so what happened before
-// it on the lane (happens-before: the pool's lock, then the same thread) comes before it, and what
-// happened after it comes after. Where this leaves a choice (other devices, concurrent events) the
-// earlier time goes first (ties: the shared ring, then the lanes by device). Times come from the
-// recording threads and are made monotonic (a time earlier than its predecessor's is raised to it).
+// Order: each ring keeps its ticket order (a lane: its caller's order). collect() merges the rings by
+// time (below), ties in ring order (the shared ring, then the lanes as they were made); times are
+// then made monotonic (one earlier than its predecessor's is raised to it). So events of one ring, e.g.
+// one pool's, come exactly in their order; events of different rings are ordered by time, as precisely
+// as their times are.
 //
 // Time (RecorderOptions::time): reading the clock is the dearest part of an event (rdtsc costs 8 ns
 // on some CPUs, clock_gettime 25 ns), so by default ("sampled") events carry no time of their own:
 // per ring, every 64th event, and a ticker thread every tick_us (1 ms) while events come, write a
 // checkpoint (ticket, clock), and collect() gives each event the time interpolated between its ring's
-// checkpoints around its ticket. An event's time is then off by at most the span between checkpoints:
-// 64 events of its ring or one tick, whichever is shorter. After 100 ticks without an event on any
-// ring the ticker sleeps (no wake-ups while the program allocates nothing); the next event pins every
-// ring's time (mark()) and wakes it. To fall asleep safely the ticker sets a flag and then must see
-// every event that missed it: the shared ring's locked increment orders itself; a lane's plain store
-// does not, so the ticker forces a barrier on every thread of the process
-// (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), once per pause; recorder.cpp). Where the kernel
-// refuses membarrier (RecorderOptions::membarrier false does as if), the ticker never sleeps for
-// good: it ticks every 50 ms while idle, so that a lane event that missed the flag (a race of a few
-// ns as the ticker falls asleep) is placed at most 50 ms off, the worst case then. "exact" reads the
-// clock at every event instead.
+// checkpoints around its ticket: off by at most the span between checkpoints, 64 events of its ring
+// or one tick, whichever is shorter. After 100 ticks without an event on any ring the ticker goes
+// idle: it ticks only every 50 ms and sets a flag that sends the next event to the slow path, which
+// pins every ring's time (mark()) and wakes it. A shared-ring event cannot miss the flag (its
+// increment and the ticker's are ordered). A lane's event can: its plain head store and its load of
+// the flag are not fenced (a fence costs what the lane saves), so an event racing with the ticker
+// going idle may take the fast path unseen. The idle ticks bound the damage: such an event is placed
+// at most 50 ms early (plus any delay of the ticker's wake-up), and its moved head ends the idle time
+// at the next one. "exact" reads the clock at every event instead.
 //
-// Bounded: every ring (the shared one and each lane) holds `capacity` events (64 bytes each, reserved
+// Bounded: every ring (the shared one and each lane) holds `capacity` events (56 bytes each, reserved
 // with MAP_NORESERVE: pages are committed as they are first written). When a ring is full, keep=newest
 // overwrites its oldest events (what led to the end or to an out-of-memory is kept), keep=oldest
 // refuses new ones. Every event lost is counted (RecorderCounters::dropped, meta.events_dropped of the
@@ -93,14 +86,13 @@ struct RecorderOptions {
   enum class Time { sampled, exact } time = Time::sampled;
   int tick_us = 1000;                  // sampled: the ticker's period (0: no ticker)
   std::string symbolizer = "auto";     // auto | addr2line | dladdr | none (symbolize.h)
-  bool membarrier = true;              // false: as if the kernel refused membarrier (tests; see Time above)
 };
 
 // Over every ring (the shared one and the lanes).
 struct RecorderCounters {
   std::uint64_t recorded = 0;        // record() calls, shared ring and lanes
   std::uint64_t dropped = 0;         // events lost: overwritten (keep newest) or refused (keep oldest)
-  std::uint64_t lanes = 0;           // lanes made so far
+  std::uint64_t lanes = 0;           // lanes made (add_lane())
   std::uint64_t stacks = 0;          // distinct stacks interned
   std::uint64_t stacks_dropped = 0;  // stack captures that found the table full
 };
@@ -139,11 +131,10 @@ struct RingWindow;  // collect(): what was read of a ring
 class Recorder {
  public:
   class Lane;
-  // Devices 0 .. kMaxLanes - 1 may have a lane; events of others go to the shared ring.
-  static constexpr std::uint32_t kMaxLanes = 64;
+  static constexpr std::uint32_t kMaxLanes = 64;  // lanes per recorder
 
   // Reserves the shared ring (and the stack table): throws std::bad_alloc if the address space is not
-  // there. Lanes are reserved on first use.
+  // there. Lanes are reserved by add_lane().
   explicit Recorder(RecorderOptions options);
   ~Recorder();
   Recorder(const Recorder&) = delete;
@@ -156,13 +147,9 @@ class Recorder {
   void record(Op op, std::uint32_t device, std::uint64_t stream, std::uint64_t addr, std::uint64_t size,
               std::uint64_t aux) noexcept;
 
-  // The lane of `device`, made on first use (thread-safe; a lane lives as long as the recorder). Null
-  // for a device >= kMaxLanes or if its ring cannot be reserved: record() such events instead.
-  Lane* lane(std::uint32_t device) noexcept {
-    if (device >= kMaxLanes) return nullptr;
-    Lane* l = lanes_[device].load(std::memory_order_acquire);
-    return l != nullptr ? l : make_lane(device);
-  }
+  // A new lane (thread-safe), owned by the recorder: for one writer at a time (see the class comment).
+  // Null past kMaxLanes lanes or if its ring cannot be reserved: record() those events instead.
+  Lane* add_lane() noexcept;
 
   // Pins the time of everything recorded so far on every ring (sampled time): the events before now
   // are placed before now. For moments that matter (an out-of-memory snapshot). Not for the hot path.
@@ -186,16 +173,16 @@ class Recorder {
   Trace collect(const CollectOptions& options = {});
 
  private:
-  // One cache line per event; what an event costs is its stores, so op and device ride in the sequence
-  // word, sampled time writes no time, and only the shared ring writes lane_ticket.
+  friend struct RecorderTestPeer;  // tests/tracer: forces a lane event to miss the idle flag
+  // Six words per event (seven with exact time): what an event costs is its stores, so op and device
+  // ride in the sequence word and sampled time writes no time at all.
   struct Slot {
     std::atomic<std::uint64_t> addr, size, stream, aux;
     std::atomic<std::uint64_t> thread_stack;  // thread << 32 | stack
     std::atomic<std::uint64_t> seq;           // (ticket + 1) << 16 | device << 8 | op, once written
     std::atomic<std::uint64_t> ticks;         // exact time only
-    std::atomic<std::uint64_t> lane_ticket;   // shared ring only: the head of the device's lane then
   };
-  static_assert(sizeof(Slot) == 64);
+  static_assert(sizeof(Slot) == 56);
   static std::uint64_t slot_seq(std::uint64_t ticket, Op op, std::uint32_t device) noexcept {
     return (ticket + 1) << 16 | static_cast<std::uint64_t>(device & 0xff) << 8 | static_cast<std::uint64_t>(op);
   }
@@ -237,10 +224,10 @@ class Recorder {
   // exact time, the first event after a pause) or writes a checkpoint (every 64th). Out of line, so
   // that the fast path keeps nothing but the event in registers.
   [[gnu::noinline]] void record_slow(Ring& r, std::uint64_t ticket, Op op, std::uint32_t device, std::uint64_t stream,
-                                     std::uint64_t addr, std::uint64_t size, std::uint64_t aux,
-                                     std::uint64_t lane_ticket) noexcept;
-  Lane* make_lane(std::uint32_t device) noexcept;
+                                     std::uint64_t addr, std::uint64_t size, std::uint64_t aux) noexcept;
   void tick_loop();
+  // The lanes made so far: lanes_[0 .. lane_count()).
+  std::uint32_t lane_count() const noexcept { return lane_count_.load(std::memory_order_acquire); }
   // The ring's events as read now, in ticket order, with their ticks (recorder.cpp).
   void read_ring(const Ring& r, std::vector<detail::RingEvent>* out, detail::RingWindow* w);
 
@@ -255,10 +242,10 @@ class Recorder {
   bool keep_oldest_ = false;
   bool stacks_ = false;
   bool exact_time_ = false;
-  std::array<std::atomic<Lane*>, kMaxLanes> lanes_{};
   Ring shared_;
-  std::mutex lanes_mu_;  // making lanes
-  std::atomic<std::uint64_t> lanes_refused_{0};  // bit d: lane d's ring could not be reserved
+  std::array<Lane*, kMaxLanes> lanes_{};         // written once, under lanes_mu_, before lane_count_ counts it
+  std::atomic<std::uint32_t> lane_count_{0};
+  std::mutex lanes_mu_;                          // making lanes
   std::mutex tick_mu_;
   std::condition_variable tick_cv_;
   bool stop_ = false;  // under tick_mu_
@@ -269,64 +256,52 @@ class Recorder {
   std::unique_ptr<Symbolizer> symbolizer_;  // under collect_mu_; caches across collects
 };
 
-// A device's lane (see the class comment): made by Recorder::lane(), owned by the recorder.
+// A lane (see the class comment): made by Recorder::add_lane(), owned by the recorder.
 class Recorder::Lane {
  public:
-  std::uint32_t device() const { return device_; }
   // The hot path, inline. The caller serialises every call on one lane (each happens after the one
   // before, e.g. under one mutex): the head is read and written back, not incremented atomically.
-  void record(Op op, std::uint64_t stream, std::uint64_t addr, std::uint64_t size, std::uint64_t aux) noexcept;
+  void record(Op op, std::uint32_t device, std::uint64_t stream, std::uint64_t addr, std::uint64_t size,
+              std::uint64_t aux) noexcept;
 
  private:
   friend class Recorder;
-  Lane(Recorder* recorder, std::uint32_t device)
-      : recorder_(recorder), device_(device), ring_(recorder->shared_.mask + 1, !recorder->exact_time_) {}
+  friend struct RecorderTestPeer;
+  explicit Lane(Recorder* recorder) : recorder_(recorder), ring_(recorder->shared_.mask + 1, !recorder->exact_time_) {}
   Recorder* recorder_;
-  std::uint32_t device_;
   Ring ring_;
 };
 
 [[gnu::always_inline]] inline void Recorder::record(Op op, std::uint32_t device, std::uint64_t stream,
                                                    std::uint64_t addr, std::uint64_t size,
                                                    std::uint64_t aux) noexcept {
-  // The device's lane head: the event goes after the lane's events below it (class comment, "Order").
-  // A relaxed load suffices: a lane event that happened before this one stored a higher head before it
-  // (so this load sees it), and one that happens after has not stored its head yet (coherence). It is
-  // loaded before the ticket is taken, so that the shared ring's order agrees with the heads: if A
-  // takes its ticket before B, and B happened before lane event L, then A's load happened before L
-  // too (the increments synchronise), so A's head is at most L's ticket. collect() relies on it when
-  // it raises each shared event's head to the largest before it in the ring.
-  const Lane* lane = device < kMaxLanes ? lanes_[device].load(std::memory_order_acquire) : nullptr;
-  const std::uint64_t lane_ticket = lane != nullptr ? lane->ring_.head.load(std::memory_order_relaxed) : 0;
   // seq_cst on head and slow_ (free on x86: the increment is a locked instruction anyway): a writer
   // increments the head and then reads slow_, the ticker sets kSlowIdle and then reads the head; one of
-  // them sees the other, so no event slips past a falling-asleep ticker.
+  // them sees the other, so no shared-ring event slips past a ticker going idle.
   const std::uint64_t ticket = shared_.head.fetch_add(1, std::memory_order_seq_cst);
   if (__builtin_expect(slow_.load(std::memory_order_seq_cst) != 0 || (ticket & (kCheckpointEvery - 1)) == 0, 0)) {
-    record_slow(shared_, ticket, op, device, stream, addr, size, aux, lane_ticket);
+    record_slow(shared_, ticket, op, device, stream, addr, size, aux);
     return;
   }
-  Slot& s = shared_.slots[ticket & shared_.mask];
-  s.lane_ticket.store(lane_ticket, std::memory_order_release);
-  write_slot(s, slot_seq(ticket, op, device), stream, addr, size, aux, std::uint64_t{detail::thread_id()} << 32);
+  write_slot(shared_.slots[ticket & shared_.mask], slot_seq(ticket, op, device), stream, addr, size, aux,
+             std::uint64_t{detail::thread_id()} << 32);
 }
 
-[[gnu::always_inline]] inline void Recorder::Lane::record(Op op, std::uint64_t stream, std::uint64_t addr,
-                                                         std::uint64_t size, std::uint64_t aux) noexcept {
+[[gnu::always_inline]] inline void Recorder::Lane::record(Op op, std::uint32_t device, std::uint64_t stream,
+                                                         std::uint64_t addr, std::uint64_t size,
+                                                         std::uint64_t aux) noexcept {
   Recorder& r = *recorder_;
   // One writer at a time, so a plain load and store take the ticket. The head goes up before the slot
   // is written, as the shared ring's increment does: a reader that sees any of this event's payload
   // (release stores) sees the new head too, which is how it tells an overwritten slot (recorder.cpp).
+  // No fence before slow_ is read: this event may miss the ticker going idle (class comment, Time).
   const std::uint64_t ticket = ring_.head.load(std::memory_order_relaxed);
   ring_.head.store(ticket + 1, std::memory_order_relaxed);
-  // No fence here: the ticker's membarrier orders the store above before the load of slow_ below when
-  // it falls asleep (recorder.cpp, tick_loop); only the compiler must keep them in this order.
-  std::atomic_signal_fence(std::memory_order_seq_cst);
   if (__builtin_expect(r.slow_.load(std::memory_order_relaxed) != 0 || (ticket & (kCheckpointEvery - 1)) == 0, 0)) {
-    r.record_slow(ring_, ticket, op, device_, stream, addr, size, aux, 0);
+    r.record_slow(ring_, ticket, op, device, stream, addr, size, aux);
     return;
   }
-  write_slot(ring_.slots[ticket & ring_.mask], slot_seq(ticket, op, device_), stream, addr, size, aux,
+  write_slot(ring_.slots[ticket & ring_.mask], slot_seq(ticket, op, device), stream, addr, size, aux,
              std::uint64_t{detail::thread_id()} << 32);
 }
 

@@ -17,8 +17,9 @@
 //
 // Settings (a bad value is reported in `errors`, naming the variable and the accepted values; the
 // default is used):
-//   GLAKE_TRACE_EVENTS       events per ring (default 1M; K/M suffixes), 64 bytes each: the shared
-//                            ring and each device's lane (recorder.h) hold this many each
+//   GLAKE_TRACE_EVENTS       events per ring (default 1M; K/M suffixes): the shared ring and each
+//                            pool's lane (recorder.h) hold this many each, 56 bytes an event (56 MiB
+//                            per ring at 1M, reserved, committed as written)
 //   GLAKE_TRACE_KEEP         newest (default: the ring overwrites the oldest) | oldest (refuses new ones)
 //   GLAKE_TRACE_STACKS       0 (default) | 1: call stacks of allocations (needs a build with libunwind)
 //   GLAKE_TRACE_STACK_DEPTH  frames per stack (default 16, 1..48)
