@@ -18,7 +18,7 @@
 // Settings (a bad value is reported in `errors`, naming the variable and the accepted values; the
 // default is used):
 //   GLAKE_TRACE_EVENTS       events per ring (default 1M; K/M suffixes): the shared ring and each
-//                            pool's lane (recorder.h) hold this many each, 56 bytes an event (56 MiB
+//                            pool's lane (recorder.h) hold this many each, 64 bytes an event (64 MiB
 //                            per ring at 1M, reserved, committed as written)
 //   GLAKE_TRACE_KEEP         newest (default: the ring overwrites the oldest) | oldest (refuses new ones)
 //   GLAKE_TRACE_STACKS       0 (default) | 1: call stacks of allocations (needs a build with libunwind)
