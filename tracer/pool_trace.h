@@ -25,16 +25,6 @@ namespace glake::tracer {
 // pool::EventKind -> trace op (same meanings, see pool/observer.h). The two enums list the same kinds in
 // the same order (static_asserts in pool_trace.cpp), so the mapping is a cast.
 inline Op op_of(pool::EventKind kind) { return static_cast<Op>(static_cast<std::uint8_t>(kind)); }
-inline RecordEvent to_record_event(const pool::PoolEvent& e) {
-  RecordEvent r;
-  r.op = op_of(e.kind);
-  r.device = e.device < 0 ? 0u : static_cast<std::uint32_t>(e.device);
-  r.stream = static_cast<std::uint64_t>(e.stream);
-  r.addr = static_cast<std::uint64_t>(e.address);
-  r.size = e.size;
-  r.aux = e.aux;
-  return r;
-}
 
 // One observer per pool: the pool emits every event with its mutex held (pool/observer.h), so one
 // pool's events are serialised, which is what a lane asks of its writer. The observer makes a lane on
