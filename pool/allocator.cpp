@@ -283,18 +283,17 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
 }
 
 // Driver calls, no lock: move, create and map pages into the window's holes, then grant access per run
-// of consecutive new mappings. Stops at the first failure; finish() makes the pool whole again.
+// of consecutive new mappings. Stops at the first failure; finish() makes the pool whole again and
+// emits the create and map events (each fill's stage says what was done).
 Status Allocator::Impl::execute(Plan& plan) {
   std::size_t mapped = 0;
   Status r = Status::ok;
   for (Fill& f : plan.fills) {
     if (f.kind == Fill::Kind::create) {
       if ((r = drv.create(page, &f.handle)) != Status::ok) break;
-      emit(EventKind::create, 0, 0, page);
       f.stage = 1;
     }
     if ((r = drv.map(f.dst, page, f.handle, 0)) != Status::ok) break;
-    emit(EventKind::map, 0, f.dst, page);
     f.stage = 2;
     ++mapped;
   }
@@ -323,17 +322,21 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
   std::size_t moved = 0;
   DevPtr done_upto = plan.start;  // every hole slot below is filled and accessible
   bool complete = true;
+  // The fills in execute()'s order, each page's create before its map, all before the stitch and
+  // alloc events below. A mapping undone after set_access failed is not reported (nor counted).
   for (Fill& f : plan.fills) {
     if (f.kind == Fill::Kind::create && f.stage >= 1) {
       f.page = new_page_id(f.handle);
       st.physical.add(page);
       ++st.creates;
+      emit(EventKind::create, 0, 0, page);
     }
     if (f.stage >= 2) {
       Page& pg = pages[static_cast<std::size_t>(f.page)];
       slot(seg, f.dst) = f.page;
       st.mapped.add(page);
       ++st.maps;
+      emit(EventKind::map, 0, f.dst, page);
       // A moved page stays mapped at its old slot too; a quarantined one stays owned there.
       if (f.kind == Fill::Kind::move) ++pg.aliases;
       if (f.kind != Fill::Kind::move || f.stage == 3) pg.va = f.dst;
@@ -437,7 +440,6 @@ void Allocator::Impl::collect_stale() {
   for (std::size_t i = 0; i < blocks.size(); ++i) {
     for (DevPtr a = blocks[i]->base; a < blocks[i]->base + blocks[i]->size; a += page) {
       if (drv.unmap(a, page) != Status::ok) break;
-      emit(EventKind::unmap, 0, a, page);
       ++gone[i];
     }
   }
@@ -451,6 +453,7 @@ void Allocator::Impl::collect_stale() {
       sl = -1;
       st.mapped.sub(page);
       ++st.unmaps;
+      emit(EventKind::unmap, 0, b->base + j * page, page);
     }
     Block* rest = gone[i] * page < b->size ? (gone[i] > 0 ? split(b, gone[i] * page) : b) : nullptr;
     if (rest != nullptr) {
@@ -788,7 +791,6 @@ void Allocator::trim(std::size_t keep) {
         aliases = pg.aliases;
       }
       if (m.drv.unmap(a, m.page) != Status::ok) break;
-      m.emit(EventKind::unmap, 0, a, m.page);
       if (aliases > 0 || m.drv.release(h) != Status::ok) {
         // Unmapped but still held (a stale slot still maps it, or release failed): keep it spare.
         std::lock_guard lock(m.mu);
@@ -798,9 +800,9 @@ void Allocator::trim(std::size_t keep) {
         sl = -1;
         m.st.mapped.sub(m.page);
         ++m.st.unmaps;
+        m.emit(EventKind::unmap, 0, a, m.page);
         continue;
       }
-      m.emit(EventKind::release, 0, 0, m.page);
       ++released[i];
       std::lock_guard lock(m.mu);
       std::int32_t& sl = m.slot(v->segment, a);
@@ -811,18 +813,20 @@ void Allocator::trim(std::size_t keep) {
       m.st.physical.sub(m.page);
       ++m.st.unmaps;
       ++m.st.releases;
+      m.emit(EventKind::unmap, 0, a, m.page);
+      m.emit(EventKind::release, 0, 0, m.page);
     }
   }
   std::vector<std::int32_t> kept;
   for (std::int32_t id : spare) {
     if (m.pages[static_cast<std::size_t>(id)].aliases == 0 &&
         m.drv.release(m.pages[static_cast<std::size_t>(id)].handle) == Status::ok) {
-      m.emit(EventKind::release, 0, 0, m.page);
       std::lock_guard lock(m.mu);
       m.pages[static_cast<std::size_t>(id)] = Page{};
       m.dead_page_ids.push_back(id);
       m.st.physical.sub(m.page);
       ++m.st.releases;
+      m.emit(EventKind::release, 0, 0, m.page);
     } else {
       kept.push_back(id);
     }

@@ -8,7 +8,8 @@
 //
 // Locks: mu guards all state and is never held across a driver call. grow_mu serialises the slow
 // paths (settle, stitch, trim), which release mu around their driver calls after marking the blocks
-// they work on `busy`; the hot path never takes grow_mu.
+// they work on `busy`; the hot path never takes grow_mu. Every event goes to the observer with mu held
+// (emit()): the slow paths report their driver calls in the critical section after them.
 #pragma once
 
 #include <algorithm>
@@ -112,7 +113,7 @@ struct Allocator::Impl {
 
   // ---- small helpers (mu held) ----
 
-  void emit(EventKind k, StreamHandle s, DevPtr a, std::size_t n, std::uint64_t aux = 0) {
+  void emit(EventKind k, StreamHandle s, DevPtr a, std::size_t n, std::uint64_t aux = 0) {  // mu held
     if (Observer* o = observer.load(std::memory_order_acquire))
       o->on_event(PoolEvent{k, device, s, a, n, aux});
   }

@@ -1,7 +1,9 @@
 // pool/observer.h: how the tracer (or anything else) watches the pool without the pool knowing it.
 //
-// The pool calls on_event() after each state change, outside no lock other than the pool's own, so an
-// observer must be fast, must not call back into the pool and must not throw.
+// The pool calls on_event() after each state change, with the pool's mutex held and no other lock of
+// its own: one pool's events are serialised, in the order of the changes (a page's create before its
+// map, maps before the allocation they serve). So an observer must be fast, must not call back into the
+// pool (it would deadlock) and must not throw.
 #pragma once
 
 #include <cstddef>

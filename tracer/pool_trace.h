@@ -9,8 +9,8 @@
 //   register_pool(*s, &allocator);                               // its totals, for wrapped rings
 //   ... allocator.allocate(...) returned out_of_memory (no pool lock held now):
 //   on_out_of_memory(*s, allocator, context);                   // snapshot, write, ask for the trace
-// and dump() from the C API. PoolTraceObserver::on_event is called under the pool's lock: it only
-// records (see recorder.h for the cost); it never calls back into the pool.
+// and dump() from the C API. PoolTraceObserver::on_event only records (see recorder.h for the cost);
+// it never calls back into the pool.
 #pragma once
 
 #include <string>
@@ -25,27 +25,46 @@ namespace glake::tracer {
 // pool::EventKind -> trace op (same meanings, see pool/observer.h). The two enums list the same kinds in
 // the same order (static_asserts in pool_trace.cpp), so the mapping is a cast.
 inline Op op_of(pool::EventKind kind) { return static_cast<Op>(static_cast<std::uint8_t>(kind)); }
-inline RecordEvent to_record_event(const pool::PoolEvent& e) {
-  RecordEvent r;
-  r.op = op_of(e.kind);
-  r.device = e.device < 0 ? 0u : static_cast<std::uint32_t>(e.device);
-  r.stream = static_cast<std::uint64_t>(e.stream);
-  r.addr = static_cast<std::uint64_t>(e.address);
-  r.size = e.size;
-  r.aux = e.aux;
-  return r;
-}
 
+// One observer per pool: the pool emits every event with its mutex held (pool/observer.h), so one
+// pool's events are serialised, which is what a lane asks of its writer. The observer makes a lane on
+// its first event and records all its pool's events there (device carried per event): no atomic
+// read-modify-write per event, and the pool's order kept exactly. Pools (of one device or of several)
+// each have their own lane, so any number may share a recorder. Past Recorder::kMaxLanes pools, or if
+// a lane cannot be reserved, the observer records into the shared ring.
 class PoolTraceObserver final : public pool::Observer {
  public:
   explicit PoolTraceObserver(Recorder* recorder) : recorder_(recorder) {}
   void on_event(const pool::PoolEvent& e) noexcept override {
-    recorder_->record(op_of(e.kind), e.device < 0 ? 0u : static_cast<std::uint32_t>(e.device),
-                      static_cast<std::uint64_t>(e.stream), static_cast<std::uint64_t>(e.address), e.size, e.aux);
+    // lane_ is read and written only here, under the pool's lock.
+    if (Recorder::Lane* lane = lane_; __builtin_expect(lane != nullptr, 1)) {
+      lane->record(op_of(e.kind), device_of(e), static_cast<std::uint64_t>(e.stream),
+                   static_cast<std::uint64_t>(e.address), e.size, e.aux);
+      return;
+    }
+    record_without_lane(e);
   }
 
  private:
+  static std::uint32_t device_of(const pool::PoolEvent& e) { return e.device < 0 ? 0u : static_cast<std::uint32_t>(e.device); }
+  // The first event (makes the lane), or every event when there is none.
+  [[gnu::noinline]] void record_without_lane(const pool::PoolEvent& e) noexcept {
+    if (!tried_lane_) {
+      tried_lane_ = true;
+      lane_ = recorder_->add_lane();
+    }
+    if (lane_ != nullptr) {
+      lane_->record(op_of(e.kind), device_of(e), static_cast<std::uint64_t>(e.stream),
+                    static_cast<std::uint64_t>(e.address), e.size, e.aux);
+      return;
+    }
+    recorder_->record(op_of(e.kind), device_of(e), static_cast<std::uint64_t>(e.stream),
+                      static_cast<std::uint64_t>(e.address), e.size, e.aux);
+  }
+
   Recorder* recorder_;
+  Recorder::Lane* lane_ = nullptr;  // this pool's lane (null: not made yet, or none: the shared ring)
+  bool tried_lane_ = false;
 };
 
 // What the pool's snapshot does not know about the moment it was taken.

@@ -1,11 +1,20 @@
-// tracer/recorder.cpp: the ring, the stack table and collect() (see recorder.h).
+// tracer/recorder.cpp: the rings, the lanes, the ticker, the stack table and collect() (see recorder.h).
 //
-// Slot protocol: a writer takes ticket i (head_, seq_cst), stores the payload with release stores and
-// then seq = (i + 1) << 16 | device << 8 | op (release). A reader loads seq (acquire), the payload with
-// acquire loads, then seq and head_ again: the slot holds event i only if seq names i + 1 both times and
-// head_ <= i + capacity, i.e. no writer has taken the slot's next ticket (keep oldest: none ever does). A payload word from such a
-// writer carries (release/acquire) that writer's increment of head_, so the last check sees it: a torn
-// slot is never taken. On x86 these orders are plain moves.
+// Slot protocol: a writer takes ticket i (shared ring: an atomic increment of its head, seq_cst; lane:
+// the head loaded and i + 1 stored, the caller serialising the writers), stores the payload with
+// release stores and then seq = (i + 1) << 16 | device << 8 | op (release). A reader loads seq
+// (acquire), the payload with acquire loads, then seq and the ring's head again: the slot holds event i
+// only if seq names i + 1 both times and head <= i + capacity, i.e. no writer has taken the slot's next
+// ticket (keep oldest: none ever does). A payload word from such a writer carries (release/acquire)
+// that writer's new head, stored before it, so the last check sees it: a torn slot is never taken. On
+// x86 these orders are plain moves.
+//
+// The ticker going idle (tick_loop): it sets kSlowIdle in slow_, then reads every ring's head; a
+// writer stores its head, then reads slow_. For the shared ring (seq_cst increment and load) either the
+// ticker sees the new head (and stays awake) or the writer sees the flag (and wakes it). A lane's
+// writer has no fence between its plain store and its load (the fence would cost what the lane saves),
+// so both may miss each other; the idle ticker therefore still ticks every 50 ms, which bounds how far
+// such an event's time can be off (recorder.h, Time).
 //
 // Stack table: open addressing over 2 x max_stacks buckets, never shrinking. A bucket is published by
 // storing its hash (release) after its frames; lookups run without a lock and take one only to insert.
@@ -18,10 +27,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <map>
 #include <new>
+#include <queue>
+#include <tuple>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -42,6 +54,21 @@ std::uint32_t fetch_thread_id() noexcept {
   t_trace_tid = static_cast<std::uint32_t>(::syscall(SYS_gettid));
   return t_trace_tid;
 }
+
+// An event read from a ring, before the merge.
+struct RingEvent {
+  TraceEvent e;              // t_us not yet set
+  std::uint64_t ticket = 0;
+  std::uint64_t ticks = 0;   // exact time: the slot's; sampled: interpolated from its ring's checkpoints
+  std::uint32_t stack = 0;   // the stack table's id
+};
+
+struct RingWindow {
+  std::uint64_t head = 0;       // events recorded
+  std::uint64_t begin = 0;      // the oldest ticket still in the ring (keep newest; 0 for keep oldest)
+  std::uint64_t dropped = 0;    // overwritten (keep newest) or refused (keep oldest)
+  std::uint64_t in_flight = 0;  // in the window, but being written or overwritten while read
+};
 }  // namespace detail
 
 namespace {
@@ -56,6 +83,12 @@ void* map_zeroed(std::size_t bytes) {
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
   return p;
+}
+
+std::uint64_t ring_capacity(std::size_t wanted) {
+  std::uint64_t cap = 16;
+  while (cap < wanted) cap <<= 1;
+  return cap;
 }
 
 std::uint64_t mix(std::uint64_t h, std::uint64_t v) {
@@ -167,31 +200,46 @@ bool Recorder::stacks_supported() {
 #endif
 }
 
-Recorder::Recorder(RecorderOptions options) : options_(std::move(options)), clock_(options_.clock) {
+Recorder::Ring::Ring(std::uint64_t capacity, bool sampled) : mask(capacity - 1) {
+  slots_bytes = capacity * sizeof(Slot);
+  slots = static_cast<Slot*>(map_zeroed(slots_bytes));
+  if (sampled) {
+    // Room for a checkpoint per 64 events and one per tick while events come: a quarter of the ring.
+    std::uint64_t n = 16;
+    while (n < capacity / 4) n <<= 1;
+    checkpoint_mask = n - 1;
+    checkpoints_bytes = n * sizeof(Checkpoint);
+    try {
+      checkpoints = static_cast<Checkpoint*>(map_zeroed(checkpoints_bytes));
+    } catch (...) {
+      ::munmap(slots, slots_bytes);
+      throw;
+    }
+  }
+}
+
+Recorder::Ring::~Ring() {
+  ::munmap(slots, slots_bytes);
+  if (checkpoints != nullptr) ::munmap(checkpoints, checkpoints_bytes);
+}
+
+Recorder::Recorder(RecorderOptions options)
+    : options_(std::move(options)),
+      clock_(options_.clock),
+      shared_(ring_capacity(options_.capacity), options_.time == RecorderOptions::Time::sampled) {
   std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, [] { detail::t_trace_tid = 0; }); });
-  std::size_t cap = 16;
-  while (cap < options_.capacity) cap <<= 1;
-  mask_ = cap - 1;
-  ring_bytes_ = cap * sizeof(Slot);
-  ring_ = static_cast<Slot*>(map_zeroed(ring_bytes_));
   keep_oldest_ = options_.keep == RecorderOptions::Keep::oldest;
   exact_time_ = options_.time == RecorderOptions::Time::exact;
-  if (!exact_time_) {
-    // Room for a checkpoint per 64 events and one per tick while events come: a quarter of the ring.
-    std::size_t n = 16;
-    while (n < cap / 4) n <<= 1;
-    checkpoint_mask_ = n - 1;
-    checkpoints_bytes_ = n * sizeof(Checkpoint);
-    checkpoints_ = static_cast<Checkpoint*>(map_zeroed(checkpoints_bytes_));
-    checkpoint(0, clock_.ticks());
-    if (options_.tick_us > 0) ticker_ = std::thread([this] { tick_loop(); });
-  }
   options_.stack_depth = std::clamp(options_.stack_depth, 1, kMaxDepth);
   stacks_ = options_.stacks && stacks_supported();
   slow_.store(stacks_ || keep_oldest_ || exact_time_ ? kSlowConfig : 0, std::memory_order_relaxed);
   if (stacks_) stack_table_ = std::make_unique<StackTable>(std::max<std::size_t>(options_.max_stacks, 1),
                                                            options_.stack_depth + kRawExtra);
   symbolizer_ = std::make_unique<Symbolizer>(options_.symbolizer);
+  if (!exact_time_) {
+    checkpoint(shared_, 0, clock_.ticks());
+    if (options_.tick_us > 0) ticker_ = std::thread([this] { tick_loop(); });  // last: nothing throws after it
+  }
 }
 
 Recorder::~Recorder() {
@@ -201,13 +249,27 @@ Recorder::~Recorder() {
   }
   tick_cv_.notify_all();
   if (ticker_.joinable()) ticker_.join();
-  ::munmap(ring_, ring_bytes_);
-  if (checkpoints_ != nullptr) ::munmap(checkpoints_, checkpoints_bytes_);
+  for (std::uint32_t i = 0, n = lane_count(); i < n; ++i) delete lanes_[i];
 }
 
-void Recorder::checkpoint(std::uint64_t ticket, std::uint64_t ticks) noexcept {
-  const std::uint64_t i = checkpoint_head_.fetch_add(1, std::memory_order_relaxed);
-  Checkpoint& c = checkpoints_[i & checkpoint_mask_];
+Recorder::Lane* Recorder::add_lane() noexcept {
+  std::lock_guard lock(lanes_mu_);
+  const std::uint32_t n = lane_count_.load(std::memory_order_relaxed);
+  if (n >= kMaxLanes) return nullptr;
+  Lane* l = nullptr;
+  try {
+    l = new Lane(this);
+  } catch (const std::bad_alloc&) {
+    return nullptr;  // its caller records into the shared ring
+  }
+  lanes_[n] = l;
+  lane_count_.store(n + 1, std::memory_order_release);
+  return l;
+}
+
+void Recorder::checkpoint(Ring& r, std::uint64_t ticket, std::uint64_t ticks) noexcept {
+  const std::uint64_t i = r.checkpoint_head.fetch_add(1, std::memory_order_relaxed);
+  Checkpoint& c = r.checkpoints[i & r.checkpoint_mask];
   c.seq.store(0, std::memory_order_relaxed);
   c.ticket.store(ticket, std::memory_order_release);
   c.ticks.store(ticks, std::memory_order_release);
@@ -218,48 +280,72 @@ void Recorder::tick_loop() {
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);
-  // A checkpoint (h, t) here says: the events before ticket h happened before t, and event h has not
-  // happened yet at t. While the head does not move, the last one is moved forward in time, so that
-  // the next event after a pause is placed within one tick of when it happened.
-  // After kIdleTicks ticks without an event it sleeps (no wake-ups while the program allocates nothing);
-  // the next event writes its own checkpoint and wakes it (record_slow).
+  // A checkpoint (h, t) here says: the events of its ring before ticket h happened before t, and event
+  // h has not happened yet at t. A tick that finds a ring's head moved writes one. While the head then
+  // stays, a second one, (h, now), is moved forward at every tick, so that the ring's next event after
+  // a pause is placed within one tick of when it happened; the first stays where it is (moving it would
+  // spread the events before it over the pause).
+  // After kIdleTicks ticks without an event on any ring it goes idle (kSlowIdle): the next event pins
+  // every ring's time and wakes it (record_slow). A lane's event may miss the flag (see the file's
+  // comment), so while idle it still ticks every kIdleWake: the moving checkpoints stay at most that far
+  // behind, which bounds how early such an event is placed, and the head it moved ends the idle time.
   constexpr int kIdleTicks = 100;
-  std::uint64_t last_head = head_.load(std::memory_order_acquire);
-  std::uint64_t last_index = UINT64_MAX;
-  int idle = 0;
-  std::unique_lock lock(tick_mu_);
-  for (;;) {
-    if (idle >= kIdleTicks) {
-      slow_.fetch_or(kSlowIdle, std::memory_order_seq_cst);
-      // An event between the last tick and the flag would not wake us: look once more before sleeping
-      // (seq_cst pairs with record()'s increment and load).
-      if (head_.load(std::memory_order_seq_cst) == last_head) {
-        tick_cv_.wait(lock, [this] { return stop_ || woken_; });
-      } else {
-        slow_.fetch_and(static_cast<std::uint8_t>(~kSlowIdle), std::memory_order_acq_rel);
-      }
-      woken_ = false;
-      idle = 0;
-      if (stop_) return;
-    } else if (tick_cv_.wait_for(lock, std::chrono::microseconds(options_.tick_us), [this] { return stop_; })) {
-      return;
-    }
-    const std::uint64_t head = head_.load(std::memory_order_acquire);
+  constexpr auto kIdleWake = std::chrono::milliseconds(50);
+  struct RingTick {
+    std::uint64_t head = 0;             // at the last tick
+    std::uint64_t moving = UINT64_MAX;  // the checkpoint moved forward since (UINT64_MAX: none yet)
+  };
+  RingTick shared{shared_.head.load(std::memory_order_acquire), UINT64_MAX};
+  std::array<RingTick, kMaxLanes> lanes{};  // by lane index
+  // One ring's tick; true if its head moved.
+  auto tick = [this](Ring& r, RingTick& rt) {
+    const std::uint64_t head = r.head.load(std::memory_order_acquire);
     const std::uint64_t now = clock_.ticks();
-    if (head != last_head) {
-      last_index = checkpoint_head_.fetch_add(1, std::memory_order_relaxed);
-      last_head = head;
-      idle = 0;
-    } else {
-      ++idle;
-      if (last_index == UINT64_MAX || checkpoint_head_.load(std::memory_order_relaxed) - last_index > checkpoint_mask_)
-        continue;  // nothing to move forward (none yet, or its slot was reused)
+    if (head != rt.head) {
+      checkpoint(r, head, now);
+      rt.head = head;
+      rt.moving = UINT64_MAX;
+      return true;
     }
-    Checkpoint& c = checkpoints_[last_index & checkpoint_mask_];
+    if (rt.moving == UINT64_MAX || r.checkpoint_head.load(std::memory_order_relaxed) - rt.moving > r.checkpoint_mask)
+      rt.moving = r.checkpoint_head.fetch_add(1, std::memory_order_relaxed);  // none yet, or its slot was reused
+    Checkpoint& c = r.checkpoints[rt.moving & r.checkpoint_mask];
     c.seq.store(0, std::memory_order_relaxed);
     c.ticket.store(head, std::memory_order_release);
     c.ticks.store(now, std::memory_order_release);
-    c.seq.store(last_index + 1, std::memory_order_release);
+    c.seq.store(rt.moving + 1, std::memory_order_release);
+    return false;
+  };
+  auto heads_moved = [&] {
+    if (shared_.head.load(std::memory_order_seq_cst) != shared.head) return true;
+    for (std::uint32_t i = 0, n = lane_count(); i < n; ++i)
+      if (lanes_[i]->ring_.head.load(std::memory_order_relaxed) != lanes[i].head) return true;
+    return false;
+  };
+  int idle = 0;            // ticks in a row without an event
+  bool flag_set = false;   // kSlowIdle set by this loop
+  std::unique_lock lock(tick_mu_);
+  for (;;) {
+    if (idle >= kIdleTicks) {
+      if (!flag_set) {
+        slow_.fetch_or(kSlowIdle, std::memory_order_seq_cst);
+        flag_set = true;
+      }
+      // One more look at the heads after the flag (a shared-ring event cannot miss both), then wait.
+      if (!heads_moved()) tick_cv_.wait_for(lock, kIdleWake, [this] { return stop_ || woken_; });
+    } else {
+      tick_cv_.wait_for(lock, std::chrono::microseconds(options_.tick_us), [this] { return stop_; });
+    }
+    if (stop_) return;
+    bool moved = woken_;
+    woken_ = false;
+    moved |= tick(shared_, shared);
+    for (std::uint32_t i = 0, n = lane_count(); i < n; ++i) moved |= tick(lanes_[i]->ring_, lanes[i]);
+    idle = moved ? 0 : std::min(idle + 1, kIdleTicks);
+    if (moved && flag_set) {  // an event came: tick again (record_slow may have cleared the flag already)
+      slow_.fetch_and(static_cast<std::uint8_t>(~kSlowIdle), std::memory_order_acq_rel);
+      flag_set = false;
+    }
   }
 }
 
@@ -269,14 +355,20 @@ std::string Recorder::stacks_note() const {
   return "off (GLAKE_TRACE_STACKS=1 records them)";
 }
 
-bool Recorder::record_slow(Op op, std::uint64_t ticket, std::uint32_t* stack, std::uint64_t* ticks) noexcept {
-  if (keep_oldest_ && ticket > mask_) return false;  // counted at collect: head - capacity
-  if (stacks_ && (op == Op::alloc || op == Op::oom)) *stack = capture_stack();
+void Recorder::record_slow(Ring& r, std::uint64_t ticket, Op op, std::uint32_t device, std::uint64_t stream,
+                           std::uint64_t addr, std::uint64_t size, std::uint64_t aux) noexcept {
+  if (keep_oldest_ && ticket > r.mask) return;  // refused; counted at collect: head - capacity
+  Slot& s = r.slots[ticket & r.mask];
+  std::uint32_t stack = 0;
+  if (stacks_ && (op == Op::alloc || op == Op::oom)) stack = capture_stack();
   if (exact_time_) {
-    *ticks = clock_.ticks();
+    s.ticks.store(clock_.ticks(), std::memory_order_release);
   } else if ((slow_.load(std::memory_order_relaxed) & kSlowIdle) != 0) {
-    // The first event after a pause: its own time, and the ticker woken up.
-    checkpoint(ticket, clock_.ticks());
+    // The first event after a pause. The idle ticker moves its checkpoints only every 50 ms: pin
+    // every ring's time now (not only this one's: another ring's events before the ticker's next tick
+    // would be placed up to 50 ms early), this event at now, and wake the ticker.
+    mark();
+    checkpoint(r, ticket, clock_.ticks());
     if ((slow_.fetch_and(static_cast<std::uint8_t>(~kSlowIdle), std::memory_order_acq_rel) & kSlowIdle) != 0) {
       {
         std::lock_guard lock(tick_mu_);
@@ -285,9 +377,10 @@ bool Recorder::record_slow(Op op, std::uint64_t ticket, std::uint32_t* stack, st
       tick_cv_.notify_one();
     }
   } else if ((ticket & (kCheckpointEvery - 1)) == 0) {
-    checkpoint(ticket, clock_.ticks());
+    checkpoint(r, ticket, clock_.ticks());
   }
-  return true;
+  write_slot(s, slot_seq(ticket, op, device), stream, addr, size, aux,
+             std::uint64_t{detail::thread_id()} << 32 | stack);
 }
 
 std::uint32_t Recorder::capture_stack() noexcept {
@@ -301,13 +394,26 @@ std::uint32_t Recorder::capture_stack() noexcept {
 }
 
 void Recorder::mark() noexcept {
-  if (checkpoints_ != nullptr) checkpoint(head_.load(std::memory_order_acquire), clock_.ticks());
+  if (exact_time_) return;
+  auto pin = [this](Ring& r) {
+    const std::uint64_t head = r.head.load(std::memory_order_acquire);
+    checkpoint(r, head, clock_.ticks());
+  };
+  pin(shared_);
+  for (std::uint32_t i = 0, n = lane_count(); i < n; ++i) pin(lanes_[i]->ring_);
 }
 
 RecorderCounters Recorder::counters() const noexcept {
   RecorderCounters c;
-  c.recorded = head_.load(std::memory_order_relaxed);
-  c.dropped = c.recorded > mask_ + 1 ? c.recorded - (mask_ + 1) : 0;
+  const std::uint64_t cap = shared_.mask + 1;
+  auto add = [&](const Ring& r) {
+    const std::uint64_t head = r.head.load(std::memory_order_relaxed);
+    c.recorded += head;
+    c.dropped += head > cap ? head - cap : 0;
+  };
+  add(shared_);
+  c.lanes = lane_count();
+  for (std::uint32_t i = 0; i < c.lanes; ++i) add(lanes_[i]->ring_);
   if (stack_table_) {
     c.stacks = stack_table_->count();
     c.stacks_dropped = stack_table_->dropped();
@@ -315,17 +421,15 @@ RecorderCounters Recorder::counters() const noexcept {
   return c;
 }
 
-Trace Recorder::collect(const CollectOptions& co) {
-  std::lock_guard lock(collect_mu_);
-  clock_.calibrate();
-  const std::uint64_t head = head_.load(std::memory_order_acquire);
-  // Sampled time: the checkpoints, by ticket, with clocks made monotonic, ending with (head, now).
+void Recorder::read_ring(const Ring& r, std::vector<detail::RingEvent>* out, detail::RingWindow* w) {
+  const std::uint64_t head = r.head.load(std::memory_order_acquire);
+  // Sampled time: the ring's checkpoints, by ticket, with clocks made monotonic, ending with (head, now).
   std::vector<std::pair<std::uint64_t, std::uint64_t>> cps;
   if (!exact_time_) {
-    const std::uint64_t ch = checkpoint_head_.load(std::memory_order_acquire);
-    const std::uint64_t cn = checkpoint_mask_ + 1;
+    const std::uint64_t ch = r.checkpoint_head.load(std::memory_order_acquire);
+    const std::uint64_t cn = r.checkpoint_mask + 1;
     for (std::uint64_t i = ch > cn ? ch - cn : 0; i < ch; ++i) {
-      const Checkpoint& c = checkpoints_[i & checkpoint_mask_];
+      const Checkpoint& c = r.checkpoints[i & r.checkpoint_mask];
       std::uint64_t seq = c.seq.load(std::memory_order_acquire);
       std::uint64_t ticket = c.ticket.load(std::memory_order_acquire), ticks = c.ticks.load(std::memory_order_acquire);
       if (seq == i + 1 && c.seq.load(std::memory_order_relaxed) == seq && ticket <= head) cps.emplace_back(ticket, ticks);
@@ -344,42 +448,98 @@ Trace Recorder::collect(const CollectOptions& co) {
                                                   static_cast<double>(ticket - lo.first) /
                                                   static_cast<double>(hi.first - lo.first));
   };
-  const std::uint64_t cap = mask_ + 1;
+  const std::uint64_t cap = r.mask + 1;
   const std::uint64_t begin = keep_oldest_ || head <= cap ? 0 : head - cap;
   const std::uint64_t end = keep_oldest_ ? std::min(head, cap) : head;
+  w->head = head;
+  w->begin = begin;
+  w->dropped = keep_oldest_ ? (head > cap ? head - cap : 0) : begin;
+  w->in_flight = 0;
+  out->reserve(out->size() + static_cast<std::size_t>(end - begin));
+  for (std::uint64_t i = begin; i < end; ++i) {
+    const Slot& s = r.slots[i & r.mask];
+    std::uint64_t seq = s.seq.load(std::memory_order_acquire);
+    detail::RingEvent x;
+    x.e.addr = s.addr.load(std::memory_order_acquire);
+    x.e.size = s.size.load(std::memory_order_acquire);
+    x.e.stream = s.stream.load(std::memory_order_acquire);
+    x.e.aux = s.aux.load(std::memory_order_acquire);
+    std::uint64_t ts = s.thread_stack.load(std::memory_order_acquire);
+    x.ticks = exact_time_ ? s.ticks.load(std::memory_order_acquire) : 0;
+    if (seq >> 16 != i + 1 || s.seq.load(std::memory_order_acquire) != seq ||
+        (!keep_oldest_ && r.head.load(std::memory_order_acquire) > i + cap) || (seq & 0xff) >= kOps) {
+      ++w->in_flight;  // being written, or overwritten since `head` was read
+      continue;
+    }
+    x.e.op = static_cast<Op>(seq & 0xff);
+    x.e.device = static_cast<std::uint32_t>(seq >> 8 & 0xff);
+    x.e.thread = static_cast<std::uint32_t>(ts >> 32);
+    x.stack = static_cast<std::uint32_t>(ts);
+    x.ticket = i;
+    if (!exact_time_) x.ticks = sampled_ticks(i);
+    out->push_back(x);
+  }
+}
+
+namespace {
+
+// The rings' events as one sequence (recorder.h, "Order"): repeatedly the earliest of the rings' next
+// events, ties to the lower ring index; each ring keeps its ticket order.
+std::vector<detail::RingEvent> merge_rings(std::vector<std::vector<detail::RingEvent>>& rings) {
+  std::size_t total = 0;
+  for (const auto& r : rings) total += r.size();
+  std::vector<detail::RingEvent> out;
+  out.reserve(total);
+  using Next = std::tuple<std::uint64_t, std::size_t, std::size_t>;  // ticks, ring, index in it
+  std::priority_queue<Next, std::vector<Next>, std::greater<>> next;
+  for (std::size_t k = 0; k < rings.size(); ++k)
+    if (!rings[k].empty()) next.emplace(rings[k][0].ticks, k, 0);
+  while (!next.empty()) {
+    auto [ticks, k, i] = next.top();
+    next.pop();
+    out.push_back(rings[k][i]);
+    if (i + 1 < rings[k].size()) next.emplace(rings[k][i + 1].ticks, k, i + 1);
+  }
+  return out;
+}
+
+}  // namespace
+
+Trace Recorder::collect(const CollectOptions& co) {
+  std::lock_guard lock(collect_mu_);
+  clock_.calibrate();
+  // Ring 0: the shared one; then the lanes, as they were made.
+  const std::uint32_t lanes = lane_count();
+  std::vector<std::vector<detail::RingEvent>> rings(1 + lanes);
+  std::uint64_t recorded = 0, dropped = 0, lost_in_flight = 0;
+  bool window_cut = false;  // some ring overwrote events: the trace starts after the recorder did
+  for (std::uint32_t k = 0; k <= lanes; ++k) {
+    detail::RingWindow w;
+    read_ring(k == 0 ? shared_ : lanes_[k - 1]->ring_, &rings[k], &w);
+    recorded += w.head;
+    dropped += w.dropped;
+    lost_in_flight += w.in_flight;
+    window_cut = window_cut || w.begin > 0;
+  }
+  std::vector<detail::RingEvent> merged = merge_rings(rings);
+  rings = {};
+  dropped += lost_in_flight;
 
   Trace t;
   t.format = "glake-trace";
   t.version = 1;
   t.path = "";
-  t.events.reserve(static_cast<std::size_t>(end - begin));
-  std::uint64_t lost_in_flight = 0, prev_us = 0;
+  t.events.reserve(merged.size());
   std::vector<std::uint32_t> raw_stack_ids;  // per event
-  raw_stack_ids.reserve(static_cast<std::size_t>(end - begin));
-  for (std::uint64_t i = begin; i < end; ++i) {
-    const Slot& s = ring_[i & mask_];
-    std::uint64_t seq = s.seq.load(std::memory_order_acquire);
-    TraceEvent e;
-    e.addr = s.addr.load(std::memory_order_acquire);
-    e.size = s.size.load(std::memory_order_acquire);
-    e.stream = s.stream.load(std::memory_order_acquire);
-    e.aux = s.aux.load(std::memory_order_acquire);
-    std::uint64_t ts = s.thread_stack.load(std::memory_order_acquire);
-    std::uint64_t ticks = exact_time_ ? s.ticks.load(std::memory_order_acquire) : 0;
-    if (seq >> 16 != i + 1 || s.seq.load(std::memory_order_acquire) != seq ||
-        (!keep_oldest_ && head_.load(std::memory_order_acquire) > i + cap) || (seq & 0xff) >= kOps) {
-      ++lost_in_flight;  // being written, or overwritten since `head` was read
-      continue;
-    }
-    e.op = static_cast<Op>(seq & 0xff);
-    e.device = static_cast<std::uint32_t>(seq >> 8 & 0xff);
-    e.thread = static_cast<std::uint32_t>(ts >> 32);
-    raw_stack_ids.push_back(static_cast<std::uint32_t>(ts));
-    if (!exact_time_) ticks = sampled_ticks(i);
-    e.t_us = std::max(prev_us, clock_.to_us(ticks));
-    prev_us = e.t_us;
-    t.events.push_back(e);
+  raw_stack_ids.reserve(merged.size());
+  std::uint64_t prev_us = 0;
+  for (detail::RingEvent& x : merged) {
+    x.e.t_us = std::max(prev_us, clock_.to_us(x.ticks));
+    prev_us = x.e.t_us;
+    t.events.push_back(x.e);
+    raw_stack_ids.push_back(x.stack);
   }
+  merged = {};
 
   // Stacks: symbolise, trim, and number the distinct results 1, 2, ... in order of first use.
   if (stack_table_) {
@@ -463,7 +623,7 @@ Trace Recorder::collect(const CollectOptions& co) {
     if (e.op == Op::alloc) window_live_net += static_cast<std::int64_t>(e.size);
     else if (e.op == Op::free) window_live_net -= static_cast<std::int64_t>(e.size);
   }
-  if (begin > 0 && co.totals) {
+  if (window_cut && co.totals) {
     std::int64_t at_start = static_cast<std::int64_t>(co.totals->live_bytes) - window_live_net;
     if (at_start > static_cast<std::int64_t>(start_named)) unseen = static_cast<std::uint64_t>(at_start) - start_named;
   }
@@ -482,13 +642,12 @@ Trace Recorder::collect(const CollectOptions& co) {
     t.live_at_start.insert(t.live_at_start.begin(), b);
   }
   std::uint64_t physical_at_start = 0;
-  if (begin > 0 && co.totals && static_cast<std::int64_t>(co.totals->physical_bytes) > window_physical_net)
+  if (window_cut && co.totals && static_cast<std::int64_t>(co.totals->physical_bytes) > window_physical_net)
     physical_at_start = static_cast<std::uint64_t>(static_cast<std::int64_t>(co.totals->physical_bytes) - window_physical_net);
   if (static_cast<std::int64_t>(physical_at_start) < -physical_min)
     physical_at_start = static_cast<std::uint64_t>(-physical_min);
 
   RecorderCounters c = counters();
-  const std::uint64_t dropped = (keep_oldest_ ? (head > cap ? head - cap : 0) : begin) + lost_in_flight;
   t.meta.name = co.name;
   t.meta.physical_at_start_bytes = physical_at_start;
   t.meta.events_dropped = dropped;
@@ -503,17 +662,18 @@ Trace Recorder::collect(const CollectOptions& co) {
                           : fmt::format("sampled (interpolated between checkpoints every {} events and every {} us)",
                                         kCheckpointEvery, options_.tick_us);
   m["start_unix_us"] = clock_.start_unix_us();
-  m["events_recorded"] = head;
+  m["events_recorded"] = recorded;
   m["events_written"] = t.events.size() - repaired;
   m["events_dropped"] = dropped;
-  m["ring_capacity"] = cap;
+  m["ring_capacity"] = capacity();
+  m["lanes"] = lanes;
   m["keep"] = keep_oldest_ ? "oldest" : "newest";
   if (dropped > 0)
-    m["dropped_note"] = keep_oldest_ ? fmt::format("the ring was full: the last {} events are missing "
-                                                   "(GLAKE_TRACE_EVENTS raises the capacity)", dropped)
-                                     : fmt::format("the ring was full: the first {} events are missing; live_at_start "
+    m["dropped_note"] = keep_oldest_ ? fmt::format("a ring was full: the last {} events are missing "
+                                                   "(GLAKE_TRACE_EVENTS raises the capacity of each ring)", dropped)
+                                     : fmt::format("a ring was full: the first {} events are missing; live_at_start "
                                                    "and physical_at_start_bytes stand for them (GLAKE_TRACE_EVENTS "
-                                                   "raises the capacity)", dropped);
+                                                   "raises the capacity of each ring)", dropped);
   if (lost_in_flight > 0) m["events_in_flight"] = lost_in_flight;
   if (repaired > 0) m["events_repaired"] = repaired;
   m["stacks"] = stacks_note();

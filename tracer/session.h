@@ -6,7 +6,7 @@
 //     `kill -USR2 PID`): the handler only writes a byte to a pipe; a watcher thread does the writing,
 //   - after an out-of-memory snapshot (on_oom_snapshot), by the watcher thread.
 // Every write is atomic (temporary file, fsync, rename): a reader never sees half a trace. Each write
-// is the whole ring as it is then; the last one (normally at exit) is the most complete. A path ending
+// is every ring as it is then; the last one (normally at exit) is the most complete. A path ending
 // in .gz is gzip-compressed; "%p" in the path becomes the process id (several processes, one setting).
 //
 // Out of memory: the caller (the shim, after pool::Allocator::allocate() returned out_of_memory, with no
@@ -17,7 +17,9 @@
 //
 // Settings (a bad value is reported in `errors`, naming the variable and the accepted values; the
 // default is used):
-//   GLAKE_TRACE_EVENTS       ring capacity in events (default 1M; K/M suffixes); 56 bytes each
+//   GLAKE_TRACE_EVENTS       events per ring (default 1M; K/M suffixes): the shared ring and each
+//                            pool's lane (recorder.h) hold this many each, 64 bytes an event (64 MiB
+//                            per ring at 1M, reserved, committed as written)
 //   GLAKE_TRACE_KEEP         newest (default: the ring overwrites the oldest) | oldest (refuses new ones)
 //   GLAKE_TRACE_STACKS       0 (default) | 1: call stacks of allocations (needs a build with libunwind)
 //   GLAKE_TRACE_STACK_DEPTH  frames per stack (default 16, 1..48)

@@ -73,6 +73,7 @@ const Self& self() {
 
 bool internal_name(const std::string& fn) {
   static constexpr const char* kPrefixes[] = {"glake::pool::", "glake::shim::", "glake::tracer::Recorder::",
+                                              "glake::tracer::detail::",
                                               "glake::tracer::StackTable::", "glake::tracer::PoolTraceObserver::",
                                               "glake::tracer::TraceSession::"};
   for (const char* p : kPrefixes)
@@ -134,7 +135,8 @@ std::vector<std::pair<std::string, std::string>> run_addr2line(const std::string
                                                                int deadline_ms) {
   std::vector<std::pair<std::string, std::string>> out;
   if (addrs.empty()) return out;
-  std::vector<std::string> args = {addr2line, "-C", "-f", "-e", object};
+  // -i: the chain of inlined functions at each address too (innermost first), each -a address first.
+  std::vector<std::string> args = {addr2line, "-C", "-f", "-i", "-a", "-e", object};
   for (std::uintptr_t a : addrs) args.push_back(fmt::format("0x{:x}", a));
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -185,18 +187,29 @@ std::vector<std::pair<std::string, std::string>> run_addr2line(const std::string
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (timed_out || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return out;
-  // Two lines per address: function, file:line.
-  std::vector<std::string> lines;
+  // Per address: the address, then two lines (function, file:line) per function of its inline chain.
+  std::vector<std::vector<std::string>> groups;
   std::size_t start = 0;
   while (start < text.size()) {
     std::size_t end = text.find('\n', start);
     if (end == std::string::npos) end = text.size();
-    lines.push_back(text.substr(start, end - start));
+    std::string line = text.substr(start, end - start);
     start = end + 1;
+    if (line.rfind("0x", 0) == 0) groups.emplace_back();
+    else if (!groups.empty()) groups.back().push_back(std::move(line));
   }
-  if (lines.size() < 2 * addrs.size()) return out;
-  for (std::size_t i = 0; i < addrs.size(); ++i) {
-    std::string fn = lines[2 * i], src = lines[2 * i + 1];
+  if (groups.size() != addrs.size()) return out;
+  for (const std::vector<std::string>& g : groups) {
+    if (g.size() < 2) return {};
+    // Named by the innermost function that is not glake's own: glake's code inlined into its caller
+    // (Recorder::record) leaves the caller's frame with the caller's name and line.
+    std::size_t pick = 0;
+    for (std::size_t k = 0; k + 1 < g.size(); k += 2)
+      if (!internal_name(g[k])) {
+        pick = k;
+        break;
+      }
+    std::string fn = g[pick], src = g[pick + 1];
     if (fn == "??") fn.clear();
     if (auto d = src.find(" (discriminator"); d != std::string::npos) src.resize(d);
     auto ends_with = [&](std::string_view suffix) {

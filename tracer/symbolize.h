@@ -1,8 +1,9 @@
 // tracer/symbolize.h: return addresses to frames (function, file:line, object+offset), at dump time.
 //
-// dladdr1 gives the object and its load bias, and the function for exported symbols; `addr2line -C -f`
-// (binutils, run as a subprocess, one batch per object, with a deadline) gives functions of every
-// symbol table and file:line where the object has debug information. Modes: "auto" (addr2line if it is
+// dladdr1 gives the object and its load bias, and the function for exported symbols; `addr2line -C -f
+// -i` (binutils, run as a subprocess, one batch per object, with a deadline) gives functions of every
+// symbol table and file:line where the object has debug information (of the innermost function not
+// glake's own, where glake's code was inlined into its caller). Modes: "auto" (addr2line if it is
 // on PATH, else dladdr), "addr2line", "dladdr" (function+offset, no file:line), "none" (object+offset
 // only). Results are cached per address.
 //

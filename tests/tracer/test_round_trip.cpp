@@ -2,6 +2,7 @@
 // the trace, read it back, replay it: the replay reaches the same peaks (live and physical) as the
 // recorded pool, the trace's own peaks equal the pool's statistics, and stitches show up as events.
 #include <random>
+#include <unordered_map>
 
 #include <gtest/gtest.h>
 
@@ -44,6 +45,33 @@ void workload(pool::Allocator& a, std::uint32_t seed) {
   for (const Live& l : live) ASSERT_EQ(a.free(l.p, l.s), pool::Status::ok);
 }
 
+// Every page under an allocation or a stitch is mapped at that point of the trace (its last map or
+// unmap event before it is a map). Pages are the size of the map events.
+void expect_mapped_at_allocation(const Trace& t) {
+  std::uint64_t page = 0;
+  for (const TraceEvent& e : t.events)
+    if (e.op == Op::map) page = e.size;
+  ASSERT_NE(page, 0u) << "no map events";
+  std::unordered_map<std::uint64_t, bool> mapped;  // page address -> mapped
+  std::uint64_t checked = 0;
+  for (std::size_t i = 0; i < t.events.size(); ++i) {
+    const TraceEvent& e = t.events[i];
+    if (e.op == Op::map || e.op == Op::unmap) {
+      ASSERT_EQ(e.addr % page, 0u);
+      for (std::uint64_t a = e.addr; a < e.addr + e.size; a += page) mapped[a] = e.op == Op::map;
+    } else if ((e.op == Op::alloc || e.op == Op::stitch) && e.size > 0) {
+      for (std::uint64_t a = e.addr / page * page; a < e.addr + e.size; a += page) {
+        auto it = mapped.find(a);
+        ASSERT_TRUE(it != mapped.end() && it->second)
+            << "event " << i << " (" << op_name(e.op) << " at " << e.addr << ", " << e.size << " bytes): page " << a
+            << " not mapped before it";
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 0u);
+}
+
 TEST(RoundTrip, RecordWriteReadReplaySamePeaks) {
   testing_util::TracedPool tp;
   ASSERT_NO_FATAL_FAILURE(workload(tp.pool, 7));
@@ -64,6 +92,10 @@ TEST(RoundTrip, RecordWriteReadReplaySamePeaks) {
   }
   EXPECT_EQ(stitches, st.stitches);
   EXPECT_EQ(creates, st.creates);
+  // Every event of the pool went to its lane, in the pool's order: every page of a block is mapped
+  // when the block is allocated or stitched.
+  EXPECT_EQ(tp.recorder.counters().lanes, 1u);
+  ASSERT_NO_FATAL_FAILURE(expect_mapped_at_allocation(recorded));
 
   std::string path = testing_util::temp_path("rt.json.gz");
   write_trace(recorded, path);
@@ -97,8 +129,10 @@ TEST(RoundTrip, WrappedRingStillReplays) {
   CollectOptions co;
   co.totals = Totals{st.requested.current, st.physical.current};
   Trace t = tp.recorder.collect(co);
+  // The pool's lane kept its newest 1024; what is not there is counted.
   EXPECT_EQ(t.events.size(), 1024u);
   EXPECT_GT(*t.meta.events_dropped, 0u);
+  EXPECT_EQ(t.events.size() + *t.meta.events_dropped, tp.recorder.counters().recorded);
   // The window ends with everything freed: the physical bytes at its start are what the pool held.
   EXPECT_EQ(t.meta.physical_at_start_bytes.value_or(0) > 0, true);
   std::string path = testing_util::temp_path("wrap.json");
