@@ -23,14 +23,16 @@ skips it).
 
 Targets (printed beside the figures): glake peak reserved <= 1.02 x peak allocated; glake step
 <= 1.02 x native (the paired median when --rounds > 0, else the training run's medians); glake pair
-<= 0.3 us. Prints a table and JSON (also to --json, default $OUT/bench_train.json when OUT is set). Needs libglake.so: GLAKE_LIB, or build-gpu/ or build/.
+<= 0.3 us. Prints a table and JSON (also to --json, default $OUT/bench_train.json when OUT is set;
+the rounds carry each step's time and, under glake, what glake did in the timed pass: glake_delta).
+Needs libglake.so: GLAKE_LIB, or build-gpu/ or build/.
 """
 
 import argparse
 import json
 import os
-import subprocess
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
