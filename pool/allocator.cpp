@@ -10,6 +10,7 @@
 // address map; the pieces of a chunk cover it; the statistics match the blocks.
 #include "pool/allocator.h"
 
+#include <chrono>
 #include <iterator>
 
 #include "pool/allocator_impl.h"
@@ -603,9 +604,13 @@ Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
       return Status::ok;
     }
   }
+  const auto t0 = std::chrono::steady_clock::now();
   Status r = m.allocate_large(q, stream, out);
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
+  std::lock_guard lock(m.mu);
+  ++m.st.slow_allocs;
+  m.st.slow_ns += static_cast<std::uint64_t>(ns.count());
   if (r != Status::ok) {
-    std::lock_guard lock(m.mu);
     ++m.st.ooms;
     m.emit(EventKind::oom, stream, 0, size);
   }

@@ -31,6 +31,8 @@ struct Stats {
   std::uint64_t reclaims = 0;  // times cached memory was reclaimed before out-of-memory
   std::uint64_t ooms = 0;      // out-of-memory errors returned to a caller
   std::uint64_t driver_ns = 0; // driver time (modeled on the host driver, measured on CUDA)
+  std::uint64_t slow_allocs = 0;  // allocations that found no cached block at once (the slow path)
+  std::uint64_t slow_ns = 0;      // host time in that slow path (settle, stitch, growth; driver included)
 };
 
 }  // namespace glake::pool

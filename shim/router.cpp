@@ -1098,6 +1098,8 @@ int Router::stats(int device, glake_stats_t* out, std::size_t out_size) {
     s.reclaims = st.reclaims;
     s.ooms = st.ooms;
     s.driver_ns = st.driver_ns;
+    s.slow_allocs = st.slow_allocs;
+    s.slow_ns = st.slow_ns;
   }
   std::memcpy(out, &s, n);
   return p != nullptr ? 0 : -1;

@@ -108,6 +108,11 @@ TEST(Allocator, SameStreamReusesAtOnceWithoutDriverCalls) {
   }
   EXPECT_EQ(m.driver.stats().calls(Call::create) + m.driver.stats().calls(Call::map), calls);
   EXPECT_EQ(m.driver.stats().calls(Call::event_record), 0u) << "the hot path makes no driver call";
+  // Only the first allocation took the slow path (it created and mapped pages), and it was timed.
+  const Stats st = m.pool.stats();
+  EXPECT_EQ(st.slow_allocs, 1u);
+  EXPECT_GT(st.slow_ns, 0u);
+  EXPECT_EQ(st.allocs, 101u);
 }
 
 TEST(Allocator, OtherStreamWaitsForTheWorkBeforeTheFree) {

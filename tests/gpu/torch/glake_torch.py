@@ -22,7 +22,8 @@ class GlakeStats(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in (
         "requested", "requested_peak", "blocks", "blocks_peak", "physical", "physical_peak",
         "mapped", "mapped_peak", "cached", "allocs", "frees", "creates", "releases", "maps", "unmaps",
-        "stitches", "reclaims", "ooms", "driver_ns", "passthrough_allocs", "capture_frees_held")]
+        "stitches", "reclaims", "ooms", "driver_ns", "passthrough_allocs", "capture_frees_held",
+        "slow_allocs", "slow_ns")]
 
 
 class Glake:
