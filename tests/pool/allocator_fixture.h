@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <random>
@@ -75,6 +76,30 @@ class PoolModel {
   std::map<DevPtr, LiveBlock> live;
   std::uint64_t next_id = 1;
 };
+
+// A random workload on two streams: `ops` allocations (sizes up to 10 pages, a fifth of them small) or
+// frees (some with work still queued on their stream), a trim to 4 pages every 50 ops. after(op,
+// status) runs after each op (status: the allocation's, or ok); a fatal failure in it stops the loop.
+template <class After>
+void churn(PoolModel& m, std::mt19937_64& rng, std::size_t page, int ops, After after) {
+  for (int op = 0; op < ops; ++op) {
+    StreamHandle s = 1 + rng() % 2;
+    Status r = Status::ok;
+    if (rng() % 2 == 0 || m.live.empty()) {
+      std::size_t size = rng() % 5 == 0 ? 1 + rng() % 4000 : 1 + rng() % (10 * page);
+      r = m.alloc(size, s);
+    } else {
+      auto it = m.live.begin();
+      std::advance(it, static_cast<long>(rng() % m.live.size()));
+      if (rng() % 4 == 0) m.driver.enqueue_work(it->second.stream);
+      ASSERT_EQ(m.free(it->first, it->second.stream), Status::ok);
+      if (rng() % 8 == 0) m.driver.complete_work(s);
+    }
+    if (op % 50 == 49) m.pool.trim(4 * page);
+    after(op, r);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
 
 inline HostDriver::Options small_pages(std::size_t capacity, std::size_t granularity = 64 << 10) {
   HostDriver::Options o;

@@ -407,22 +407,10 @@ TEST_P(AllocatorFaults, EveryFailureLeavesThePoolWhole) {
     std::mt19937_64 rng(nth);
     m.driver.fail_nth(kind, nth, kind == Call::create ? Status::out_of_memory : Status::unknown);
     int failures = 0;
-    for (int op = 0; op < 300; ++op) {
-      StreamHandle s = 1 + rng() % 2;
-      if (rng() % 2 == 0 || m.live.empty()) {
-        std::size_t size = rng() % 5 == 0 ? 1 + rng() % 4000 : 1 + rng() % (10 * kPage);
-        Status r = m.alloc(size, s);
-        if (r != Status::ok) ++failures;
-      } else {
-        auto it = m.live.begin();
-        std::advance(it, static_cast<long>(rng() % m.live.size()));
-        if (rng() % 4 == 0) m.driver.enqueue_work(it->second.stream);
-        ASSERT_EQ(m.free(it->first, it->second.stream), Status::ok);
-        if (rng() % 8 == 0) m.driver.complete_work(s);
-      }
-      if (op % 50 == 49) m.pool.trim(4 * kPage);
+    ASSERT_NO_FATAL_FAILURE(churn(m, rng, kPage, 300, [&](int op, Status r) {
+      if (r != Status::ok) ++failures;
       ASSERT_EQ(m.pool.validate(), "") << call_name(kind) << " #" << nth << " op " << op;
-    }
+    }));
     ASSERT_EQ(m.check(), "") << call_name(kind) << " #" << nth;
     m.driver.clear_faults();
     m.free_all();
