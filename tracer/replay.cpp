@@ -196,6 +196,10 @@ class Replayer {
     if (r.native_peak_bytes && *r.native_peak_bytes > 0)
       r.native_ratio = static_cast<double>(r.peak_physical_bytes) / static_cast<double>(*r.native_peak_bytes);
 
+    for (int pass = 2; pass <= options_.passes; ++pass) {
+      r.passes.push_back(repeat_pass(r));
+      check_valid(fmt::format("after pass {}", pass));
+    }
     check_valid("after the last event");
     free_left_live();
     check_valid("after freeing every block");
@@ -250,6 +254,46 @@ class Replayer {
     pool::Status st = pool_.free(p, s.stream);
     if (st != pool::Status::ok) pool_fail(fmt::format("{}: free of {} bytes failed", where(i), s.size), st);
   }
+  // Another pass (ReplayOptions::passes): the steps of the blocks the trace frees, in order; the blocks
+  // it leaves live stay live from the first pass, so their steps are skipped, as are the frees of
+  // live_at_start blocks (freed in the first pass).
+  PassReport repeat_pass(const ReplayReport& first) {
+    if (long_lived_.empty()) {
+      long_lived_.assign(program_.slots, false);
+      for (std::uint32_t s : program_.left_live) long_lived_[s] = true;
+      for (std::size_t i = 0; i < trace_.live_at_start.size(); ++i) long_lived_[i] = true;
+    }
+    const pool::DriverStats& ds = driver_.stats();
+    const pool::Stats before = pool_.stats();
+    const std::uint64_t ns0 = ds.total_ns();
+    std::uint64_t live = before.requested.current, peak = live;
+    for (std::size_t i = 0; i < program_.steps.size(); ++i) {
+      const Step& s = program_.steps[i];
+      if (long_lived_[s.slot]) continue;
+      if (s.alloc) {
+        allocate(s, program_.step_event[i]);
+        live += s.size;
+        peak = std::max(peak, live);
+      } else {
+        release(s, program_.step_event[i]);
+        live -= s.size;
+      }
+    }
+    const pool::Stats after = pool_.stats();
+    PassReport p;
+    p.peak_live_bytes = peak;
+    peak_live_so_far_ = std::max({peak_live_so_far_, first.peak_live_bytes, peak});
+    p.peak_physical_bytes = after.physical.peak;
+    p.ratio = static_cast<double>(p.peak_physical_bytes) / static_cast<double>(std::max<std::uint64_t>(peak_live_so_far_, 1));
+    p.stitches = after.stitches - before.stitches;
+    p.creates = after.creates - before.creates;
+    p.maps = after.maps - before.maps;
+    p.unmaps = after.unmaps - before.unmaps;
+    p.modeled_driver_s = static_cast<double>(ds.total_ns() - ns0) * 1e-9;
+    p.wall_s = first.wall_s;
+    return p;
+  }
+
   void free_slot(std::uint32_t slot) {
     pool::DevPtr p = ptr_[slot];
     ptr_[slot] = 0;
@@ -342,10 +386,13 @@ class Replayer {
   pool::HostDriver driver_;
   pool::Allocator pool_;
   std::vector<pool::DevPtr> ptr_;  // slot -> pool pointer (0: not live)
+  std::vector<bool> long_lived_;   // repeat passes: slots not replayed (left live, or live at start)
+  std::uint64_t peak_live_so_far_ = 0;
 };
 
 }  // namespace
 
+double PassReport::driver_fraction() const { return wall_s > 0 ? modeled_driver_s / wall_s : kNaN; }
 double ReplayReport::driver_fraction() const { return wall_s > 0 ? modeled_driver_s / wall_s : kNaN; }
 double ReplayReport::driver_fraction_second_half() const {
   return wall_s_second_half > 0 ? modeled_driver_s_second_half / wall_s_second_half : kNaN;
@@ -381,6 +428,13 @@ std::string format_report_text(const ReplayReport& r) {
   out += fmt::format("  pool            stitches {} creates {} releases {} maps {} unmaps {} reclaims {} ooms {};"
                      " peak mapped {}\n",
                      s.stitches, s.creates, s.releases, s.maps, s.unmaps, s.reclaims, s.ooms, fmt_bytes(s.mapped.peak));
+  for (std::size_t i = 0; i < r.passes.size(); ++i) {
+    const PassReport& p = r.passes[i];
+    out += fmt::format("  pass {:<3}        peak physical so far {} = {} x peak live; stitches {} creates {} maps {};"
+                       " modeled driver {:.4f} s = {} of a pass\n",
+                       i + 2, fmt_bytes(p.peak_physical_bytes), fmt_ratio(p.ratio), p.stitches, p.creates, p.maps,
+                       p.modeled_driver_s, fmt_pct(p.driver_fraction()));
+  }
   if (r.reps > 0) {
     std::string glibc = fmt_ns(r.glibc_pair_ns);
     if (!r.glibc_note.empty()) glibc += " (" + r.glibc_note + ")";
@@ -449,6 +503,21 @@ std::string format_report_json(const ReplayReport& r) {
       {"limit", r.limit},
       {"other_events", r.other_events},
   };
+  json passes = json::array();
+  for (std::size_t i = 0; i < r.passes.size(); ++i) {
+    const PassReport& p = r.passes[i];
+    passes.push_back({{"pass", i + 2},
+                      {"peak_live_bytes", p.peak_live_bytes},
+                      {"peak_physical_bytes", p.peak_physical_bytes},
+                      {"ratio", num(p.ratio)},
+                      {"stitches", p.stitches},
+                      {"creates", p.creates},
+                      {"maps", p.maps},
+                      {"unmaps", p.unmaps},
+                      {"modeled_driver_s", p.modeled_driver_s},
+                      {"driver_fraction", num(p.driver_fraction())}});
+  }
+  j["passes"] = passes;
   return j.dump();
 }
 
@@ -474,6 +543,10 @@ constexpr const char* kReplayUsage =
     "                       in whole pages)\n"
     "  --limit BYTES        most physical bytes the pool may hold (GLAKE_LIMIT; default 0: the capacity)\n"
     "  --reps N             repetitions of the timed alloc+free loops (default 5; 0 skips them)\n"
+    "  --passes N           run the events N times (default 1): after the first pass, the blocks the trace\n"
+    "                       frees are allocated and freed again while those it leaves live stay live, as\n"
+    "                       in a job that repeats its steps; reports each later pass (peak physical so\n"
+    "                       far and its ratio, stitches, creates, maps, modeled driver time)\n"
     "  -h, --help           this text\n"
     "BYTES take K, M, G, T suffixes (binary). The pool's other settings come from GLAKE_* variables;\n"
     "options override them. What-if: run the same trace with different options, e.g.\n"
@@ -582,13 +655,14 @@ int replay_command(const std::vector<std::string>& args) {
       } else {
         options.capacity = v;
       }
-    } else if (a == "--reps") {
-      if (!take_value()) return usage_error("--reps needs a value");
+    } else if (a == "--reps" || a == "--passes") {
+      if (!take_value()) return usage_error(a + " needs a value");
       char* end = nullptr;
       long n = std::strtol(value.c_str(), &end, 10);
-      if (value.empty() || *end != '\0' || n < 0 || n > 1000)
-        return usage_error(fmt::format("--reps: '{}' is not a number from 0 to 1000", value));
-      options.reps = static_cast<int>(n);
+      const long lo = a == "--reps" ? 0 : 1;
+      if (value.empty() || *end != '\0' || n < lo || n > 1000)
+        return usage_error(fmt::format("{}: '{}' is not a number from {} to 1000", a, value, lo));
+      (a == "--reps" ? options.reps : options.passes) = static_cast<int>(n);
     } else {
       return usage_error(fmt::format("unknown option '{}'", args[i]));
     }

@@ -11,7 +11,9 @@
 // goes to the pool with the event's stream). Measured over the events: peak physical bytes, driver
 // calls by kind and modeled driver time, over the whole trace and over its second half by time (the
 // events with t_us >= the midpoint of the first and last t_us). At the end validate() must be clean,
-// with the trace's last blocks live and again once everything is freed.
+// with the trace's last blocks live and again once everything is freed. With passes > 1 the events run
+// again (ReplayOptions::passes) before that check; the report's figures other than `passes` are the
+// first pass's.
 //
 // Then the host-side cost: the same alloc/free sequence runs `reps` times through the (warm) pool and
 // through glibc malloc/free in the same order, alternating; each run times the events plus the frees of
@@ -48,6 +50,10 @@ struct ReplayOptions {
   std::size_t granularity = std::size_t{2} << 20;  // the host driver's granularity
   pool::Config config;                             // the pool's settings (stitch, small_limit, ...)
   int reps = 5;  // repetitions of each timed loop (pool, glibc); 0 skips the host-cost measurement
+  // Passes over the events (>= 1). Each pass after the first replays the blocks that the trace frees
+  // again (a training job's next steps), while those it never frees (weights, optimizer state) stay
+  // live from the first: the steady state of a job that repeats what the trace recorded.
+  int passes = 1;
   // Called now and then during the replay with alloc/free events done and in all.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
   // Called after each alloc or free event with its index in trace.events and the pool (for tools that
@@ -58,6 +64,17 @@ struct ReplayOptions {
   // Watches the pool's events (create, map, stitch, ...) from the first event on (the set-up of
   // live_at_start excluded); removed before the replay returns.
   pool::Observer* observer = nullptr;
+};
+
+// One pass after the first (ReplayOptions::passes).
+struct PassReport {
+  std::uint64_t peak_live_bytes = 0;      // over this pass
+  std::uint64_t peak_physical_bytes = 0;  // the pool's peak so far (every pass up to this one)
+  double ratio = 0;                       // peak_physical_bytes / the largest peak live so far
+  std::uint64_t stitches = 0, creates = 0, maps = 0, unmaps = 0;  // in this pass
+  double modeled_driver_s = 0;            // in this pass
+  double driver_fraction() const;         // modeled_driver_s / the trace's wall time (NaN if 0)
+  double wall_s = 0;                      // the trace's wall time (one pass)
 };
 
 struct ReplayReport {
@@ -83,7 +100,9 @@ struct ReplayReport {
   double driver_fraction() const;     // modeled_driver_s / wall_s (NaN if wall_s is 0)
   double driver_fraction_second_half() const;
 
-  pool::Stats pool_stats;  // allocator.stats() after the last event
+  pool::Stats pool_stats;  // allocator.stats() after the last event of the first pass
+
+  std::vector<PassReport> passes;  // the passes after the first
 
   int reps = 0;
   double pair_ns = 0;        // median ns per alloc+free pair through the pool (NaN if not measured)

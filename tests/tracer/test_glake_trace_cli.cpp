@@ -65,6 +65,9 @@ TEST_F(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(run("replay").status, 2);
   EXPECT_EQ(run("replay --granularity 3000 x").status, 2);
   EXPECT_EQ(run("replay --capacity lots x").status, 2);
+  r = run("replay --passes 0 x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--passes"), std::string::npos) << r.err;
 }
 
 TEST_F(Cli, Help) {
@@ -107,6 +110,10 @@ TEST_F(Cli, TextReportAndOptions) {
   EXPECT_NE(r.out.find("granularity 4.00 MiB"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("stitching off"), std::string::npos) << r.out;
   EXPECT_EQ(r.err, "") << "no progress line when stderr is not a terminal";
+  r = run("replay --reps=0 --passes 3 " + quote(good));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("pass 2 "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("pass 3 "), std::string::npos) << r.out;
 }
 
 TEST_F(Cli, MissingFile) {

@@ -182,6 +182,37 @@ TEST(Replay, JsonReportHasTheKeys) {
   EXPECT_NE(text.find("create"), std::string::npos) << text;
 }
 
+// Passes after the first: the trace's transient blocks again, its long-lived ones kept. W (live at
+// start, freed by the trace) and L (allocated, never freed) are not replayed; T1 and T2 are, and a warm
+// pool serves them from its cache.
+TEST(Replay, LaterPassesRepeatTheTransientBlocks) {
+  std::string json = R"({"live_at_start":[[1,8388608]],"events":[)"
+                     R"([0,"a",10,4194304,0],[10,"a",11,6291456,0],[20,"a",12,2097152,0],[30,"f",1,8388608,0],)"
+                     R"([40,"f",11,6291456,0],[50,"f",12,2097152,0]]})";
+  Trace t = parse_trace(json, "passes.json");
+  ReplayOptions o = quick_options();
+  o.passes = 4;
+  ReplayReport r = replay_trace(t, o);  // throws if validate() finds a violation after any pass
+  EXPECT_EQ(r.peak_live_bytes, 20 * MiB);
+  ASSERT_EQ(r.passes.size(), 3u);
+  for (const PassReport& p : r.passes) {
+    EXPECT_EQ(p.peak_live_bytes, 12 * MiB) << "L (4M) + T1 (6M) + T2 (2M); W is gone";
+    EXPECT_EQ(p.creates, 0u);
+    EXPECT_EQ(p.maps, 0u);
+    EXPECT_EQ(p.stitches, 0u);
+    EXPECT_EQ(p.peak_physical_bytes, r.peak_physical_bytes);
+    EXPECT_NEAR(p.ratio, static_cast<double>(r.peak_physical_bytes) / (20.0 * MiB), 1e-12);
+    EXPECT_EQ(p.modeled_driver_s, 0);
+    EXPECT_DOUBLE_EQ(p.wall_s, 50e-6);
+  }
+  auto j = nlohmann::json::parse(format_report_json(r));
+  ASSERT_TRUE(j["passes"].is_array());
+  ASSERT_EQ(j["passes"].size(), 3u);
+  EXPECT_EQ(j["passes"][0]["pass"], 2);
+  EXPECT_EQ(j["passes"][2]["peak_live_bytes"], 12 * MiB);
+  EXPECT_TRUE(nlohmann::json::parse(format_report_json(replay_trace(t, quick_options())))["passes"].empty());
+}
+
 TEST(Replay, DemoTrace) {
   std::string path = testing_util::env_dir("GLAKE_TEST_DATA", "tests/data") + "/demo-trace.json.gz";
   if (!testing_util::file_exists(path)) GTEST_SKIP() << path << " not found";
