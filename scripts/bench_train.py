@@ -146,14 +146,23 @@ def worker_train(args):
 
 
 def worker_steps(args):
+    """Timing rounds: the same shapes --passes times; the first pass warms up, the others are timed.
+    After each pass: the peaks so far (reserved, allocated) by torch.cuda.memory_stats."""
+    import torch
     model = gt.build_model(args.model, "bench", seed=0)
     glake = gt.Glake()
+    torch.cuda.reset_peak_memory_stats()
     gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024)
+    peaks = [(torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated())]
     before = glake.stats()
-    _, times = gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024)
+    times = []
+    for _ in range(max(1, args.passes - 1)):
+        _, t = gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024)
+        times += t
+        peaks.append((torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated()))
     after = glake.stats()
-    out = {"step_s": times}
-    if before and after:  # what glake did during the timed pass
+    out = {"step_s": times, "peaks_after_each_pass": peaks}
+    if before and after:  # what glake did during the timed passes
         out["glake_delta"] = {k: after[k] - before[k] for k in after if isinstance(after[k], (int, float))}
     return out
 
@@ -209,7 +218,7 @@ def run_worker(config, phase, args, outdir):
     log = os.path.join(outdir, f"bench-{phase}-{config}.log")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", phase, "--result", result, "--model", args.model,
            "--steps", str(args.steps), "--max-batch", str(args.max_batch), "--start-batch", str(args.start_batch),
-           "--batch-step", str(args.batch_step), "--batch-limit", str(args.batch_limit)]
+           "--batch-step", str(args.batch_step), "--batch-limit", str(args.batch_limit), "--passes", str(args.passes)]
     mode, extra = CONFIG_ENV[config]
     extra = dict(extra, **({"GLAKE_PYTORCH": "0"} if phase == "pair" else {}))
     t0 = time.time()
@@ -239,6 +248,8 @@ def main():
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--rounds", type=int, default=3, help="rounds of paired step timing (0: none)")
     ap.add_argument("--round-configs", help="configurations of the timing rounds (default: --configs)")
+    ap.add_argument("--passes", type=int, default=2,
+                    help="timing rounds: passes over the same --steps shapes, the first untimed (default 2)")
     ap.add_argument("--no-pair", action="store_true")
     ap.add_argument("--json", help="write the results here (default: $OUT/bench_train.json)")
     ap.add_argument("--worker", choices=["train", "steps", "pair"], help=argparse.SUPPRESS)
@@ -304,6 +315,11 @@ def main():
     if report["paired_step_vs_native"]:
         print(f"\nsteady-state step / native's same step, median over {len(rounds)} rounds: " +
               ", ".join(f"{c} {v:.3f}x ({len(paired[c])} steps)" for c, v in report["paired_step_vs_native"].items()))
+        for c in configs:
+            peaks = [r[c]["peaks_after_each_pass"] for r in rounds if "peaks_after_each_pass" in r.get(c, {})]
+            if peaks:
+                print(f"{c}: peak reserved / peak allocated after each pass of the first round: " +
+                      " ".join(f"{res / max(1, alloc):.3f}" for res, alloc in peaks[0]))
     g = report["runs"].get("glake", {})
     targets = {}
     if "reserved_over_allocated" in g:
