@@ -9,6 +9,7 @@
 #include <atomic>
 #include <barrier>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -25,6 +26,35 @@ namespace {
 
 using testing_util::ev;
 
+// Collects from a recorder on a thread of its own, again and again, from start() until stop(); each
+// trace goes to `check` (collect() itself throws if a trace is inconsistent). stop() returns how many
+// traces it collected.
+class Collector {
+ public:
+  explicit Collector(Recorder& r, std::function<void(const Trace&)> check = {})
+      : thread_([this, &r, check = std::move(check)] {
+          while (!go_.load()) std::this_thread::yield();
+          while (!done_.load()) {
+            Trace t = r.collect();
+            if (check) check(t);
+            ++count_;
+          }
+        }) {}
+  ~Collector() { stop(); }
+  void start() { go_ = true; }
+  int stop() {
+    go_ = true;
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+    return count_.load();
+  }
+
+ private:
+  std::atomic<bool> go_{false}, done_{false};
+  std::atomic<int> count_{0};
+  std::thread thread_;  // last: started once the flags exist
+};
+
 constexpr int kThreads = 8;
 
 TEST(RecorderThreads, NothingLostOrderKeptWhileCollecting) {
@@ -32,15 +62,8 @@ TEST(RecorderThreads, NothingLostOrderKeptWhileCollecting) {
   RecorderOptions o;
   o.capacity = kThreads * per_thread * 2 + 64;
   Recorder r(o);
-  std::atomic<bool> go{false}, done{false};
-  std::atomic<int> collects{0};
-  std::thread collector([&] {
-    while (!go.load()) std::this_thread::yield();
-    while (!done.load()) {
-      Trace t = r.collect();  // throws if inconsistent
-      ++collects;
-    }
-  });
+  std::atomic<bool> go{false};
+  Collector collector(r);
   std::vector<std::thread> threads;
   for (int k = 0; k < kThreads; ++k)
     threads.emplace_back([&, k] {
@@ -52,10 +75,9 @@ TEST(RecorderThreads, NothingLostOrderKeptWhileCollecting) {
       }
     });
   go = true;
+  collector.start();
   for (auto& t : threads) t.join();
-  done = true;
-  collector.join();
-  EXPECT_GT(collects.load(), 0);
+  EXPECT_GT(collector.stop(), 0);
 
   Trace t = r.collect();
   ASSERT_EQ(t.events.size(), kThreads * per_thread * 2);
@@ -79,10 +101,8 @@ TEST(RecorderThreads, SmallRingCountsDropsExactlyUnderConcurrency) {
   RecorderOptions o;
   o.capacity = 4096;
   Recorder r(o);
-  std::atomic<bool> done{false};
-  std::thread collector([&] {
-    while (!done.load()) (void)r.collect();  // consistent every time (check_trace inside)
-  });
+  Collector collector(r);
+  collector.start();
   std::vector<std::thread> threads;
   for (int k = 0; k < kThreads; ++k)
     threads.emplace_back([&, k] {
@@ -93,8 +113,7 @@ TEST(RecorderThreads, SmallRingCountsDropsExactlyUnderConcurrency) {
       }
     });
   for (auto& t : threads) t.join();
-  done = true;
-  collector.join();
+  collector.stop();
   const std::uint64_t total = kThreads * per_thread * 2;
   RecorderCounters c = r.counters();
   EXPECT_EQ(c.recorded, total);
@@ -160,8 +179,7 @@ TEST(RecorderThreads, LanesUnderAMutexAndTheSharedRingWhileCollecting) {
   auto maybe_pause = [&](int i) {
     if (i % (kRounds / (kPauses + 1)) == 0 && i > 0) pause.arrive_and_wait();
   };
-  std::atomic<bool> go{false}, done{false};
-  std::atomic<int> collects{0};
+  std::atomic<bool> go{false};
   // An event's fields follow from its ring (device: lane d, or kLanes + shared writer k) and number.
   auto addr_of = [](std::uint32_t device, std::uint64_t block) { return (std::uint64_t{device} + 1) << 40 | block << 8; };
   auto size_of = [](std::uint64_t block) { return block % 1000 + 1; };
@@ -188,14 +206,7 @@ TEST(RecorderThreads, LanesUnderAMutexAndTheSharedRingWhileCollecting) {
       for (int k = 0; k < kShared; ++k) EXPECT_EQ(seen[kLanes + k], static_cast<std::uint64_t>(kRounds));
     }
   };
-  std::thread collector([&] {
-    while (!go.load()) std::this_thread::yield();
-    while (!done.load()) {
-      Trace t = r.collect();  // throws if inconsistent
-      ASSERT_NO_FATAL_FAILURE(check(t, false));
-      ++collects;
-    }
-  });
+  Collector collector(r, [&](const Trace& t) { ASSERT_NO_FATAL_FAILURE(check(t, false)); });
   Recorder::Lane* lanes[kLanes];
   for (auto& l : lanes) ASSERT_NE(l = r.add_lane(), nullptr);
   std::vector<std::thread> threads;
@@ -224,10 +235,9 @@ TEST(RecorderThreads, LanesUnderAMutexAndTheSharedRingWhileCollecting) {
       }
     });
   go = true;
+  collector.start();
   for (auto& t : threads) t.join();
-  done = true;
-  collector.join();
-  EXPECT_GT(collects.load(), 0);
+  EXPECT_GT(collector.stop(), 0);
   Trace t = r.collect();
   EXPECT_EQ(t.meta.events_dropped.value_or(1), 0u);
   ASSERT_EQ(t.events.size(), static_cast<std::size_t>((kLanes * kPerLane + kShared) * kRounds));
@@ -260,10 +270,8 @@ TEST(RecorderThreads, SmallLanesCountDropsExactly) {
   std::uint64_t next[kLanes] = {};
   Recorder::Lane* lanes[kLanes];
   for (auto& l : lanes) ASSERT_NE(l = r.add_lane(), nullptr);
-  std::atomic<bool> done{false};
-  std::thread collector([&] {
-    while (!done.load()) (void)r.collect();  // consistent every time (check_trace inside)
-  });
+  Collector collector(r);
+  collector.start();
   std::vector<std::thread> threads;
   for (int d = 0; d < kLanes; ++d)
     for (int k = 0; k < kPerLane; ++k)
@@ -280,8 +288,7 @@ TEST(RecorderThreads, SmallLanesCountDropsExactly) {
     for (int i = 0; i < 500; ++i) r.record(ev(Op::map, std::uint64_t{1} << 50 | static_cast<std::uint64_t>(i) << 21, 1, 0, 9));
   });
   for (auto& t : threads) t.join();
-  done = true;
-  collector.join();
+  collector.stop();
   std::uint64_t total = 500, dropped = 0;
   for (int d = 0; d < kLanes; ++d) {
     total += next[d];
