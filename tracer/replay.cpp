@@ -278,6 +278,7 @@ class Replayer {
         release(s, program_.step_event[i]);
         live -= s.size;
       }
+      if (options_.after_step) options_.after_step(program_.step_event[i], pool_);
     }
     const pool::Stats after = pool_.stats();
     PassReport p;

@@ -56,8 +56,8 @@ struct ReplayOptions {
   int passes = 1;
   // Called now and then during the replay with alloc/free events done and in all.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
-  // Called after each alloc or free event with its index in trace.events and the pool (for tools that
-  // follow the pool's state over the replay: physical bytes, a snapshot at the peak, ...).
+  // Called after each alloc or free event (of every pass) with its index in trace.events and the pool
+  // (for tools that follow the pool's state over the replay: physical bytes, a snapshot at the peak, ...).
   std::function<void(std::size_t event_index, const pool::Allocator& pool)> after_step;
   // Called once after the set-up of live_at_start, before the first event.
   std::function<void(const pool::Allocator& pool)> after_setup;

@@ -192,7 +192,13 @@ TEST(Replay, LaterPassesRepeatTheTransientBlocks) {
   Trace t = parse_trace(json, "passes.json");
   ReplayOptions o = quick_options();
   o.passes = 4;
+  std::vector<std::size_t> steps;  // after_step's event indices, every pass
+  o.after_step = [&](std::size_t i, const glake::pool::Allocator&) { steps.push_back(i); };
   ReplayReport r = replay_trace(t, o);  // throws if validate() finds a violation after any pass
+  // Pass 1: all six events; passes 2-4: the allocs and frees of T1 and T2 (events 1, 2, 4, 5).
+  std::vector<std::size_t> want = {0, 1, 2, 3, 4, 5};
+  for (int pass = 2; pass <= 4; ++pass) want.insert(want.end(), {1, 2, 4, 5});
+  EXPECT_EQ(steps, want);
   EXPECT_EQ(r.peak_live_bytes, 20 * MiB);
   ASSERT_EQ(r.passes.size(), 3u);
   for (const PassReport& p : r.passes) {
