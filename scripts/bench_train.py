@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
-"""scripts/bench_train.py: the same training job under PyTorch native, expandable_segments:True and
-glake, one after another (separate processes), on one GPU. One run takes a few minutes.
+"""scripts/bench_train.py: the same job under PyTorch native, expandable_segments:True and glake, one
+after another (separate processes), on one GPU. One run takes a few minutes.
+
+Jobs (--model), bench size, random weights: gpt2 and llama train (GPT-2 12 x 768; Llama 12 x 1024,
+GQA); lora fine-tunes that Llama with peft (rank 16 on q_proj and v_proj, base weights frozen);
+generate runs Llama inference in bf16 (model.generate, greedy, 32 new tokens, KV cache), a "step"
+being one generate() call on a batch of prompts and "training" below meaning those calls.
 
 For each configuration it reports:
   - peak reserved / peak allocated (torch.cuda.max_memory_reserved / max_memory_allocated; under glake
@@ -107,28 +112,83 @@ std::vector<double> pairs(int64_t bytes) {
 
 # ---- worker (one configuration, in its own process) -----------------------------------------------
 
+JOBS = ("gpt2", "llama", "lora", "generate")
+NEW_TOKENS = 32  # generate: tokens per prompt
+
+
+def build_job_model(job):
+    """The job's model on the GPU (see the module's docstring)."""
+    import torch
+    model = gt.build_model("gpt2" if job == "gpt2" else "llama", "bench", seed=0)
+    if job == "lora":
+        import peft
+        config = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                                 task_type="CAUSAL_LM")
+        model = peft.get_peft_model(model, config)
+    elif job == "generate":
+        model = model.to(torch.bfloat16).eval()
+        model.config.use_cache = True
+    return model
+
+
+def generate_steps(model, steps, seed, max_batch):
+    """generate() on the shapes of gt.step_shapes (batch x prompt length); returns the first generated
+    token of every row (per step) and the step times (seconds, synchronized)."""
+    import torch
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    firsts, times = [], []
+    for b, n in gt.step_shapes(steps, seed, max_batch=max_batch, max_len=1024):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = generate_once(model, torch.randint(3, 8192, (b, n), device="cuda", generator=gen))
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        firsts.append(out[:, n].tolist())
+    return firsts, times
+
+
+def generate_once(model, ids):
+    import torch
+    with torch.no_grad():
+        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                              min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True, pad_token_id=0)
+
+
+def run_steps(model, args):
+    """One pass over the --steps shapes: (losses or first tokens, step times)."""
+    if args.model == "generate":
+        return generate_steps(model, args.steps, seed=1, max_batch=args.max_batch)
+    return gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024)
+
+
 def worker_train(args):
     import torch
     glake = gt.Glake()
-    model = gt.build_model(args.model, "bench", seed=0)
+    model = build_job_model(args.model)
     torch.cuda.reset_peak_memory_stats()
-    losses, times = gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024)
+    losses, times = run_steps(model, args)
     result = {
         "peak_allocated": torch.cuda.max_memory_allocated(),
         "peak_reserved": torch.cuda.max_memory_reserved(),
         "median_step_s": sorted(times[3:])[len(times[3:]) // 2],
-        "losses": losses,
+        ("first_tokens" if args.model == "generate" else "losses"): losses,
         "backend": torch.cuda.get_allocator_backend(),
         "glake": glake.status(),
         "glake_stats": glake.stats(),
     }
-    # Largest batch under the cap: keep training the same model with growing batches.
+    # Largest batch under the cap: keep running the same model with growing batches.
     best, batch = 0, args.start_batch
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
+    opt = None
+    if args.model != "generate":
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
     while batch <= args.batch_limit:
         try:
             for n in LENGTHS:
-                ids = torch.randint(0, 8192, (batch, n), device="cuda")
+                ids = torch.randint(3, 8192, (batch, n), device="cuda")
+                if opt is None:
+                    generate_once(model, ids)
+                    del ids
+                    continue
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     loss = model(input_ids=ids, labels=ids).loss
                 loss.backward()
@@ -149,15 +209,15 @@ def worker_steps(args):
     """Timing rounds: the same shapes --passes times; the first pass warms up, the others are timed.
     After each pass: the peaks so far (reserved, allocated) by torch.cuda.memory_stats."""
     import torch
-    model = gt.build_model(args.model, "bench", seed=0)
+    model = build_job_model(args.model)
     glake = gt.Glake()
     torch.cuda.reset_peak_memory_stats()
-    gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024)
+    run_steps(model, args)
     peaks = [(torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated())]
     before = glake.stats()
     times = []
     for _ in range(max(1, args.passes - 1)):
-        _, t = gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024)
+        _, t = run_steps(model, args)
         times += t
         peaks.append((torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated()))
     after = glake.stats()
@@ -238,7 +298,7 @@ def run_worker(config, phase, args, outdir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="gpt2", choices=["gpt2", "llama"])
+    ap.add_argument("--model", default="gpt2", choices=JOBS, help="the job (see above; default gpt2)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--max-batch", type=int, default=8, help="training phase: batch sizes 1..N")
     ap.add_argument("--cap-gib", type=float, default=12.0, help="memory left to each run by the second process")
@@ -306,10 +366,16 @@ def main():
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     print()
-    print(f"model {args.model} (bench size), {args.steps} steps, batch 1-{args.max_batch} x length 64-1024")
+    what = f"generate() calls, {NEW_TOKENS} new tokens" if args.model == "generate" else "training steps"
+    print(f"job {args.model} (bench size), {args.steps} {what}, batch 1-{args.max_batch} x length 64-1024")
     print(line(head))
     for row in rows:
         print(line(row))
+    native_tokens = report["runs"].get("native", {}).get("first_tokens")
+    if native_tokens is not None:  # generate: greedy decoding gives the same tokens under every allocator
+        same = {c: r.get("first_tokens") == native_tokens for c, r in report["runs"].items() if "first_tokens" in r}
+        report["same_tokens_as_native"] = same
+        print("first generated tokens equal native's: " + ", ".join(f"{c} {v}" for c, v in same.items()))
     paired = {c: paired_step_ratios(rounds, c) for c in configs if c != "native"}
     report["paired_step_vs_native"] = {c: round(statistics.median(v), 4) for c, v in paired.items() if v}
     if report["paired_step_vs_native"]:
