@@ -301,10 +301,11 @@ def main():
     ap.add_argument("--model", default="gpt2", choices=JOBS, help="the job (see above; default gpt2)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--max-batch", type=int, default=8, help="training phase: batch sizes 1..N")
-    ap.add_argument("--cap-gib", type=float, default=12.0, help="memory left to each run by the second process")
-    ap.add_argument("--start-batch", type=int, default=8)
-    ap.add_argument("--batch-step", type=int, default=4)
-    ap.add_argument("--batch-limit", type=int, default=256)
+    ap.add_argument("--cap-gib", type=float, help="memory left to each run by the second process (default 12; "
+                    "generate: 4)")
+    ap.add_argument("--start-batch", type=int, help="largest-batch search: first batch (default 8; generate: 16)")
+    ap.add_argument("--batch-step", type=int, help="largest-batch search: step (default 4; generate: 16)")
+    ap.add_argument("--batch-limit", type=int, help="largest-batch search: last batch (default 256; generate: 1024)")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--rounds", type=int, default=3, help="rounds of paired step timing (0: none)")
     ap.add_argument("--round-configs", help="configurations of the timing rounds (default: --configs)")
@@ -315,6 +316,13 @@ def main():
     ap.add_argument("--worker", choices=["train", "steps", "pair"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    # The search's defaults: generate needs far less memory per sequence than training (no activations
+    # kept, a KV cache of 12 KiB per token), so it gets a tighter cap and coarser steps.
+    defaults = dict(cap_gib=4.0, start_batch=16, batch_step=16, batch_limit=1024) if args.model == "generate" else \
+        dict(cap_gib=12.0, start_batch=8, batch_step=4, batch_limit=256)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
     if args.worker:
         out = {"train": worker_train, "steps": worker_steps, "pair": worker_pair}[args.worker](args)
