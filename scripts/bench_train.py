@@ -10,7 +10,8 @@ being one generate() call on a batch of prompts and "training" below meaning tho
 For each configuration it reports:
   - peak reserved / peak allocated (torch.cuda.max_memory_reserved / max_memory_allocated; under glake
     these are glake's physical / requested peaks), over training with a new batch size and sequence
-    length every step (activation checkpointing, bf16 autocast, AdamW, random weights);
+    length every step (activation checkpointing, bf16 autocast, AdamW, random weights), counted from
+    after the model is built (torch.cuda.empty_cache, then reset_peak_memory_stats);
   - the median step time (first 3 steps excluded);
   - the step time beside native's, paired: --rounds rounds (default 3) of fresh processes, one per
     configuration in turn (the order rotating each round, no second process), each training the same
@@ -165,6 +166,7 @@ def worker_train(args):
     import torch
     glake = gt.Glake()
     model = build_job_model(args.model)
+    torch.cuda.empty_cache()  # the peaks are the job's, not the model's loading (generate: fp32 -> bf16)
     torch.cuda.reset_peak_memory_stats()
     losses, times = run_steps(model, args)
     result = {
@@ -211,6 +213,7 @@ def worker_steps(args):
     import torch
     model = build_job_model(args.model)
     glake = gt.Glake()
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     run_steps(model, args)
     peaks = [(torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated())]
