@@ -24,6 +24,7 @@
 #include "pool/allocator.h"
 #include "pool/host_driver.h"
 #include "tracer/format_util.h"
+#include "tracer/trace_cut.h"
 #include "tracer/trace_reader.h"
 
 namespace glake::tracer {
@@ -548,6 +549,9 @@ constexpr const char* kReplayUsage =
     "                       frees are allocated and freed again while those it leaves live stay live, as\n"
     "                       in a job that repeats its steps; reports each later pass (peak physical so\n"
     "                       far and its ratio, stitches, creates, maps, modeled driver time)\n"
+    "  --from SECONDS       replay only the events from SECONDS after the trace's first event on; the\n"
+    "                       blocks live then are set up first (as live_at_start), e.g. to leave out the\n"
+    "                       loading of a model\n"
     "  -h, --help           this text\n"
     "BYTES take K, M, G, T suffixes (binary). The pool's other settings come from GLAKE_* variables;\n"
     "options override them. What-if: run the same trace with different options, e.g.\n"
@@ -594,6 +598,7 @@ class ProgressLine {
 
 int replay_command(const std::vector<std::string>& args) {
   bool json_out = false;
+  std::optional<double> from_s;  // --from
   ReplayOptions options;
   std::vector<std::string> config_errors;
   options.config = pool::config_from_env(&config_errors);
@@ -656,6 +661,13 @@ int replay_command(const std::vector<std::string>& args) {
       } else {
         options.capacity = v;
       }
+    } else if (a == "--from") {
+      if (!take_value()) return usage_error(a + " needs a value");
+      char* end = nullptr;
+      double v = std::strtod(value.c_str(), &end);
+      if (value.empty() || *end != '\0' || !std::isfinite(v) || v < 0 || v > 1e9)
+        return usage_error(fmt::format("--from: '{}' is not a number of seconds (e.g. 0.5)", value));
+      from_s = v;
     } else if (a == "--reps" || a == "--passes") {
       if (!take_value()) return usage_error(a + " needs a value");
       char* end = nullptr;
@@ -686,6 +698,15 @@ int replay_command(const std::vector<std::string>& args) {
       }
       auto read_t0 = std::chrono::steady_clock::now();
       Trace trace = read_trace(path, read_progress);
+      if (from_s) {
+        const std::uint64_t t0 = trace.events.empty() ? 0 : trace.events.front().t_us;
+        const std::uint64_t from_us = t0 + static_cast<std::uint64_t>(std::llround(*from_s * 1e6));
+        if (trace.events.empty() || from_us > trace.events.back().t_us)
+          throw std::runtime_error(fmt::format(
+              "{}: --from {} s is after its last event ({:.3f} s after the first)", path, *from_s,
+              trace.events.empty() ? 0.0 : static_cast<double>(trace.events.back().t_us - t0) * 1e-6));
+        trace = trace_from(trace, from_us);
+      }
       double read_s = seconds_since(read_t0);
       if (trace.meta.peak_live_bytes && *trace.meta.peak_live_bytes != trace.peak_live_bytes) {
         line.clear();

@@ -68,6 +68,10 @@ TEST_F(Cli, UsageErrorsExitTwo) {
   r = run("replay --passes 0 x");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("--passes"), std::string::npos) << r.err;
+  r = run("replay --from -1 x");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--from"), std::string::npos) << r.err;
+  EXPECT_EQ(run("replay --from soon x").status, 2);
 }
 
 TEST_F(Cli, Help) {
@@ -114,6 +118,14 @@ TEST_F(Cli, TextReportAndOptions) {
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_NE(r.out.find("pass 2 "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("pass 3 "), std::string::npos) << r.out;
+  // --from: the free at 10 us only, its block set up first.
+  r = run("replay --reps 0 --from 0.00001 " + quote(good));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("good (from t = 0.000 s)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1 blocks live at start"), std::string::npos) << r.out;
+  r = run("replay --reps 0 --from 1 " + quote(good));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("after its last event"), std::string::npos) << r.err;
 }
 
 TEST_F(Cli, MissingFile) {
