@@ -157,7 +157,7 @@ TEST(RecorderThreads, StacksFromManyThreads) {
 // their events in `aux` in the mutex's order (the device is the lane's index); other threads write the
 // shared ring meanwhile, each numbering its own. A collector runs all along. Every trace: consistent
 // (check_trace), no torn event (the fields agree with each other), each lane's mutex order and each
-// shared writer's order kept; the last one has every event. Twice all writers stop for 60 ms: the
+// shared writer's order kept; the last one has every event. Twice all writers stop for 150 ms: the
 // ticker goes idle, and the next events wake it.
 TEST(RecorderThreads, LanesUnderAMutexAndTheSharedRingWhileCollecting) {
   constexpr int kLanes = 3, kPerLane = 2, kShared = 2, kRounds = 6000;
@@ -168,7 +168,7 @@ TEST(RecorderThreads, LanesUnderAMutexAndTheSharedRingWhileCollecting) {
   std::mutex mu[kLanes];
   std::uint64_t next[kLanes] = {};  // under mu[d]: the next event's number
   constexpr int kPauses = 2;
-  constexpr auto kPause = std::chrono::milliseconds(60);
+  constexpr auto kPause = std::chrono::milliseconds(150);
   std::uint64_t boundary[kPauses][kLanes] = {};  // next[d] at each pause
   int pauses = 0;
   std::barrier pause(kLanes * kPerLane + kShared, [&]() noexcept {
@@ -245,8 +245,9 @@ TEST(RecorderThreads, LanesUnderAMutexAndTheSharedRingWhileCollecting) {
   for (std::size_t i = 1; i < t.events.size(); ++i) ASSERT_GE(t.events[i].t_us, t.events[i - 1].t_us);
   EXPECT_EQ(r.counters().lanes, static_cast<std::uint64_t>(kLanes));
   ASSERT_EQ(pauses, kPauses);
-  // The events after a pause are placed after it (within ticks, which a loaded machine or a sanitizer
-  // may delay by some ms: half the pause is asked for).
+  // The events after a pause are placed after it. A lane's event that races the ticker going idle may
+  // be placed up to one idle tick (50 ms) early (recorder.h), and a loaded machine or a sanitizer delays
+  // ticks by some ms more: half the pause is asked for.
   for (int p = 0; p < kPauses; ++p)
     for (int d = 0; d < kLanes; ++d) {
       std::uint64_t before = 0, after = UINT64_MAX;  // the last t_us before the pause, the first after
@@ -255,7 +256,7 @@ TEST(RecorderThreads, LanesUnderAMutexAndTheSharedRingWhileCollecting) {
           if (e.aux < boundary[p][d]) before = std::max(before, e.t_us);
           else after = std::min(after, e.t_us);
         }
-      EXPECT_GE(after - before, 30000u) << "pause " << p << ", lane " << d;
+      EXPECT_GE(after - before, 75000u) << "pause " << p << ", lane " << d;
     }
 }
 
