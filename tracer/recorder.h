@@ -220,6 +220,15 @@ class Recorder {
     s.thread_stack.store(thread_stack, std::memory_order_release);
     s.seq.store(seq, std::memory_order_release);
   }
+  // Asks for the slot kPrefetchAhead events on in exclusive state. A ring larger than the caches is
+  // written once around per wrap, so each event's store would otherwise wait for its line to be read
+  // from memory first: bench_trace_overhead measured a lane's record() at 8.5 ns per event without
+  // this and 2.7-4.3 ns with it (ring of 1M events; 2-core machine, 2026-12-06), the same as a ring
+  // that stays in cache. A prefetch never faults: the first pass over fresh pages still commits them.
+  static constexpr std::uint64_t kPrefetchAhead = 64;  // events: 4 KiB ahead
+  [[gnu::always_inline]] static void prefetch_ahead(const Ring& r, std::uint64_t ticket) noexcept {
+    __builtin_prefetch(&r.slots[(ticket + kPrefetchAhead) & r.mask], 1, 3);
+  }
   void checkpoint(Ring& r, std::uint64_t ticket, std::uint64_t ticks) noexcept;
   std::uint32_t capture_stack() noexcept;  // the current stack's id in the table (0: none)
   // The rest of an event, after its ticket, when it cannot take the fast path (stacks, keep oldest,
@@ -285,6 +294,7 @@ class Recorder::Lane {
     record_slow(shared_, ticket, op, device, stream, addr, size, aux);
     return;
   }
+  prefetch_ahead(shared_, ticket);
   write_slot(shared_.slots[ticket & shared_.mask], slot_seq(ticket, op, device), stream, addr, size, aux,
              std::uint64_t{detail::thread_id()} << 32);
 }
@@ -303,6 +313,7 @@ class Recorder::Lane {
     r.record_slow(ring_, ticket, op, device, stream, addr, size, aux);
     return;
   }
+  prefetch_ahead(ring_, ticket);
   write_slot(ring_.slots[ticket & ring_.mask], slot_seq(ticket, op, device), stream, addr, size, aux,
              std::uint64_t{detail::thread_id()} << 32);
 }
