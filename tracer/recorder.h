@@ -223,8 +223,9 @@ class Recorder {
   // Asks for the slot kPrefetchAhead events on in exclusive state. A ring larger than the caches is
   // written once around per wrap, so each event's store would otherwise wait for its line to be read
   // from memory first: bench_trace_overhead measured a lane's record() at 8.5 ns per event without
-  // this and 2.7-4.3 ns with it (ring of 1M events; 2-core machine, 2026-12-06), the same as a ring
-  // that stays in cache. A prefetch never faults: the first pass over fresh pages still commits them.
+  // this and 2.7-3.2 ns with it on the 2-core CI-like machine, 4.6 and 3.0 ns on the H100 host (ring
+  // of 1M events, 2026-12-06), as fast as a ring that stays in cache. A prefetch never faults: the
+  // first pass over fresh pages still commits them.
   static constexpr std::uint64_t kPrefetchAhead = 64;  // events: 4 KiB ahead
   [[gnu::always_inline]] static void prefetch_ahead(const Ring& r, std::uint64_t ticket) noexcept {
     __builtin_prefetch(&r.slots[(ticket + kPrefetchAhead) & r.mask], 1, 3);
