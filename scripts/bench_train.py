@@ -392,6 +392,14 @@ def main():
     if report["paired_step_vs_native"]:
         print(f"\nsteady-state step / native's same step, median over {len(rounds)} rounds: " +
               ", ".join(f"{c} {v:.3f}x ({len(paired[c])} steps)" for c, v in report["paired_step_vs_native"].items()))
+        for c in paired:
+            per_round = [statistics.median(v) for v in (paired_step_ratios([r], c) for r in rounds) if v]
+            print(f"{c}: per round " + ", ".join(f"{v:.3f}x" for v in per_round))
+        for r in rounds:  # glake's own work (slow path: stitches, growth, their driver calls) in the timed pass
+            g = r.get("glake", {})
+            if "glake_delta" in g and g.get("step_s"):
+                print(f"glake: slow path {g['glake_delta']['slow_ns'] / 1e6:.1f} ms of a {sum(g['step_s']) * 1e3:.0f} ms "
+                      f"pass ({g['glake_delta']['slow_ns'] / 1e7 / sum(g['step_s']):.2f}%)")
         for c in configs:
             peaks = [r[c]["peaks_after_each_pass"] for r in rounds if "peaks_after_each_pass" in r.get(c, {})]
             if peaks:
