@@ -185,23 +185,22 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
   if (!find_window(n, aligned, s, plan)) return Prepared::need_window;
   StreamState& own = stream_state(s);
   DevPtr lo = plan->start, hi = plan->start + n;
-  std::size_t sources = spare.size();
+  std::size_t sources = 0;
+  for (std::int32_t id : spare) sources += pages[static_cast<std::size_t>(id)].span == 1;
   if (cfg.stitch) {
-    for (Block* b : settled_large) sources += own_page_count(b);
-    for (Block* b : own.large) sources += own_page_count(b);
+    auto movable = [&](const Block* b, DevPtr from, DevPtr to) {  // one-granule pages of b within [from, to)
+      auto [l, h] = whole_pages(b->segment, from, to - from);
+      return movable_count(b->segment, l, h);
+    };
+    for (Block* b : settled_large) sources += movable(b, b->base, b->base + b->size);
+    for (Block* b : own.large) sources += movable(b, b->base, b->base + b->size);
     // Free blocks the window cuts keep only the pages outside it.
     for (Block* b = plan->segment->head; b != nullptr; b = b->next) {
       if (b->state != State::free || !(b->settled || b->stream == s)) continue;
       if (b->base >= hi || b->base + b->size <= lo) continue;
-      sources -= own_page_count(b);
-      if (b->base < lo) {
-        auto [l, h] = whole_pages(b->segment, b->base, lo - b->base);
-        sources += (h - l) / page;
-      }
-      if (b->base + b->size > hi) {
-        auto [l, h] = whole_pages(b->segment, hi, b->base + b->size - hi);
-        sources += (h - l) / page;
-      }
+      sources -= movable(b, b->base, b->base + b->size);
+      if (b->base < lo) sources += movable(b, b->base, lo);
+      if (b->base + b->size > hi) sources += movable(b, hi, b->base + b->size);
     }
   }
   std::size_t creates = plan->holes > sources ? plan->holes - sources : 0;
@@ -249,19 +248,21 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
       for (DevPtr a = w->base; a < w->base + w->size; a += page) dsts.push_back(a);
   }
   std::size_t k = 0;
-  while (k < dsts.size() && !spare.empty()) {
-    std::int32_t id = spare.back();
-    spare.pop_back();
-    plan->fills.push_back({Fill::Kind::spare, dsts[k++], id, pages[static_cast<std::size_t>(id)].handle, 0, nullptr, 0});
+  for (std::size_t i = spare.size(); i-- > 0 && k < dsts.size();) {
+    const std::int32_t id = spare[i];
+    if (pages[static_cast<std::size_t>(id)].span != 1) continue;  // fills holes only whole, when trim releases it
+    spare.erase(spare.begin() + static_cast<std::ptrdiff_t>(i));
+    plan->fills.push_back({Fill::Kind::spare, dsts[k++], 1, id, pages[static_cast<std::size_t>(id)].handle, 0, nullptr, 0});
   }
   if (cfg.stitch && k < dsts.size()) {
-    // The smallest first (both sets are in size order), skipping those that hold no whole page.
+    // The smallest first (both sets are in size order), skipping those that hold no page that can move.
     std::vector<Block*> from;
     std::merge(settled_large.begin(), settled_large.end(), own.large.begin(), own.large.end(),
                std::back_inserter(from), BySizeThenAddress{});
     for (Block* src : from) {
       if (k == dsts.size()) break;
-      auto [plo, phi] = own_pages(src);
+      auto [olo, ohi] = own_pages(src);
+      auto [plo, phi] = movable_tail(src->segment, olo, ohi);
       if (plo == phi) continue;
       DevPtr take_from = phi - std::min<std::size_t>(phi - plo, (dsts.size() - k) * page);
       index_erase(src);
@@ -270,16 +271,28 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
         index_insert(src);
         src = t;
       }
-      if (src->base + src->size > phi) index_insert(split(src, phi - src->base));  // so does a partial tail page
+      if (src->base + src->size > phi) index_insert(split(src, phi - src->base));  // so does what follows
       src->state = State::busy;
       plan->sources.push_back(src);
       for (DevPtr a = src->base; a < src->base + src->size; a += page) {
         std::int32_t id = slot(src->segment, a);
-        plan->fills.push_back({Fill::Kind::move, dsts[k++], id, pages[static_cast<std::size_t>(id)].handle, a, src, 0});
+        plan->fills.push_back({Fill::Kind::move, dsts[k++], 1, id, pages[static_cast<std::size_t>(id)].handle, a, src, 0});
       }
     }
   }
-  while (k < dsts.size()) plan->fills.push_back({Fill::Kind::create, dsts[k++], -1, 0, 0, nullptr, 0});
+  // New pages: each run of consecutive holes left becomes allocations of near-equal size, at most
+  // max_create each.
+  const std::size_t max_span = std::max<std::size_t>(1, cfg.max_create / page);
+  while (k < dsts.size()) {
+    std::size_t run = 1;
+    while (k + run < dsts.size() && dsts[k + run] == dsts[k] + run * page) ++run;
+    const std::size_t parts = (run + max_span - 1) / max_span;
+    for (std::size_t i = 0; i < parts; ++i) {
+      const auto span = static_cast<std::uint32_t>(run * (i + 1) / parts - run * i / parts);
+      plan->fills.push_back({Fill::Kind::create, dsts[k], span, -1, 0, 0, nullptr, 0});
+      k += span;
+    }
+  }
   return Prepared::ready;
 }
 
@@ -291,22 +304,22 @@ Status Allocator::Impl::execute(Plan& plan) {
   Status r = Status::ok;
   for (Fill& f : plan.fills) {
     if (f.kind == Fill::Kind::create) {
-      if ((r = drv.create(page, &f.handle)) != Status::ok) break;
+      if ((r = drv.create(f.span * page, &f.handle)) != Status::ok) break;
       f.stage = 1;
     }
-    if ((r = drv.map(f.dst, page, f.handle, 0)) != Status::ok) break;
+    if ((r = drv.map(f.dst, f.span * page, f.handle, 0)) != Status::ok) break;
     f.stage = 2;
     ++mapped;
   }
   for (std::size_t i = 0; i < mapped;) {
     std::size_t j = i + 1;
-    while (j < mapped && plan.fills[j].dst == plan.fills[j - 1].dst + page) ++j;
+    while (j < mapped && plan.fills[j].dst == plan.fills[j - 1].dst + plan.fills[j - 1].span * page) ++j;
     DevPtr base = plan.fills[i].dst;
-    Status a = drv.set_access(base, (j - i) * page);
+    Status a = drv.set_access(base, plan.fills[j - 1].dst + plan.fills[j - 1].span * page - base);
     if (a != Status::ok) {
       // Undo every mapping not yet accessible; a page that cannot be unmapped stays quarantined.
       for (std::size_t u = i; u < mapped; ++u)
-        if (drv.unmap(plan.fills[u].dst, page) == Status::ok)
+        if (drv.unmap(plan.fills[u].dst, plan.fills[u].span * page) == Status::ok)
           plan.fills[u].stage = plan.fills[u].kind == Fill::Kind::create ? 1 : 0;
       return a;
     }
@@ -326,25 +339,26 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
   // The fills in execute()'s order, each page's create before its map, all before the stitch and
   // alloc events below. A mapping undone after set_access failed is not reported (nor counted).
   for (Fill& f : plan.fills) {
+    const std::size_t bytes = f.span * page;
     if (f.kind == Fill::Kind::create && f.stage >= 1) {
-      f.page = new_page_id(f.handle);
-      st.physical.add(page);
+      f.page = new_page_id(f.handle, f.span);
+      st.physical.add(bytes);
       ++st.creates;
-      emit(EventKind::create, 0, 0, page);
+      emit(EventKind::create, 0, 0, bytes);
     }
     if (f.stage >= 2) {
       Page& pg = pages[static_cast<std::size_t>(f.page)];
-      slot(seg, f.dst) = f.page;
-      st.mapped.add(page);
+      for (DevPtr a = f.dst; a < f.dst + bytes; a += page) slot(seg, a) = f.page;
+      st.mapped.add(bytes);
       ++st.maps;
-      emit(EventKind::map, 0, f.dst, page);
+      emit(EventKind::map, 0, f.dst, bytes);
       // A moved page stays mapped at its old slot too; a quarantined one stays owned there.
       if (f.kind == Fill::Kind::move) ++pg.aliases;
       if (f.kind != Fill::Kind::move || f.stage == 3) pg.va = f.dst;
       if (f.kind == Fill::Kind::move && f.stage == 3) ++moved;
     }
     if (f.stage == 1 || (f.kind == Fill::Kind::spare && f.stage == 0)) spare.push_back(f.page);
-    if (f.stage == 3 && complete) done_upto = f.dst + page;
+    if (f.stage == 3 && complete) done_upto = f.dst + bytes;
     if (f.stage < 3) complete = false;
   }
   // Sources: the slots whose pages moved (a prefix of each) are stale now; the rest stays free.
@@ -413,7 +427,7 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
     Block* b = plan.window.front();
     while (!(b->base <= f.dst && f.dst < b->base + b->size)) b = b->next;
     if (b->base < f.dst) b = split(b, f.dst - b->base);
-    if (b->size > page) split(b, page);
+    if (b->size > f.span * page) split(b, f.span * page);
     b->state = State::quarantined;
   }
   // Merge and index what the window left behind (its blocks are not indexed; neighbours are).
@@ -554,8 +568,14 @@ Allocator::Allocator(Driver& driver, Config config)
 Allocator::~Allocator() {
   Impl& m = *impl_;
   for (auto& seg : m.segments) {
-    for (std::size_t i = 0; i < seg->slot_page.size(); ++i)
-      if (seg->slot_page[i] >= 0) m.drv.unmap(seg->base + i * m.page, m.page);
+    for (std::size_t i = 0; i < seg->slot_page.size();) {
+      const std::int32_t id = seg->slot_page[i];
+      const DevPtr a = seg->base + i * m.page;
+      // Each mapping whole: a page at its own slots, or a one-granule page at a stale slot.
+      const std::size_t n = id < 0 ? m.page : m.pages[static_cast<std::size_t>(id)].va == a ? m.bytes_of(m.pages[static_cast<std::size_t>(id)]) : m.page;
+      if (id >= 0) m.drv.unmap(a, n);
+      i += n / m.page;
+    }
     m.drv.free_reserve(seg->base, seg->size);
   }
   for (const Page& p : m.pages)
@@ -678,12 +698,13 @@ Status Allocator::describe(DevPtr ptr, BlockInfo* info) const {
   info->block_size = b->size;
   info->stream = b->stream;
   info->pages.clear();
-  Segment* seg = (b->small ? b->chunk : b)->segment;
-  const DevPtr first = m.page_down(seg, b->base), end = m.page_up(seg, b->base + b->size);
+  const Segment* seg = (b->small ? b->chunk : b)->segment;
+  const DevPtr first = m.page_at(seg, m.page_down(seg, b->base)).va, end = m.page_up(seg, b->base + b->size);
   info->offset_in_first_page = b->base - first;
-  for (DevPtr a = first; a < end; a += m.page) {
-    std::int32_t id = const_cast<Impl&>(m).slot(seg, a);
-    info->pages.push_back(m.pages[static_cast<std::size_t>(id)].handle);
+  for (DevPtr a = first; a < end;) {
+    const Page& pg = m.page_at(seg, a);
+    info->pages.push_back({pg.handle, m.bytes_of(pg)});
+    a += m.bytes_of(pg);
   }
   return Status::ok;
 }
@@ -759,16 +780,18 @@ void Allocator::trim(std::size_t keep) {
     while (cached > keep && !m.spare.empty()) {
       spare.push_back(m.spare.back());
       m.spare.pop_back();
-      cached -= m.page;
+      cached -= std::min(cached, m.bytes_of(m.pages[static_cast<std::size_t>(spare.back())]));
     }
-    // Largest free blocks first: fewer calls for the same bytes. Only the pages a block holds alone go
-    // (own_pages); its partial pages at either end stay.
+    // Largest free blocks first: fewer calls for the same bytes. Only the pages a block holds alone and
+    // whole go (own_pages, whole_pages_mapped); its partial pages at either end stay.
     std::vector<Block*> order(m.settled_large.rbegin(), m.settled_large.rend());
     for (Block* v : order) {
       if (cached <= keep) break;
-      auto [plo, phi] = m.own_pages(v);
+      auto [olo, ohi] = m.own_pages(v);
+      auto [plo, phi] = m.whole_pages_mapped(v->segment, olo, ohi);
       if (plo == phi) continue;
       DevPtr from = phi - std::min<std::size_t>(phi - plo, round_up(cached - keep, m.page));
+      if (m.page_at(v->segment, from).va != from) from = m.page_at(v->segment, from).va;  // a page goes whole
       m.settled_large.erase(v);
       if (v->base < from) {
         Block* t = m.split(v, from - v->base);
@@ -781,57 +804,51 @@ void Allocator::trim(std::size_t keep) {
       cached -= std::min(cached, v->size);
     }
   }
-  // Driver calls without the lock: unmap and release each page; record how far each block got.
-  std::vector<std::size_t> released(victims.size(), 0);
-  std::vector<PhysHandle> handles;
-  for (std::size_t i = 0; i < victims.size(); ++i) {
-    Block* v = victims[i];
-    for (DevPtr a = v->base; a < v->base + v->size; a += m.page) {
+  // Driver calls without the lock: unmap and release each page, whole.
+  for (Block* v : victims) {
+    for (DevPtr a = v->base; a < v->base + v->size;) {
       PhysHandle h;
       std::uint32_t aliases;
+      std::size_t n;
       {
         std::lock_guard lock(m.mu);
-        const Page& pg = m.pages[static_cast<std::size_t>(m.slot(v->segment, a))];
+        const Page& pg = m.page_at(v->segment, a);
         h = pg.handle;
         aliases = pg.aliases;
+        n = m.bytes_of(pg);
       }
-      if (m.drv.unmap(a, m.page) != Status::ok) break;
-      if (aliases > 0 || m.drv.release(h) != Status::ok) {
+      if (m.drv.unmap(a, n) != Status::ok) break;
+      const bool released = aliases == 0 && m.drv.release(h) == Status::ok;
+      std::lock_guard lock(m.mu);
+      const std::int32_t id = m.slot(v->segment, a);
+      for (DevPtr x = a; x < a + n; x += m.page) m.slot(v->segment, x) = -1;
+      m.st.mapped.sub(n);
+      ++m.st.unmaps;
+      m.emit(EventKind::unmap, 0, a, n);
+      a += n;
+      if (!released) {
         // Unmapped but still held (a stale slot still maps it, or release failed): keep it spare.
-        std::lock_guard lock(m.mu);
-        std::int32_t& sl = m.slot(v->segment, a);
-        m.pages[static_cast<std::size_t>(sl)].va = 0;
-        m.spare.push_back(sl);
-        sl = -1;
-        m.st.mapped.sub(m.page);
-        ++m.st.unmaps;
-        m.emit(EventKind::unmap, 0, a, m.page);
+        m.pages[static_cast<std::size_t>(id)].va = 0;
+        m.spare.push_back(id);
         continue;
       }
-      ++released[i];
-      std::lock_guard lock(m.mu);
-      std::int32_t& sl = m.slot(v->segment, a);
-      m.pages[static_cast<std::size_t>(sl)] = Page{};
-      m.dead_page_ids.push_back(sl);
-      sl = -1;
-      m.st.mapped.sub(m.page);
-      m.st.physical.sub(m.page);
-      ++m.st.unmaps;
+      m.pages[static_cast<std::size_t>(id)] = Page{};
+      m.dead_page_ids.push_back(id);
+      m.st.physical.sub(n);
       ++m.st.releases;
-      m.emit(EventKind::unmap, 0, a, m.page);
-      m.emit(EventKind::release, 0, 0, m.page);
+      m.emit(EventKind::release, 0, 0, n);
     }
   }
   std::vector<std::int32_t> kept;
   for (std::int32_t id : spare) {
-    if (m.pages[static_cast<std::size_t>(id)].aliases == 0 &&
-        m.drv.release(m.pages[static_cast<std::size_t>(id)].handle) == Status::ok) {
+    const Page pg = m.pages[static_cast<std::size_t>(id)];
+    if (pg.aliases == 0 && m.drv.release(pg.handle) == Status::ok) {
       std::lock_guard lock(m.mu);
       m.pages[static_cast<std::size_t>(id)] = Page{};
       m.dead_page_ids.push_back(id);
-      m.st.physical.sub(m.page);
+      m.st.physical.sub(m.bytes_of(pg));
       ++m.st.releases;
-      m.emit(EventKind::release, 0, 0, m.page);
+      m.emit(EventKind::release, 0, 0, m.bytes_of(pg));
     } else {
       kept.push_back(id);
     }
@@ -894,7 +911,7 @@ Snapshot Allocator::snapshot() const {
   std::lock_guard lock(m.mu);
   Snapshot snap;
   snap.page_size = m.page;
-  snap.spare_pages = m.spare.size();
+  for (std::int32_t id : m.spare) snap.spare_pages += m.pages[static_cast<std::size_t>(id)].span;
   snap.stats = m.st;
   auto region = [](const Block* b) {
     Region r;

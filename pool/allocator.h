@@ -1,9 +1,11 @@
 // pool/allocator.h: glake's caching allocator over a Driver, one per device.
 //
-// Physical memory is held as chunks of the driver's granularity ("pages"), mapped in large virtual
-// reservations. A block is a run of mapped pages (large requests) or a piece of a shared page (small
-// requests, <= Config::small_limit). A page belongs to one block (or is spare); it may also stay mapped
-// at older "stale" addresses that no block uses, until they are unmapped lazily.
+// Physical memory is held as "pages": physical allocations of the driver's granularity, or of several
+// granules when the pool grew by that much at once (Config::max_create), each mapped whole in large
+// virtual reservations. A block is a run of mapped pages (large requests) or a piece of a shared
+// one-granule page (small requests, <= Config::small_limit). A page lies under one or more blocks (or
+// is spare); a one-granule page may also stay mapped at older "stale" addresses that no block uses,
+// until they are unmapped lazily.
 //
 // allocate(): a cached free block that fits, on this stream or made safe for it (hot path: no driver
 // call, no lock held across one); else stitch: pick a virtual window, map free pages from elsewhere
@@ -28,14 +30,21 @@
 
 namespace glake::pool {
 
+// One physical allocation, mapped whole.
+struct PhysPage {
+  PhysHandle handle = 0;
+  std::size_t size = 0;
+  bool operator==(const PhysPage&) const = default;
+};
+
 struct BlockInfo {
   DevPtr base = 0;           // the block's address (what allocate() returned)
   std::size_t size = 0;      // the requested size
   std::size_t block_size = 0;  // bytes the block occupies
   StreamHandle stream = 0;
-  // The pages under a large block in address order (for IPC export), with the block's offset into its
-  // first page (0 for large blocks; small blocks share one page).
-  std::vector<PhysHandle> pages;
+  // The pages under the block in address order (for IPC export: mapped whole and in this order, they
+  // hold the block at offset_in_first_page). They may reach beyond the block at either end.
+  std::vector<PhysPage> pages;
   std::size_t offset_in_first_page = 0;
 };
 
@@ -53,7 +62,7 @@ struct Snapshot {
   std::size_t page_size = 0;
   std::vector<Region> regions;       // large-block layout of every reservation, in address order
   std::vector<Region> small_blocks;  // pieces of shared pages (allocated and free)
-  std::size_t spare_pages = 0;       // pages held but mapped nowhere
+  std::size_t spare_pages = 0;       // granules of pages held but mapped nowhere
   Stats stats;
 };
 

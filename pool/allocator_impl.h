@@ -2,9 +2,14 @@
 // allocator.cpp (the paths through the pool) and validate.cpp (its invariants). Internal.
 //
 // State (under mu): reservations ("segments") split into large blocks that cover them exactly; pages
-// (physical chunks of one granularity each), each owned by one slot or kept spare, and possibly still
-// mapped at stale slots (aliases a stitch left behind); chunks of small pieces; free blocks indexed by
-// size per stream (unsettled) or in the settled sets; each stream's parked pieces.
+// (physical allocations of one or more granules, each mapped whole: owned by as many consecutive slots
+// as it spans, or kept spare), a one-granule page possibly still mapped at stale slots (aliases a stitch
+// left behind); chunks of small pieces; free blocks indexed by size per stream (unsettled) or in the
+// settled sets; each stream's parked pieces.
+//
+// A page spans several granules when the pool grew by that much at once (Config::max_create): the GPU
+// streams faster through large physical allocations. The driver maps a physical allocation only whole,
+// so such a page never moves in a stitch and goes back to the driver only whole.
 //
 // Locks: mu guards all state and is never held across a driver call. grow_mu serialises the slow
 // paths (settle, stitch, trim), which release mu around their driver calls after marking the blocks
@@ -47,7 +52,8 @@ struct StreamState {
 
 struct Page {
   PhysHandle handle = 0;
-  DevPtr va = 0;  // the slot of the block that holds it; 0: spare
+  DevPtr va = 0;  // its first slot (it owns `span` slots from there); 0: spare
+  std::uint32_t span = 1;     // granules; only one-granule pages move in a stitch
   std::uint32_t aliases = 0;  // stale slots still mapped to it
   bool live = false;
 };
@@ -55,7 +61,8 @@ struct Page {
 // One hole slot of a stitch window and where its page comes from.
 struct Fill {
   enum class Kind { spare, move, create } kind;
-  DevPtr dst = 0;
+  DevPtr dst = 0;           // the first slot it fills
+  std::uint32_t span = 1;   // slots it fills (more than one only for create)
   std::int32_t page = -1;  // spare and move: the page; create: filled in once created
   PhysHandle handle = 0;
   DevPtr src = 0;           // move: the slot it leaves
@@ -306,7 +313,7 @@ struct Allocator::Impl {
     return p;
   }
 
-  std::int32_t new_page_id(PhysHandle h) {
+  std::int32_t new_page_id(PhysHandle h, std::uint32_t span) {
     std::int32_t id;
     if (!dead_page_ids.empty()) {
       id = dead_page_ids.back();
@@ -315,11 +322,37 @@ struct Allocator::Impl {
       id = static_cast<std::int32_t>(pages.size());
       pages.emplace_back();
     }
-    pages[static_cast<std::size_t>(id)] = Page{.handle = h, .va = 0, .aliases = 0, .live = true};
+    pages[static_cast<std::size_t>(id)] = Page{.handle = h, .va = 0, .span = span, .aliases = 0, .live = true};
     return id;
   }
 
   std::int32_t& slot(Segment* s, DevPtr va) { return s->slot_page[(va - s->base) / page]; }
+  const Page& page_at(const Segment* s, DevPtr va) const {
+    return pages[static_cast<std::size_t>(s->slot_page[(va - s->base) / page])];
+  }
+  std::size_t bytes_of(const Page& p) const { return p.span * page; }
+
+  // The tail-most run of one-granule pages (those a stitch may move) among the mapped slots [lo, hi).
+  std::pair<DevPtr, DevPtr> movable_tail(const Segment* s, DevPtr lo, DevPtr hi) const {
+    while (hi > lo && page_at(s, hi - page).span != 1) hi -= page;
+    DevPtr a = hi;
+    while (a > lo && page_at(s, a - page).span == 1) a -= page;
+    return {a, hi};
+  }
+  std::size_t movable_count(const Segment* s, DevPtr lo, DevPtr hi) const {
+    std::size_t n = 0;
+    for (DevPtr a = lo; a < hi; a += page) n += page_at(s, a).span == 1;
+    return n;
+  }
+  // The mapped slots [lo, hi) narrowed to the pages lying wholly inside them (those trim may release).
+  std::pair<DevPtr, DevPtr> whole_pages_mapped(const Segment* s, DevPtr lo, DevPtr hi) const {
+    if (lo < hi && page_at(s, lo).va != lo) lo = std::min(hi, page_at(s, lo).va + bytes_of(page_at(s, lo)));
+    if (lo < hi) {
+      const Page& last = page_at(s, hi - page);
+      if (last.va + bytes_of(last) != hi) hi = std::max(lo, last.va);
+    }
+    return {lo, hi};
+  }
 
   // Page boundaries (a segment's base is one).
   DevPtr page_down(const Segment* s, DevPtr a) const { return s->base + (a - s->base) / page * page; }

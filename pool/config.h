@@ -19,6 +19,12 @@ struct Config {
   std::size_t limit = 0;
   // Size of each virtual reservation; 0 means twice the device's memory (GLAKE_VA_RESERVE).
   std::size_t va_reserve = 0;
+  // Largest physical allocation the pool makes at once (GLAKE_MAX_CREATE, bytes; 0: the granularity).
+  // When it grows by several consecutive granules it creates them as allocations of up to this size,
+  // because the GPU streams faster through large ones (tests/gpu/bench_chunk_bandwidth.cu). Such an
+  // allocation is mapped and released only whole and never moves in a stitch, so it costs memory:
+  // opt-in (replays: tracer/README.md).
+  std::size_t max_create = 0;
 };
 
 // Reads the GLAKE_* variables of the pool. Problems are appended to `errors`, one line each, naming the

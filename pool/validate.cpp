@@ -130,9 +130,11 @@ std::string Allocator::Impl::validate() const {
       if (id < 0) continue;
       auto u = static_cast<std::size_t>(id);
       if (u >= pages.size() || !pages[u].live) return fmt::format("slot {:#x} maps dead page {}", a, id);
-      bool owns = pages[u].va == a;
+      const Page& pg = pages[u];
+      const bool owns = pg.va != 0 && a >= pg.va && a < pg.va + pg.span * page;
       if (under[i] != quarantined && owns == (under[i] == stale))
         return fmt::format("slot {:#x} {} page {}", a, owns ? "owns" : "does not own", id);
+      if (!owns && pg.span != 1) return fmt::format("slot {:#x} is a stale alias of page {} of {} granules", a, id, pg.span);
       if (owns)
         ++seen[u];
       else
@@ -143,13 +145,15 @@ std::string Allocator::Impl::validate() const {
   for (std::int32_t id : spare) {
     auto u = static_cast<std::size_t>(id);
     if (u >= pages.size() || !pages[u].live || pages[u].va != 0) return fmt::format("spare page {} is mapped or dead", id);
-    ++seen[u];
+    seen[u] += static_cast<int>(pages[u].span);
   }
-  std::size_t live_pages = 0;
+  std::size_t live_pages = 0;  // in granules
   for (std::size_t i = 0; i < pages.size(); ++i) {
     if (!pages[i].live) continue;
-    ++live_pages;
-    if (seen[i] != 1) return fmt::format("page {} is held {} times (mapped or spare), expected once", i, seen[i]);
+    live_pages += pages[i].span;
+    if (seen[i] != static_cast<int>(pages[i].span))
+      return fmt::format("page {} of {} granules is held by {} slots (or spare), expected all of them once", i,
+                         pages[i].span, seen[i]);
     if (aliased[i] != pages[i].aliases)
       return fmt::format("page {} has {} stale slots but counts {}", i, aliased[i], pages[i].aliases);
   }

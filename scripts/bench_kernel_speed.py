@@ -4,7 +4,7 @@
 The allocator only decides where tensors live, yet where they live can change how fast kernels run
 (tests/gpu/bench_chunk_bandwidth.cu: the physical chunks under a buffer). This runs the same kernels,
 timed with CUDA events (median of 40 after 5 warm-up runs), in one fresh process per configuration
-(native, expandable, glake; --rounds times, the order rotating), and prints each kernel's median time
+(native, expandable, glake by default; --rounds times, the order rotating), and prints each kernel's median time
 beside native's in the same round:
   - copy_1GiB: y.copy_(x), 1 GiB fp32 each (memory-bound, near the GPU's peak bandwidth);
   - matmul_8k: bf16 8192 x 8192 @ 8192 x 8192 (compute-bound);
@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "gpu", "torch"))
 import glake_torch as gt  # noqa: E402
 
-CONFIGS = ("native", "expandable", "glake")
+CONFIGS = ("native", "expandable", "glake")  # the defaults; --configs may name any of gt.CONFIG_ENV
 
 
 def worker():
@@ -70,7 +70,7 @@ def main():
         order = configs[k % len(configs):] + configs[:k % len(configs)]
         r = {}
         for c in order:
-            p = subprocess.run([sys.executable, __file__, "--worker"], env=gt.child_env(c), capture_output=True,
+            p = subprocess.run([sys.executable, __file__, "--worker"], env=gt.config_env(c), capture_output=True,
                                text=True)
             if p.returncode != 0:
                 print(f"{c}: failed\n{p.stderr[-2000:]}", file=sys.stderr)

@@ -48,16 +48,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "gpu", "torch"))
 import glake_torch as gt  # noqa: E402
 
 GiB = 1 << 30
-CONFIGS = ("native", "expandable", "glake")
-# Each configuration's environment (glake_torch.child_env mode, extra variables); --configs and
-# --round-configs may name any of these.
-CONFIG_ENV = {
-    "native": ("native", {}),
-    "expandable": ("expandable", {}),
-    "glake": ("glake", {}),
-    "cudaasync": ("cudaasync", {}),  # PyTorch's cudaMallocAsync backend on CUDA's own pool
-    "glake-nostitch": ("glake", {"GLAKE_STITCH": "0"}),
-}
+CONFIGS = ("native", "expandable", "glake")  # the defaults; --configs may name any of gt.CONFIG_ENV
 LENGTHS = (1024, 512, 768)
 
 PAIR_SOURCE = r"""
@@ -282,7 +273,7 @@ def run_worker(config, phase, args, outdir):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", phase, "--result", result, "--model", args.model,
            "--steps", str(args.steps), "--max-batch", str(args.max_batch), "--start-batch", str(args.start_batch),
            "--batch-step", str(args.batch_step), "--batch-limit", str(args.batch_limit), "--passes", str(args.passes)]
-    mode, extra = CONFIG_ENV[config]
+    mode, extra = gt.CONFIG_ENV[config]
     extra = dict(extra, **({"GLAKE_PYTORCH": "0"} if phase == "pair" else {}))
     t0 = time.time()
     with open(log, "w") as f:

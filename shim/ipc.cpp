@@ -22,7 +22,7 @@ namespace glake::shim {
 namespace {
 
 constexpr char kMagic[8] = {'G', 'L', 'A', 'K', 'E', 'I', 'P', 'C'};
-constexpr std::uint32_t kVersion = 1;
+constexpr std::uint32_t kVersion = 2;
 constexpr std::size_t kBatch = 64;  // descriptors per message (the kernel allows 253)
 
 // The 64 bytes of a cudaIpcMemHandle_t that names a glake export.
@@ -48,10 +48,10 @@ struct Request {
 struct Reply {
   std::int32_t status;  // cudaError_t
   std::uint32_t count;  // descriptors attached to this message
-  std::uint64_t pages;  // in all
-  std::uint64_t page_size;
+  std::uint64_t bytes;  // of all the pages, each mapped whole after the one before
   std::uint64_t offset;  // of the block in its first page
   std::uint64_t size;
+  std::uint64_t sizes[kBatch];  // of the pages whose descriptors this message carries
 };
 
 std::uint32_t checksum(const Wire& w) {
@@ -150,7 +150,7 @@ struct Ipc::Export {
   int device = -1;
   pool::Allocator* alloc = nullptr;
   pool::Driver* driver = nullptr;
-  std::vector<pool::PhysHandle> pages;
+  std::vector<pool::PhysPage> pages;
   std::size_t offset = 0;
   std::size_t size = 0;
 };
@@ -339,8 +339,7 @@ void Ipc::answer(int conn) {
     (void)send_reply(conn, reply, nullptr, 0);
     return;
   }
-  reply.pages = e.pages.size();
-  reply.page_size = e.driver->granularity();
+  for (const pool::PhysPage& p : e.pages) reply.bytes += p.size;
   reply.offset = e.offset;
   reply.size = e.size;
   int fds[kBatch];
@@ -349,8 +348,9 @@ void Ipc::answer(int conn) {
     std::size_t made = 0;
     pool::Status s = pool::Status::ok;
     for (; made < k; ++made) {
-      s = e.driver->export_fd(e.pages[i + made], &fds[made]);
+      s = e.driver->export_fd(e.pages[i + made].handle, &fds[made]);
       if (s != pool::Status::ok) break;
+      reply.sizes[made] = e.pages[i + made].size;
     }
     reply.status = s == pool::Status::ok ? cudaSuccess : cudaErrorMapBufferObjectFailed;
     reply.count = s == pool::Status::ok ? static_cast<std::uint32_t>(k) : 0;
@@ -409,7 +409,7 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, void** ptr
 
   cudaError_t result = cudaSuccess;
   CUdeviceptr va = 0;
-  std::size_t page = 0, total = 0, mapped = 0, offset = 0;
+  std::size_t total = 0, mapped = 0, offset = 0;  // bytes
   std::vector<int> fds;
   try {
     while (result == cudaSuccess) {
@@ -419,11 +419,9 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, void** ptr
       if (!got || r.status != cudaSuccess || r.count != fds.size()) {
         result = got && r.status != cudaSuccess ? static_cast<cudaError_t>(r.status) : cudaErrorInvalidResourceHandle;
       } else if (va == 0) {
-        page = r.page_size;
-        total = r.pages;
+        total = r.bytes;
         offset = r.offset;
-        if (page == 0 || total == 0 || offset >= page * total ||
-            d.mem_address_reserve(&va, page * total, page, 0, 0) != CUDA_SUCCESS) {
+        if (total == 0 || offset >= total || d.mem_address_reserve(&va, total, 0, 0, 0) != CUDA_SUCCESS) {
           va = 0;
           result = cudaErrorMapBufferObjectFailed;
         }
@@ -432,14 +430,15 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, void** ptr
         if (result == cudaSuccess) {
           CUmemGenericAllocationHandle h = 0;
           void* os_handle = reinterpret_cast<void*>(static_cast<std::intptr_t>(fds[k]));
-          if (mapped >= total ||
+          const std::size_t size = r.sizes[k];
+          if (size == 0 || size > total - mapped ||
               d.mem_import_from_shareable_handle(&h, os_handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) !=
                   CUDA_SUCCESS) {
             result = cudaErrorMapBufferObjectFailed;
           } else {
             // The mapping keeps the memory alive; the handle itself is not needed after it.
-            if (d.mem_map(va + mapped * page, page, 0, h, 0) == CUDA_SUCCESS)
-              ++mapped;
+            if (d.mem_map(va + mapped, size, 0, h, 0) == CUDA_SUCCESS)
+              mapped += size;
             else
               result = cudaErrorMapBufferObjectFailed;
             (void)d.mem_release(h);
@@ -460,13 +459,13 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, void** ptr
     desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     desc.location.id = cu;
     desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    if (d.mem_set_access(va, page * total, &desc, 1) != CUDA_SUCCESS) result = cudaErrorMapBufferObjectFailed;
+    if (d.mem_set_access(va, total, &desc, 1) != CUDA_SUCCESS) result = cudaErrorMapBufferObjectFailed;
   }
   auto* imp = result == cudaSuccess ? new (std::nothrow) Import : nullptr;
   if (result == cudaSuccess && imp == nullptr) result = cudaErrorMemoryAllocation;
   if (result != cudaSuccess) {
-    if (mapped > 0) (void)d.mem_unmap(va, mapped * page);
-    if (va != 0) (void)d.mem_address_free(va, page * total);
+    if (mapped > 0) (void)d.mem_unmap(va, mapped);
+    if (va != 0) (void)d.mem_address_free(va, total);
     return result;
   }
   imp->pid = w.pid;
@@ -474,7 +473,7 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, void** ptr
   imp->base = w.base;
   imp->id = w.id;
   imp->va = va;
-  imp->bytes = page * total;
+  imp->bytes = total;
   imp->ptr = reinterpret_cast<void*>(va + offset);
   imp->refs = 1;
   {

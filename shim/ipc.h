@@ -7,7 +7,8 @@
 //   on the abstract unix socket "\0glake-ipc-<pid>-<nonce>" (SOCK_SEQPACKET; only peers of the same
 //   uid are served).
 // - Import (cudaIpcOpenMemHandle on such a handle): the importer connects, the server checks that the
-//   block is still live with the same pages and sends one file descriptor per page (SCM_RIGHTS, in
+//   block is still live with the same pages and sends one file descriptor per page, with its size
+//   (a page may be several granules and reach beyond the block; it is mapped whole) (SCM_RIGHTS, in
 //   batches), and the importer maps them side by side into a reservation of its own with the real
 //   driver (cuMemImportFromShareableHandle, cuMemMap, cuMemSetAccess for its current device), then
 //   closes them. The pointer it returns is the block's address in that reservation.

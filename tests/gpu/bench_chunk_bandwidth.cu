@@ -108,39 +108,71 @@ float time_copy(CUdeviceptr src, CUdeviceptr dst, bool kernel, int sms) {
   return ms[ms.size() / 2];
 }
 
-// 1 GiB of VMM memory in chunks of `chunk` bytes, each created and mapped on its own.
+CUmemAllocationProp chunk_props() {
+  int rdma = 0;
+  check(cu.device_get_attribute(&rdma, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, 0),
+        "cuDeviceGetAttribute");
+  CUmemAllocationProp p = {};
+  p.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  p.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  p.location.id = 0;
+  p.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+  p.allocFlags.gpuDirectRDMACapable = rdma != 0;
+  return p;
+}
+
+// 1 GiB of VMM memory in chunks of `chunk` bytes, each created and mapped on its own, starting `skew`
+// bytes into a reservation aligned to the chunk size (skew 0: every chunk at a multiple of its size);
+// access is set per mapping as the pool does, or once over the whole buffer (`access_once`).
 struct VmmBuffer {
-  CUdeviceptr va = 0;
+  CUdeviceptr reserved = 0, va = 0;
+  size_t chunk_;
   std::vector<CUmemGenericAllocationHandle> handles;
 
-  explicit VmmBuffer(size_t chunk) {
-    int rdma = 0;
-    check(cu.device_get_attribute(&rdma, CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED, 0),
-          "cuDeviceGetAttribute");
-    CUmemAllocationProp p = {};
-    p.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-    p.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    p.location.id = 0;
-    p.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
-    p.allocFlags.gpuDirectRDMACapable = rdma != 0;
+  explicit VmmBuffer(size_t chunk, size_t skew = 0, bool access_once = false) : chunk_(chunk) {
+    const CUmemAllocationProp p = chunk_props();
     CUmemAccessDesc a = {};
     a.location = p.location;
     a.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    check(cu.address_reserve(&va, kBytes, 0, 0, 0), "cuMemAddressReserve");
+    check(cu.address_reserve(&reserved, kBytes + chunk, chunk, 0, 0), "cuMemAddressReserve");
+    va = reserved + skew;
     for (size_t off = 0; off < kBytes; off += chunk) {
       CUmemGenericAllocationHandle h;
       check(cu.create(&h, chunk, &p, 0), "cuMemCreate");
       handles.push_back(h);
       check(cu.map(va + off, chunk, 0, h, 0), "cuMemMap");
-      check(cu.set_access(va + off, chunk, &a, 1), "cuMemSetAccess");
+      if (!access_once) check(cu.set_access(va + off, chunk, &a, 1), "cuMemSetAccess");
     }
+    if (access_once) check(cu.set_access(va, kBytes, &a, 1), "cuMemSetAccess");
   }
   ~VmmBuffer() {
     cu.unmap(va, kBytes);
     for (CUmemGenericAllocationHandle h : handles) cu.release(h);
-    cu.address_free(va, kBytes);
+    cu.address_free(reserved, kBytes + chunk_);
   }
 };
+
+// Whether the driver maps part of a chunk: the second half of a 4 MiB chunk (offset 2 MiB), and its
+// first half (offset 0, size 2 MiB). glake's pool maps every chunk whole either way.
+void print_partial_maps() {
+  const CUmemAllocationProp p = chunk_props();
+  CUmemGenericAllocationHandle h;
+  check(cu.create(&h, 4 << 20, &p, 0), "cuMemCreate");
+  CUdeviceptr va = 0;
+  check(cu.address_reserve(&va, 4 << 20, 0, 0, 0), "cuMemAddressReserve");
+  auto try_map = [&](const char* what, size_t offset) {
+    CUresult r = cu.map(va, 2 << 20, offset, h, 0);
+    const char* s = "?";
+    cu.get_error_string(r, &s);
+    std::printf("cuMemMap of 2 MiB of a 4 MiB chunk at offset %zu MiB (%s): %s\n", offset >> 20, what,
+                r == CUDA_SUCCESS ? "mapped" : s);
+    if (r == CUDA_SUCCESS) cu.unmap(va, 2 << 20);
+  };
+  try_map("its second half", 2 << 20);
+  try_map("its first half", 0);
+  cu.address_free(va, 4 << 20);
+  cu.release(h);
+}
 
 }  // namespace
 
@@ -174,8 +206,22 @@ int main() {
     std::snprintf(name, sizeof name, "VMM, %zu MiB chunks", mib);
     row(name, time_copy(s.va, d.va, false, sms), time_copy(s.va, d.va, true, sms));
   }
+  {
+    VmmBuffer s(2 << 20, 0, true), d(2 << 20, 0, true);
+    check(cudaMemset(reinterpret_cast<void*>(s.va), 1, kBytes), "cudaMemset");
+    row("VMM, 2 MiB, one access", time_copy(s.va, d.va, false, sms), time_copy(s.va, d.va, true, sms));
+  }
+  // The same chunks starting 2 MiB past a multiple of their size, as a pool's chunks may lie.
+  for (size_t mib : {8, 32}) {
+    VmmBuffer s(mib << 20, 2 << 20), d(mib << 20, 2 << 20);
+    check(cudaMemset(reinterpret_cast<void*>(s.va), 1, kBytes), "cudaMemset");
+    char name[64];
+    std::snprintf(name, sizeof name, "VMM, %zu MiB, skewed", mib);
+    row(name, time_copy(s.va, d.va, false, sms), time_copy(s.va, d.va, true, sms));
+  }
   row("cudaMalloc again", time_copy(src, dst, false, sms), time_copy(src, dst, true, sms));
   cudaFree(a);
   cudaFree(b);
+  print_partial_maps();
   return 0;
 }

@@ -291,6 +291,42 @@ TEST_F(Gpu, AllocatorStitchesScatteredFreeBlocksAtItsLimit) {
   CUDA_OK(cudaStreamSynchronize(stream_));
 }
 
+// Config::max_create on the real driver: growth in allocations of several granules, each mapped, made
+// accessible, exported for IPC (describe) and released whole; kernels see one block across them.
+TEST_F(Gpu, AllocatorGrowsInLargeAllocationsAndTrimsThemWhole) {
+  Config config;
+  const std::size_t g = driver_->granularity();
+  config.max_create = 8 * g;
+  Allocator a(*driver_, config);
+  const std::size_t big = 20 * g;  // one run of 20 granules: allocations of 6, 7 and 7
+  DevPtr p = 0, q = 0;
+  POOL_OK(a.allocate(big, stream(), &p));
+  EXPECT_EQ(a.stats().creates, 3u);
+  EXPECT_EQ(a.stats().maps, 3u);
+  BlockInfo info;
+  POOL_OK(a.describe(p, &info));
+  ASSERT_EQ(info.pages.size(), 3u);
+  EXPECT_EQ(info.pages[0].size + info.pages[1].size + info.pages[2].size, big);
+  ASSERT_NO_FATAL_FAILURE(write(p, big, 21));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(p, big, 21, 0, "block over three large allocations"));
+  POOL_OK(a.free(p));
+  // A smaller block reuses the first allocation in place and keeps it: trim releases the other two.
+  POOL_OK(a.allocate(5 * g, stream(), &q));
+  EXPECT_EQ(q, p);
+  CUDA_OK(cudaStreamSynchronize(stream_));
+  a.trim(0);
+  ASSERT_EQ(a.validate(), "");
+  EXPECT_EQ(a.stats().physical.current, info.pages[0].size);
+  EXPECT_EQ(a.stats().releases, 2u);
+  ASSERT_NO_FATAL_FAILURE(write(q, 5 * g, 22));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(q, 5 * g, 22, 0, "block on a kept large allocation"));
+  POOL_OK(a.free(q));
+  CUDA_OK(cudaStreamSynchronize(stream_));
+  a.trim(0);
+  EXPECT_EQ(a.stats().physical.current, 0u);
+  ASSERT_EQ(a.validate(), "");
+}
+
 // --- timing -----------------------------------------------------------------------------------------
 
 TEST_F(Gpu, CachedAllocFreePairCost) {

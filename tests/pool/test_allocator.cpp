@@ -95,6 +95,57 @@ TEST(Allocator, LargeRequestsShareTheirEndPages) {
   EXPECT_EQ(m.pool.validate(), "");
 }
 
+// Config::max_create: growth by consecutive pages makes allocations of several granules, mapped,
+// described and released whole; they never move in a stitch.
+TEST(Allocator, GrowsInLargeAllocationsWhenAsked) {
+  Config c;
+  c.max_create = 8 * kPage;
+  PoolModel m(small_pages(64 * kPage), c);
+  DevPtr p = 0, q = 0;
+  ASSERT_EQ(m.alloc(20 * kPage, 0, &p), Status::ok);
+  EXPECT_EQ(m.pool.stats().creates, 3u) << "20 pages in allocations of 6, 7 and 7";
+  EXPECT_EQ(m.driver.stats().calls(Call::map), 3u);
+  EXPECT_EQ(m.driver.stats().calls(Call::set_access), 1u);
+  BlockInfo info;
+  ASSERT_EQ(m.pool.describe(p + 9 * kPage, &info), Status::ok);
+  ASSERT_EQ(info.pages.size(), 3u);
+  EXPECT_EQ(info.pages[0].size, 6 * kPage);
+  EXPECT_EQ(info.pages[1].size, 7 * kPage);
+  EXPECT_EQ(info.pages[2].size, 7 * kPage);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+  ASSERT_EQ(m.free(p, 0), Status::ok);
+  // Reused in place; trim releases only the allocations no live block touches.
+  ASSERT_EQ(m.alloc(5 * kPage, 0, &q), Status::ok);
+  EXPECT_EQ(q, p);
+  ASSERT_EQ(m.pool.describe(q, &info), Status::ok);
+  ASSERT_EQ(info.pages.size(), 1u);
+  EXPECT_EQ(info.pages[0].size, 6 * kPage) << "a block's page may reach beyond it; IPC maps it whole";
+  m.pool.trim(0);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.pool.stats().physical.current, 6 * kPage);
+  EXPECT_EQ(m.driver.physical_in_use(), 6 * kPage);
+  EXPECT_EQ(m.pool.stats().releases, 2u);
+  EXPECT_EQ(m.check(), "");
+  // Two blocks on one allocation, then a larger request: the free part of it cannot move (the driver
+  // maps an allocation only whole), so the stitch creates rather than moves.
+  DevPtr r = 0, big = 0;
+  ASSERT_EQ(m.alloc(kPage, 0, &r), Status::ok);  // the sixth page, between q and the rest
+  EXPECT_EQ(r, q + 5 * kPage);
+  ASSERT_EQ(m.free(q, 0), Status::ok);
+  const std::uint64_t creates = m.pool.stats().creates;
+  ASSERT_EQ(m.alloc(12 * kPage, 0, &big), Status::ok);
+  EXPECT_EQ(m.pool.stats().stitches, 0u);
+  EXPECT_GT(m.pool.stats().creates, creates);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+  m.free_all();
+  m.pool.trim(0);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.driver.physical_in_use(), 0u);
+  EXPECT_EQ(m.driver.mappings(), 0u);
+}
+
 TEST(Allocator, SameStreamReusesAtOnceWithoutDriverCalls) {
   PoolModel m(small_pages(16 << 20), no_limit());
   DevPtr a = 0, b = 0;
@@ -389,6 +440,12 @@ TEST(AllocatorProperty, RandomOperationsKeepEveryByte) {
   for (std::uint32_t seed = 1; seed <= 6; ++seed) run_property(seed, Config{}, 1500);
 }
 
+TEST(AllocatorProperty, RandomOperationsWithLargeAllocations) {
+  Config c;
+  c.max_create = 4 * kPage;
+  for (std::uint32_t seed = 21; seed <= 24; ++seed) run_property(seed, c, 1500);
+}
+
 TEST(AllocatorProperty, RandomOperationsWithoutStitching) {
   Config c;
   c.stitch = false;
@@ -402,8 +459,10 @@ class AllocatorFaults : public ::testing::TestWithParam<Call> {};
 
 TEST_P(AllocatorFaults, EveryFailureLeavesThePoolWhole) {
   const Call kind = GetParam();
-  for (std::uint64_t nth = 1; nth <= 12; ++nth) {
-    PoolModel m(small_pages(48 * kPage), Config{});
+  for (std::uint64_t nth = 1; nth <= 24; ++nth) {
+    Config c;
+    if (nth > 12) c.max_create = 4 * kPage;  // the second half: allocations of up to four pages
+    PoolModel m(small_pages(48 * kPage), c);
     std::mt19937_64 rng(nth);
     m.driver.fail_nth(kind, nth, kind == Call::create ? Status::out_of_memory : Status::unknown);
     int failures = 0;

@@ -101,6 +101,23 @@ def child_env(mode, extra=None):
     return env
 
 
+# The configurations the benchmarks compare, by name: (child_env mode, extra variables).
+CONFIG_ENV = {
+    "native": ("native", {}),
+    "expandable": ("expandable", {}),
+    "glake": ("glake", {}),
+    "cudaasync": ("cudaasync", {}),  # PyTorch's cudaMallocAsync backend on CUDA's own pool
+    "glake-nostitch": ("glake", {"GLAKE_STITCH": "0"}),
+    "glake-32m": ("glake", {"GLAKE_MAX_CREATE": "32M"}),  # grows in physical allocations of up to 32 MiB
+}
+
+
+def config_env(name):
+    """child_env() of a configuration of CONFIG_ENV."""
+    mode, extra = CONFIG_ENV[name]
+    return child_env(mode, extra)
+
+
 def glake_lib():
     lib = os.environ.get("GLAKE_LIB")
     if lib and os.path.exists(lib):
