@@ -66,7 +66,6 @@ void read_bool(const char* name, bool* field, std::vector<std::string>* errors) 
 Config config_from_env(std::vector<std::string>* errors) {
   Config c;
   read_bytes("GLAKE_SMALL_LIMIT", &c.small_limit, 512, errors);
-  if (c.small_limit == 0) c.small_limit = Config{}.small_limit;
   read_bool("GLAKE_STITCH", &c.stitch, errors);
   read_bytes("GLAKE_LIMIT", &c.limit, 1, errors);
   read_bytes("GLAKE_VA_RESERVE", &c.va_reserve, std::size_t{1} << 30, errors);

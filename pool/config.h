@@ -11,8 +11,11 @@
 namespace glake::pool {
 
 struct Config {
-  // Requests up to this size are packed into shared chunks (GLAKE_SMALL_LIMIT, bytes, suffixes K/M/G).
-  std::size_t small_limit = std::size_t{1} << 20;
+  // Requests up to this size are packed into shared one-page chunks (GLAKE_SMALL_LIMIT, bytes, suffixes
+  // K/M/G; at most half a page). 0, the default: none are; every request is placed among the large
+  // blocks, sharing its end pages with its neighbours, which held less memory in every replay
+  // (tracer/README.md).
+  std::size_t small_limit = 0;
   // Stitch free chunks into new virtual ranges when no cached block fits (GLAKE_STITCH=0|1).
   bool stitch = true;
   // Most physical bytes the pool may hold; 0 means no limit but the device's (GLAKE_LIMIT).

@@ -16,6 +16,12 @@ namespace {
 constexpr std::size_t kPage = 64 << 10;  // small pages keep the tests fast
 
 Config no_limit() { return Config{}; }
+// Small requests packed into shared one-page chunks (GLAKE_SMALL_LIMIT).
+Config pieces() {
+  Config c;
+  c.small_limit = kPage / 2;
+  return c;
+}
 
 TEST(Allocator, ZeroAbsurdDoubleAndForeign) {
   PoolModel m(small_pages(16 << 20), no_limit());
@@ -40,7 +46,7 @@ TEST(Allocator, ZeroAbsurdDoubleAndForeign) {
 }
 
 TEST(Allocator, SmallRequestsShareAPage) {
-  PoolModel m(small_pages(16 << 20), no_limit());
+  PoolModel m(small_pages(16 << 20), pieces());
   std::vector<DevPtr> ps(20);
   for (auto& p : ps) ASSERT_EQ(m.alloc(1000, 0, &p), Status::ok);
   Stats s = m.pool.stats();
@@ -202,7 +208,7 @@ TEST(Allocator, OtherStreamGetsOtherMemoryWhileTheWorkRuns) {
 }
 
 TEST(Allocator, CrossStreamSmallPiecesWaitToo) {
-  PoolModel m(small_pages(16 << 20), no_limit());
+  PoolModel m(small_pages(16 << 20), pieces());
   DevPtr a = 0, b = 0;
   ASSERT_EQ(m.alloc(4096, 1, &a), Status::ok);
   m.driver.enqueue_work(1);
@@ -437,13 +443,11 @@ void run_property(std::uint32_t seed, Config config, int ops) {
 }
 
 TEST(AllocatorProperty, RandomOperationsKeepEveryByte) {
-  for (std::uint32_t seed = 1; seed <= 6; ++seed) run_property(seed, Config{}, 1500);
-}
-
-TEST(AllocatorProperty, RandomOperationsWithLargeAllocations) {
-  Config c;
-  c.max_create = 4 * kPage;
-  for (std::uint32_t seed = 21; seed <= 24; ++seed) run_property(seed, c, 1500);
+  std::uint32_t seed = 0;
+  for (const Variant& v : variants(kPage)) {
+    SCOPED_TRACE(v.name);
+    for (int i = 0; i < 4; ++i) run_property(++seed, v.config, 1500);
+  }
 }
 
 TEST(AllocatorProperty, RandomOperationsWithoutStitching) {
@@ -459,10 +463,11 @@ class AllocatorFaults : public ::testing::TestWithParam<Call> {};
 
 TEST_P(AllocatorFaults, EveryFailureLeavesThePoolWhole) {
   const Call kind = GetParam();
-  for (std::uint64_t nth = 1; nth <= 24; ++nth) {
-    Config c;
-    if (nth > 12) c.max_create = 4 * kPage;  // the second half: allocations of up to four pages
-    PoolModel m(small_pages(48 * kPage), c);
+  const std::vector<Variant> vs = variants(kPage);
+  for (std::uint64_t nth = 1; nth <= 12 * vs.size(); ++nth) {
+    const Variant& v = vs[(nth - 1) / 12];  // 12 failure points per variant
+    SCOPED_TRACE(v.name);
+    PoolModel m(small_pages(48 * kPage), v.config);
     std::mt19937_64 rng(nth);
     m.driver.fail_nth(kind, nth, kind == Call::create ? Status::out_of_memory : Status::unknown);
     int failures = 0;

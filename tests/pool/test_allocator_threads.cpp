@@ -4,6 +4,7 @@
 // others allocate, and every byte is checked at the end.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <random>
 #include <thread>
@@ -16,9 +17,11 @@ namespace {
 
 constexpr std::size_t kPage = 64 << 10;
 
-TEST(AllocatorThreads, ManyThreadsManyStreams) {
+class AllocatorThreads : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(AllocatorThreads, ManyThreadsManyStreams) {
   HostDriver driver(small_pages(512 * kPage));
-  Allocator pool(driver, Config{});
+  Allocator pool(driver, GetParam().config);
   constexpr int kThreads = 8;
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
@@ -75,6 +78,12 @@ TEST(AllocatorThreads, ManyThreadsManyStreams) {
   pool.trim();
   EXPECT_EQ(driver.physical_in_use(), 0u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Variants, AllocatorThreads, ::testing::ValuesIn(variants(kPage)), [](const auto& info) {
+  std::string name = info.param.name;
+  std::replace(name.begin(), name.end(), ' ', '_');
+  return name;
+});
 
 }  // namespace
 }  // namespace glake::pool::testing
