@@ -186,11 +186,12 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
   StreamState& own = stream_state(s);
   DevPtr lo = plan->start, hi = plan->start + n;
   std::size_t sources = 0;
-  for (std::int32_t id : spare) sources += pages[static_cast<std::size_t>(id)].span == 1;
+  for (std::int32_t id : spare) sources += pages[static_cast<std::size_t>(id)].span;
   if (cfg.stitch) {
-    auto movable = [&](const Block* b, DevPtr from, DevPtr to) {  // one-granule pages of b within [from, to)
-      auto [l, h] = whole_pages(b->segment, from, to - from);
-      return movable_count(b->segment, l, h);
+    auto movable = [&](const Block* b, DevPtr from, DevPtr to) {  // granules of whole pages of b in [from, to)
+      auto [wl, wh] = whole_pages(b->segment, from, to - from);
+      auto [l, h] = whole_pages_mapped(b->segment, wl, wh);
+      return (h - l) / page;
     };
     for (Block* b : settled_large) sources += movable(b, b->base, b->base + b->size);
     for (Block* b : own.large) sources += movable(b, b->base, b->base + b->size);
@@ -247,36 +248,60 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
     if (plan->window_state[i] == State::hole)
       for (DevPtr a = w->base; a < w->base + w->size; a += page) dsts.push_back(a);
   }
+  // A page of `span` granules fills the holes from dsts[k] on only if that many are consecutive there.
+  auto fits = [&](std::size_t k, std::uint32_t span) {
+    return k + span <= dsts.size() && dsts[k + span - 1] == dsts[k] + (span - 1) * page;
+  };
   std::size_t k = 0;
   for (std::size_t i = spare.size(); i-- > 0 && k < dsts.size();) {
     const std::int32_t id = spare[i];
-    if (pages[static_cast<std::size_t>(id)].span != 1) continue;  // fills holes only whole, when trim releases it
+    const std::uint32_t span = pages[static_cast<std::size_t>(id)].span;
+    if (!fits(k, span)) continue;
     spare.erase(spare.begin() + static_cast<std::ptrdiff_t>(i));
-    plan->fills.push_back({Fill::Kind::spare, dsts[k++], 1, id, pages[static_cast<std::size_t>(id)].handle, 0, nullptr, 0});
+    plan->fills.push_back({Fill::Kind::spare, dsts[k], span, id, pages[static_cast<std::size_t>(id)].handle, 0, nullptr, 0});
+    k += span;
   }
   if (cfg.stitch && k < dsts.size()) {
-    // The smallest first (both sets are in size order), skipping those that hold no page that can move.
+    // The smallest first (both sets are in size order), skipping those that hold no whole page.
     std::vector<Block*> from;
     std::merge(settled_large.begin(), settled_large.end(), own.large.begin(), own.large.end(),
                std::back_inserter(from), BySizeThenAddress{});
     for (Block* src : from) {
       if (k == dsts.size()) break;
       auto [olo, ohi] = own_pages(src);
-      auto [plo, phi] = movable_tail(src->segment, olo, ohi);
-      if (plo == phi) continue;
-      DevPtr take_from = phi - std::min<std::size_t>(phi - plo, (dsts.size() - k) * page);
+      auto [plo, phi] = whole_pages_mapped(src->segment, olo, ohi);
+      // From the tail end, the whole pages that the holes left can take, then those of them that fit
+      // where they would go (a page of several granules needs as many consecutive holes).
+      DevPtr take_from = phi;
+      for (std::size_t need = dsts.size() - k; take_from > plo;) {
+        const Page& pg = page_at(src->segment, take_from - page);
+        if (pg.span > need) break;
+        need -= pg.span;
+        take_from = pg.va;
+      }
+      DevPtr take_to = take_from;
+      for (std::size_t kk = k; take_to < phi;) {
+        const std::uint32_t span = page_at(src->segment, take_to).span;
+        if (!fits(kk, span)) break;
+        kk += span;
+        take_to += span * page;
+      }
+      if (take_to == take_from) continue;
       index_erase(src);
       if (src->base < take_from) {  // the head stays free
         Block* t = split(src, take_from - src->base);
         index_insert(src);
         src = t;
       }
-      if (src->base + src->size > phi) index_insert(split(src, phi - src->base));  // so does what follows
+      if (src->base + src->size > take_to) index_insert(split(src, take_to - src->base));  // so does the rest
       src->state = State::busy;
       plan->sources.push_back(src);
-      for (DevPtr a = src->base; a < src->base + src->size; a += page) {
-        std::int32_t id = slot(src->segment, a);
-        plan->fills.push_back({Fill::Kind::move, dsts[k++], 1, id, pages[static_cast<std::size_t>(id)].handle, a, src, 0});
+      for (DevPtr a = src->base; a < src->base + src->size;) {
+        const std::int32_t id = slot(src->segment, a);
+        const Page& pg = pages[static_cast<std::size_t>(id)];
+        plan->fills.push_back({Fill::Kind::move, dsts[k], pg.span, id, pg.handle, a, src, 0});
+        k += pg.span;
+        a += bytes_of(pg);
       }
     }
   }
@@ -363,12 +388,12 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
   }
   // Sources: the slots whose pages moved (a prefix of each) are stale now; the rest stays free.
   for (Block* src : plan.sources) {
-    std::size_t gone = 0;
+    std::size_t gone = 0;  // bytes
     for (const Fill& f : plan.fills)
-      if (f.source == src && f.stage == 3) ++gone;
+      if (f.source == src && f.stage == 3) gone += f.span * page;
     Block* rest = src;
     if (gone > 0) {
-      rest = gone * page < src->size ? split(src, gone * page) : nullptr;
+      rest = gone < src->size ? split(src, gone) : nullptr;
       src->state = State::stale;
       has_stale = true;
       settle_large_block(src);
@@ -451,26 +476,35 @@ void Allocator::Impl::collect_stale() {
           blocks.push_back(b);
         }
   }
-  std::vector<std::size_t> gone(blocks.size(), 0);
+  // A stale block is whole mappings (a stitch moves pages whole): unmap each, in address order.
+  std::vector<std::size_t> gone(blocks.size(), 0);  // bytes
   for (std::size_t i = 0; i < blocks.size(); ++i) {
-    for (DevPtr a = blocks[i]->base; a < blocks[i]->base + blocks[i]->size; a += page) {
-      if (drv.unmap(a, page) != Status::ok) break;
-      ++gone[i];
+    for (DevPtr a = blocks[i]->base; a < blocks[i]->base + blocks[i]->size;) {
+      std::size_t n;
+      {
+        std::lock_guard lock(mu);
+        n = bytes_of(page_at(blocks[i]->segment, a));
+      }
+      if (drv.unmap(a, n) != Status::ok) break;
+      gone[i] += n;
+      a += n;
     }
   }
   std::lock_guard lock(mu);
   has_stale = false;
   for (std::size_t i = 0; i < blocks.size(); ++i) {
     Block* b = blocks[i];
-    for (std::size_t j = 0; j < gone[i]; ++j) {
-      std::int32_t& sl = slot(b->segment, b->base + j * page);
-      --pages[static_cast<std::size_t>(sl)].aliases;
-      sl = -1;
-      st.mapped.sub(page);
+    for (DevPtr a = b->base; a < b->base + gone[i];) {
+      Page& pg = pages[static_cast<std::size_t>(slot(b->segment, a))];
+      const std::size_t n = bytes_of(pg);
+      --pg.aliases;
+      for (DevPtr x = a; x < a + n; x += page) slot(b->segment, x) = -1;
+      st.mapped.sub(n);
       ++st.unmaps;
-      emit(EventKind::unmap, 0, b->base + j * page, page);
+      emit(EventKind::unmap, 0, a, n);
+      a += n;
     }
-    Block* rest = gone[i] * page < b->size ? (gone[i] > 0 ? split(b, gone[i] * page) : b) : nullptr;
+    Block* rest = gone[i] < b->size ? (gone[i] > 0 ? split(b, gone[i]) : b) : nullptr;
     if (rest != nullptr) {
       rest->state = State::stale;
       has_stale = true;
@@ -571,8 +605,8 @@ Allocator::~Allocator() {
     for (std::size_t i = 0; i < seg->slot_page.size();) {
       const std::int32_t id = seg->slot_page[i];
       const DevPtr a = seg->base + i * m.page;
-      // Each mapping whole: a page at its own slots, or a one-granule page at a stale slot.
-      const std::size_t n = id < 0 ? m.page : m.pages[static_cast<std::size_t>(id)].va == a ? m.bytes_of(m.pages[static_cast<std::size_t>(id)]) : m.page;
+      // Each mapping whole (the walk lands on every mapping's first slot: mappings lie side by side).
+      const std::size_t n = id < 0 ? m.page : m.bytes_of(m.pages[static_cast<std::size_t>(id)]);
       if (id >= 0) m.drv.unmap(a, n);
       i += n / m.page;
     }

@@ -3,13 +3,14 @@
 //
 // State (under mu): reservations ("segments") split into large blocks that cover them exactly; pages
 // (physical allocations of one or more granules, each mapped whole: owned by as many consecutive slots
-// as it spans, or kept spare), a one-granule page possibly still mapped at stale slots (aliases a stitch
-// left behind); chunks of small pieces; free blocks indexed by size per stream (unsettled) or in the
-// settled sets; each stream's parked pieces.
+// as it spans, or kept spare), possibly still mapped at stale slots too (aliases a stitch left behind);
+// chunks of small pieces; free blocks indexed by size per stream (unsettled) or in the settled sets;
+// each stream's parked pieces.
 //
 // A page spans several granules when the pool grew by that much at once (Config::max_create): the GPU
 // streams faster through large physical allocations. The driver maps a physical allocation only whole,
-// so such a page never moves in a stitch and goes back to the driver only whole.
+// so such a page moves in a stitch only whole, into as many consecutive holes, and goes back to the
+// driver only whole, once no block but free ones lies on it.
 //
 // Locks: mu guards all state and is never held across a driver call. grow_mu serialises the slow
 // paths (settle, stitch, trim), which release mu around their driver calls after marking the blocks
@@ -53,8 +54,8 @@ struct StreamState {
 struct Page {
   PhysHandle handle = 0;
   DevPtr va = 0;  // its first slot (it owns `span` slots from there); 0: spare
-  std::uint32_t span = 1;     // granules; only one-granule pages move in a stitch
-  std::uint32_t aliases = 0;  // stale slots still mapped to it
+  std::uint32_t span = 1;     // granules
+  std::uint32_t aliases = 0;  // stale mappings of it (each over `span` slots)
   bool live = false;
 };
 
@@ -62,7 +63,7 @@ struct Page {
 struct Fill {
   enum class Kind { spare, move, create } kind;
   DevPtr dst = 0;           // the first slot it fills
-  std::uint32_t span = 1;   // slots it fills (more than one only for create)
+  std::uint32_t span = 1;   // slots it fills: its page's granules
   std::int32_t page = -1;  // spare and move: the page; create: filled in once created
   PhysHandle handle = 0;
   DevPtr src = 0;           // move: the slot it leaves
@@ -332,18 +333,6 @@ struct Allocator::Impl {
   }
   std::size_t bytes_of(const Page& p) const { return p.span * page; }
 
-  // The tail-most run of one-granule pages (those a stitch may move) among the mapped slots [lo, hi).
-  std::pair<DevPtr, DevPtr> movable_tail(const Segment* s, DevPtr lo, DevPtr hi) const {
-    while (hi > lo && page_at(s, hi - page).span != 1) hi -= page;
-    DevPtr a = hi;
-    while (a > lo && page_at(s, a - page).span == 1) a -= page;
-    return {a, hi};
-  }
-  std::size_t movable_count(const Segment* s, DevPtr lo, DevPtr hi) const {
-    std::size_t n = 0;
-    for (DevPtr a = lo; a < hi; a += page) n += page_at(s, a).span == 1;
-    return n;
-  }
   // The mapped slots [lo, hi) narrowed to the pages lying wholly inside them (those trim may release).
   std::pair<DevPtr, DevPtr> whole_pages_mapped(const Segment* s, DevPtr lo, DevPtr hi) const {
     if (lo < hi && page_at(s, lo).va != lo) lo = std::min(hi, page_at(s, lo).va + bytes_of(page_at(s, lo)));

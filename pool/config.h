@@ -25,8 +25,8 @@ struct Config {
   // Largest physical allocation the pool makes at once (GLAKE_MAX_CREATE, bytes; 0: the granularity).
   // When it grows by several consecutive granules it creates them as allocations of up to this size,
   // because the GPU streams faster through large ones (tests/gpu/bench_chunk_bandwidth.cu). Such an
-  // allocation is mapped and released only whole and never moves in a stitch, so it costs memory:
-  // opt-in (replays: tracer/README.md).
+  // allocation is mapped, stitched and released only whole, so it costs memory: opt-in (README,
+  // "2026-12-06, afternoon").
   std::size_t max_create = 0;
 };
 

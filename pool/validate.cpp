@@ -134,7 +134,6 @@ std::string Allocator::Impl::validate() const {
       const bool owns = pg.va != 0 && a >= pg.va && a < pg.va + pg.span * page;
       if (under[i] != quarantined && owns == (under[i] == stale))
         return fmt::format("slot {:#x} {} page {}", a, owns ? "owns" : "does not own", id);
-      if (!owns && pg.span != 1) return fmt::format("slot {:#x} is a stale alias of page {} of {} granules", a, id, pg.span);
       if (owns)
         ++seen[u];
       else
@@ -154,8 +153,9 @@ std::string Allocator::Impl::validate() const {
     if (seen[i] != static_cast<int>(pages[i].span))
       return fmt::format("page {} of {} granules is held by {} slots (or spare), expected all of them once", i,
                          pages[i].span, seen[i]);
-    if (aliased[i] != pages[i].aliases)
-      return fmt::format("page {} has {} stale slots but counts {}", i, aliased[i], pages[i].aliases);
+    if (aliased[i] != pages[i].aliases * pages[i].span)
+      return fmt::format("page {} of {} granules has {} stale slots but counts {} stale mappings", i, pages[i].span,
+                         aliased[i], pages[i].aliases);
   }
   std::size_t indexed = settled_large.size() + settled_small.size();
   for (const auto& [s, ss] : streams) {

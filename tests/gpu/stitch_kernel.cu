@@ -327,6 +327,39 @@ TEST_F(Gpu, AllocatorGrowsInLargeAllocationsAndTrimsThemWhole) {
   ASSERT_EQ(a.validate(), "");
 }
 
+// A free allocation of several granules moves whole into a stitch window; its old mapping, stale, is
+// unmapped whole by trim; kernels see the stitched block and the live one intact.
+TEST_F(Gpu, AllocatorStitchMovesALargeAllocationWhole) {
+  Config config;
+  const std::size_t g = driver_->granularity();
+  config.max_create = 4 * g;
+  Allocator a(*driver_, config);
+  DevPtr x = 0, y = 0, z = 0;
+  POOL_OK(a.allocate(4 * g, stream(), &x));
+  POOL_OK(a.allocate(5 * g, stream(), &y));
+  ASSERT_NO_FATAL_FAILURE(write(y, 5 * g, 31));
+  POOL_OK(a.free(x));
+  POOL_OK(a.allocate(6 * g, stream(), &z));
+  EXPECT_EQ(a.stats().stitches, 1u);
+  BlockInfo info;
+  POOL_OK(a.describe(z, &info));
+  ASSERT_EQ(info.pages.size(), 2u);
+  EXPECT_EQ(info.pages[0].size, 4 * g);
+  ASSERT_NO_FATAL_FAILURE(write(z, 6 * g, 32));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(z, 6 * g, 32, 0, "block stitched from a moved allocation"));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(y, 5 * g, 31, 0, "live block beside the move"));
+  CUDA_OK(cudaStreamSynchronize(stream_));
+  a.trim(0);
+  ASSERT_EQ(a.validate(), "");
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(z, 6 * g, 32, 0, "stitched block after trim"));
+  POOL_OK(a.free(y));
+  POOL_OK(a.free(z));
+  CUDA_OK(cudaStreamSynchronize(stream_));
+  a.trim(0);
+  EXPECT_EQ(a.stats().physical.current, 0u);
+  ASSERT_EQ(a.validate(), "");
+}
+
 // --- timing -----------------------------------------------------------------------------------------
 
 TEST_F(Gpu, CachedAllocFreePairCost) {

@@ -152,6 +152,37 @@ TEST(Allocator, GrowsInLargeAllocationsWhenAsked) {
   EXPECT_EQ(m.driver.mappings(), 0u);
 }
 
+// A free allocation of several granules moves whole into a stitch window with room for it.
+TEST(Allocator, StitchMovesALargeAllocationWhole) {
+  Config c;
+  c.max_create = 4 * kPage;
+  PoolModel m(small_pages(64 * kPage), c);
+  DevPtr a = 0, b = 0, d = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 0, &a), Status::ok);
+  ASSERT_EQ(m.alloc(5 * kPage, 0, &b), Status::ok);  // pages of 3 and 2 granules after a
+  ASSERT_EQ(m.free(a, 0), Status::ok);
+  const Stats before = m.pool.stats();
+  ASSERT_EQ(m.alloc(6 * kPage, 0, &d), Status::ok);  // a's 4 do not fit in place: a stitch past b
+  const Stats after = m.pool.stats();
+  EXPECT_EQ(after.stitches, before.stitches + 1);
+  EXPECT_EQ(after.creates, before.creates + 1) << "a's page moved, only the other 2 granules are new";
+  EXPECT_EQ(after.physical.current, 11 * kPage);
+  BlockInfo info;
+  ASSERT_EQ(m.pool.describe(d, &info), Status::ok);
+  ASSERT_EQ(info.pages.size(), 2u);
+  EXPECT_EQ(info.pages[0].size, 4 * kPage);
+  EXPECT_EQ(info.pages[1].size, 2 * kPage);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+  m.pool.trim(0);  // unmaps a's old mapping (stale) whole
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+  m.free_all();
+  m.pool.trim(0);
+  EXPECT_EQ(m.driver.physical_in_use(), 0u);
+  EXPECT_EQ(m.driver.mappings(), 0u);
+}
+
 TEST(Allocator, SameStreamReusesAtOnceWithoutDriverCalls) {
   PoolModel m(small_pages(16 << 20), no_limit());
   DevPtr a = 0, b = 0;
