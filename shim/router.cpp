@@ -284,8 +284,9 @@ DevicePool* Router::create_pool(int device, bool from_runtime) {
     }
   }
   if (verbose_) {
-    say("device %d: pool on (page %zu KiB, stitch %s, small limit %zu, limit %zu)", device,
-        p->driver->granularity() >> 10, config_.stitch ? "on" : "off", p->alloc->config().small_limit, config_.limit);
+    say("device %d: pool on (page %zu KiB, stitch %s, small limit %zu, max create %zu, limit %zu)", device,
+        p->driver->granularity() >> 10, config_.stitch ? "on" : "off", p->alloc->config().small_limit,
+        config_.max_create, config_.limit);
   }
   return publish();
 }

@@ -65,7 +65,8 @@ int mode_no_cuda() {
 // The environment as the program sees it after glake's constructor, then one CUDA call.
 int mode_env() {
   for (const char* name : {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "GLAKE_LIMIT", "GLAKE_STITCH",
-                           "GLAKE_TRACE", "GLAKE_SMALL_LIMIT", "GLAKE_PYTORCH", "GLAKE_VERBOSE", "GLAKE_DISABLE",
+                           "GLAKE_TRACE", "GLAKE_SMALL_LIMIT", "GLAKE_MAX_CREATE", "GLAKE_PYTORCH", "GLAKE_VERBOSE",
+                           "GLAKE_DISABLE",
                            "LD_PRELOAD"}) {
     const char* v = std::getenv(name);
     std::printf("%s=%s\n", name, v ? v : "(unset)");

@@ -325,13 +325,14 @@ TEST_F(Process, GlakeRunSetsThePreloadAndTheSettings) {
   const std::string trace = "/tmp/glake-run-trace-" + std::to_string(getpid()) + ".json";
   // Started without the preload: glake-run adds it.
   const Outcome r = run({script, "--lib", env_path("GLAKE_LIB"), "--limit", "512M", "--no-stitch", "--trace", trace,
-                         "--small-limit", "64K", "--verbose", "--", helper(), "env"},
+                         "--small-limit", "64K", "--max-create", "32M", "--verbose", "--", helper(), "env"},
                         {{"LD_PRELOAD", preload_without_glake()}});
   EXPECT_EQ(0, r.status) << r.out << r.err;
   EXPECT_TRUE(has(r.out, "GLAKE_LIMIT=512M\n")) << r.out;
   EXPECT_TRUE(has(r.out, "GLAKE_STITCH=0\n")) << r.out;
   EXPECT_TRUE(has(r.out, "GLAKE_TRACE=" + trace + "\n")) << r.out;
   EXPECT_TRUE(has(r.out, "GLAKE_SMALL_LIMIT=64K\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "GLAKE_MAX_CREATE=32M\n")) << r.out;
   EXPECT_TRUE(has(r.out, "libglake.so")) << r.out;
   EXPECT_TRUE(has(r.out, "owns=1")) << r.out << r.err;
   EXPECT_TRUE(has(r.err, "glake: device 0: pool on")) << r.err;
