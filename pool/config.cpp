@@ -34,14 +34,16 @@ bool parse_bytes(const char* text, std::size_t* out) {
 
 namespace {
 
-void read_bytes(const char* name, std::size_t* field, std::size_t min, std::vector<std::string>* errors) {
+// `zero`: what 0 means for this variable.
+void read_bytes(const char* name, std::size_t* field, std::size_t min, std::vector<std::string>* errors,
+                const char* zero = "the default") {
   const char* v = std::getenv(name);
   if (v == nullptr) return;
   std::size_t parsed = 0;
   if (!parse_bytes(v, &parsed) || (parsed != 0 && parsed < min)) {
     errors->push_back(std::string(name) + "='" + v + "' is not a byte count (accepted: an integer with an " +
                       "optional K, M, G or T suffix" + (min > 1 ? ", at least " + std::to_string(min) : "") +
-                      ", or 0 for the default); using the default");
+                      ", or 0 for " + zero + "); using the default");
     return;
   }
   *field = parsed;
@@ -65,7 +67,7 @@ void read_bool(const char* name, bool* field, std::vector<std::string>* errors) 
 
 Config config_from_env(std::vector<std::string>* errors) {
   Config c;
-  read_bytes("GLAKE_SMALL_LIMIT", &c.small_limit, 512, errors);
+  read_bytes("GLAKE_SMALL_LIMIT", &c.small_limit, 512, errors, "none");
   read_bool("GLAKE_STITCH", &c.stitch, errors);
   read_bytes("GLAKE_LIMIT", &c.limit, 1, errors);
   read_bytes("GLAKE_VA_RESERVE", &c.va_reserve, std::size_t{1} << 30, errors);

@@ -12,10 +12,10 @@ namespace glake::pool {
 
 struct Config {
   // Requests up to this size are packed into shared one-page chunks (GLAKE_SMALL_LIMIT, bytes, suffixes
-  // K/M/G; at most half a page). 0, the default: none are; every request is placed among the large
-  // blocks, sharing its end pages with its neighbours, which held less memory over the replays as a
-  // whole and costs less per allocation (README, "2026-12-06, afternoon").
-  std::size_t small_limit = 0;
+  // K/M/G; at most half a page). 0: none are; every request is placed among the large blocks, sharing
+  // its end pages with its neighbours, which held less memory over the replays as a whole and costs
+  // less per allocation, but is not measured on the GPU yet (README, "2026-12-06, afternoon").
+  std::size_t small_limit = std::size_t{1} << 20;
   // Stitch free chunks into new virtual ranges when no cached block fits (GLAKE_STITCH=0|1).
   bool stitch = true;
   // Most physical bytes the pool may hold; 0 means no limit but the device's (GLAKE_LIMIT).

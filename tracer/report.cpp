@@ -32,7 +32,7 @@ constexpr const char* kUsage =
     "  -o, --output FILE    the page (default: stdout; written atomically)\n"
     "  --no-replay          skip glake's replay (no glake series, no block map at the peak)\n"
     "  --granularity BYTES  replay: page size (default 2M)\n"
-    "  --small-limit BYTES  replay: requests up to this share one-page chunks (default 0: none)\n"
+    "  --small-limit BYTES  replay: requests up to this share one-page chunks (default 1M; 0: none)\n"
     "  --no-stitch          replay: stitching off\n"
     "  --capacity BYTES     replay: the device's memory (default 1T)\n"
     "  --device N           only this device's events\n"

@@ -37,7 +37,7 @@ constexpr const char* kUsage =
     "  --device N           only this device's events\n"
     "  --replay             replay the trace through glake's pool (host driver) and use its physical bytes\n"
     "  --granularity BYTES  with --replay: page size (default 2M)\n"
-    "  --small-limit BYTES  with --replay: requests up to this share one-page chunks (default 0: none)\n"
+    "  --small-limit BYTES  with --replay: requests up to this share one-page chunks (default 1M; 0: none)\n"
     "  --no-stitch          with --replay: stitching off\n"
     "  -h, --help           this text\n"
     "Exit status: 0 all summarised, 1 some trace could not be read (the message names file and position),\n"
@@ -47,7 +47,7 @@ struct Options {
   bool json = false, replay = false, no_stitch = false;
   std::uint64_t buckets = 10, top = 10, frames = 4;
   std::string device;
-  std::uint64_t granularity = 2 << 20, small_limit = 0;
+  std::uint64_t granularity = 2 << 20, small_limit = 1 << 20;
 };
 
 std::string at_text(const Trace& t, const Timeline& tl, std::size_t event) {

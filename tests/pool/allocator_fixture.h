@@ -102,18 +102,18 @@ void churn(PoolModel& m, std::mt19937_64& rng, std::size_t page, int ops, After 
   }
 }
 
-// The pool's placement variants that tests run through: the defaults, small requests packed into
-// shared one-page chunks (GLAKE_SMALL_LIMIT), growth in allocations of up to four pages
-// (GLAKE_MAX_CREATE).
+// The pool's placement variants that tests run through: the defaults (small requests packed into
+// shared one-page chunks), every request among the large blocks (GLAKE_SMALL_LIMIT=0), growth in
+// allocations of up to four pages (GLAKE_MAX_CREATE).
 struct Variant {
   const char* name;
   Config config;
 };
 inline std::vector<Variant> variants(std::size_t page) {
-  Config pieces, large;
-  pieces.small_limit = page / 2;
+  Config no_pieces, large;
+  no_pieces.small_limit = 0;
   large.max_create = 4 * page;
-  return {{"defaults", Config{}}, {"pieces", pieces}, {"large allocations", large}};
+  return {{"defaults", Config{}}, {"no pieces", no_pieces}, {"large allocations", large}};
 }
 
 inline HostDriver::Options small_pages(std::size_t capacity, std::size_t granularity = 64 << 10) {

@@ -575,5 +575,22 @@ TEST(Config, BadValuesAreNamedAndDefaulted) {
   EXPECT_EQ(c.small_limit, 64u << 10);
 }
 
+TEST(Config, PlacementVariables) {
+  setenv("GLAKE_SMALL_LIMIT", "0", 1);  // no shared chunks
+  setenv("GLAKE_MAX_CREATE", "32M", 1);
+  std::vector<std::string> errors;
+  Config c = config_from_env(&errors);
+  EXPECT_TRUE(errors.empty());
+  EXPECT_EQ(c.small_limit, 0u);
+  EXPECT_EQ(c.max_create, 32u << 20);
+  setenv("GLAKE_MAX_CREATE", "big", 1);
+  c = config_from_env(&errors);
+  unsetenv("GLAKE_SMALL_LIMIT");
+  unsetenv("GLAKE_MAX_CREATE");
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].find("GLAKE_MAX_CREATE='big'"), std::string::npos) << errors[0];
+  EXPECT_EQ(c.max_create, 0u);
+}
+
 }  // namespace
 }  // namespace glake::pool::testing

@@ -115,11 +115,11 @@ TEST_F(Tools, ReplayWhatIf) {
   CmdResult base = glake_trace("replay --json --reps 0 " + quote(demo()));
   ASSERT_EQ(base.status, 0) << base.err;
   auto b = nlohmann::json::parse(base.out);
-  EXPECT_EQ(b["small_limit"], 0);
-  CmdResult r = glake_trace("replay --json --reps 0 --small-limit 1M --granularity 4M --no-stitch " + quote(demo()));
+  EXPECT_EQ(b["small_limit"], 1 << 20);
+  CmdResult r = glake_trace("replay --json --reps 0 --small-limit 0 --granularity 4M --no-stitch " + quote(demo()));
   ASSERT_EQ(r.status, 0) << r.err;
   auto w = nlohmann::json::parse(r.out);
-  EXPECT_EQ(w["small_limit"], 1 << 20);
+  EXPECT_EQ(w["small_limit"], 0);
   EXPECT_EQ(w["granularity"], 4 << 20);
   EXPECT_EQ(w["stitch"], false);
   EXPECT_EQ(w["stitches"], 0);
