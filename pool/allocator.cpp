@@ -204,17 +204,23 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
       if (b->base + b->size > hi) sources += movable(b, hi, b->base + b->size);
     }
   }
-  std::size_t creates = plan->holes > sources ? plan->holes - sources : 0;
-  if (creates > 0 && may_wait && cfg.stitch) {
-    // Other streams freed memory that is not settled yet: wait for their work rather than grow.
-    for (auto& [other, ss] : streams)
-      if (other != s && !ss.large.empty()) return Prepared::need_wait;
-  }
+  // Whether the pool may create `creates` granules now, else what to do first.
+  auto may_create = [&](std::size_t creates) {
+    if (creates > 0 && may_wait && cfg.stitch) {
+      // Other streams freed memory that is not settled yet: wait for their work rather than grow.
+      for (auto& [other, ss] : streams)
+        if (other != s && !ss.large.empty()) return Prepared::need_wait;
+    }
+    if (cfg.limit != 0 && st.physical.current + creates * page > cfg.limit) return Prepared::no_memory;
+    if (creates > 0 && device_free == kUnknown) return Prepared::need_device_free;  // asked only to grow
+    if (creates * page > device_free) return Prepared::no_memory;
+    return Prepared::ready;
+  };
   // Fail before touching anything when the device cannot hold what would be created (a huge request
-  // would otherwise create pages until the driver refuses, and leave them all cached).
-  if (cfg.limit != 0 && st.physical.current + creates * page > cfg.limit) return Prepared::no_memory;
-  if (creates > 0 && device_free == kUnknown) return Prepared::need_device_free;  // asked only to grow
-  if (creates * page > device_free) return Prepared::no_memory;
+  // would otherwise create pages until the driver refuses, and leave them all cached). Exact for
+  // one-granule pages; a page of several granules may fit no hole left (checked again below).
+  const std::size_t estimate = plan->holes > sources ? plan->holes - sources : 0;
+  if (Prepared p = may_create(estimate); p != Prepared::ready) return p;
 
   // Mark the window busy, splitting the blocks at its edges (a hole at the page boundary after the end).
   Block* b = plan->segment->head;
@@ -317,6 +323,13 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
       plan->fills.push_back({Fill::Kind::create, dsts[k], span, -1, 0, 0, nullptr, 0});
       k += span;
     }
+  }
+  std::size_t creates = 0;
+  for (const Fill& f : plan->fills)
+    if (f.kind == Fill::Kind::create) creates += f.span;
+  if (creates > estimate) {
+    plan->then = may_create(creates);
+    if (plan->then != Prepared::ready) return Prepared::undo;
   }
   return Prepared::ready;
 }
@@ -525,7 +538,12 @@ Status Allocator::Impl::stitch(const Request& q, StreamHandle s, DevPtr* out) {
   std::size_t device_free = kUnknown;
   for (int attempt = 0; attempt < 6; ++attempt) {
     Plan plan;
-    switch (prepare(n, q.aligned, s, may_wait, device_free, &plan)) {
+    Prepared p = prepare(n, q.aligned, s, may_wait, device_free, &plan);
+    if (p == Prepared::undo) {
+      finish(plan, Status::out_of_memory, s, q, out);  // nothing was done: gives the window and sources back
+      p = plan.then;
+    }
+    switch (p) {
       case Prepared::need_window: {
         if (has_stale && !collected) {
           collect_stale();  // give stale slots back to the address space before reserving more
@@ -548,6 +566,7 @@ Status Allocator::Impl::stitch(const Request& q, StreamHandle s, DevPtr* out) {
       case Prepared::no_memory:
         return Status::out_of_memory;
       case Prepared::ready:
+      case Prepared::undo:
         break;
     }
     Status r = execute(plan);
@@ -577,7 +596,14 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
       }
     }
     Status r = stitch(q, s, out);
-    if (r != Status::out_of_memory || round > 0) return r;
+    if (r != Status::out_of_memory) return r;
+    if (round > 0) {
+      // Free pages of several granules may fit no hole of any window (and cannot be split): give
+      // what is cached back to the driver and try once more.
+      if (cfg.max_create < 2 * page) return r;
+      trim(0);
+      return stitch(q, s, out);
+    }
     // Out of memory: reclaim what every stream freed (waiting for its work), then try once more.
     std::lock_guard lock(mu);
     ++st.reclaims;
@@ -798,8 +824,12 @@ Status Allocator::refresh_access() {
 }
 
 void Allocator::trim(std::size_t keep) {
-  Impl& m = *impl_;
-  std::lock_guard grow(m.grow_mu);
+  std::lock_guard grow(impl_->grow_mu);
+  impl_->trim(keep);
+}
+
+void Allocator::Impl::trim(std::size_t keep) {
+  Impl& m = *this;
   {
     std::lock_guard lock(m.mu);
     m.unpark_all();

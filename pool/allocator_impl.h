@@ -81,6 +81,10 @@ struct Request {
   bool aligned = false;  // whole pages of its own, from a page boundary (chunks, and see allocate())
 };
 
+// What prepare() found. undo: planned, but more must be created than may be now: finish() gives the
+// plan back, then Plan::then says why.
+enum class Prepared { ready, need_window, need_wait, need_device_free, no_memory, undo };
+
 struct Plan {
   Segment* segment = nullptr;
   DevPtr start = 0;
@@ -91,6 +95,7 @@ struct Plan {
   std::vector<Block> window_saved; // and their fields
   std::vector<Block*> sources;     // busy blocks whose pages move into the window
   std::vector<Fill> fills;
+  Prepared then = Prepared::ready;  // after undo: what stopped the plan
 };
 
 struct Allocator::Impl {
@@ -439,13 +444,14 @@ struct Allocator::Impl {
   Status free(DevPtr ptr, const StreamHandle* stream);  // stream null: the block's own
   Status allocate_large(const Request& q, StreamHandle s, DevPtr* out);
   Status stitch(const Request& q, StreamHandle s, DevPtr* out);
-  enum class Prepared { ready, need_window, need_wait, need_device_free, no_memory };
+  using Prepared = pool::Prepared;
   static constexpr std::size_t kUnknown = ~std::size_t{0};  // device_free not queried yet
   Prepared prepare(std::size_t n, bool aligned, StreamHandle s, bool may_wait, std::size_t device_free, Plan* plan);
   bool find_window(std::size_t n, bool aligned, StreamHandle s, Plan* plan);
   Status execute(Plan& plan);
   Status finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out);
   Status add_segment(std::size_t n);
+  void trim(std::size_t keep);  // grow_mu held (Allocator::trim)
 
   std::string validate() const;
 };

@@ -421,7 +421,8 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, void** ptr
       } else if (va == 0) {
         total = r.bytes;
         offset = r.offset;
-        if (total == 0 || offset >= total || d.mem_address_reserve(&va, total, 0, 0, 0) != CUDA_SUCCESS) {
+        if (total == 0 || offset >= total || r.size > total - offset ||
+            d.mem_address_reserve(&va, total, 0, 0, 0) != CUDA_SUCCESS) {
           va = 0;
           result = cudaErrorMapBufferObjectFailed;
         }

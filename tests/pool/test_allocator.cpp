@@ -183,6 +183,49 @@ TEST(Allocator, StitchMovesALargeAllocationWhole) {
   EXPECT_EQ(m.driver.mappings(), 0u);
 }
 
+// A free allocation of several granules that fits no hole left still counts as free when the pool
+// checks its limit: the plan is taken back, the cached memory released, and the limit holds.
+TEST(Allocator, LimitHoldsWhenALargeAllocationFitsNoHole) {
+  Config c;
+  c.max_create = 3 * kPage;
+  c.small_limit = 0;
+  c.limit = 6 * kPage;
+  PoolModel m(small_pages(64 * kPage), c);
+  DevPtr a = 0, b = 0, c1 = 0, c2 = 0, d = 0;
+  ASSERT_EQ(m.alloc(3 * kPage, 0, &a), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 0, &b), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 0, &c1), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 0, &c2), Status::ok);
+  ASSERT_EQ(m.free(a, 0), Status::ok);
+  ASSERT_EQ(m.free(c1, 0), Status::ok);
+  ASSERT_EQ(m.free(c2, 0), Status::ok);
+  // The window over c1 and c2 needs 2 more granules; a's page of 3 fits no 2 holes.
+  ASSERT_EQ(m.alloc(3 * kPage + 1, 0, &d), Status::ok);
+  EXPECT_LE(m.pool.stats().physical.current, c.limit);
+  EXPECT_LE(m.driver.physical_in_use(), c.limit);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+}
+
+// Out of memory with most of the device cached in a free allocation of several granules that fits no
+// window: it goes back to the driver and the request is served.
+TEST(Allocator, OutOfMemoryReleasesLargeAllocationsThatFitNoWindow) {
+  Config c;
+  c.max_create = 4 * kPage;
+  c.small_limit = 0;
+  PoolModel m(small_pages(8 * kPage), c);
+  DevPtr a = 0, b = 0, c1 = 0, c2 = 0, c3 = 0, d = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 0, &a), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 0, &b), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 0, &c1), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 0, &c2), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 0, &c3), Status::ok);
+  for (DevPtr p : {a, c1, c2, c3}) ASSERT_EQ(m.free(p, 0), Status::ok);
+  ASSERT_EQ(m.alloc(5 * kPage, 0, &d), Status::ok);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+}
+
 TEST(Allocator, SameStreamReusesAtOnceWithoutDriverCalls) {
   PoolModel m(small_pages(16 << 20), no_limit());
   DevPtr a = 0, b = 0;
