@@ -3,9 +3,10 @@
 //
 // Invariants (validate() checks them): blocks of a segment are contiguous and cover it; holes, stale
 // and quarantined blocks and chunks are whole pages, and no page lies under both one of those and
-// another block; a slot is mapped iff it is not under a hole; every live page is owned by exactly one
-// slot (under allocated, free or quarantined blocks), or is spare, and is also mapped at as many stale
-// slots as it counts aliases; no two neighbouring blocks that could merge; every free block is in
+// another block; stale and quarantined blocks are whole mappings; a slot is mapped iff it is not under
+// a hole; every live page is owned by the `span` consecutive slots from its first (under allocated,
+// free or quarantined blocks), or is spare, and is also mapped at as many stale mappings as it counts
+// aliases; no two neighbouring blocks that could merge; every free block is in
 // exactly its index, every parked one in its stream's quick cache; every allocated user block is in the
 // address map; the pieces of a chunk cover it; the statistics match the blocks.
 #include "pool/allocator.h"

@@ -86,15 +86,15 @@ std::string Allocator::Impl::validate() const {
         return where + ": not whole pages";
       if (b->is_chunk && ((b->base - seg->base) % page != 0 || b->size != page)) return where + ": a chunk is not one page";
       // Stale and quarantined blocks are whole mappings: each unmapped in one call, from its first slot.
+      auto id_at = [&](DevPtr a) { return seg->slot_page[(a - seg->base) / page]; };
       if (paged && b->state != State::hole)
         for (DevPtr a = b->base; a < b->base + b->size;) {
-          const std::int32_t id = seg->slot_page[(a - seg->base) / page];
+          const std::int32_t id = id_at(a);
           if (id < 0 || static_cast<std::size_t>(id) >= pages.size()) return where + fmt::format(": slot {:#x} unmapped", a);
           const DevPtr end = a + pages[static_cast<std::size_t>(id)].span * page;
           if (end > b->base + b->size) return where + fmt::format(": the mapping at {:#x} runs past it", a);
           for (; a < end; a += page)
-            if (seg->slot_page[(a - seg->base) / page] != id)
-              return where + fmt::format(": slot {:#x} is not part of the mapping of page {}", a, id);
+            if (id_at(a) != id) return where + fmt::format(": slot {:#x} is not part of the mapping of page {}", a, id);
         }
       const Under u = b->state == State::hole ? hole
                       : b->state == State::stale ? stale
