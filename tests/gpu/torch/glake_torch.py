@@ -109,6 +109,7 @@ CONFIG_ENV = {
     "cudaasync": ("cudaasync", {}),  # PyTorch's cudaMallocAsync backend on CUDA's own pool
     "glake-nostitch": ("glake", {"GLAKE_STITCH": "0"}),
     "glake-32m": ("glake", {"GLAKE_MAX_CREATE": "32M"}),  # grows in physical allocations of up to 32 MiB
+    "glake-nochunks": ("glake", {"GLAKE_SMALL_LIMIT": "0"}),  # every request among the large blocks
 }
 
 
