@@ -38,6 +38,7 @@ struct Step {
   std::uint64_t stream;
   std::uint32_t slot;
   bool alloc;
+  bool trim_after;  // the recording trimmed its pool after this step (ReplayOptions::trims)
 };
 
 struct Program {
@@ -73,21 +74,25 @@ Program compile(const Trace& t) {
     }
   p.steps.reserve(t.events.size());
   p.step_event.reserve(t.events.size());
+  bool oom_since_step = false;  // releases after an oom or reclaim are the pool's own, not a trim
   for (std::size_t i = 0; i < t.events.size(); ++i) {
     const TraceEvent& e = t.events[i];
+    if (e.op == Op::oom || e.op == Op::reclaim) oom_since_step = true;
+    if (e.op == Op::release && !oom_since_step && !p.steps.empty()) p.steps.back().trim_after = true;
     if (!is_alloc_or_free(e.op)) continue;  // the replay places blocks itself: only a/f matter
+    oom_since_step = false;
     p.step_event.push_back(static_cast<std::uint32_t>(i));
     if (e.op == Op::alloc) {
       if (!slot_of.emplace(e.addr, next).second)
         throw ReplayError(
             fmt::format("{}: events[{}]: allocation of address {}, which is live already", name, i, e.addr));
-      p.steps.push_back({e.size, e.stream, next++, true});
+      p.steps.push_back({e.size, e.stream, next++, true, false});
     } else {
       auto it = slot_of.find(e.addr);
       if (it == slot_of.end())
         throw ReplayError(
             fmt::format("{}: events[{}]: free of unknown address {} (malformed trace)", name, i, e.addr));
-      p.steps.push_back({e.size, e.stream, it->second, false});
+      p.steps.push_back({e.size, e.stream, it->second, false, false});
       slot_of.erase(it);
     }
   }
@@ -137,6 +142,7 @@ class Replayer {
     const pool::DriverStats& ds = driver_.stats();
     setup();
     if (options_.after_setup) options_.after_setup(pool_);
+    follow_trims(nullptr);
     if (options_.observer != nullptr) pool_.set_observer(options_.observer);
     std::uint64_t base_ns = ds.total_ns();
     r.modeled_driver_s_setup = static_cast<double>(base_ns) * 1e-9;
@@ -175,6 +181,7 @@ class Replayer {
         release(s, step_event[i]);
         live -= s.size;
       }
+      follow_trims(&s);
       if (options_.after_step) options_.after_step(step_event[i], pool_);
       if (options_.progress && (i + 1) % kProgressEvents == 0) options_.progress(i + 1, program_.steps.size());
     }
@@ -201,6 +208,11 @@ class Replayer {
       r.passes.push_back(repeat_pass(r));
       check_valid(fmt::format("after pass {}", pass));
     }
+    r.replayed_trims = options_.trims;
+    r.trims = trims_;
+    r.peak_live_since_trim = since_live_;
+    r.peak_physical_since_trim = since_physical_;
+    r.ratio_since_trim = since_live_ > 0 ? static_cast<double>(since_physical_) / static_cast<double>(since_live_) : kNaN;
     check_valid("after the last event");
     free_left_live();
     check_valid("after freeing every block");
@@ -248,6 +260,19 @@ class Replayer {
     if (st != pool::Status::ok)
       pool_fail(fmt::format("{}: allocation of {} bytes on stream {} failed", where(i), s.size, s.stream), st);
   }
+  // ReplayOptions::trims, after step s (null: after the set-up): trims where the recording did, and
+  // follows the peaks from the last trim on.
+  void follow_trims(const Step* s) {
+    if (!options_.trims) return;
+    if (s != nullptr && s->trim_after) {
+      pool_.trim(0);
+      ++trims_;
+      since_live_ = since_physical_ = 0;
+    }
+    const pool::Stats st = pool_.stats();
+    since_live_ = std::max(since_live_, st.requested.current);
+    since_physical_ = std::max(since_physical_, st.physical.current);
+  }
   void release(const Step& s, std::size_t i) {
     pool::DevPtr p = ptr_[s.slot];
     ptr_[s.slot] = 0;
@@ -279,6 +304,7 @@ class Replayer {
         release(s, program_.step_event[i]);
         live -= s.size;
       }
+      follow_trims(&s);
       if (options_.after_step) options_.after_step(program_.step_event[i], pool_);
     }
     const pool::Stats after = pool_.stats();
@@ -390,6 +416,7 @@ class Replayer {
   std::vector<pool::DevPtr> ptr_;  // slot -> pool pointer (0: not live)
   std::vector<bool> long_lived_;   // repeat passes: slots not replayed (left live, or live at start)
   std::uint64_t peak_live_so_far_ = 0;
+  std::uint64_t trims_ = 0, since_live_ = 0, since_physical_ = 0;  // follow_trims()
 };
 
 }  // namespace
@@ -437,6 +464,10 @@ std::string format_report_text(const ReplayReport& r) {
                        i + 2, fmt_bytes(p.peak_physical_bytes), fmt_ratio(p.ratio), p.stitches, p.creates, p.maps,
                        p.modeled_driver_s, fmt_pct(p.driver_fraction()));
   }
+  if (r.replayed_trims)
+    out += fmt::format("  trims           {} replayed; from the last on: peak live {}, peak physical {} = {} x peak live\n",
+                       r.trims, fmt_bytes(r.peak_live_since_trim), fmt_bytes(r.peak_physical_since_trim),
+                       fmt_ratio(r.ratio_since_trim));
   if (r.reps > 0) {
     std::string glibc = fmt_ns(r.glibc_pair_ns);
     if (!r.glibc_note.empty()) glibc += " (" + r.glibc_note + ")";
@@ -505,6 +536,12 @@ std::string format_report_json(const ReplayReport& r) {
       {"limit", r.limit},
       {"other_events", r.other_events},
   };
+  if (r.replayed_trims) {
+    j["trims"] = r.trims;
+    j["peak_live_since_trim_bytes"] = r.peak_live_since_trim;
+    j["peak_physical_since_trim_bytes"] = r.peak_physical_since_trim;
+    j["ratio_since_trim"] = num(r.ratio_since_trim);
+  }
   json passes = json::array();
   for (std::size_t i = 0; i < r.passes.size(); ++i) {
     const PassReport& p = r.passes[i];
@@ -552,6 +589,10 @@ constexpr const char* kReplayUsage =
     "  --from SECONDS       replay only the events from SECONDS after the trace's first event on; the\n"
     "                       blocks live then are set up first (as live_at_start), e.g. to leave out the\n"
     "                       loading of a model\n"
+    "  --trims              replay the recording's trims: where the trace released physical memory with\n"
+    "                       no oom or reclaim since the last allocation or free (PyTorch's empty_cache()),\n"
+    "                       the pool trims to 0 too (every pass); reports the peaks from the last trim on\n"
+    "                       (what reset_peak_memory_stats() after empty_cache() measures on the GPU)\n"
     "  -h, --help           this text\n"
     "BYTES take K, M, G, T suffixes (binary). The pool's other settings come from GLAKE_* variables;\n"
     "options override them. What-if: run the same trace with different options, e.g.\n"
@@ -638,6 +679,8 @@ int replay_command(const std::vector<std::string>& args) {
       return 0;
     } else if (a == "--json" && !has_value) {
       json_out = true;
+    } else if (a == "--trims" && !has_value) {
+      options.trims = true;
     } else if (a == "--no-stitch" && !has_value) {
       options.config.stitch = false;
     } else if (a == "--stitch" && !has_value) {

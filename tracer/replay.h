@@ -54,6 +54,11 @@ struct ReplayOptions {
   // again (a training job's next steps), while those it never frees (weights, optimizer state) stay
   // live from the first: the steady state of a job that repeats what the trace recorded.
   int passes = 1;
+  // Replay the recording's trims: where the trace released physical memory with no out-of-memory since
+  // the last allocation or free (a trim: PyTorch's empty_cache(), cudaMemPoolTrimTo), the pool trims to
+  // 0 there too, in every pass; the report then also gives the peaks from the last trim on (what
+  // torch.cuda.reset_peak_memory_stats() after empty_cache() measures).
+  bool trims = false;
   // Called now and then during the replay with alloc/free events done and in all.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
   // Called after each alloc or free event (of every pass) with its index in trace.events and the pool
@@ -104,6 +109,12 @@ struct ReplayReport {
 
   std::vector<PassReport> passes;  // the passes after the first
 
+  // ReplayOptions::trims: trims replayed (every pass), and the peaks from the last one to the end of
+  // the last pass (the whole replay when there was none).
+  std::uint64_t trims = 0;
+  std::uint64_t peak_live_since_trim = 0, peak_physical_since_trim = 0;
+  double ratio_since_trim = 0;
+
   int reps = 0;
   double pair_ns = 0;        // median ns per alloc+free pair through the pool (NaN if not measured)
   double glibc_pair_ns = 0;  // the same through glibc malloc/free (NaN if not measured)
@@ -115,6 +126,7 @@ struct ReplayReport {
   bool stitch = true;
   std::size_t small_limit = 0;  // the pool's effective small limit (lowered to half a page if larger)
   std::size_t limit = 0;        // the pool's physical limit (0: none but the capacity)
+  bool replayed_trims = false;  // ReplayOptions::trims
 };
 
 ReplayReport replay_trace(const Trace& trace, const ReplayOptions& options);

@@ -219,6 +219,41 @@ TEST(Replay, LaterPassesRepeatTheTransientBlocks) {
   EXPECT_TRUE(nlohmann::json::parse(format_report_json(replay_trace(t, quick_options())))["passes"].empty());
 }
 
+// ReplayOptions::trims: the release after X's free is a trim (the pool gives X's pages back, and Z
+// needs a new page); the release after the oom is the recording's own and is not replayed.
+TEST(Replay, TrimsWhereTheRecordingTrimmed) {
+  std::string json = R"({"format":"glake-trace","version":1,"events":[[0,"create",0,16777216,0],)"
+                     R"([0,"a",10,8388608,0],[10,"a",11,8388608,0],[20,"f",10,8388608,0],)"
+                     R"([30,"release",0,8388608,0],[31,"release",0,2097152,0],)"
+                     R"([40,"a",12,2097152,0],[50,"oom",0,1099511627776,0],[51,"release",0,2097152,0],)"
+                     R"([60,"f",12,2097152,0],[70,"f",11,8388608,0]]})";
+  Trace t = parse_trace(json, "trims.json");
+  ReplayOptions o = quick_options();
+  ReplayReport plain = replay_trace(t, o);
+  EXPECT_EQ(plain.pool_stats.releases, 0u) << "Z reuses X's cached pages";
+  EXPECT_FALSE(plain.replayed_trims);
+  EXPECT_EQ(format_report_text(plain).find("  trims "), std::string::npos);
+
+  o.trims = true;
+  ReplayReport r = replay_trace(t, o);
+  EXPECT_TRUE(r.replayed_trims);
+  EXPECT_EQ(r.trims, 1u);
+  EXPECT_EQ(r.pool_stats.releases, 4u) << "X's four pages, once";
+  EXPECT_EQ(r.peak_physical_bytes, 16 * MiB);
+  EXPECT_EQ(r.peak_live_since_trim, 10 * MiB) << "Y and Z";
+  EXPECT_EQ(r.peak_physical_since_trim, 10 * MiB);
+  EXPECT_DOUBLE_EQ(r.ratio_since_trim, 1.0);
+  std::string text = format_report_text(r);
+  EXPECT_NE(text.find("trims           1 replayed; from the last on: peak live 10.00 MiB"), std::string::npos) << text;
+  auto j = nlohmann::json::parse(format_report_json(r));
+  EXPECT_EQ(j["trims"], 1);
+  EXPECT_EQ(j["peak_physical_since_trim_bytes"], 10 * MiB);
+
+  o.passes = 2;  // the trim again in the second pass (X and Z are transient; Y is freed too)
+  r = replay_trace(t, o);
+  EXPECT_EQ(r.trims, 2u);
+}
+
 TEST(Replay, DemoTrace) {
   std::string path = testing_util::env_dir("GLAKE_TEST_DATA", "tests/data") + "/demo-trace.json.gz";
   if (!testing_util::file_exists(path)) GTEST_SKIP() << path << " not found";
