@@ -17,7 +17,8 @@ Jobs (small models built from configs, random weights, no downloads):
                            empty_cache and mem_get_info under glake
   graphs                   CUDA graph capture and replay: replays equal eager results
   multiprocessing          torch.multiprocessing shares a CUDA tensor with a child process
-  torchrun_nccl            torchrun (world size 1) with NCCL runs collectives
+  torchrun_nccl            torchrun with NCCL, one process per GPU (at most 2; GLAKE_TEST_GPUS sets
+                           the number): collectives, and DistributedDataParallel training steps
 Results and logs go to $OUT/torch when OUT is set. Exits 1 if a comparison fails.
 """
 
@@ -245,12 +246,33 @@ def job_torchrun_worker(_):
     dist.broadcast(b, 0)
     gathered = [torch.zeros(4, device="cuda") for _ in range(world)]
     dist.all_gather(gathered, torch.full((4,), float(rank), device="cuda"))
+    # DistributedDataParallel: gradient buckets all-reduced by NCCL; each rank its own data.
+    deterministic()
+    torch.manual_seed(SEED)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 512)).cuda()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()],
+                                                    bucket_cap_mb=1)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
+    gen = torch.Generator(device="cuda").manual_seed(SEED + rank)
+    losses = []
+    for step in range(4):
+        x = torch.randn(32 + 16 * step, 512, device="cuda", generator=gen)
+        loss = (ddp(x) - x).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    w = model[0].weight.detach().clone()
+    ws = [torch.zeros_like(w) for _ in range(world)]
+    dist.all_gather(ws, w)
     torch.cuda.synchronize()
     result = {
-        "all_reduce": float(t[0]), "expect": float(world * (world + 1) / 2),
+        "world": world, "all_reduce": float(t[0]), "expect": float(world * (world + 1) / 2),
         "broadcast_ok": bool(torch.equal(b, torch.arange(1000, dtype=torch.float32, device="cuda"))),
         "all_gather_ok": all(float(x[0]) == i for i, x in enumerate(gathered)),
+        "ddp_losses": losses, "ddp_replicas_equal": all(torch.equal(ws[0], v) for v in ws),
         "glake": glake.status(), "glake_owns_tensor": glake.owns(t.data_ptr()),
+        "glake_owns_weight": glake.owns(model[0].weight.data_ptr()),
     }
     dist.destroy_process_group()
     return result
@@ -382,8 +404,16 @@ def compare_torchrun(native, glake):
     for run, r in (("native", native), ("glake", glake)):
         if r["all_reduce"] != r["expect"] or not r["broadcast_ok"] or not r["all_gather_ok"]:
             fails.append(f"{run}: wrong collective results {r}")
-    if glake.get("glake") != "on" or not glake.get("glake_owns_tensor"):
-        fails.append(f"under glake: status {glake.get('glake')}, tensor owned {glake.get('glake_owns_tensor')}")
+        if not r["ddp_replicas_equal"]:
+            fails.append(f"{run}: DDP replicas differ after the steps")
+    if native["world"] != glake["world"]:
+        fails.append(f"world sizes differ: native {native['world']}, glake {glake['world']}")
+    for i, (a, b) in enumerate(zip(native["ddp_losses"], glake["ddp_losses"])):
+        if abs(a - b) > 1e-4 * max(1.0, abs(a)):
+            fails.append(f"DDP step {i}: loss {b} under glake, {a} natively")
+    if glake.get("glake") != "on" or not glake.get("glake_owns_tensor") or not glake.get("glake_owns_weight"):
+        fails.append(f"under glake: status {glake.get('glake')}, tensor owned {glake.get('glake_owns_tensor')}, "
+                     f"weight owned {glake.get('glake_owns_weight')}")
     return fails
 
 
@@ -394,12 +424,20 @@ COMPARE = {
 }
 
 
+def torchrun_procs():
+    """GLAKE_TEST_GPUS, else this machine's GPUs, at most 2 (asked in this process, which never preloads)."""
+    if os.environ.get("GLAKE_TEST_GPUS"):
+        return int(os.environ["GLAKE_TEST_GPUS"])
+    import torch
+    return max(1, min(2, torch.cuda.device_count()))
+
+
 def run_child(job, mode, outdir):
     result = os.path.join(outdir, f"{job}-{mode}.json")
     log = os.path.join(outdir, f"{job}-{mode}.log")
     me = os.path.abspath(__file__)
     if job == "torchrun_nccl":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", me,
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun_procs()}", me,
                "torchrun_worker", "--mode", mode, "--result", result]
     else:
         cmd = [sys.executable, me, job, "--mode", mode, "--result", result]
