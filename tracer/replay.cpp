@@ -143,6 +143,7 @@ class Replayer {
     setup();
     if (options_.after_setup) options_.after_setup(pool_);
     follow_trims(nullptr);
+    follow_peak();
     if (options_.observer != nullptr) pool_.set_observer(options_.observer);
     std::uint64_t base_ns = ds.total_ns();
     r.modeled_driver_s_setup = static_cast<double>(base_ns) * 1e-9;
@@ -182,6 +183,7 @@ class Replayer {
         live -= s.size;
       }
       follow_trims(&s);
+      follow_peak();
       if (options_.after_step) options_.after_step(step_event[i], pool_);
       if (options_.progress && (i + 1) % kProgressEvents == 0) options_.progress(i + 1, program_.steps.size());
     }
@@ -208,6 +210,7 @@ class Replayer {
       r.passes.push_back(repeat_pass(r));
       check_valid(fmt::format("after pass {}", pass));
     }
+    r.at_peak = at_peak_;
     r.replayed_trims = options_.trims;
     r.trims = trims_;
     r.peak_live_since_trim = since_live_;
@@ -272,6 +275,35 @@ class Replayer {
     const pool::Stats st = pool_.stats();
     since_live_ = std::max(since_live_, st.requested.current);
     since_physical_ = std::max(since_physical_, st.physical.current);
+  }
+  // In the first pass: at each new peak of physical memory (from the last trim on, with trims), what
+  // the pool's memory holds.
+  void follow_peak() {
+    if (trims_ != peak_trims_) {  // a trim since: the peak restarts
+      peak_trims_ = trims_;
+      at_peak_ = PeakBreakdown{};
+    }
+    const pool::Stats st = pool_.stats();
+    if (st.physical.current <= at_peak_.physical && at_peak_.physical != 0) return;
+    const pool::Snapshot snap = pool_.snapshot();
+    PeakBreakdown b;
+    b.physical = snap.stats.physical.current;
+    b.requested = snap.stats.requested.current;
+    b.spare = snap.spare_pages * snap.page_size;
+    std::uint64_t allocated = 0;
+    for (const pool::Region& g : snap.regions) {
+      if (g.state == pool::Region::State::allocated) allocated += g.size;
+      if (g.state != pool::Region::State::free) continue;
+      b.free_large += g.size;
+      ++b.free_large_blocks;
+      if (g.size < snap.page_size) ++b.free_large_below_page;
+    }
+    for (const pool::Region& g : snap.small_blocks)
+      if (g.state != pool::Region::State::allocated) b.free_in_chunks += g.size;
+    // Chunks are allocated large blocks: their free pieces are counted apart, their live ones as blocks.
+    const std::uint64_t live_blocks = allocated - b.free_in_chunks;
+    b.rounding = live_blocks > b.requested ? live_blocks - b.requested : 0;
+    at_peak_ = b;
   }
   void release(const Step& s, std::size_t i) {
     pool::DevPtr p = ptr_[s.slot];
@@ -417,6 +449,8 @@ class Replayer {
   std::vector<bool> long_lived_;   // repeat passes: slots not replayed (left live, or live at start)
   std::uint64_t peak_live_so_far_ = 0;
   std::uint64_t trims_ = 0, since_live_ = 0, since_physical_ = 0;  // follow_trims()
+  std::uint64_t peak_trims_ = 0;  // follow_peak(): trims_ when at_peak_ was restarted
+  PeakBreakdown at_peak_;
 };
 
 }  // namespace
@@ -457,6 +491,12 @@ std::string format_report_text(const ReplayReport& r) {
   out += fmt::format("  pool            stitches {} creates {} releases {} maps {} unmaps {} reclaims {} ooms {};"
                      " peak mapped {}\n",
                      s.stitches, s.creates, s.releases, s.maps, s.unmaps, s.reclaims, s.ooms, fmt_bytes(s.mapped.peak));
+  const PeakBreakdown& b = r.at_peak;
+  out += fmt::format("  at the peak     {} physical{} = requests {} + rounding {} + free in small chunks {} + free large"
+                     " blocks {} ({}, {} shorter than a page){}\n",
+                     fmt_bytes(b.physical), r.replayed_trims ? " (from the last trim on)" : "", fmt_bytes(b.requested),
+                     fmt_bytes(b.rounding), fmt_bytes(b.free_in_chunks), fmt_bytes(b.free_large), b.free_large_blocks,
+                     b.free_large_below_page, b.spare > 0 ? " + spare pages " + fmt_bytes(b.spare) : std::string());
   for (std::size_t i = 0; i < r.passes.size(); ++i) {
     const PassReport& p = r.passes[i];
     out += fmt::format("  pass {:<3}        peak physical so far {} = {} x peak live; stitches {} creates {} maps {};"
@@ -536,6 +576,15 @@ std::string format_report_json(const ReplayReport& r) {
       {"limit", r.limit},
       {"other_events", r.other_events},
   };
+  const PeakBreakdown& b = r.at_peak;
+  j["at_peak"] = {{"physical_bytes", b.physical},
+                  {"requested_bytes", b.requested},
+                  {"rounding_bytes", b.rounding},
+                  {"free_in_chunks_bytes", b.free_in_chunks},
+                  {"free_large_bytes", b.free_large},
+                  {"free_large_blocks", b.free_large_blocks},
+                  {"free_large_blocks_below_page", b.free_large_below_page},
+                  {"spare_bytes", b.spare}};
   if (r.replayed_trims) {
     j["trims"] = r.trims;
     j["peak_live_since_trim_bytes"] = r.peak_live_since_trim;
@@ -567,7 +616,9 @@ constexpr const char* kReplayUsage =
     "\n"
     "Replays each trace (gzip or plain JSON, the format of the shared traces) through the glake pool on the\n"
     "host driver with the H100 cost model, and reports per trace: peak live and peak physical bytes and\n"
-    "their ratio, the ratio to PyTorch's native peak, driver calls by kind, modeled driver time over the\n"
+    "their ratio, what the physical memory held at its peak (live requests, their rounding, free pieces\n"
+    "of small requests' chunks, free large blocks: those shorter than a page share their pages with live\n"
+    "blocks), the ratio to PyTorch's native peak, driver calls by kind, modeled driver time over the\n"
     "trace and its second half as fractions of the trace's wall time, the pool's counters, and the host\n"
     "cost of an alloc+free pair beside glibc malloc/free on the same sequence.\n"
     "\n"

@@ -71,6 +71,19 @@ struct ReplayOptions {
   pool::Observer* observer = nullptr;
 };
 
+// What the pool's physical memory held at its peak (of the first pass; with ReplayOptions::trims, the
+// peak from the last trim on): physical = requested + rounding + free_in_chunks + free_large + spare.
+struct PeakBreakdown {
+  std::uint64_t physical = 0;
+  std::uint64_t requested = 0;       // live requests, as asked
+  std::uint64_t rounding = 0;        // live blocks beyond their requests (units, whole pages)
+  std::uint64_t free_in_chunks = 0;  // free pieces of the shared one-page chunks of small requests
+  std::uint64_t free_large = 0;      // free large blocks (cached; on pages they may share with live ones)
+  std::uint64_t free_large_blocks = 0;
+  std::uint64_t free_large_below_page = 0;  // of free_large_blocks, those shorter than a page
+  std::uint64_t spare = 0;           // pages held but mapped nowhere
+};
+
 // One pass after the first (ReplayOptions::passes).
 struct PassReport {
   std::uint64_t peak_live_bytes = 0;      // over this pass
@@ -106,6 +119,7 @@ struct ReplayReport {
   double driver_fraction_second_half() const;
 
   pool::Stats pool_stats;  // allocator.stats() after the last event of the first pass
+  PeakBreakdown at_peak;
 
   std::vector<PassReport> passes;  // the passes after the first
 

@@ -243,6 +243,7 @@ TEST(Replay, TrimsWhereTheRecordingTrimmed) {
   EXPECT_EQ(r.peak_live_since_trim, 10 * MiB) << "Y and Z";
   EXPECT_EQ(r.peak_physical_since_trim, 10 * MiB);
   EXPECT_DOUBLE_EQ(r.ratio_since_trim, 1.0);
+  EXPECT_EQ(r.at_peak.physical, 10 * MiB) << "the breakdown is of the peak after the trim";
   std::string text = format_report_text(r);
   EXPECT_NE(text.find("trims           1 replayed; from the last on: peak live 10.00 MiB"), std::string::npos) << text;
   auto j = nlohmann::json::parse(format_report_json(r));
@@ -252,6 +253,38 @@ TEST(Replay, TrimsWhereTheRecordingTrimmed) {
   o.passes = 2;  // the trim again in the second pass (X and Z are transient; Y is freed too)
   r = replay_trace(t, o);
   EXPECT_EQ(r.trims, 2u);
+}
+
+// What the memory held at the peak: two 3 MiB blocks share their middle page (3 pages), a 100 KiB
+// request is a piece of a new one-page chunk, and freeing the first block leaves its 2 MiB page free
+// beside a live neighbour (the peak, 8 MiB, is before that free).
+TEST(Replay, BreakdownAtThePeak) {
+  std::string json = R"({"events":[[0,"a",10,3145728,0],[10,"a",11,3145728,0],[20,"a",12,102400,0],)"
+                     R"([30,"f",10,3145728,0],[40,"f",11,3145728,0],[50,"f",12,102400,0]]})";
+  ReplayReport r = replay_trace(parse_trace(json, "peak.json"), quick_options());
+  const PeakBreakdown& b = r.at_peak;
+  EXPECT_EQ(b.physical, 8 * MiB);
+  EXPECT_EQ(b.requested, 6 * MiB + 102400);
+  EXPECT_EQ(b.rounding, 0u);
+  EXPECT_EQ(b.free_in_chunks, 2 * MiB - 102400);
+  EXPECT_EQ(b.free_large, 0u);
+  EXPECT_EQ(b.spare, 0u);
+  EXPECT_EQ(b.physical, b.requested + b.rounding + b.free_in_chunks + b.free_large + b.spare);
+  std::string text = format_report_text(r);
+  EXPECT_NE(text.find("at the peak     8.00 MiB physical = requests 6.10 MiB + rounding 0 B"), std::string::npos) << text;
+  auto j = nlohmann::json::parse(format_report_json(r));
+  EXPECT_EQ(j["at_peak"]["free_in_chunks_bytes"], 2 * MiB - 102400);
+}
+
+// The parts add up to the peak on a real trace too, and the peak is the report's.
+TEST(Replay, BreakdownAddsUpOnTheDemoTrace) {
+  std::string path = testing_util::env_dir("GLAKE_TEST_DATA", "tests/data") + "/demo-trace.json.gz";
+  if (!testing_util::file_exists(path)) GTEST_SKIP() << path << " not found";
+  ReplayReport r = replay_trace(read_trace(path), quick_options());
+  const PeakBreakdown& b = r.at_peak;
+  EXPECT_EQ(b.physical, r.peak_physical_bytes);
+  EXPECT_EQ(b.physical, b.requested + b.rounding + b.free_in_chunks + b.free_large + b.spare);
+  EXPECT_LE(b.free_large_below_page, b.free_large_blocks);
 }
 
 TEST(Replay, DemoTrace) {
