@@ -392,7 +392,14 @@ pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
     hold_capture_free(p, ptr);
     return pool::Status::ok;
   }
-  const pool::Status sync = synchronize_device(p->device);
+  pool::Status sync = synchronize_device(p->device);
+  // Devices granted access to this pool may have kernels on the block too.
+  const std::uint64_t peers = peers_[p->device].load(std::memory_order_relaxed);
+  for (int a = 0; a < kMaxDevices && (peers >> a) != 0; ++a) {
+    if (((peers >> a) & 1) == 0) continue;
+    const pool::Status st = synchronize_device(a);
+    if (sync == pool::Status::ok) sync = st;
+  }
   if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
   const pool::Status s = p->alloc->free(ptr);
   return sync != pool::Status::ok ? sync : s;

@@ -15,9 +15,9 @@
 // Stream order: cudaMallocAsync blocks belong to their stream (the pool reuses a block on another
 // stream only after the work before its free has completed). cudaMalloc/cuMemAlloc blocks belong to
 // a private stream of the router, so they are handed out only when no stream can still touch them;
-// cudaFree/cuMemFree synchronize the block's device first, as the real ones do, so no work issued
-// before the free on any stream (non-blocking ones included) can still touch the block when it is
-// reused. Frees of glake blocks issued while a capture is under way are held (see capture_frees_held).
+// cudaFree/cuMemFree synchronize the block's device first, as the real ones do, and every device
+// granted access to its pool (peers), so no work issued before the free on any stream (non-blocking
+// ones included, a peer's included) can still touch the block when it is reused. Frees of glake blocks issued while a capture is under way are held (see capture_frees_held).
 //
 // Process life: nothing happens before the first CUDA call reaches a hook (then the GLAKE_* settings
 // are read, and with GLAKE_TRACE the tracer's session starts: tracer/session.h; pools are made per

@@ -69,6 +69,39 @@ TEST_F(Streams, CudaFreeWaitsForWorkOnANonBlockingStream) {
   CUDA_OK(cudaStreamDestroy(s));
 }
 
+// A device granted peer access may run a "kernel" on another device's block: cudaFree waits for it too.
+TEST_F(Streams, CudaFreeWaitsForAPeersWork) {
+  const std::size_t n = 8 * MiB;
+  CUDA_OK(cudaSetDevice(1));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, n));
+  CUDA_OK(cudaMemset(p, 0xab, n));
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaSetDevice(0));
+  const cudaError_t e = cudaDeviceEnablePeerAccess(1, 0);
+  ASSERT_TRUE(e == cudaSuccess || e == cudaErrorPeerAccessAlreadyEnabled) << cudaGetErrorName(e);
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  SlowReader reader{static_cast<unsigned char*>(p), n, 0xab, 300};
+  CUDA_OK(cudaLaunchHostFunc(s, SlowReader::run, &reader));  // device 0 reads device 1's block
+  CUDA_OK(cudaSetDevice(1));
+  const auto t0 = Clock::now();
+  CUDA_OK(cudaFree(p));
+  const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  void* q = nullptr;
+  CUDA_OK(cudaMalloc(&q, n));
+  EXPECT_EQ(p, q) << "glake did not reuse the block: the test proves nothing";
+  CUDA_OK(cudaMemset(q, 0x11, n));
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaStreamSynchronize(s));
+  EXPECT_EQ(0, reader.bad.load()) << "reused while the peer's work before the free still read it";
+  EXPECT_GE(waited, 250) << "cudaFree returned before the peer's work issued before it had finished";
+  CUDA_OK(cudaFree(q));
+  CUDA_OK(cudaStreamDestroy(s));
+  EXPECT_EQ("", validate(1));
+}
+
 TEST_F(Streams, StreamOrderedFreeIsReusedElsewhereOnlyAfterItsWork) {
   const std::size_t n = 8 * MiB;
   cudaStream_t s1 = nullptr, s2 = nullptr;
