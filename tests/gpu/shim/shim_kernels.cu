@@ -171,26 +171,4 @@ TEST_F(Kernels, OtherMemoryPassesThrough) {
   CUDA_OK(cudaStreamDestroy(s));
 }
 
-TEST_F(Kernels, PeerAccessReachesGlakeMemoryOnAnotherDevice) {
-  int n = 0;
-  CUDA_OK(cudaGetDeviceCount(&n));
-  if (n < 2) GTEST_SKIP() << "one GPU";
-  const int other = device() == 0 ? 1 : 0;
-  int can = 0;
-  CUDA_OK(cudaDeviceCanAccessPeer(&can, device(), other));
-  if (can == 0) GTEST_SKIP() << "no peer access between " << device() << " and " << other;
-  CUDA_OK(cudaSetDevice(other));
-  void* theirs = nullptr;
-  CUDA_OK(cudaMalloc(&theirs, 16 * kMiB));
-  fill(theirs, 16 * kMiB, 9);
-  CUDA_OK(cudaSetDevice(device()));
-  const cudaError_t e = cudaDeviceEnablePeerAccess(other, 0);
-  ASSERT_TRUE(e == cudaSuccess || e == cudaErrorPeerAccessAlreadyEnabled);
-  (void)cudaGetLastError();
-  EXPECT_EQ(0u, mismatches(theirs, 16 * kMiB, 9)) << "a kernel on device " << device() << " reads the peer's block";
-  CUDA_OK(cudaSetDevice(other));
-  CUDA_OK(cudaFree(theirs));
-  CUDA_OK(cudaSetDevice(device()));
-}
-
 }  // namespace
