@@ -91,6 +91,7 @@ using DlsymFn = void* (*)(void*, const char*);
   X(ctx_pop_current, "cuCtxPopCurrent_v2", decltype(&::cuCtxPopCurrent_v2))                         \
   X(primary_ctx_retain, "cuDevicePrimaryCtxRetain", decltype(&::cuDevicePrimaryCtxRetain))          \
   X(primary_ctx_release, "cuDevicePrimaryCtxRelease_v2", decltype(&::cuDevicePrimaryCtxRelease_v2)) \
+  X(primary_ctx_get_state, "cuDevicePrimaryCtxGetState", decltype(&::cuDevicePrimaryCtxGetState))    \
   X(stream_create, "cuStreamCreate", decltype(&::cuStreamCreate))                                   \
   X(stream_is_capturing, "cuStreamIsCapturing", decltype(&::cuStreamIsCapturing))                   \
   X(mem_address_reserve, "cuMemAddressReserve", decltype(&::cuMemAddressReserve))                   \

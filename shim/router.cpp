@@ -354,6 +354,15 @@ Ipc* Router::ipc() {
 // ------------------------------------------------------------------------------------------------
 // Freeing
 
+bool Router::device_context_active(int device) {
+  const DriverApi& d = real_driver();
+  CUdevice cu = 0;
+  unsigned int flags = 0;
+  int active = 0;
+  return d.primary_ctx_get_state != nullptr && d.device_get(&cu, device) == CUDA_SUCCESS &&
+         d.primary_ctx_get_state(cu, &flags, &active) == CUDA_SUCCESS && active != 0;
+}
+
 pool::Status Router::synchronize_device(int device) {
   const DriverApi& d = real_driver();
   if (d.ctx_synchronize == nullptr) return pool::Status::not_initialized;
@@ -392,14 +401,13 @@ pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
     hold_capture_free(p, ptr);
     return pool::Status::ok;
   }
-  pool::Status sync = synchronize_device(p->device);
-  // Devices granted access to this pool may have kernels on the block too.
+  const pool::Status sync = synchronize_device(p->device);
+  // Devices granted access to this pool may have kernels on the block too: each one whose context is
+  // alive (none runs work on a device without one, and retaining it would create one). Their errors
+  // are theirs, not this free's.
   const std::uint64_t peers = peers_[p->device].load(std::memory_order_relaxed);
-  for (int a = 0; a < kMaxDevices && (peers >> a) != 0; ++a) {
-    if (((peers >> a) & 1) == 0) continue;
-    const pool::Status st = synchronize_device(a);
-    if (sync == pool::Status::ok) sync = st;
-  }
+  for (int a = 0; a < kMaxDevices && (peers >> a) != 0; ++a)
+    if (((peers >> a) & 1) != 0 && device_context_active(a)) (void)synchronize_device(a);
   if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
   const pool::Status s = p->alloc->free(ptr);
   return sync != pool::Status::ok ? sync : s;

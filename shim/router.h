@@ -16,8 +16,10 @@
 // stream only after the work before its free has completed). cudaMalloc/cuMemAlloc blocks belong to
 // a private stream of the router, so they are handed out only when no stream can still touch them;
 // cudaFree/cuMemFree synchronize the block's device first, as the real ones do, and every device
-// granted access to its pool (peers), so no work issued before the free on any stream (non-blocking
-// ones included, a peer's included) can still touch the block when it is reused. Frees of glake blocks issued while a capture is under way are held (see capture_frees_held).
+// granted access to its pool (peers) that has a context, so no work issued before the free on any
+// stream (non-blocking ones included, a peer's included) can still touch the block when it is reused.
+// (So, as a real cudaFree can hang inside a group of collectives still waiting for other ranks, so can
+// this one while a peer device runs such a group.) Frees of glake blocks issued while a capture is under way are held (see capture_frees_held).
 //
 // Process life: nothing happens before the first CUDA call reaches a hook (then the GLAKE_* settings
 // are read, and with GLAKE_TRACE the tracer's session starts: tracer/session.h; pools are made per
@@ -160,6 +162,7 @@ class Router {
   void capture_started(cudaStream_t stream);
   void capture_ended(cudaStream_t stream);
   pool::Status synchronize_device(int device);
+  static bool device_context_active(int device);  // its primary context exists (is retained)
 
   int default_pool_device(cudaMemPool_t pool);
   void grant_peer(int owner_device, int accessor_device);

@@ -74,13 +74,19 @@ Program compile(const Trace& t) {
     }
   p.steps.reserve(t.events.size());
   p.step_event.reserve(t.events.size());
-  bool oom_since_step = false;  // releases after an oom or reclaim are the pool's own, not a trim
+  // Releases between two steps are a trim unless an oom or reclaim lies between those steps too (then
+  // they are the recording pool's answer to memory pressure).
+  bool released = false, pressure = false;
+  auto end_gap = [&] {
+    if (released && !pressure && !p.steps.empty()) p.steps.back().trim_after = true;
+    released = pressure = false;
+  };
   for (std::size_t i = 0; i < t.events.size(); ++i) {
     const TraceEvent& e = t.events[i];
-    if (e.op == Op::oom || e.op == Op::reclaim) oom_since_step = true;
-    if (e.op == Op::release && !oom_since_step && !p.steps.empty()) p.steps.back().trim_after = true;
+    if (e.op == Op::oom || e.op == Op::reclaim) pressure = true;
+    if (e.op == Op::release) released = true;
     if (!is_alloc_or_free(e.op)) continue;  // the replay places blocks itself: only a/f matter
-    oom_since_step = false;
+    end_gap();
     p.step_event.push_back(static_cast<std::uint32_t>(i));
     if (e.op == Op::alloc) {
       if (!slot_of.emplace(e.addr, next).second)
@@ -96,6 +102,7 @@ Program compile(const Trace& t) {
       slot_of.erase(it);
     }
   }
+  end_gap();
   p.slots = next;
   auto start_slots = static_cast<std::uint32_t>(t.live_at_start.size());
   for (const auto& [addr, slot] : slot_of) (slot < start_slots ? p.start_live : p.left_live).push_back(slot);
@@ -143,7 +150,7 @@ class Replayer {
     setup();
     if (options_.after_setup) options_.after_setup(pool_);
     follow_trims(nullptr);
-    follow_peak();
+    follow_peak(kAfterSetup);
     if (options_.observer != nullptr) pool_.set_observer(options_.observer);
     std::uint64_t base_ns = ds.total_ns();
     r.modeled_driver_s_setup = static_cast<double>(base_ns) * 1e-9;
@@ -183,7 +190,7 @@ class Replayer {
         live -= s.size;
       }
       follow_trims(&s);
-      follow_peak();
+      follow_peak(i);
       if (options_.after_step) options_.after_step(step_event[i], pool_);
       if (options_.progress && (i + 1) % kProgressEvents == 0) options_.progress(i + 1, program_.steps.size());
     }
@@ -210,7 +217,7 @@ class Replayer {
       r.passes.push_back(repeat_pass(r));
       check_valid(fmt::format("after pass {}", pass));
     }
-    r.at_peak = at_peak_;
+    r.at_peak = breakdown_after(peak_step_);
     r.replayed_trims = options_.trims;
     r.trims = trims_;
     r.peak_live_since_trim = since_live_;
@@ -276,16 +283,37 @@ class Replayer {
     since_live_ = std::max(since_live_, st.requested.current);
     since_physical_ = std::max(since_physical_, st.physical.current);
   }
-  // In the first pass: at each new peak of physical memory (from the last trim on, with trims), what
-  // the pool's memory holds.
-  void follow_peak() {
-    if (trims_ != peak_trims_) {  // a trim since: the peak restarts
+  // In the first pass: the step after which physical memory first reached its peak (from the last trim
+  // on, with trims); kAfterSetup: the set-up's.
+  static constexpr std::size_t kAfterSetup = static_cast<std::size_t>(-1);
+  void follow_peak(std::size_t step) {
+    const std::uint64_t physical = pool_.stats().physical.current;
+    if (trims_ != peak_trims_ || physical > peak_physical_) {  // a trim since restarts the peak
       peak_trims_ = trims_;
-      at_peak_ = PeakBreakdown{};
+      peak_physical_ = physical;
+      peak_step_ = step;
     }
-    const pool::Stats st = pool_.stats();
-    if (st.physical.current <= at_peak_.physical && at_peak_.physical != 0) return;
-    const pool::Snapshot snap = pool_.snapshot();
+  }
+  // What the pool's memory holds after `step` of the first pass: replayed again up to there in a fresh
+  // pool (the replay is deterministic), so that the replay itself walks the pool only once.
+  PeakBreakdown breakdown_after(std::size_t step) const {
+    ReplayOptions o = options_;
+    o.progress = nullptr;
+    o.after_step = nullptr;
+    o.after_setup = nullptr;
+    o.observer = nullptr;
+    Replayer probe(trace_, o);
+    probe.setup();
+    probe.follow_trims(nullptr);
+    for (std::size_t i = 0; step != kAfterSetup && i <= step; ++i) {
+      const Step& s = probe.program_.steps[i];
+      if (s.alloc)
+        probe.allocate(s, probe.program_.step_event[i]);
+      else
+        probe.release(s, probe.program_.step_event[i]);
+      probe.follow_trims(&s);
+    }
+    const pool::Snapshot snap = probe.pool_.snapshot();
     PeakBreakdown b;
     b.physical = snap.stats.physical.current;
     b.requested = snap.stats.requested.current;
@@ -303,7 +331,7 @@ class Replayer {
     // Chunks are allocated large blocks: their free pieces are counted apart, their live ones as blocks.
     const std::uint64_t live_blocks = allocated - b.free_in_chunks;
     b.rounding = live_blocks > b.requested ? live_blocks - b.requested : 0;
-    at_peak_ = b;
+    return b;
   }
   void release(const Step& s, std::size_t i) {
     pool::DevPtr p = ptr_[s.slot];
@@ -327,7 +355,10 @@ class Replayer {
     std::uint64_t live = before.requested.current, peak = live;
     for (std::size_t i = 0; i < program_.steps.size(); ++i) {
       const Step& s = program_.steps[i];
-      if (long_lived_[s.slot]) continue;
+      if (long_lived_[s.slot]) {  // not replayed; a trim after it still is
+        if (s.trim_after) follow_trims(&s);
+        continue;
+      }
       if (s.alloc) {
         allocate(s, program_.step_event[i]);
         live += s.size;
@@ -449,8 +480,8 @@ class Replayer {
   std::vector<bool> long_lived_;   // repeat passes: slots not replayed (left live, or live at start)
   std::uint64_t peak_live_so_far_ = 0;
   std::uint64_t trims_ = 0, since_live_ = 0, since_physical_ = 0;  // follow_trims()
-  std::uint64_t peak_trims_ = 0;  // follow_peak(): trims_ when at_peak_ was restarted
-  PeakBreakdown at_peak_;
+  std::uint64_t peak_trims_ = 0, peak_physical_ = 0;  // follow_peak(): since the last trim
+  std::size_t peak_step_ = kAfterSetup;
 };
 
 }  // namespace
@@ -494,7 +525,7 @@ std::string format_report_text(const ReplayReport& r) {
   const PeakBreakdown& b = r.at_peak;
   out += fmt::format("  at the peak     {} physical{} = requests {} + rounding {} + free in small chunks {} + free large"
                      " blocks {} ({}, {} shorter than a page){}\n",
-                     fmt_bytes(b.physical), r.replayed_trims ? " (from the last trim on)" : "", fmt_bytes(b.requested),
+                     fmt_bytes(b.physical), r.replayed_trims ? " (pass 1, from its last trim on)" : "", fmt_bytes(b.requested),
                      fmt_bytes(b.rounding), fmt_bytes(b.free_in_chunks), fmt_bytes(b.free_large), b.free_large_blocks,
                      b.free_large_below_page, b.spare > 0 ? " + spare pages " + fmt_bytes(b.spare) : std::string());
   for (std::size_t i = 0; i < r.passes.size(); ++i) {
@@ -505,7 +536,7 @@ std::string format_report_text(const ReplayReport& r) {
                        p.modeled_driver_s, fmt_pct(p.driver_fraction()));
   }
   if (r.replayed_trims)
-    out += fmt::format("  trims           {} replayed; from the last on: peak live {}, peak physical {} = {} x peak live\n",
+    out += fmt::format("  trims           {} replayed; from the last on (of the last pass): peak live {}, peak physical {} = {} x peak live\n",
                        r.trims, fmt_bytes(r.peak_live_since_trim), fmt_bytes(r.peak_physical_since_trim),
                        fmt_ratio(r.ratio_since_trim));
   if (r.reps > 0) {
@@ -641,9 +672,11 @@ constexpr const char* kReplayUsage =
     "                       blocks live then are set up first (as live_at_start), e.g. to leave out the\n"
     "                       loading of a model\n"
     "  --trims              replay the recording's trims: where the trace released physical memory with\n"
-    "                       no oom or reclaim since the last allocation or free (PyTorch's empty_cache()),\n"
-    "                       the pool trims to 0 too (every pass); reports the peaks from the last trim on\n"
-    "                       (what reset_peak_memory_stats() after empty_cache() measures on the GPU)\n"
+    "                       no oom or reclaim between the same two allocations or frees (PyTorch's\n"
+    "                       empty_cache()), the pool trims to 0 too (every pass); reports the peaks from\n"
+    "                       the last trim on (what reset_peak_memory_stats() after empty_cache() measures\n"
+    "                       on the GPU). Traces converted from PyTorch snapshots may show its frees of\n"
+    "                       cached segments under memory pressure as such releases too\n"
     "  -h, --help           this text\n"
     "BYTES take K, M, G, T suffixes (binary). The pool's other settings come from GLAKE_* variables;\n"
     "options override them. What-if: run the same trace with different options, e.g.\n"

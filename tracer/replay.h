@@ -54,10 +54,10 @@ struct ReplayOptions {
   // again (a training job's next steps), while those it never frees (weights, optimizer state) stay
   // live from the first: the steady state of a job that repeats what the trace recorded.
   int passes = 1;
-  // Replay the recording's trims: where the trace released physical memory with no out-of-memory since
-  // the last allocation or free (a trim: PyTorch's empty_cache(), cudaMemPoolTrimTo), the pool trims to
-  // 0 there too, in every pass; the report then also gives the peaks from the last trim on (what
-  // torch.cuda.reset_peak_memory_stats() after empty_cache() measures).
+  // Replay the recording's trims: where the trace released physical memory with no oom or reclaim
+  // between the same two allocations or frees (a trim: PyTorch's empty_cache(), cudaMemPoolTrimTo), the
+  // pool trims to 0 there too, in every pass; the report then also gives the peaks from the last trim
+  // on (what torch.cuda.reset_peak_memory_stats() after empty_cache() measures).
   bool trims = false;
   // Called now and then during the replay with alloc/free events done and in all.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
@@ -71,8 +71,9 @@ struct ReplayOptions {
   pool::Observer* observer = nullptr;
 };
 
-// What the pool's physical memory held at its peak (of the first pass; with ReplayOptions::trims, the
-// peak from the last trim on): physical = requested + rounding + free_in_chunks + free_large + spare.
+// What the pool's physical memory held when it first reached its peak in the first pass (with
+// ReplayOptions::trims, the peak from the first pass's last trim on): physical = requested + rounding +
+// free_in_chunks + free_large + spare.
 struct PeakBreakdown {
   std::uint64_t physical = 0;
   std::uint64_t requested = 0;       // live requests, as asked

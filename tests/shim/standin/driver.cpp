@@ -481,6 +481,16 @@ EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) {
   return CUDA_SUCCESS;
 }
 
+EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice d, unsigned int* flags, int* active) {
+  CHECK_ALIVE();
+  if (flags == nullptr || active == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  if (!valid_device(d)) return CUDA_ERROR_INVALID_DEVICE;
+  std::lock_guard lk(g->mu);
+  *flags = 0;
+  *active = g->dev[d].primary_refs > 0 ? 1 : 0;
+  return CUDA_SUCCESS;
+}
+
 EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
   CHECK_ALIVE();
   auto* c = reinterpret_cast<Context*>(ctx);
@@ -1305,6 +1315,7 @@ const std::vector<Proc>& procs() {
       {"cuDeviceCanAccessPeer", fp(&cuDeviceCanAccessPeer)},
       {"cuDevicePrimaryCtxRetain", fp(&cuDevicePrimaryCtxRetain)},
       {"cuDevicePrimaryCtxRelease", fp(&cuDevicePrimaryCtxRelease_v2), 11000},
+      {"cuDevicePrimaryCtxGetState", fp(&cuDevicePrimaryCtxGetState)},
       {"cuCtxSetCurrent", fp(&cuCtxSetCurrent)},
       {"cuCtxGetCurrent", fp(&cuCtxGetCurrent)},
       {"cuCtxPushCurrent", fp(&cuCtxPushCurrent_v2), 4000},
