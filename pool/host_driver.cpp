@@ -48,6 +48,9 @@ constexpr std::uint64_t kFailedCallNs = 1'000;
 constexpr PhysHandle kFirstChunk = PhysHandle{1} << 32;
 constexpr EventHandle kFirstEvent = EventHandle{2} << 32;
 constexpr std::size_t kHostAlignment = 4096;
+// Unbacked reservations (Options::backed false) lie above any host address, so none is ever touched.
+constexpr DevPtr kFirstUnbackedVa = DevPtr{1} << 48;
+constexpr DevPtr kUnbackedVaEnd = DevPtr{1} << 62;
 
 std::uint64_t by_size(std::size_t size, const double (&ns)[3]) {
   const double x = std::log2(static_cast<double>(std::max<std::size_t>(size, 1)));
@@ -74,12 +77,14 @@ constexpr int kReleaseFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
 HostDriver::HostDriver() : HostDriver(Options{}) {}
 
 HostDriver::HostDriver(Options options)
-    : options_(sanitize(options)), next_chunk_(kFirstChunk), next_event_(kFirstEvent) {}
+    : options_(sanitize(options)), next_chunk_(kFirstChunk), next_va_(kFirstUnbackedVa), next_event_(kFirstEvent) {}
 
 HostDriver::~HostDriver() {
   // munmap of a reservation also removes every mapping inside it.
-  for (const auto& [base, size] : reservations_) munmap(reinterpret_cast<void*>(base), size);
-  for (const auto& [handle, chunk] : chunks_) close(chunk.fd);
+  if (options_.backed) {
+    for (const auto& [base, size] : reservations_) munmap(reinterpret_cast<void*>(base), size);
+    for (const auto& [handle, chunk] : chunks_) close(chunk.fd);
+  }
   for (void* p : host_allocs_) std::free(p);
 }
 
@@ -159,6 +164,16 @@ Status HostDriver::reserve(std::size_t size, DevPtr* va) {
   if (va == nullptr || size == 0 || !aligned(size)) return finish(Call::reserve, Status::invalid_value, 0);
   const std::size_t g = options_.granularity;
   if (add_overflows(size, g)) return finish(Call::reserve, Status::out_of_memory, 0);
+  if (!options_.backed) {  // a granule apart from the previous one, as separate mmaps would be
+    const DevPtr base = (next_va_ + g - 1) & ~(DevPtr{g} - 1);
+    if (add_overflows(base, size + g) || base + size + g > kUnbackedVaEnd)
+      return finish(Call::reserve, Status::out_of_memory, 0);
+    next_va_ = base + size + g;
+    reservations_.emplace(base, size);
+    reserved_ += size;
+    *va = base;
+    return finish(Call::reserve, Status::ok, modeled_ns(Call::reserve));
+  }
   // mmap aligns to the OS page only: take one granule more and trim both ends.
   void* p = mmap(nullptr, size + g, PROT_NONE, kReleaseFlags, -1, 0);
   if (p == MAP_FAILED) return finish(Call::reserve, Status::out_of_memory, 0);
@@ -181,7 +196,7 @@ Status HostDriver::free_reserve(DevPtr va, std::size_t size) {
   if (it == reservations_.end() || it->second != size) return finish(Call::free_reserve, Status::invalid_value, 0);
   // Stricter than needed, to catch callers that forget to unmap: a range with live mappings stays.
   if (overlaps_mapping(va, size)) return finish(Call::free_reserve, Status::invalid_value, 0);
-  munmap(reinterpret_cast<void*>(va), size);
+  if (options_.backed) munmap(reinterpret_cast<void*>(va), size);
   reservations_.erase(it);
   reserved_ -= size;
   return finish(Call::free_reserve, Status::ok, modeled_ns(Call::free_reserve));
@@ -213,11 +228,14 @@ Status HostDriver::create(std::size_t size, PhysHandle* handle) {
   if (auto f = take_fault(Call::create)) return finish(Call::create, *f, 0);
   if (handle == nullptr || size == 0 || !aligned(size)) return finish(Call::create, Status::invalid_value, 0);
   if (size > options_.capacity - in_use_) return finish(Call::create, Status::out_of_memory, 0);
-  const int fd = memfd_create("glake-chunk", MFD_CLOEXEC);
-  if (fd < 0) return finish(Call::create, Status::out_of_memory, 0);
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    close(fd);
-    return finish(Call::create, Status::out_of_memory, 0);
+  int fd = -1;
+  if (options_.backed) {
+    fd = memfd_create("glake-chunk", MFD_CLOEXEC);
+    if (fd < 0) return finish(Call::create, Status::out_of_memory, 0);
+    if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+      close(fd);
+      return finish(Call::create, Status::out_of_memory, 0);
+    }
   }
   const PhysHandle h = next_chunk_++;
   chunks_.emplace(h, Chunk{fd, size, 0, false});
@@ -239,7 +257,7 @@ Status HostDriver::release(PhysHandle handle) {
 
 void HostDriver::drop_if_dead(std::unordered_map<PhysHandle, Chunk>::iterator it) {
   if (!it->second.released || it->second.maps > 0) return;
-  close(it->second.fd);
+  if (it->second.fd >= 0) close(it->second.fd);
   in_use_ -= it->second.size;
   chunks_.erase(it);
 }
@@ -259,8 +277,9 @@ Status HostDriver::map(DevPtr va, std::size_t size, PhysHandle handle, std::size
     return finish(Call::map, Status::invalid_value, 0);
   }
   // A fresh mapping has no access until set_access(), as on the device.
-  void* p = mmap(reinterpret_cast<void*>(va), size, PROT_NONE, MAP_FIXED | MAP_SHARED, chunk->second.fd,
-                 static_cast<off_t>(offset));
+  void* p = !options_.backed ? reinterpret_cast<void*>(va)
+                             : mmap(reinterpret_cast<void*>(va), size, PROT_NONE, MAP_FIXED | MAP_SHARED,
+                                    chunk->second.fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) {
     // The range may have been disturbed; put the reservation's placeholder back.
     mmap(reinterpret_cast<void*>(va), size, PROT_NONE, MAP_FIXED | kReleaseFlags, -1, 0);
@@ -278,7 +297,8 @@ Status HostDriver::unmap(DevPtr va, std::size_t size) {
   auto it = mappings_.find(va);
   if (it == mappings_.end() || it->second.size != size) return finish(Call::unmap, Status::invalid_value, 0);
   // Replacing the pages (rather than munmap) keeps the address range reserved.
-  if (mmap(reinterpret_cast<void*>(va), size, PROT_NONE, MAP_FIXED | kReleaseFlags, -1, 0) == MAP_FAILED) {
+  if (options_.backed &&
+      mmap(reinterpret_cast<void*>(va), size, PROT_NONE, MAP_FIXED | kReleaseFlags, -1, 0) == MAP_FAILED) {
     return finish(Call::unmap, Status::unknown, 0);
   }
   auto chunk = chunks_.find(it->second.handle);
@@ -306,7 +326,7 @@ Status HostDriver::set_access(DevPtr va, std::size_t size) {
     ++count;
   }
   if (covered < end) return finish(Call::set_access, Status::invalid_value, 0);
-  if (mprotect(reinterpret_cast<void*>(va), size, PROT_READ | PROT_WRITE) != 0) {
+  if (options_.backed && mprotect(reinterpret_cast<void*>(va), size, PROT_READ | PROT_WRITE) != 0) {
     return finish(Call::set_access, Status::unknown, 0);
   }
   return finish(Call::set_access, Status::ok, modeled_ns(Call::set_access, 0, count));
@@ -318,6 +338,7 @@ Status HostDriver::export_fd(PhysHandle handle, int* fd) {
   if (fd == nullptr) return finish(Call::export_fd, Status::invalid_value, 0);
   auto it = chunks_.find(handle);
   if (it == chunks_.end() || it->second.released) return finish(Call::export_fd, Status::invalid_handle, 0);
+  if (it->second.fd < 0) return finish(Call::export_fd, Status::not_supported, 0);
   const int copy = fcntl(it->second.fd, F_DUPFD_CLOEXEC, 0);
   if (copy < 0) return finish(Call::export_fd, Status::unknown, 0);
   *fd = copy;

@@ -1,7 +1,7 @@
 // pool/host_driver.h: HostDriver, the in-process emulation of the device behind Driver.
 //
-// Physical chunks are memfd files (memfd_create + ftruncate), reservations are PROT_NONE anonymous
-// NORESERVE mappings, and map() puts a chunk's pages at a reserved address with mmap(MAP_FIXED |
+// Physical chunks are memfd files (memfd_create + ftruncate; or bookkeeping only, see Options::backed),
+// reservations are PROT_NONE anonymous NORESERVE mappings, and map() puts a chunk's pages at a reserved address with mmap(MAP_FIXED |
 // MAP_SHARED, fd, offset). Stitching and aliasing are therefore real: the bytes of a chunk are the same
 // through every virtual range it is mapped at. A fresh mapping is PROT_NONE, as a fresh cuMemMap is not
 // accessible; set_access() mprotects it read-write. unmap() puts a PROT_NONE anonymous mapping back, so
@@ -39,6 +39,10 @@ class HostDriver final : public Driver {
     std::size_t granularity = std::size_t{2} << 20;  // a power of two, at least the OS page size
     int device = 0;
     bool cost_model = true;  // charge modeled driver time to stats(); false charges 0
+    // false: no host memory behind the device. Chunks, reservations and mappings are bookkeeping only
+    // (addresses from a counter, never to be touched; export_fd gives not_supported), so that a replay
+    // can hold more than the host has, or than its file and mapping limits allow (a memfd per chunk).
+    bool backed = true;
   };
 
   HostDriver();
@@ -145,6 +149,7 @@ class HostDriver final : public Driver {
   std::size_t in_use_ = 0;
   std::size_t reserved_ = 0;
   PhysHandle next_chunk_;
+  DevPtr next_va_;  // unbacked reservations
   EventHandle next_event_;
 };
 

@@ -240,6 +240,7 @@ class Replayer {
     d.granularity = o.granularity;
     d.device = 0;
     d.cost_model = true;
+    d.backed = false;  // the replay never touches the memory: traces larger than this host replay too
     return d;
   }
 

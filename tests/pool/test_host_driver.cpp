@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "pool/host_driver.h"
 #include "pool/observer.h"
@@ -342,6 +344,61 @@ TEST(HostDriver, HugeCapacityCommitsOnlyTouchedPages) {
   ASSERT_EQ(d.set_access(va, size), Status::ok);
   *reinterpret_cast<volatile char*>(va + size - 1) = 1;
   EXPECT_EQ(d.physical_in_use(), size);
+}
+
+// Options::backed false (the replay's driver): the same books, no host memory and no file per chunk,
+// so it holds more chunks than the process may open files (a backed driver runs out there).
+TEST(HostDriver, UnbackedKeepsTheBooksWithoutHostMemory) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(open_fds() + 32);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  constexpr int kChunks = 256;
+  std::vector<PhysHandle> unbacked_chunks, backed_chunks;
+  Status backed_failed = Status::ok;
+  {
+    HostDriver backed(with_capacity(std::size_t{1} << 40));
+    for (int i = 0; i < kChunks && backed_failed == Status::ok; ++i) {
+      PhysHandle h = 0;
+      backed_failed = backed.create(kG, &h);
+    }
+  }
+  HostDriver::Options o = with_capacity(std::size_t{1} << 40);
+  o.backed = false;
+  HostDriver d(o);
+  for (int i = 0; i < kChunks; ++i) {
+    PhysHandle h = 0;
+    ASSERT_EQ(d.create(kG, &h), Status::ok) << "chunk " << i;
+    unbacked_chunks.push_back(h);
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_EQ(backed_failed, Status::out_of_memory) << "the file limit was not in effect: the test proves nothing";
+  EXPECT_EQ(d.physical_in_use(), kChunks * kG);
+
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(d.reserve(kChunks * kG, &a), Status::ok);
+  ASSERT_EQ(d.reserve(4 * kG, &b), Status::ok);
+  EXPECT_EQ(a % kG, 0u);
+  EXPECT_GE(a, DevPtr{1} << 48) << "above every host address";
+  EXPECT_TRUE(b >= a + kChunks * kG || b + 4 * kG <= a) << "reservations overlap";
+  for (int i = 0; i < kChunks; ++i) ASSERT_EQ(d.map(a + i * kG, kG, unbacked_chunks[i], 0), Status::ok);
+  EXPECT_EQ(d.set_access(a, kChunks * kG), Status::ok);
+  EXPECT_EQ(d.map(a, kG, unbacked_chunks[1], 0), Status::invalid_value) << "over a mapping";
+  EXPECT_EQ(d.map(b + 4 * kG, kG, unbacked_chunks[1], 0), Status::invalid_value) << "outside every reservation";
+  ASSERT_EQ(d.map(b, kG, unbacked_chunks[0], 0), Status::ok) << "one chunk at two addresses";
+  EXPECT_EQ(d.mappings(), static_cast<std::size_t>(kChunks) + 1);
+  int fd = -1;
+  EXPECT_EQ(d.export_fd(unbacked_chunks[0], &fd), Status::not_supported);
+  EXPECT_EQ(fd, -1);
+  ASSERT_EQ(d.release(unbacked_chunks[0]), Status::ok);
+  EXPECT_EQ(d.physical_in_use(), kChunks * kG) << "still mapped";
+  for (int i = 0; i < kChunks; ++i) ASSERT_EQ(d.unmap(a + i * kG, kG), Status::ok);
+  ASSERT_EQ(d.unmap(b, kG), Status::ok);
+  EXPECT_EQ(d.physical_in_use(), (kChunks - 1) * kG);
+  EXPECT_EQ(d.free_reserve(a, kChunks * kG), Status::ok);
+  EXPECT_EQ(d.free_reserve(b, 4 * kG), Status::ok);
+  EXPECT_EQ(d.reserved_bytes(), 0u);
 }
 
 // --- fault injection ---------------------------------------------------------------------------

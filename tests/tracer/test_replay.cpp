@@ -1,5 +1,8 @@
 // tests/tracer/test_replay.cpp: the replay on small synthetic traces with known peaks and halves, its
 // failures (out of memory, inconsistent in-memory traces), its JSON report, and the demo trace.
+#include <dirent.h>
+#include <sys/resource.h>
+
 #include <cmath>
 #include <string>
 
@@ -303,6 +306,35 @@ TEST(Replay, BreakdownAddsUpOnTheDemoTrace) {
   EXPECT_EQ(b.physical, r.peak_physical_bytes);
   EXPECT_EQ(b.physical, b.requested + b.rounding + b.free_in_chunks + b.free_large + b.spare);
   EXPECT_LE(b.free_large_below_page, b.free_large_blocks);
+}
+
+// The replay's driver keeps books only (no memfd per page): a trace holding more pages than the process
+// may open files replays.
+TEST(Replay, HoldsMorePagesThanTheProcessMayOpenFiles) {
+  std::string events;
+  for (int i = 0; i < 200; ++i) events += (i ? "," : "") + fmt_event(static_cast<std::uint64_t>(i), "a", 100 + i, 2 * MiB, 0);
+  for (int i = 0; i < 200; ++i) events += "," + fmt_event(static_cast<std::uint64_t>(300 + i), "f", 100 + i, 2 * MiB, 0);
+  Trace t = parse_trace("{\"events\":[" + events + "]}", "pages.json");
+  int open_fds = 0;
+  if (DIR* dir = opendir("/proc/self/fd")) {
+    while (readdir(dir) != nullptr) ++open_fds;
+    closedir(dir);
+  }
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(open_fds + 32);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  ReplayReport r;
+  std::string error;
+  try {
+    r = replay_trace(t, quick_options());
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(r.peak_physical_bytes, 400 * MiB);
 }
 
 TEST(Replay, DemoTrace) {
