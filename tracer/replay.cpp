@@ -523,12 +523,8 @@ std::string format_report_text(const ReplayReport& r) {
   out += fmt::format("  pool            stitches {} creates {} releases {} maps {} unmaps {} reclaims {} ooms {};"
                      " peak mapped {}\n",
                      s.stitches, s.creates, s.releases, s.maps, s.unmaps, s.reclaims, s.ooms, fmt_bytes(s.mapped.peak));
-  const PeakBreakdown& b = r.at_peak;
-  out += fmt::format("  at the peak     {} physical{} = requests {} + rounding {} + free in small chunks {} + free large"
-                     " blocks {} ({}, {} shorter than a page){}\n",
-                     fmt_bytes(b.physical), r.replayed_trims ? " (pass 1, from its last trim on)" : "", fmt_bytes(b.requested),
-                     fmt_bytes(b.rounding), fmt_bytes(b.free_in_chunks), fmt_bytes(b.free_large), b.free_large_blocks,
-                     b.free_large_below_page, b.spare > 0 ? " + spare pages " + fmt_bytes(b.spare) : std::string());
+  out += fmt::format("  at the peak     {}{}\n", format_breakdown(r.at_peak),
+                     r.replayed_trims ? " (pass 1, from its last trim on)" : "");
   for (std::size_t i = 0; i < r.passes.size(); ++i) {
     const PassReport& p = r.passes[i];
     out += fmt::format("  pass {:<3}        peak physical so far {} = {} x peak live; stitches {} creates {} maps {};"
@@ -554,6 +550,25 @@ std::string format_report_text(const ReplayReport& r) {
     out += fmt::format("  not replayed    {} events of other ops (create, map, stitch, ...: the recording pool's own)\n",
                        r.other_events);
   return out;
+}
+
+std::string format_breakdown(const PeakBreakdown& b) {
+  return fmt::format("{} physical = requests {} + rounding {} + free in small chunks {} + free large blocks {} ({}, {}"
+                     " shorter than a page){}",
+                     fmt_bytes(b.physical), fmt_bytes(b.requested), fmt_bytes(b.rounding), fmt_bytes(b.free_in_chunks),
+                     fmt_bytes(b.free_large), b.free_large_blocks, b.free_large_below_page,
+                     b.spare > 0 ? " + spare pages " + fmt_bytes(b.spare) : std::string());
+}
+
+nlohmann::ordered_json breakdown_json(const PeakBreakdown& b) {
+  return {{"physical_bytes", b.physical},
+          {"requested_bytes", b.requested},
+          {"rounding_bytes", b.rounding},
+          {"free_in_chunks_bytes", b.free_in_chunks},
+          {"free_large_bytes", b.free_large},
+          {"free_large_blocks", b.free_large_blocks},
+          {"free_large_blocks_below_page", b.free_large_below_page},
+          {"spare_bytes", b.spare}};
 }
 
 std::string format_report_json(const ReplayReport& r) {
@@ -608,15 +623,7 @@ std::string format_report_json(const ReplayReport& r) {
       {"limit", r.limit},
       {"other_events", r.other_events},
   };
-  const PeakBreakdown& b = r.at_peak;
-  j["at_peak"] = {{"physical_bytes", b.physical},
-                  {"requested_bytes", b.requested},
-                  {"rounding_bytes", b.rounding},
-                  {"free_in_chunks_bytes", b.free_in_chunks},
-                  {"free_large_bytes", b.free_large},
-                  {"free_large_blocks", b.free_large_blocks},
-                  {"free_large_blocks_below_page", b.free_large_below_page},
-                  {"spare_bytes", b.spare}};
+  j["at_peak"] = breakdown_json(r.at_peak);
   if (r.replayed_trims) {
     j["trims"] = r.trims;
     j["peak_live_since_trim_bytes"] = r.peak_live_since_trim;

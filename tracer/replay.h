@@ -30,6 +30,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "pool/allocator.h"
 #include "pool/config.h"
 #include "pool/driver.h"
@@ -145,6 +147,10 @@ struct ReplayReport {
 };
 
 ReplayReport replay_trace(const Trace& trace, const ReplayOptions& options);
+
+// A PeakBreakdown for people ("608 MiB physical = requests ... + ..."), and as a JSON object.
+std::string format_breakdown(const PeakBreakdown& b);
+nlohmann::ordered_json breakdown_json(const PeakBreakdown& b);
 
 // The report for people (several lines, ends with a newline) and as one JSON object on one line.
 std::string format_report_text(const ReplayReport& r);

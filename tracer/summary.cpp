@@ -9,6 +9,7 @@
 
 #include "tracer/cli_util.h"
 #include "tracer/format_util.h"
+#include "tracer/replay.h"
 #include "tracer/snapshot.h"
 #include "tracer/timeline.h"
 
@@ -183,7 +184,8 @@ int summarize(const std::string& path, const Options& o) {
                      {"stitches", replay->report.pool_stats.stitches},
                      {"granularity", replay->report.granularity},
                      {"stitch", replay->report.stitch},
-                     {"small_limit", replay->report.small_limit}};
+                     {"small_limit", replay->report.small_limit},
+                     {"at_peak", breakdown_json(replay->report.at_peak)}};
     }
     std::fputs((j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n").c_str(), stdout);
     return 0;
@@ -217,6 +219,7 @@ int summarize(const std::string& path, const Options& o) {
                        at_text(t, tl, tl.peak_physical_event), ratio(tl.peak_physical, tl.peak_live),
                        tl.physical_source == "trace" ? "from the trace's create/release events"
                                                      : "glake's pool in a replay on the host driver");
+    if (replay) out += fmt::format("  at that peak    {}\n", format_breakdown(replay->report.at_peak));
     out += fmt::format("  fragmentation   {:>10}  most physical - live, {}\n", fmt_bytes(tl.peak_frag),
                        at_text(t, tl, tl.peak_frag_event));
   } else {

@@ -99,6 +99,11 @@ TEST_F(Tools, SummaryTextAndJson) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["physical_source"], "glake replay");
   EXPECT_GE(j["peak_physical_bytes"].get<std::uint64_t>(), j["peak_live_bytes"].get<std::uint64_t>());
+  EXPECT_EQ(j["replay"]["at_peak"]["physical_bytes"], j["peak_physical_bytes"]);
+  r = glake_trace("summary --replay " + quote(demo()));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("  at that peak    7.25 GiB physical = requests 7.24 GiB + rounding"), std::string::npos)
+      << r.out;
 }
 
 TEST_F(Tools, SummaryErrorsNameTheFile) {
