@@ -533,7 +533,8 @@ std::string format_report_text(const ReplayReport& r) {
                        p.modeled_driver_s, fmt_pct(p.driver_fraction()));
   }
   if (r.replayed_trims)
-    out += fmt::format("  trims           {} replayed; from the last on (of the last pass): peak live {}, peak physical {} = {} x peak live\n",
+    out += fmt::format("  trims           {} replayed; from the last on (of the last pass): peak live {}, peak physical"
+                       " {} = {} x peak live\n",
                        r.trims, fmt_bytes(r.peak_live_since_trim), fmt_bytes(r.peak_physical_since_trim),
                        fmt_ratio(r.ratio_since_trim));
   if (r.reps > 0) {
