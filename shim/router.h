@@ -19,7 +19,8 @@
 // granted access to its pool (peers) that has a context, so no work issued before the free on any
 // stream (non-blocking ones included, a peer's included) can still touch the block when it is reused.
 // (So, as a real cudaFree can hang inside a group of collectives still waiting for other ranks, so can
-// this one while a peer device runs such a group.) Frees of glake blocks issued while a capture is under way are held (see capture_frees_held).
+// this one while a peer device runs such a group.) Frees of glake blocks issued while a capture is
+// under way are held (see capture_frees_held).
 //
 // Process life: nothing happens before the first CUDA call reaches a hook (then the GLAKE_* settings
 // are read, and with GLAKE_TRACE the tracer's session starts: tracer/session.h; pools are made per
