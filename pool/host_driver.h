@@ -3,9 +3,9 @@
 // Physical chunks are memfd files (memfd_create + ftruncate; or bookkeeping only, see Options::backed),
 // reservations are PROT_NONE anonymous NORESERVE mappings, and map() puts a chunk's pages at a reserved
 // address with mmap(MAP_FIXED | MAP_SHARED, fd, offset). Stitching and aliasing are therefore real: the
-// bytes of a chunk are the same through every virtual range it is mapped at. A fresh mapping is PROT_NONE, as a fresh cuMemMap is not
-// accessible; set_access() mprotects it read-write. unmap() puts a PROT_NONE anonymous mapping back, so
-// the reservation stays held until free_reserve() munmaps it.
+// bytes of a chunk are the same through every virtual range it is mapped at. A fresh mapping is
+// PROT_NONE, as a fresh cuMemMap is not accessible; set_access() mprotects it read-write. unmap() puts a
+// PROT_NONE anonymous mapping back, so the reservation stays held until free_reserve() munmaps it.
 //
 // On top of the contract in driver.h it has what tests and CPU replays need: a capacity (create fails
 // with out_of_memory past it), fault injection (fail the n-th call of a kind), a cost model built from
