@@ -407,6 +407,13 @@ pre{background:#f6f7fb;padding:8px 10px;border-radius:4px;white-space:pre-wrap;f
                      fmt::format("; the same allocations replayed through glake's pool (pages {}, stitching {}, {} stitches)",
                                  fmt_bytes(g->report.granularity), g->report.stitch ? "on" : "off",
                                  fmt_count(g->report.pool_stats.stitches)));
+    const PeakBreakdown& b = g->report.at_peak;
+    h += num_row("at glake's peak", fmt_bytes(b.requested) + " requested",
+                 esc(fmt::format("+ rounding {} + free in small chunks {} + free large blocks {} ({} blocks; {} "
+                                 "shorter than a page, on pages shared with live blocks){}",
+                                 fmt_bytes(b.rounding), fmt_bytes(b.free_in_chunks), fmt_bytes(b.free_large),
+                                 b.free_large_blocks, b.free_large_below_page,
+                                 b.spare > 0 ? " + spare pages " + fmt_bytes(b.spare) : std::string())));
     std::optional<std::uint64_t> base;
     std::string base_name;
     if (t.meta.peak_reserved_native) base = *t.meta.peak_reserved_native, base_name = "PyTorch native";

@@ -241,7 +241,7 @@ TEST_F(Tools, ReportIsSelfContained) {
     std::string html = slurp(out);
     EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
     for (const char* part : {"<svg", "Memory over time", "Fragmentation over time", "Block maps", "data-ready",
-                             "glake (replay)"})
+                             "glake (replay)", "at glake's peak"})
       EXPECT_NE(html.find(part), std::string::npos) << part;
     for (const char* net : {"src=\"http", "href=\"http", "src='http", "@import", "url(http", "cdn."})
       EXPECT_EQ(html.find(net), std::string::npos) << "fetches from the network: " << net;
