@@ -39,8 +39,7 @@
 #include <fmt/format.h>
 
 #if defined(GLAKE_HAVE_LIBUNWIND)
-#define UNW_LOCAL_ONLY
-#include <libunwind.h>
+#include <dlfcn.h>
 #endif
 
 #include "tracer/symbolize.h"
@@ -192,9 +191,26 @@ class StackTable {
 
 // ------------------------------------------------------------------------------------------------
 
+#if defined(GLAKE_HAVE_LIBUNWIND)
+namespace {
+// libunwind's unw_backtrace, from libunwind.so.8 loaded privately (RTLD_LOCAL) on first use; null if
+// it is not installed. Not linked: a linked libunwind comes before libgcc_s in the symbol scope of a
+// process that preloads libglake.so (python, say), and its _Unwind_RaiseException, _Unwind_Backtrace
+// and backtrace() would then serve every C++ exception and backtrace of the host program.
+using UnwBacktrace = int (*)(void**, int);
+UnwBacktrace unw_backtrace_fn() {
+  static const UnwBacktrace fn = [] {
+    void* h = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
+    return h != nullptr ? reinterpret_cast<UnwBacktrace>(dlsym(h, "unw_backtrace")) : UnwBacktrace{nullptr};
+  }();
+  return fn;
+}
+}  // namespace
+#endif
+
 bool Recorder::stacks_supported() {
 #if defined(GLAKE_HAVE_LIBUNWIND)
-  return true;
+  return unw_backtrace_fn() != nullptr;
 #else
   return false;
 #endif
@@ -351,7 +367,11 @@ void Recorder::tick_loop() {
 
 std::string Recorder::stacks_note() const {
   if (stacks_) return "on";
+#if defined(GLAKE_HAVE_LIBUNWIND)
+  if (options_.stacks) return "unavailable: libunwind.so.8 is not installed";
+#else
   if (options_.stacks) return "unavailable: glake was built without libunwind (meson -Dlibunwind=enabled)";
+#endif
   return "off (GLAKE_TRACE_STACKS=1 records them)";
 }
 
@@ -386,7 +406,7 @@ void Recorder::record_slow(Ring& r, std::uint64_t ticket, Op op, std::uint32_t d
 std::uint32_t Recorder::capture_stack() noexcept {
 #if defined(GLAKE_HAVE_LIBUNWIND)
   void* raw[kMaxDepth + kRawExtra];
-  int n = unw_backtrace(raw, stack_table_->max_depth());
+  int n = unw_backtrace_fn()(raw, stack_table_->max_depth());
   return stack_table_->intern(reinterpret_cast<const std::uintptr_t*>(raw), n);
 #else
   return 0;

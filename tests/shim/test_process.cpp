@@ -92,6 +92,29 @@ TEST_F(Process, ASubprocessThatNeverTouchesCudaPaysNothing) {
 
 // ---- PyTorch's allocator choice ---------------------------------------------------------------------
 
+// Python under the preload (as with PyTorch): the C++ unwinder and backtrace() that its libraries get
+// are the system's (libgcc_s, libc). A libunwind linked into libglake.so came before libgcc_s in that
+// scope and took over every C++ exception thrown in the process.
+TEST_F(Process, ThePreloadLeavesTheHostsUnwinderAlone) {
+  const char* probe = R"(
+import ctypes
+libc = ctypes.CDLL(None)
+class DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+libc.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(DlInfo)]
+print("glake", hasattr(libc, "glake_status"))
+for name in ("_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Backtrace", "backtrace"):
+    info = DlInfo()
+    libc.dladdr(ctypes.cast(getattr(libc, name), ctypes.c_void_p).value, ctypes.byref(info))
+    print(name, info.fname.decode())
+)";
+  const Outcome r = run({"/usr/bin/env", "python3", "-c", probe});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "glake True")) << "libglake.so is not preloaded: " << r.out;
+  EXPECT_TRUE(has(r.out, "_Unwind_RaiseException /")) << r.out;
+  EXPECT_FALSE(has(r.out, "libunwind")) << r.out;
+}
+
 TEST_F(Process, PyTorchIsPointedAtCudaMallocAsync) {
   Outcome r = run({helper(), "no-cuda"}, {}, {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "GLAKE_PYTORCH"});
   EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
