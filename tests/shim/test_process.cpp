@@ -115,6 +115,24 @@ for name in ("_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Backtrace", "b
   EXPECT_FALSE(has(r.out, "libunwind")) << r.out;
 }
 
+// Python under the preload again: libglake.so loads no C++ runtime of its own (libstdc++, fmt) into
+// the host. Had it one, the system's libstdc++.so.6 would be loaded before the newer one that a conda
+// environment's PyTorch needs, and `import torch` would fail on a missing GLIBCXX version. (Python
+// itself is not a C++ program: nothing else here maps them.)
+TEST_F(Process, ThePreloadBringsNoCxxRuntime) {
+  const char* probe = R"(
+import ctypes
+print("glake", hasattr(ctypes.CDLL(None), "glake_status"))
+for line in open("/proc/self/maps"):
+    if "libstdc++" in line or "libfmt" in line:
+        print("mapped", line.split()[-1])
+)";
+  const Outcome r = run({"/usr/bin/env", "python3", "-c", probe});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "glake True")) << "libglake.so is not preloaded: " << r.out;
+  EXPECT_FALSE(has(r.out, "mapped")) << r.out;
+}
+
 TEST_F(Process, PyTorchIsPointedAtCudaMallocAsync) {
   Outcome r = run({helper(), "no-cuda"}, {}, {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "GLAKE_PYTORCH"});
   EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
