@@ -44,6 +44,13 @@ GLAKE_HOOK CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s) {
 GLAKE_HOOK CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
   return guard([&] { return router().cu_mem_get_info(free, total); });
 }
+GLAKE_HOOK CUresult cuIpcGetMemHandle(CUipcMemHandle* h, CUdeviceptr p) {
+  return guard([&] { return router().cu_ipc_get_mem_handle(h, p); });
+}
+GLAKE_HOOK CUresult cuIpcOpenMemHandle_v2(CUdeviceptr* p, CUipcMemHandle h, unsigned int flags) {
+  return guard([&] { return router().cu_ipc_open_mem_handle(p, h, flags); });
+}
+GLAKE_HOOK CUresult cuIpcCloseMemHandle(CUdeviceptr p) { return guard([&] { return router().cu_ipc_close_mem_handle(p); }); }
 GLAKE_HOOK CUresult cuGetProcAddress_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
                                         CUdriverProcAddressQueryResult* status) {
   return guard([&] { return router().cu_get_proc_address_v2(symbol, fn, version, flags, status); });

@@ -360,7 +360,7 @@ void Ipc::answer(int conn) {
   }
 }
 
-cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, void** ptr) {
+cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, int device, void** ptr) {
   Wire w;
   std::memcpy(&w, &handle, sizeof w);
   {
@@ -373,19 +373,11 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, void** ptr
       }
     }
   }
-  const RuntimeApi& rt = real_runtime();
   const DriverApi& d = real_driver();
   if (d.mem_address_reserve == nullptr || d.mem_import_from_shareable_handle == nullptr || d.mem_map == nullptr ||
       d.mem_set_access == nullptr || d.mem_unmap == nullptr || d.mem_address_free == nullptr ||
       d.mem_release == nullptr || d.device_get == nullptr)
     return cudaErrorNotSupported;
-  // The importer's device, with the runtime initialised on it (as the real call would).
-  int device = 0;
-  if (rt.get_device != nullptr) {
-    RealCall g;
-    if (rt.get_device(&device) != cudaSuccess) device = 0;
-    if (rt.free != nullptr) (void)rt.free(nullptr);
-  }
   CUdevice cu = 0;
   if (d.device_get(&cu, device) != CUDA_SUCCESS) return cudaErrorInvalidDevice;
 

@@ -13,6 +13,9 @@
 //   driver (cuMemImportFromShareableHandle, cuMemMap, cuMemSetAccess for its current device), then
 //   closes them. The pointer it returns is the block's address in that reservation.
 // - Close: unmaps and frees the reservation (the pages live on in the exporter).
+// The driver's cuIpcGetMemHandle / cuIpcOpenMemHandle / cuIpcCloseMemHandle do the same (router.cpp): a
+// program linked with the static runtime (NCCL's, when NCCL_CUMEM_ENABLE=0 makes it share cudaMalloc
+// buffers) reaches them through cuGetProcAddress; the two handle types are the same 64 bytes.
 // As with CUDA IPC, a small block shares its whole page, and an exporter must keep the block alive
 // while importers use it. Both processes must run under glake (children started by
 // torch.multiprocessing inherit LD_PRELOAD).
@@ -45,7 +48,9 @@ class Ipc {
   void forget(pool::DevPtr base);
   bool has_exports() const { return exports_.load(std::memory_order_relaxed) != 0; }
 
-  cudaError_t open(const cudaIpcMemHandle_t& handle, unsigned int flags, void** ptr);
+  // Maps the block that `handle` names for `device` (the importer's: the runtime's current device or
+  // the current context's).
+  cudaError_t open(const cudaIpcMemHandle_t& handle, unsigned int flags, int device, void** ptr);
   // False if ptr is not an address open() returned; else closes it and sets *result.
   bool close(void* ptr, cudaError_t* result);
 

@@ -82,6 +82,9 @@ using DlsymFn = void* (*)(void*, const char*);
   X(mem_alloc_v1, "cuMemAlloc", void*)                                                              \
   X(mem_free_v1, "cuMemFree", void*)                                                                \
   X(mem_get_info_v1, "cuMemGetInfo", void*)                                                         \
+  X(ipc_get_mem_handle, "cuIpcGetMemHandle", decltype(&::cuIpcGetMemHandle))                        \
+  X(ipc_open_mem_handle, "cuIpcOpenMemHandle_v2", decltype(&::cuIpcOpenMemHandle_v2))               \
+  X(ipc_close_mem_handle, "cuIpcCloseMemHandle", decltype(&::cuIpcCloseMemHandle))                  \
   X(init, "cuInit", decltype(&::cuInit))                                                            \
   X(device_get, "cuDeviceGet", decltype(&::cuDeviceGet))                                            \
   X(ctx_get_current, "cuCtxGetCurrent", decltype(&::cuCtxGetCurrent))                               \

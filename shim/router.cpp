@@ -781,22 +781,25 @@ cudaError_t Router::device_enable_peer_access(int peer, unsigned int flags) {
   return r;
 }
 
+bool Router::ipc_export(pool::DevPtr ptr, int hint, cudaIpcMemHandle_t* handle, cudaError_t* result) {
+  pool::BlockInfo info;
+  auto try_pool = [&](DevicePool* p) { return p != nullptr && p->alloc->describe(ptr, &info) == pool::Status::ok; };
+  DevicePool* found = try_pool(existing_pool(hint)) ? existing_pool(hint) : nullptr;
+  for (int d = 0, n = pool_count_.load(std::memory_order_acquire); found == nullptr && d < n; ++d)
+    if (d != hint && try_pool(existing_pool(d))) found = existing_pool(d);
+  if (found == nullptr) return false;
+  Ipc* i = ipc();
+  *result = i == nullptr ? cudaErrorMemoryAllocation
+                         : i->export_block(found->device, *found->alloc, *found->driver, info, handle);
+  return true;
+}
+
 cudaError_t Router::ipc_get_mem_handle(cudaIpcMemHandle_t* handle, void* ptr) {
   if (handle != nullptr && ptr != nullptr && serving()) {
     int hint = -1;
     (void)runtime_device(&hint);
-    const auto v = reinterpret_cast<pool::DevPtr>(ptr);
-    pool::BlockInfo info;
-    auto try_pool = [&](DevicePool* p) { return p != nullptr && p->alloc->describe(v, &info) == pool::Status::ok; };
-    DevicePool* found = try_pool(existing_pool(hint)) ? existing_pool(hint) : nullptr;
-    for (int d = 0, n = pool_count_.load(std::memory_order_acquire); found == nullptr && d < n; ++d)
-      if (d != hint && try_pool(existing_pool(d))) found = existing_pool(d);
-    if (found != nullptr) {
-      Ipc* i = ipc();
-      if (i == nullptr) return fail(cudaErrorMemoryAllocation);
-      const cudaError_t e = i->export_block(found->device, *found->alloc, *found->driver, info, handle);
-      return e == cudaSuccess ? e : fail(e);
-    }
+    cudaError_t e = cudaSuccess;
+    if (ipc_export(reinterpret_cast<pool::DevPtr>(ptr), hint, handle, &e)) return e == cudaSuccess ? e : fail(e);
   }
   const auto f = real_runtime().ipc_get_mem_handle;
   if (f == nullptr) return cudaErrorNotSupported;
@@ -808,7 +811,14 @@ cudaError_t Router::ipc_open_mem_handle(void** ptr, cudaIpcMemHandle_t handle, u
   if (ptr != nullptr && Ipc::is_glake_handle(handle) && !forked_.load(std::memory_order_relaxed)) {
     Ipc* i = ipc();
     if (i == nullptr) return fail(cudaErrorMemoryAllocation);
-    const cudaError_t e = i->open(handle, flags, ptr);
+    // The importer's device, with the runtime initialised on it (as the real call would).
+    int device = 0;
+    if (const RuntimeApi& rt = real_runtime(); rt.get_device != nullptr) {
+      RealCall g;
+      if (rt.get_device(&device) != cudaSuccess) device = 0;
+      if (rt.free != nullptr) (void)rt.free(nullptr);
+    }
+    const cudaError_t e = i->open(handle, flags, device, ptr);
     return e == cudaSuccess ? e : fail(e);
   }
   const auto f = real_runtime().ipc_open_mem_handle;
@@ -1017,6 +1027,64 @@ CUresult Router::cu_mem_get_info(std::size_t* free, std::size_t* total) {
     if (DevicePool* p = existing_pool(dev)) *free = reported_free(config_, p, *free);
   }
   return r;
+}
+
+// The driver's IPC calls, for programs that reach the driver without glake's runtime hooks (the
+// static runtime, driver-API programs): glake's blocks and handles as in ipc_*_mem_handle, the codes
+// of Ipc (runtime codes) as the driver's, which carry the same numbers.
+namespace {
+CUresult ipc_driver_error(cudaError_t e) {
+  static_assert(static_cast<int>(cudaErrorInvalidValue) == CUDA_ERROR_INVALID_VALUE &&
+                static_cast<int>(cudaErrorMemoryAllocation) == CUDA_ERROR_OUT_OF_MEMORY &&
+                static_cast<int>(cudaErrorInvalidDevice) == CUDA_ERROR_INVALID_DEVICE &&
+                static_cast<int>(cudaErrorMapBufferObjectFailed) == CUDA_ERROR_MAP_FAILED &&
+                static_cast<int>(cudaErrorOperatingSystem) == CUDA_ERROR_OPERATING_SYSTEM &&
+                static_cast<int>(cudaErrorInvalidResourceHandle) == CUDA_ERROR_INVALID_HANDLE &&
+                static_cast<int>(cudaErrorNotSupported) == CUDA_ERROR_NOT_SUPPORTED);
+  return static_cast<CUresult>(static_cast<int>(e));
+}
+static_assert(sizeof(CUipcMemHandle) == sizeof(cudaIpcMemHandle_t));
+}  // namespace
+
+CUresult Router::cu_ipc_get_mem_handle(CUipcMemHandle* handle, CUdeviceptr ptr) {
+  if (handle != nullptr && ptr != 0 && serving()) {
+    int hint = -1;
+    (void)driver_device(&hint);
+    cudaIpcMemHandle_t h;
+    cudaError_t e = cudaSuccess;
+    if (ipc_export(static_cast<pool::DevPtr>(ptr), hint, &h, &e)) {
+      if (e == cudaSuccess) std::memcpy(handle, &h, sizeof h);
+      return ipc_driver_error(e);
+    }
+  }
+  const auto f = real_driver().ipc_get_mem_handle;
+  return f != nullptr ? f(handle, ptr) : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+CUresult Router::cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags) {
+  cudaIpcMemHandle_t h;
+  std::memcpy(&h, &handle, sizeof h);
+  if (ptr != nullptr && Ipc::is_glake_handle(h) && !forked_.load(std::memory_order_relaxed)) {
+    int device = -1;
+    if (!driver_device(&device)) return CUDA_ERROR_INVALID_CONTEXT;  // as the real call, with no context
+    Ipc* i = ipc();
+    if (i == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
+    void* p = nullptr;
+    const cudaError_t e = i->open(h, flags, device, &p);
+    if (e == cudaSuccess) *ptr = reinterpret_cast<CUdeviceptr>(p);
+    return ipc_driver_error(e);
+  }
+  const auto f = real_driver().ipc_open_mem_handle;
+  return f != nullptr ? f(ptr, handle, flags) : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+CUresult Router::cu_ipc_close_mem_handle(CUdeviceptr ptr) {
+  if (Ipc* i = ipc_.load(std::memory_order_acquire)) {
+    cudaError_t e = cudaSuccess;
+    if (i->close(reinterpret_cast<void*>(ptr), &e)) return ipc_driver_error(e);
+  }
+  const auto f = real_driver().ipc_close_mem_handle;
+  return f != nullptr ? f(ptr) : CUDA_ERROR_NOT_INITIALIZED;
 }
 
 CUresult Router::cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags) {

@@ -113,6 +113,9 @@ class Router {
   CUresult cu_mem_alloc_async(CUdeviceptr* ptr, std::size_t size, CUstream stream, bool ptds);
   CUresult cu_mem_free_async(CUdeviceptr ptr, CUstream stream, bool ptds);
   CUresult cu_mem_get_info(std::size_t* free, std::size_t* total);
+  CUresult cu_ipc_get_mem_handle(CUipcMemHandle* handle, CUdeviceptr ptr);
+  CUresult cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags);
+  CUresult cu_ipc_close_mem_handle(CUdeviceptr ptr);
   CUresult cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags);
   CUresult cu_get_proc_address_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
                                   CUdriverProcAddressQueryResult* status);
@@ -171,6 +174,8 @@ class Router {
   void count_passthrough(int device, bool driver_api = false);
   cudaError_t fail(cudaError_t e);
   Ipc* ipc();
+  // If a pool serves the block at ptr: exports it into *handle, sets *result and returns true.
+  bool ipc_export(pool::DevPtr ptr, int device_hint, cudaIpcMemHandle_t* handle, cudaError_t* result);
 
   std::atomic<int> mode_{static_cast<int>(Mode::not_started)};
   std::atomic<bool> exiting_{false};

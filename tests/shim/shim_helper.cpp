@@ -1,6 +1,7 @@
 // tests/shim/shim_helper.cpp: small CUDA programs that test_process.cpp runs as separate processes,
 // under the same preload, to see what only a fresh process can show. One mode per argv[1]; each
 // prints what it saw on stdout ("key=value" lines) and exits 0 unless something went wrong.
+#include <cuda.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 #include <sys/wait.h>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "driver_proc.h"
 #include "shim/glake.h"
 
 namespace {
@@ -142,6 +144,32 @@ int mode_ipc_import(int argc, char** argv) {
   return 0;
 }
 
+// mode_ipc_import through the driver's cuIpcOpenMemHandle and cuIpcCloseMemHandle.
+int mode_cu_ipc_import(int argc, char** argv) {
+  if (argc < 5) return 2;
+  CUipcMemHandle h;
+  if (!unhex(argv[2], &h, sizeof h)) return 2;
+  const std::size_t n = std::strtoull(argv[3], nullptr, 10);
+  const int seed = std::atoi(argv[4]);
+  const auto open = glake_test::driver_proc<decltype(&cuIpcOpenMemHandle_v2)>("cuIpcOpenMemHandle");
+  const auto close = glake_test::driver_proc<decltype(&cuIpcCloseMemHandle)>("cuIpcCloseMemHandle");
+  if (open == nullptr || close == nullptr || cudaFree(nullptr) != cudaSuccess) return 3;  // a current context
+  CUdeviceptr d = 0;
+  const CUresult e = open(&d, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+  std::printf("open=%d\n", static_cast<int>(e));
+  if (e != CUDA_SUCCESS) return 0;
+  void* p = reinterpret_cast<void*>(d);
+  std::vector<unsigned char> buf(n);
+  if (cudaMemcpy(buf.data(), p, n, cudaMemcpyDeviceToHost) != cudaSuccess) return 4;
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < n; ++i) wrong += buf[i] != static_cast<unsigned char>(seed + i * 13);
+  std::printf("wrong=%zu\n", wrong);
+  const unsigned char reply[4] = {0xde, 0xad, 0xbe, 0xef};
+  if (cudaMemcpy(p, reply, sizeof reply, cudaMemcpyHostToDevice) != cudaSuccess) return 5;
+  std::printf("close=%d\n", static_cast<int>(close(d)));
+  return 0;
+}
+
 // Runs out of memory under GLAKE_LIMIT, then asks for the trace: prints what came back.
 int mode_trace_oom(int argc, char** argv) {
   if (argc < 3) return 2;
@@ -167,6 +195,7 @@ int main(int argc, char** argv) {
   if (mode == "fork-first") return mode_fork_first();
   if (mode == "exit-free") return mode_exit_free();
   if (mode == "ipc-import") return mode_ipc_import(argc, argv);
+  if (mode == "cu-ipc-import") return mode_cu_ipc_import(argc, argv);
   if (mode == "trace-oom") return mode_trace_oom(argc, argv);
   return 2;
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "shim_test.h"
+#include "driver_proc.h"
 #include "tracer/trace_reader.h"
 
 using namespace glake_test;
@@ -296,6 +297,46 @@ TEST_F(Process, IpcOfForeignMemoryIsTheRealRuntimes) {
   const Outcome r = run({helper(), "ipc-import", hex(&h, sizeof h), std::to_string(MiB), "7"});
   EXPECT_TRUE(has(r.out, "open=0\nwrong=0\nclose=0\n")) << r.out << r.err;
   CUDA_OK(cudaFree(p));
+}
+
+// The driver's IPC calls, found through cuGetProcAddress as a program linked with the static runtime
+// finds them (NCCL's, which shares cudaMalloc buffers this way when NCCL_CUMEM_ENABLE=0): glake's
+// blocks are exported and opened as through the runtime, foreign memory by the real driver.
+TEST_F(Process, IpcThroughTheDriver) {
+  const auto get = driver_proc<decltype(&cuIpcGetMemHandle)>("cuIpcGetMemHandle");
+  ASSERT_NE(nullptr, get);
+  const std::size_t n = 3 * MiB + 4096;
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, n));
+  ASSERT_TRUE(owns(p));
+  std::vector<unsigned char> data(n);
+  for (std::size_t i = 0; i < n; ++i) data[i] = static_cast<unsigned char>(9 + i * 13);
+  CUDA_OK(cudaMemcpy(p, data.data(), n, cudaMemcpyHostToDevice));
+  CUipcMemHandle h;
+  ASSERT_EQ(CUDA_SUCCESS, get(&h, reinterpret_cast<CUdeviceptr>(p)));
+  Outcome r = run({helper(), "cu-ipc-import", hex(&h, sizeof h), std::to_string(n), "9"});
+  EXPECT_EQ(0, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "open=0\nwrong=0\nclose=0\n")) << r.out << r.err;
+  unsigned char reply[4] = {};
+  CUDA_OK(cudaMemcpy(reply, p, 4, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(0xde, reply[0]);
+  EXPECT_EQ(0xef, reply[3]);
+  // The runtime's handle for the same block is the same kind: the driver opens it too.
+  cudaIpcMemHandle_t rh;
+  CUDA_OK(cudaIpcGetMemHandle(&rh, p));
+  r = run({helper(), "cu-ipc-import", hex(&rh, sizeof rh), std::to_string(n), "9"});
+  EXPECT_TRUE(has(r.out, "open=0\n")) << r.out << r.err;
+  CUDA_OK(cudaFree(p));
+  r = run({helper(), "cu-ipc-import", hex(&h, sizeof h), std::to_string(n), "9"});
+  EXPECT_TRUE(has(r.out, "open=" + std::to_string(static_cast<int>(CUDA_ERROR_INVALID_HANDLE)))) << r.out << r.err;
+  // Foreign memory: the real driver's legacy IPC.
+  CUdeviceptr d = 0;
+  ASSERT_EQ(CUDA_SUCCESS, standin::raw_alloc(&d, MiB));
+  CUDA_OK(cudaMemcpy(reinterpret_cast<void*>(d), data.data(), MiB, cudaMemcpyHostToDevice));
+  ASSERT_EQ(CUDA_SUCCESS, get(&h, d));
+  r = run({helper(), "cu-ipc-import", hex(&h, sizeof h), std::to_string(MiB), "9"});
+  EXPECT_TRUE(has(r.out, "open=0\nwrong=0\nclose=0\n")) << r.out << r.err;
+  CUDA_OK(cudaFree(reinterpret_cast<void*>(d)));
 }
 
 // ---- GLAKE_TRACE and glake-run ------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-// tests/gpu/shim/shim_ipc.cu: CUDA IPC of glake memory between two processes. Run with
+// tests/gpu/shim/shim_ipc.cu: CUDA IPC of glake memory between two processes (built twice: with the
+// shared runtime, and with the static one, whose cudaIpc* reach glake through the driver). Run with
 // LD_PRELOAD=libglake.so. Legacy cudaIpcGetMemHandle fails on VMM memory; under glake it works (the
 // pages travel as file descriptors, shim/ipc.h). The parent fills a block with a kernel and exports
 // it; a child process (this program, started again with --child) opens the handle, checks the
