@@ -180,12 +180,46 @@ bool Allocator::Impl::find_window(std::size_t n, bool aligned, StreamHandle s, P
   return found;
 }
 
+// The free tail to lend to a window of n bytes that find_window() placed at the start of a hole: the
+// smallest free block usable by stream s that ends a one-granule page it shares with a block before
+// it and is at least as long as what the window would leave unused of its last page; null if none
+// (or the window is not inside one hole, or fills its last page). mu held.
+Block* Allocator::Impl::lendable(std::size_t n, StreamHandle s, const Plan& plan) {
+  const std::size_t used_last = n % page;
+  if (!cfg.stitch || !cfg.lend || used_last == 0) return nullptr;
+  const Block* h = plan.segment->head;
+  while (h->base + h->size <= plan.start) h = h->next;
+  if (h->state != State::hole || h->base + h->size < plan.start + n + page) return nullptr;
+  Block* best = nullptr;
+  for (FreeSet* set : {&stream_state(s).large, &settled_large}) {
+    Block probe;
+    probe.size = used_last;
+    int scanned = 0;
+    for (auto it = set->lower_bound(&probe); it != set->end() && (*it)->size < page && ++scanned <= 64; ++it) {
+      Block* b = *it;
+      if (best != nullptr && b->size >= best->size) break;
+      const DevPtr end = b->base + b->size, home = page_down(b->segment, b->base);
+      if (end != home + page || b->base == home) continue;
+      const Page& pg = page_at(b->segment, home);
+      if (pg.span != 1 || pg.va != home) continue;
+      best = b;
+      break;
+    }
+  }
+  return best;
+}
+
 Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, StreamHandle s, bool may_wait,
                                                    std::size_t device_free, Plan* plan) {
   std::lock_guard lock(mu);
   if (!find_window(n, aligned, s, plan)) return Prepared::need_window;
   StreamState& own = stream_state(s);
-  DevPtr lo = plan->start, hi = plan->start + n;
+  // A window inside a hole whose last page it would leave partly empty begins with a lent tail instead
+  // (block.h): the window then needs one page fewer.
+  Block* tail = lendable(n, s, *plan);
+  const std::size_t shadow = tail != nullptr ? page - tail->size : 0;
+  if (tail != nullptr) plan->holes = (shadow + n + page - 1) / page;
+  DevPtr lo = plan->start, hi = plan->start + shadow + n;
   std::size_t sources = 0;
   for (std::int32_t id : spare) sources += pages[static_cast<std::size_t>(id)].span;
   if (cfg.stitch) {
@@ -220,7 +254,8 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
   // Fail before touching anything when the device cannot hold what would be created (a huge request
   // would otherwise create pages until the driver refuses, and leave them all cached). Exact for
   // one-granule pages; a page of several granules may fit no hole left (checked again below).
-  const std::size_t estimate = plan->holes > sources ? plan->holes - sources : 0;
+  const std::size_t fills = plan->holes - (tail != nullptr ? 1 : 0);
+  const std::size_t estimate = fills > sources ? fills - sources : 0;
   if (Prepared p = may_create(estimate); p != Prepared::ready) return p;
 
   // Mark the window busy, splitting the blocks at its edges (a hole at the page boundary after the end).
@@ -260,6 +295,17 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
     return k + span <= dsts.size() && dsts[k + span - 1] == dsts[k] + (span - 1) * page;
   };
   std::size_t k = 0;
+  if (tail != nullptr) {
+    index_erase(tail);
+    plan->lent = tail;
+    plan->lent_saved = *tail;
+    plan->shadow = shadow;
+    tail->state = State::busy;
+    const DevPtr home = page_down(tail->segment, tail->base);
+    const std::int32_t id = slot(tail->segment, home);
+    plan->fills.push_back({Fill::Kind::lend, dsts[0], 1, id, pages[static_cast<std::size_t>(id)].handle, home, tail, 0});
+    k = 1;
+  }
   for (std::size_t i = spare.size(); i-- > 0 && k < dsts.size();) {
     const std::int32_t id = spare[i];
     const std::uint32_t span = pages[static_cast<std::size_t>(id)].span;
@@ -391,10 +437,12 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
       st.mapped.add(bytes);
       ++st.maps;
       emit(EventKind::map, 0, f.dst, bytes);
-      // A moved page stays mapped at its old slot too; a quarantined one stays owned there.
-      if (f.kind == Fill::Kind::move) ++pg.aliases;
-      if (f.kind != Fill::Kind::move || f.stage == 3) pg.va = f.dst;
-      if (f.kind == Fill::Kind::move && f.stage == 3) ++moved;
+      // A moved page stays mapped at its old slot too; a quarantined one stays owned there. A lent
+      // tail's page stays owned at home; the window maps it a second time.
+      const bool second = f.kind == Fill::Kind::move || f.kind == Fill::Kind::lend;
+      if (second) ++pg.aliases;
+      if (!second || (f.kind == Fill::Kind::move && f.stage == 3)) pg.va = f.dst;
+      if (second && f.stage == 3) ++moved;
     }
     if (f.stage == 1 || (f.kind == Fill::Kind::spare && f.stage == 0)) spare.push_back(f.page);
     if (f.stage == 3 && complete) done_upto = f.dst + bytes;
@@ -420,6 +468,10 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
   if (complete) {
     Block* b = plan.window.front();
     while (b->next != nullptr && b->next->base < end) absorb_next(b);
+    if (plan.lent != nullptr) {
+      make_shadow(plan, b);
+      b = b->next;
+    }
     b->state = State::allocated;
     b->stream = s;
     b->settled = false;
@@ -468,6 +520,20 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
     if (b->base < f.dst) b = split(b, f.dst - b->base);
     if (b->size > f.span * page) split(b, f.span * page);
     b->state = State::quarantined;
+  }
+  // A lent tail whose alias slot is mapped and accessible stays lent (the window's first block is
+  // free now, past its shadow); otherwise it is free again at home.
+  if (plan.lent != nullptr) {
+    if (plan.fills.front().stage == 3) {
+      make_shadow(plan, plan.window.front());
+    } else {
+      Block* t = plan.lent;
+      t->state = State::free;
+      t->settled = plan.lent_saved.settled;
+      t->stream = plan.lent_saved.stream;
+      t->free_seq = plan.lent_saved.free_seq;
+      settle_large_block(t);
+    }
   }
   // Merge and index what the window left behind (its blocks are not indexed; neighbours are).
   for (Block* b = plan.window.front(); b != nullptr && b->base < end; b = b->next) {
@@ -533,6 +599,49 @@ void Allocator::Impl::collect_stale() {
     for (const Block* b = seg->head; b != nullptr && !has_stale; b = b->next) has_stale = b->state == State::stale;
 }
 
+void Allocator::Impl::return_lent() {
+  std::vector<Block*> shadows;
+  {
+    std::lock_guard lock(mu);
+    for (const auto& seg : segments)
+      for (Block* b = seg->head; b != nullptr; b = b->next) {
+        Block* w = b->next;  // the window's part of the alias slot
+        const DevPtr slot_end = b->base + page;
+        if (b->state != State::shadow || w->state != State::free || !w->settled || w->base + w->size < slot_end)
+          continue;
+        index_erase(w);
+        if (w->base + w->size > slot_end) index_insert(split(w, slot_end - w->base));
+        w->state = State::busy;
+        shadows.push_back(b);
+      }
+  }
+  for (Block* b : shadows) {
+    const bool unmapped = drv.unmap(b->base, page) == Status::ok;
+    std::lock_guard lock(mu);
+    Block* w = b->next;
+    if (!unmapped) {
+      w->state = State::free;
+      settle_large_block(w);
+      continue;
+    }
+    --pages[static_cast<std::size_t>(slot(b->segment, b->base))].aliases;
+    slot(b->segment, b->base) = -1;
+    st.mapped.sub(page);
+    ++st.unmaps;
+    emit(EventKind::unmap, 0, b->base, page);
+    Block* t = b->partner;
+    --lent_count;
+    absorb_next(b);
+    b->state = State::hole;
+    b->partner = nullptr;
+    settle_large_block(b);
+    t->state = State::free;
+    t->settled = true;
+    t->partner = nullptr;
+    settle_large_block(t);
+  }
+}
+
 Status Allocator::Impl::stitch(const Request& q, StreamHandle s, DevPtr* out) {
   const std::size_t n = q.bytes;
   bool may_wait = true, collected = false;
@@ -596,6 +705,9 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
         return Status::ok;
       }
     }
+    // Tails lent to windows whose part of the alias slot is free and settled go home first: there they
+    // merge with their neighbours once those are freed, so that their pages can move or go.
+    if (lent_count > 0) return_lent();
     Status r = stitch(q, s, out);
     if (r != Status::out_of_memory) return r;
     if (round > 0) {
@@ -760,7 +872,10 @@ Status Allocator::describe(DevPtr ptr, BlockInfo* info) const {
   info->stream = b->stream;
   info->pages.clear();
   const Segment* seg = (b->small ? b->chunk : b)->segment;
-  const DevPtr first = m.page_at(seg, m.page_down(seg, b->base)).va, end = m.page_up(seg, b->base + b->size);
+  // The first mapping's first slot: a page of several granules may begin before the block's page; an
+  // alias slot (a lent tail's page mapped a second time) is a one-granule mapping of its own.
+  const DevPtr down = m.page_down(seg, b->base), end = m.page_up(seg, b->base + b->size);
+  const DevPtr first = m.page_at(seg, down).span == 1 ? down : m.page_at(seg, down).va;
   info->offset_in_first_page = b->base - first;
   for (DevPtr a = first; a < end;) {
     const Page& pg = m.page_at(seg, a);
@@ -836,6 +951,7 @@ void Allocator::Impl::trim(std::size_t keep) {
     m.unpark_all();
   }
   m.collect_stale();  // waits for every stream's work, so every free block is settled after it
+  m.return_lent();
   std::vector<Block*> victims;
   std::vector<std::int32_t> spare;
   {

@@ -61,13 +61,13 @@ struct Page {
 
 // One hole slot of a stitch window and where its page comes from.
 struct Fill {
-  enum class Kind { spare, move, create } kind;
+  enum class Kind { spare, move, create, lend } kind;  // lend: a second mapping of a lent tail's page
   DevPtr dst = 0;           // the first slot it fills
   std::uint32_t span = 1;   // slots it fills: its page's granules
   std::int32_t page = -1;  // spare and move: the page; create: filled in once created
   PhysHandle handle = 0;
   DevPtr src = 0;           // move: the slot it leaves
-  Block* source = nullptr;  // move: the busy block it leaves
+  Block* source = nullptr;  // move: the busy block it leaves; lend: the tail lent
   int stage = 0;            // 0 untouched, 1 created but not mapped, 2 mapped, 3 accessible
 };
 
@@ -95,6 +95,9 @@ struct Plan {
   std::vector<Block> window_saved; // and their fields
   std::vector<Block*> sources;     // busy blocks whose pages move into the window
   std::vector<Fill> fills;
+  Block* lent = nullptr;           // the busy tail whose page begins the window (`lend` fill), if any
+  std::size_t shadow = 0;          // then: bytes of the window's first slot before the tail's bytes
+  Block lent_saved;                // and the tail's fields before
   Prepared then = Prepared::ready;  // after undo: what stopped the plan
 };
 
@@ -448,6 +451,21 @@ struct Allocator::Impl {
   static constexpr std::size_t kUnknown = ~std::size_t{0};  // device_free not queried yet
   Prepared prepare(std::size_t n, bool aligned, StreamHandle s, bool may_wait, std::size_t device_free, Plan* plan);
   bool find_window(std::size_t n, bool aligned, StreamHandle s, Plan* plan);
+  Block* lendable(std::size_t n, StreamHandle s, const Plan& plan);
+  // Makes the window's first `plan.shadow` bytes (from block b, at the window's start) the shadow of
+  // the lent tail. mu held.
+  void make_shadow(Plan& plan, Block* b) {
+    split(b, plan.shadow);
+    b->state = State::shadow;
+    b->partner = plan.lent;
+    plan.lent->state = State::lent;
+    plan.lent->partner = b;
+    ++lent_count;
+  }
+  std::size_t lent_count = 0;  // shadow blocks
+  // Unmaps the alias slots whose window part is free and settled and gives their tails back (trim, and
+  // the slow path). grow_mu held.
+  void return_lent();
   Status execute(Plan& plan);
   Status finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out);
   Status add_segment(std::size_t n);

@@ -7,6 +7,12 @@
 // a slice of a chunk: a one-page, page-aligned large block shared by small requests; the pieces of a
 // chunk cover it exactly.
 //
+// A free tail of a page that is shorter than the page and sandwiched between live blocks can still
+// serve: a stitch window may begin with a second mapping of that page (an alias slot), offset so that
+// the window starts at the tail's bytes. The tail is then "lent" at home and the alias slot's head is
+// a "shadow"; trim gives the tail back (unmapping the alias) once the window's part of that page is
+// free again.
+//
 // A free block is "settled" once the work issued on its stream before its free has completed: only
 // then may any stream use it, and only then may its slots be unmapped. A stitch maps a free block's
 // pages into a new range without unmapping them (the old slots become "stale" aliases), so it needs
@@ -35,6 +41,10 @@ struct Block {
     stale,        // large only: slots still mapped to pages that a stitch moved elsewhere (aliases);
                   // unmapped lazily once the work before their free has completed
     quarantined,  // large only: a page mapped without access after a failed set_access + unmap; never used
+    lent,         // large only: a free tail of a page, shorter than it, whose bytes a stitch window uses
+                  // through a second mapping of the page (see `shadow`); never used here until returned
+    shadow,       // large only: the head of such a second mapping, up to the lent bytes: they belong to
+                  // the blocks on the page at its own slot; never used
   };
 
   DevPtr base = 0;
@@ -52,6 +62,7 @@ struct Block {
   Segment* segment = nullptr;  // large blocks
   Block* chunk = nullptr;      // pieces: their chunk
   Block* pieces = nullptr;     // chunks: the first piece
+  Block* partner = nullptr;    // lent <-> shadow
 };
 
 struct Segment {

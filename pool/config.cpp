@@ -69,6 +69,7 @@ Config config_from_env(std::vector<std::string>* errors) {
   Config c;
   read_bytes("GLAKE_SMALL_LIMIT", &c.small_limit, 512, errors, "none");
   read_bool("GLAKE_STITCH", &c.stitch, errors);
+  read_bool("GLAKE_LEND", &c.lend, errors);
   read_bytes("GLAKE_LIMIT", &c.limit, 1, errors);
   read_bytes("GLAKE_VA_RESERVE", &c.va_reserve, std::size_t{1} << 30, errors);
   read_bytes("GLAKE_MAX_CREATE", &c.max_create, 1, errors);

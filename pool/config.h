@@ -28,6 +28,9 @@ struct Config {
   // allocation is mapped, stitched and released only whole, so it costs memory: opt-in (README,
   // "2026-12-06, afternoon").
   std::size_t max_create = 0;
+  // Let stitch windows begin with free page tails sandwiched between live blocks, through a second
+  // mapping of their page (GLAKE_LEND=0|1; block.h).
+  bool lend = true;
 };
 
 // Reads the GLAKE_* variables of the pool. Problems are appended to `errors`, one line each, naming the

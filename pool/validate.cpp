@@ -16,6 +16,8 @@ const char* state_name(State s) {
     case State::busy: return "busy";
     case State::stale: return "stale";
     case State::quarantined: return "quarantined";
+    case State::lent: return "lent";
+    case State::shadow: return "shadow";
   }
   return "?";
 }
@@ -69,7 +71,9 @@ std::string Allocator::Impl::validate() const {
   // What each slot lies under: holes, stale and quarantined blocks are whole pages; allocated and free
   // blocks need not be, and share their partial pages with their neighbours (never with a hole or
   // stale block).
-  enum Under : std::uint8_t { none, owner, stale, hole, quarantined };
+  // An alias slot (a lent tail's page mapped again at a window's start) lies under a shadow and the
+  // blocks after it.
+  enum Under : std::uint8_t { none, owner, stale, hole, quarantined, alias };
   for (const auto& seg : segments) {
     std::vector<Under> under(seg->slot_page.size(), none);
     DevPtr at = seg->base;
@@ -85,6 +89,20 @@ std::string Allocator::Impl::validate() const {
       if (paged && ((b->base - seg->base) % page != 0 || b->size % page != 0))
         return where + ": not whole pages";
       if (b->is_chunk && ((b->base - seg->base) % page != 0 || b->size != page)) return where + ": a chunk is not one page";
+      if (b->state == State::shadow) {
+        const Block* t = b->partner;
+        if ((b->base - seg->base) % page != 0 || b->size >= page) return where + ": not the head of one slot";
+        if (t == nullptr || t->state != State::lent || t->partner != b) return where + ": no lent tail";
+        const DevPtr home = page_down(t->segment, t->base);
+        if (t->size != page - b->size || t->base + t->size != home + page)
+          return where + fmt::format(": its tail {:#x}+{:#x} does not end its page", t->base, t->size);
+        const std::int32_t id = seg->slot_page[(b->base - seg->base) / page];
+        if (id < 0 || id != t->segment->slot_page[(home - t->segment->base) / page] ||
+            pages[static_cast<std::size_t>(id)].span != 1)
+          return where + ": its slot does not map its tail's one-granule page";
+      }
+      if (b->state == State::lent && (b->partner == nullptr || b->partner->partner != b))
+        return where + ": no shadow";
       // Stale and quarantined blocks are whole mappings: each unmapped in one call, from its first slot.
       auto id_at = [&](DevPtr a) { return seg->slot_page[(a - seg->base) / page]; };
       if (paged && b->state != State::hole)
@@ -96,11 +114,14 @@ std::string Allocator::Impl::validate() const {
           for (; a < end; a += page)
             if (id_at(a) != id) return where + fmt::format(": slot {:#x} is not part of the mapping of page {}", a, id);
         }
-      const Under u = b->state == State::hole ? hole
-                      : b->state == State::stale ? stale
-                      : b->state == State::quarantined ? quarantined : owner;
+      const Under u = b->state == State::hole          ? hole
+                      : b->state == State::stale       ? stale
+                      : b->state == State::quarantined ? quarantined
+                      : b->state == State::shadow      ? alias
+                                                       : owner;
       for (DevPtr a = page_down(seg.get(), b->base); a < b->base + b->size; a += page) {
         Under& x = under[(a - seg->base) / page];
+        if (x == alias && u == owner) continue;
         if (x != none && x != u) return where + fmt::format(": shares slot {:#x} with a block of another kind", a);
         x = u;
       }
@@ -143,7 +164,7 @@ std::string Allocator::Impl::validate() const {
       if (u >= pages.size() || !pages[u].live) return fmt::format("slot {:#x} maps dead page {}", a, id);
       const Page& pg = pages[u];
       const bool owns = pg.va != 0 && a >= pg.va && a < pg.va + pg.span * page;
-      if (under[i] != quarantined && owns == (under[i] == stale))
+      if (under[i] != quarantined && owns == (under[i] == stale || under[i] == alias))
         return fmt::format("slot {:#x} {} page {}", a, owns ? "owns" : "does not own", id);
       if (owns)
         ++seen[u];

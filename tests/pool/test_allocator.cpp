@@ -101,6 +101,83 @@ TEST(Allocator, LargeRequestsShareTheirEndPages) {
   EXPECT_EQ(m.pool.validate(), "");
 }
 
+// A free page tail sandwiched between live blocks begins a new window through a second mapping of its
+// page: one page fewer is created, the window's first bytes are the tail's own, the block before the
+// tail keeps its bytes, and trim gives the tail back.
+void lend_scenario(bool lend) {
+  Config c;
+  c.small_limit = 0;
+  c.lend = lend;
+  PoolModel m(small_pages(64 * kPage), c);
+  DevPtr a = 0, b = 0, big = 0, d = 0;
+  ASSERT_EQ(m.alloc(3 * kPage / 2, 0, &a), Status::ok);  // [0, 1.5) of the first two pages
+  ASSERT_EQ(m.alloc(kPage / 2, 0, &b), Status::ok);      // [1.5, 2): the first page's tail
+  ASSERT_EQ(b, a + 3 * kPage / 2);
+  ASSERT_EQ(m.alloc(4 * kPage, 0, &big), Status::ok);    // whole pages [2, 6)
+  ASSERT_EQ(big, a + 2 * kPage);
+  ASSERT_EQ(m.free(b, 0), Status::ok);  // the tail is free, between a and big
+  ASSERT_EQ(m.pool.stats().physical.current, 6 * kPage);
+  ASSERT_EQ(m.alloc(9 * kPage / 4, 0, &d), Status::ok);  // 2.25 pages: 0.25 of a third page
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "") << "the shadow must not overwrite the block before the tail";
+  if (!lend) {
+    EXPECT_EQ(m.pool.stats().physical.current, 9 * kPage);
+    return;
+  }
+  EXPECT_EQ(m.pool.stats().physical.current, 8 * kPage) << "the tail's page serves the window's first half page";
+  EXPECT_EQ((d - a) % kPage, kPage / 2) << "the window starts at the tail's offset in its page";
+  EXPECT_EQ(std::memcmp(reinterpret_cast<void*>(b), reinterpret_cast<void*>(d), kPage / 2), 0)
+      << "the window's first bytes are the tail's";
+  BlockInfo info;
+  ASSERT_EQ(m.pool.describe(d, &info), Status::ok);
+  EXPECT_EQ(info.offset_in_first_page, kPage / 2);
+  EXPECT_EQ(info.pages.size(), 3u);
+  // Freed and trimmed: the second mapping goes and the tail is free at home again.
+  ASSERT_EQ(m.free(d, 0), Status::ok);
+  m.pool.trim(0);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.pool.stats().physical.current, 6 * kPage);
+  DevPtr again = 0;
+  ASSERT_EQ(m.alloc(kPage / 2, 0, &again), Status::ok);
+  EXPECT_EQ(again, b);
+  EXPECT_EQ(m.check(), "");
+  m.free_all();
+  m.pool.trim(0);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.pool.stats().physical.current, 0u);
+}
+
+TEST(Allocator, AFreePageTailBeginsAWindow) { lend_scenario(true); }
+TEST(Allocator, LendingCanBeTurnedOff) { lend_scenario(false); }
+
+// The slow path gives a lent tail back once the window's part of its page is free and settled.
+TEST(Allocator, TheSlowPathGivesLentTailsBack) {
+  Config c;
+  c.small_limit = 0;
+  PoolModel m(small_pages(64 * kPage), c);
+  DevPtr a = 0, b = 0, big = 0, d = 0, e = 0;
+  ASSERT_EQ(m.alloc(3 * kPage / 2, 0, &a), Status::ok);
+  ASSERT_EQ(m.alloc(kPage / 2, 0, &b), Status::ok);
+  ASSERT_EQ(m.alloc(4 * kPage, 0, &big), Status::ok);
+  ASSERT_EQ(m.free(b, 0), Status::ok);
+  ASSERT_EQ(m.alloc(9 * kPage / 4, 0, &d), Status::ok);
+  ASSERT_EQ(m.pool.stats().physical.current, 8 * kPage);
+  ASSERT_EQ(m.free(d, 0), Status::ok);
+  ASSERT_EQ(m.free(a, 0), Status::ok);  // the tail's neighbour before it is free too
+  // A request no cached block fits takes the slow path: the second mapping goes and the tail goes
+  // home, where it merges with a's space, so both of a's pages can move into the new window: it
+  // takes those and d's two, and creates 12 (13 if the tail still pinned its page).
+  const std::uint64_t unmaps = m.pool.stats().unmaps;
+  ASSERT_EQ(m.alloc(16 * kPage, 0, &e), Status::ok);
+  EXPECT_EQ(m.pool.stats().unmaps, unmaps + 1);
+  EXPECT_EQ(m.pool.stats().physical.current, 20 * kPage);
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+  m.free_all();
+  m.pool.trim(0);
+  EXPECT_EQ(m.pool.stats().physical.current, 0u);
+}
+
 // Config::max_create: growth by consecutive pages makes allocations of several granules, mapped,
 // described and released whole; they never move in a stitch.
 TEST(Allocator, GrowsInLargeAllocationsWhenAsked) {
