@@ -161,6 +161,7 @@ struct Ipc::Import {
   std::uint64_t nonce = 0;
   std::uint64_t base = 0;
   std::uint64_t id = 0;
+  int device = 0;  // access is granted to this device only: another device's open maps again
   CUdeviceptr va = 0;
   std::size_t bytes = 0;  // of the reservation, all mapped
   void* ptr = nullptr;     // what open() returned
@@ -366,7 +367,7 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, int device
   {
     Locked lock(&mutex_);
     for (Import* i = import_list_; i != nullptr; i = i->next) {
-      if (i->pid == w.pid && i->nonce == w.nonce && i->base == w.base && i->id == w.id) {
+      if (i->pid == w.pid && i->nonce == w.nonce && i->base == w.base && i->id == w.id && i->device == device) {
         ++i->refs;
         *ptr = i->ptr;
         return cudaSuccess;
@@ -465,6 +466,7 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, int device
   imp->nonce = w.nonce;
   imp->base = w.base;
   imp->id = w.id;
+  imp->device = device;
   imp->va = va;
   imp->bytes = total;
   imp->ptr = reinterpret_cast<void*>(va + offset);

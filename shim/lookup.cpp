@@ -66,7 +66,6 @@ const Entry* entries(std::size_t* count) {
       {"cuMemFreeAsync_ptsz", address_of(&::cuMemFreeAsync_ptsz)},
       {"cuMemGetInfo_v2", address_of(&::cuMemGetInfo_v2)},
       {"cuIpcGetMemHandle", address_of(&::cuIpcGetMemHandle)},
-      {"cuIpcOpenMemHandle", address_of(&::cuIpcOpenMemHandle_v2)},  // v1: the same signature
       {"cuIpcOpenMemHandle_v2", address_of(&::cuIpcOpenMemHandle_v2)},
       {"cuIpcCloseMemHandle", address_of(&::cuIpcCloseMemHandle)},
       {"cuGetProcAddress", address_of(&::glake_cuGetProcAddress_v1)},
@@ -116,9 +115,11 @@ void* substitute_proc(const char* symbol, int version, cuuint64_t flags, void* r
   if (std::strcmp(symbol, "cuMemFreeAsync") == 0)
     return pick(real, address_of(d.mem_free_async), address_of(d.mem_free_async_ptsz),
                 address_of(&::cuMemFreeAsync), address_of(&::cuMemFreeAsync_ptsz), !ptds);
-  // Both versions of cuIpcOpenMemHandle take the same arguments: glake's serves either.
+  // cuIpcOpenMemHandle: glake's is the _v2 one (the version since CUDA 11.0); the old one, which
+  // refuses a second open of a handle instead of counting it, stays the driver's.
   if (std::strcmp(symbol, "cuIpcGetMemHandle") == 0) return address_of(&::cuIpcGetMemHandle);
-  if (std::strcmp(symbol, "cuIpcOpenMemHandle") == 0) return address_of(&::cuIpcOpenMemHandle_v2);
+  if (std::strcmp(symbol, "cuIpcOpenMemHandle") == 0)
+    return real == address_of(real_driver().ipc_open_mem_handle) ? address_of(&::cuIpcOpenMemHandle_v2) : real;
   if (std::strcmp(symbol, "cuIpcCloseMemHandle") == 0) return address_of(&::cuIpcCloseMemHandle);
   if (std::strcmp(symbol, "cuGetProcAddress") == 0)
     return pick(real, address_of(d.get_proc_address_v2), address_of(d.get_proc_address),

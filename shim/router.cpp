@@ -1034,14 +1034,16 @@ CUresult Router::cu_mem_get_info(std::size_t* free, std::size_t* total) {
 // of Ipc (runtime codes) as the driver's, which carry the same numbers.
 namespace {
 CUresult ipc_driver_error(cudaError_t e) {
-  static_assert(static_cast<int>(cudaErrorInvalidValue) == CUDA_ERROR_INVALID_VALUE &&
-                static_cast<int>(cudaErrorMemoryAllocation) == CUDA_ERROR_OUT_OF_MEMORY &&
-                static_cast<int>(cudaErrorInvalidDevice) == CUDA_ERROR_INVALID_DEVICE &&
-                static_cast<int>(cudaErrorMapBufferObjectFailed) == CUDA_ERROR_MAP_FAILED &&
-                static_cast<int>(cudaErrorOperatingSystem) == CUDA_ERROR_OPERATING_SYSTEM &&
-                static_cast<int>(cudaErrorInvalidResourceHandle) == CUDA_ERROR_INVALID_HANDLE &&
-                static_cast<int>(cudaErrorNotSupported) == CUDA_ERROR_NOT_SUPPORTED);
-  return static_cast<CUresult>(static_cast<int>(e));
+  switch (e) {
+    case cudaSuccess: return CUDA_SUCCESS;
+    case cudaErrorInvalidValue: return CUDA_ERROR_INVALID_VALUE;
+    case cudaErrorMemoryAllocation: return CUDA_ERROR_OUT_OF_MEMORY;
+    case cudaErrorInvalidDevice: return CUDA_ERROR_INVALID_DEVICE;
+    case cudaErrorMapBufferObjectFailed: return CUDA_ERROR_MAP_FAILED;
+    case cudaErrorOperatingSystem: return CUDA_ERROR_OPERATING_SYSTEM;
+    case cudaErrorNotSupported: return CUDA_ERROR_NOT_SUPPORTED;
+    default: return CUDA_ERROR_INVALID_HANDLE;  // what the exporter could not serve
+  }
 }
 static_assert(sizeof(CUipcMemHandle) == sizeof(cudaIpcMemHandle_t));
 }  // namespace
@@ -1065,12 +1067,15 @@ CUresult Router::cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle,
   cudaIpcMemHandle_t h;
   std::memcpy(&h, &handle, sizeof h);
   if (ptr != nullptr && Ipc::is_glake_handle(h) && !forked_.load(std::memory_order_relaxed)) {
-    int device = -1;
-    if (!driver_device(&device)) return CUDA_ERROR_INVALID_CONTEXT;  // as the real call, with no context
+    // The current context's device, or what the real call would say without one.
+    const auto ctx_device = real_driver().ctx_get_device;
+    CUdevice device = 0;
+    if (ctx_device == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+    if (const CUresult c = ctx_device(&device); c != CUDA_SUCCESS) return c;
     Ipc* i = ipc();
     if (i == nullptr) return CUDA_ERROR_OUT_OF_MEMORY;
     void* p = nullptr;
-    const cudaError_t e = i->open(h, flags, device, &p);
+    const cudaError_t e = i->open(h, flags, static_cast<int>(device), &p);
     if (e == cudaSuccess) *ptr = reinterpret_cast<CUdeviceptr>(p);
     return ipc_driver_error(e);
   }

@@ -139,6 +139,15 @@ int mode_ipc_import(int argc, char** argv) {
   std::printf("wrong=%zu\n", wrong);
   const unsigned char reply[4] = {0xde, 0xad, 0xbe, 0xef};
   if (cudaMemcpy(p, reply, sizeof reply, cudaMemcpyHostToDevice) != cudaSuccess) return 5;
+  // Opened again from another device: a mapping of its own (access is granted per device).
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 1 && cudaSetDevice(1) == cudaSuccess) {
+    void* q = nullptr;
+    const cudaError_t e2 = cudaIpcOpenMemHandle(&q, h, cudaIpcMemLazyEnablePeerAccess);
+    std::printf("other_device_open=%d\nother_device_own_mapping=%d\n", static_cast<int>(e2), q != p ? 1 : 0);
+    if (e2 == cudaSuccess) (void)cudaIpcCloseMemHandle(q);
+    (void)cudaSetDevice(0);
+  }
   const cudaError_t c = cudaIpcCloseMemHandle(p);
   std::printf("close=%d\n", static_cast<int>(c));
   return 0;

@@ -1,8 +1,8 @@
 // tests/shim/test_driver.cpp: driver interposition. The real runtime reaches the driver through
 // cuGetProcAddress (found with dlsym on libcuda.so.1), frameworks through cudaGetDriverEntryPoint*,
 // and programs linked with -lcuda through the dynamic linker: every door must hand out glake's
-// cuMemAlloc_v2, cuMemFree_v2, cuMemAllocAsync, cuMemFreeAsync (and _ptsz) and cuMemGetInfo_v2, and
-// every other symbol unchanged. This program links the stand-in libcuda.so.1 directly too.
+// cuMemAlloc_v2, cuMemFree_v2, cuMemAllocAsync, cuMemFreeAsync (and _ptsz), cuMemGetInfo_v2 and the
+// cuIpc* functions, and every other symbol unchanged. This program links the stand-in libcuda.so.1 directly too.
 #include <cuda.h>
 
 #include <cstring>
@@ -56,7 +56,8 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
   void* h = libcuda();
   for (const char* name : {"cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
                            "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuGetProcAddress",
-                           "cuGetProcAddress_v2"}) {
+                           "cuGetProcAddress_v2", "cuIpcGetMemHandle", "cuIpcOpenMemHandle_v2",
+                           "cuIpcCloseMemHandle"}) {
     void* p = dlsym(h, name);
     EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
     EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
@@ -80,7 +81,8 @@ TEST_F(Driver, RtldNextAndDefaultKeepTheCallersView) {
 
 TEST_F(Driver, TheRuntimesOwnTableHoldsGlakesFunctions) {
   for (const char* name : {"cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
-                           "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2"})
+                           "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuIpcGetMemHandle",
+                           "cuIpcOpenMemHandle", "cuIpcCloseMemHandle"})
     EXPECT_TRUE(is_glake(standin_runtime_driver_entry(name))) << name;
   EXPECT_TRUE(is_driver(standin_runtime_driver_entry("cuStreamCreate")));
 }
@@ -98,6 +100,9 @@ TEST_F(Driver, GetProcAddressSwapsOnlyWhatGlakeInterposes) {
             proc(get, "cuMemFreeAsync", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuGetProcAddress_v2"), proc(get, "cuGetProcAddress", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuGetProcAddress"), proc(get, "cuGetProcAddress", 11000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuIpcGetMemHandle"), proc(get, "cuIpcGetMemHandle", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuIpcOpenMemHandle_v2"), proc(get, "cuIpcOpenMemHandle", 12000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuIpcCloseMemHandle"), proc(get, "cuIpcCloseMemHandle", 13000));
   // The 32-bit cuMemAlloc of CUDA < 3.2 is not glake's.
   void* old = proc(get, "cuMemAlloc", 3000);
   EXPECT_TRUE(is_driver(old)) << object_of(old);

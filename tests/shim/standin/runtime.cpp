@@ -520,5 +520,8 @@ EXPORT void* standin_runtime_driver_entry(const char* name) {
   if (std::strcmp(name, "cuMemFreeAsync_ptsz") == 0) return drv.mem_free_async_ptsz;
   if (std::strcmp(name, "cuMemGetInfo_v2") == 0) return ptr(drv.mem_get_info);
   if (std::strcmp(name, "cuStreamCreate") == 0) return ptr(drv.stream_create);
+  if (std::strcmp(name, "cuIpcGetMemHandle") == 0) return ptr(drv.ipc_get_mem_handle);
+  if (std::strcmp(name, "cuIpcOpenMemHandle") == 0) return ptr(drv.ipc_open_mem_handle);
+  if (std::strcmp(name, "cuIpcCloseMemHandle") == 0) return ptr(drv.ipc_close_mem_handle);
   return nullptr;
 }
