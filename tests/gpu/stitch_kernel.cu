@@ -360,6 +360,52 @@ TEST_F(Gpu, AllocatorStitchMovesALargeAllocationWhole) {
   ASSERT_EQ(a.validate(), "");
 }
 
+// A free page tail between live blocks begins a new window through a second mapping of its page:
+// a kernel writes the window, another reads the tail's bytes at home, and the blocks on both sides of
+// the tail (and of the shadow before it in the window) keep their bytes. Trim unmaps the second
+// mapping and the tail serves at home again.
+TEST_F(Gpu, AllocatorLendsAPageTailToAWindow) {
+  Config config;
+  config.small_limit = 0;
+  const std::size_t g = driver_->granularity();
+  Allocator a(*driver_, config);
+  DevPtr x = 0, tail = 0, y = 0, w = 0, again = 0;
+  POOL_OK(a.allocate(3 * g / 2, stream(), &x));  // 1.5 pages
+  POOL_OK(a.allocate(g / 2, stream(), &tail));   // the second page's tail
+  POOL_OK(a.allocate(4 * g, stream(), &y));      // whole pages after it
+  ASSERT_EQ(tail, x + 3 * g / 2);
+  ASSERT_NO_FATAL_FAILURE(write(x, 3 * g / 2, 41));
+  ASSERT_NO_FATAL_FAILURE(write(y, 4 * g, 42));
+  POOL_OK(a.free(tail));
+  const std::size_t before = a.stats().physical.current;
+  POOL_OK(a.allocate(9 * g / 4, stream(), &w));  // 2.25 pages: 2 new ones and the tail
+  EXPECT_EQ(a.stats().physical.current, before + 2 * g);
+  EXPECT_EQ((w - x) % g, g / 2);
+  ASSERT_EQ(a.validate(), "");
+  ASSERT_NO_FATAL_FAILURE(write(w, 9 * g / 4, 43));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(w, 9 * g / 4, 43, 0, "the window"));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(tail, g / 2, 43, 0, "the tail at home, written through the window"));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(x, 3 * g / 2, 41, 0, "the block before the tail (and the shadow)"));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(y, 4 * g, 42, 0, "the block after the tail"));
+  POOL_OK(a.free(w));
+  CUDA_OK(cudaStreamSynchronize(stream_));
+  a.trim(0);
+  ASSERT_EQ(a.validate(), "");
+  EXPECT_EQ(a.stats().physical.current, before);
+  POOL_OK(a.allocate(g / 2, stream(), &again));
+  EXPECT_EQ(again, tail);
+  ASSERT_NO_FATAL_FAILURE(write(again, g / 2, 44));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(again, g / 2, 44, 0, "the tail back home"));
+  ASSERT_NO_FATAL_FAILURE(expect_pattern(x, 3 * g / 2, 41, 0, "the block before the tail, after"));
+  POOL_OK(a.free(again));
+  POOL_OK(a.free(x));
+  POOL_OK(a.free(y));
+  CUDA_OK(cudaStreamSynchronize(stream_));
+  a.trim(0);
+  EXPECT_EQ(a.stats().physical.current, 0u);
+  ASSERT_EQ(a.validate(), "");
+}
+
 // --- timing -----------------------------------------------------------------------------------------
 
 TEST_F(Gpu, CachedAllocFreePairCost) {
