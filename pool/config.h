@@ -29,8 +29,10 @@ struct Config {
   // "2026-12-06, afternoon").
   std::size_t max_create = 0;
   // Let stitch windows begin with free page tails sandwiched between live blocks, through a second
-  // mapping of their page (GLAKE_LEND=0|1; block.h).
-  bool lend = true;
+  // mapping of their page (GLAKE_LEND=0|1; block.h). Opt-in: the replays gain on some traces and lose
+  // on others, and aligned requests carved from such a window pay a split and a merge per reuse
+  // (README, "2026-12-06, night").
+  bool lend = false;
 };
 
 // Reads the GLAKE_* variables of the pool. Problems are appended to `errors`, one line each, naming the

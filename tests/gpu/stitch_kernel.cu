@@ -367,6 +367,7 @@ TEST_F(Gpu, AllocatorStitchMovesALargeAllocationWhole) {
 TEST_F(Gpu, AllocatorLendsAPageTailToAWindow) {
   Config config;
   config.small_limit = 0;
+  config.lend = true;
   const std::size_t g = driver_->granularity();
   Allocator a(*driver_, config);
   DevPtr x = 0, tail = 0, y = 0, w = 0, again = 0;

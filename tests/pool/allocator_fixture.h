@@ -104,16 +104,19 @@ void churn(PoolModel& m, std::mt19937_64& rng, std::size_t page, int ops, After 
 
 // The pool's placement variants that tests run through: the defaults (small requests packed into
 // shared one-page chunks), every request among the large blocks (GLAKE_SMALL_LIMIT=0), growth in
-// allocations of up to four pages (GLAKE_MAX_CREATE).
+// allocations of up to four pages (GLAKE_MAX_CREATE), page tails lent to windows (GLAKE_LEND=1, with
+// every request among the large blocks, where most tails arise).
 struct Variant {
   const char* name;
   Config config;
 };
 inline std::vector<Variant> variants(std::size_t page) {
-  Config no_pieces, large;
+  Config no_pieces, large, lend;
   no_pieces.small_limit = 0;
   large.max_create = 4 * page;
-  return {{"defaults", Config{}}, {"no pieces", no_pieces}, {"large allocations", large}};
+  lend.small_limit = 0;
+  lend.lend = true;
+  return {{"defaults", Config{}}, {"no pieces", no_pieces}, {"large allocations", large}, {"lent tails", lend}};
 }
 
 inline HostDriver::Options small_pages(std::size_t capacity, std::size_t granularity = 64 << 10) {

@@ -148,12 +148,16 @@ void lend_scenario(bool lend) {
 }
 
 TEST(Allocator, AFreePageTailBeginsAWindow) { lend_scenario(true); }
-TEST(Allocator, LendingCanBeTurnedOff) { lend_scenario(false); }
+TEST(Allocator, LendingIsOptIn) {
+  EXPECT_FALSE(Config{}.lend);
+  lend_scenario(false);
+}
 
 // The slow path gives a lent tail back once the window's part of its page is free and settled.
 TEST(Allocator, TheSlowPathGivesLentTailsBack) {
   Config c;
   c.small_limit = 0;
+  c.lend = true;
   PoolModel m(small_pages(64 * kPage), c);
   DevPtr a = 0, b = 0, big = 0, d = 0, e = 0;
   ASSERT_EQ(m.alloc(3 * kPage / 2, 0, &a), Status::ok);
