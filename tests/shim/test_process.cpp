@@ -132,6 +132,13 @@ for line in open("/proc/self/maps"):
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_TRUE(has(r.out, "glake True")) << "libglake.so is not preloaded: " << r.out;
   EXPECT_FALSE(has(r.out, "mapped")) << r.out;
+  // And by what the library asks the loader for (binutils' readelf, which the compiler brings).
+  const char* lib = std::getenv("GLAKE_LIB");
+  ASSERT_NE(nullptr, lib);
+  const Outcome needed = run({"/usr/bin/env", "readelf", "-d", lib});
+  ASSERT_EQ(needed.status, 0) << needed.err;
+  EXPECT_TRUE(has(needed.out, "(NEEDED)")) << needed.out;
+  EXPECT_FALSE(has(needed.out, "libstdc++") || has(needed.out, "libfmt")) << needed.out;
 }
 
 TEST_F(Process, PyTorchIsPointedAtCudaMallocAsync) {
