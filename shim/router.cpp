@@ -1030,8 +1030,8 @@ CUresult Router::cu_mem_get_info(std::size_t* free, std::size_t* total) {
 }
 
 // The driver's IPC calls, for programs that reach the driver without glake's runtime hooks (the
-// static runtime, driver-API programs): glake's blocks and handles as in ipc_*_mem_handle, the codes
-// of Ipc (runtime codes) as the driver's, which carry the same numbers.
+// static runtime, driver-API programs): glake's blocks and handles as in ipc_*_mem_handle, with Ipc's
+// runtime codes turned into the driver's.
 namespace {
 CUresult ipc_driver_error(cudaError_t e) {
   switch (e) {

@@ -121,6 +121,18 @@ int mode_exit_free() {
   return 0;
 }
 
+// An imported block: prints how many of its n bytes differ from the exporter's pattern and writes the
+// reply the exporter checks; 0, or the exit code saying which copy failed.
+int check_and_reply(void* p, std::size_t n, int seed) {
+  std::vector<unsigned char> buf(n);
+  if (cudaMemcpy(buf.data(), p, n, cudaMemcpyDeviceToHost) != cudaSuccess) return 4;
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < n; ++i) wrong += buf[i] != static_cast<unsigned char>(seed + i * 13);
+  std::printf("wrong=%zu\n", wrong);
+  const unsigned char reply[4] = {0xde, 0xad, 0xbe, 0xef};
+  return cudaMemcpy(p, reply, sizeof reply, cudaMemcpyHostToDevice) == cudaSuccess ? 0 : 5;
+}
+
 // Opens a glake IPC handle of another process, checks and changes the bytes.
 int mode_ipc_import(int argc, char** argv) {
   if (argc < 5) return 2;
@@ -132,13 +144,7 @@ int mode_ipc_import(int argc, char** argv) {
   const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
   std::printf("open=%d\n", static_cast<int>(e));
   if (e != cudaSuccess) return 0;  // the parent checks the code
-  std::vector<unsigned char> buf(n);
-  if (cudaMemcpy(buf.data(), p, n, cudaMemcpyDeviceToHost) != cudaSuccess) return 4;
-  std::size_t wrong = 0;
-  for (std::size_t i = 0; i < n; ++i) wrong += buf[i] != static_cast<unsigned char>(seed + i * 13);
-  std::printf("wrong=%zu\n", wrong);
-  const unsigned char reply[4] = {0xde, 0xad, 0xbe, 0xef};
-  if (cudaMemcpy(p, reply, sizeof reply, cudaMemcpyHostToDevice) != cudaSuccess) return 5;
+  if (const int r = check_and_reply(p, n, seed); r != 0) return r;
   // Opened again from another device: a mapping of its own (access is granted per device).
   int devices = 0;
   if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 1 && cudaSetDevice(1) == cudaSuccess) {
@@ -168,13 +174,7 @@ int mode_cu_ipc_import(int argc, char** argv) {
   std::printf("open=%d\n", static_cast<int>(e));
   if (e != CUDA_SUCCESS) return 0;
   void* p = reinterpret_cast<void*>(d);
-  std::vector<unsigned char> buf(n);
-  if (cudaMemcpy(buf.data(), p, n, cudaMemcpyDeviceToHost) != cudaSuccess) return 4;
-  std::size_t wrong = 0;
-  for (std::size_t i = 0; i < n; ++i) wrong += buf[i] != static_cast<unsigned char>(seed + i * 13);
-  std::printf("wrong=%zu\n", wrong);
-  const unsigned char reply[4] = {0xde, 0xad, 0xbe, 0xef};
-  if (cudaMemcpy(p, reply, sizeof reply, cudaMemcpyHostToDevice) != cudaSuccess) return 5;
+  if (const int r = check_and_reply(p, n, seed); r != 0) return r;
   std::printf("close=%d\n", static_cast<int>(close(d)));
   return 0;
 }
