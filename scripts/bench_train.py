@@ -2,10 +2,12 @@
 """scripts/bench_train.py: the same job under PyTorch native, expandable_segments:True and glake, one
 after another (separate processes), on one GPU. One run takes a few minutes.
 
-Jobs (--model), bench size, random weights: gpt2 and llama train (GPT-2 12 x 768; Llama 12 x 1024,
-GQA); lora fine-tunes that Llama with peft (rank 16 on q_proj and v_proj, base weights frozen);
-generate runs Llama inference in bf16 (model.generate, greedy, 32 new tokens, KV cache), a "step"
-being one generate() call on a batch of prompts and "training" below meaning those calls.
+Jobs (--model), random weights: gpt2 and llama train; lora fine-tunes the Llama with peft (rank 16 on
+q_proj and v_proj, base weights frozen); generate runs Llama inference in bf16 (model.generate, greedy,
+32 new tokens, KV cache), a "step" being one generate() call on a batch of prompts and "training" below
+meaning those calls. --size bench (the default: GPT-2 12 x 768, Llama 12 x 1024 with GQA, vocabulary
+8192; quick) or real (the shapes of the jobs in shared/traces: GPT-2 medium, 24 x 1024, and a 1.1B
+Llama, 22 x 2048, with their own vocabularies).
 
 For each configuration it reports:
   - peak reserved / peak allocated (torch.cuda.max_memory_reserved / max_memory_allocated; under glake
@@ -108,10 +110,10 @@ JOBS = ("gpt2", "llama", "lora", "generate")
 NEW_TOKENS = 32  # generate: tokens per prompt
 
 
-def build_job_model(job):
+def build_job_model(job, size):
     """The job's model on the GPU (see the module's docstring)."""
     import torch
-    model = gt.build_model("gpt2" if job == "gpt2" else "llama", "bench", seed=0)
+    model = gt.build_model("gpt2" if job == "gpt2" else "llama", size, seed=0)
     if job == "lora":
         import peft
         config = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
@@ -156,7 +158,7 @@ def run_steps(model, args):
 def worker_train(args):
     import torch
     glake = gt.Glake()
-    model = build_job_model(args.model)
+    model = build_job_model(args.model, args.size)
     torch.cuda.empty_cache()  # the peaks are the job's, not the model's loading (generate: fp32 -> bf16)
     torch.cuda.reset_peak_memory_stats()
     losses, times = run_steps(model, args)
@@ -202,7 +204,7 @@ def worker_steps(args):
     """Timing rounds: the same shapes --passes times; the first pass warms up, the others are timed.
     After each pass: the peaks so far (reserved, allocated) by torch.cuda.memory_stats."""
     import torch
-    model = build_job_model(args.model)
+    model = build_job_model(args.model, args.size)
     glake = gt.Glake()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -271,7 +273,7 @@ def run_worker(config, phase, args, outdir):
     result = os.path.join(outdir, f"bench-{phase}-{config}.json")
     log = os.path.join(outdir, f"bench-{phase}-{config}.log")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", phase, "--result", result, "--model", args.model,
-           "--steps", str(args.steps), "--max-batch", str(args.max_batch), "--start-batch", str(args.start_batch),
+           "--size", args.size, "--steps", str(args.steps), "--max-batch", str(args.max_batch), "--start-batch", str(args.start_batch),
            "--batch-step", str(args.batch_step), "--batch-limit", str(args.batch_limit), "--passes", str(args.passes)]
     mode, extra = gt.CONFIG_ENV[config]
     extra = dict(extra, **({"GLAKE_PYTORCH": "0"} if phase == "pair" else {}))
@@ -293,10 +295,11 @@ def run_worker(config, phase, args, outdir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gpt2", choices=JOBS, help="the job (see above; default gpt2)")
+    ap.add_argument("--size", default="bench", choices=("bench", "real"), help="model shapes (see above)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--max-batch", type=int, default=8, help="training phase: batch sizes 1..N")
     ap.add_argument("--cap-gib", type=float, help="memory left to each run by the second process (default 12; "
-                    "generate: 4)")
+                    "generate: 4; --size real: 40, generate 8)")
     ap.add_argument("--start-batch", type=int, help="largest-batch search: first batch (default 8; generate: 16)")
     ap.add_argument("--batch-step", type=int, help="largest-batch search: step (default 4; generate: 16)")
     ap.add_argument("--batch-limit", type=int, help="largest-batch search: last batch (default 256; generate: 1024)")
@@ -314,6 +317,8 @@ def main():
     # kept, a KV cache of 12 KiB per token), so it gets a tighter cap and coarser steps.
     defaults = dict(cap_gib=4.0, start_batch=16, batch_step=16, batch_limit=1024) if args.model == "generate" else \
         dict(cap_gib=12.0, start_batch=8, batch_step=4, batch_limit=256)
+    if args.size == "real":  # the 1.1B Llama's weights, gradients and AdamW state alone take 17.6 GB
+        defaults["cap_gib"] = 8.0 if args.model == "generate" else 40.0
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -326,7 +331,7 @@ def main():
 
     outdir = os.environ.get("OUT") or os.path.join(HERE, "..", "build-gpu")
     os.makedirs(outdir, exist_ok=True)
-    report = {"model": args.model, "steps": args.steps, "cap_gib": args.cap_gib, "runs": {}}
+    report = {"model": args.model, "size": args.size, "steps": args.steps, "cap_gib": args.cap_gib, "runs": {}}
     cap = int(args.cap_gib * GiB)
     hog, free, total, held = start_hog(cap)
     report.update(gpu_total=total, gpu_free_before=free, held_by_second_process=held)
@@ -369,7 +374,7 @@ def main():
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     print()
     what = f"generate() calls, {NEW_TOKENS} new tokens" if args.model == "generate" else "training steps"
-    print(f"job {args.model} (bench size), {args.steps} {what}, batch 1-{args.max_batch} x length 64-1024")
+    print(f"job {args.model} ({args.size} size), {args.steps} {what}, batch 1-{args.max_batch} x length 64-1024")
     print(line(head))
     for row in rows:
         print(line(row))

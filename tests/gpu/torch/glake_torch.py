@@ -139,21 +139,27 @@ def glake_lib():
 
 def build_model(kind, size="small", seed=0):
     """A causal LM from a config, random weights (seeded), on the GPU in fp32 (trained under bf16
-    autocast). kind: 'gpt2' or 'llama'; size: 'small' (tests) or 'bench'."""
+    autocast). kind: 'gpt2' or 'llama'; size: 'small' (tests), 'bench' (GPT-2 12 x 768, Llama 12 x 1024,
+    vocabulary 8192) or 'real' (the shapes of the jobs in shared/traces: GPT-2 medium, 24 x 1024 with
+    GPT-2's vocabulary; a 1.1B Llama, 22 x 2048, GQA, TinyLlama's shapes and vocabulary)."""
     import torch
     import transformers
     torch.manual_seed(seed)
     if kind == "gpt2":
-        dims = dict(small=dict(n_layer=4, n_embd=256, n_head=4), bench=dict(n_layer=12, n_embd=768, n_head=12))[size]
-        config = transformers.GPT2Config(vocab_size=8192, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0,
+        dims = dict(small=dict(n_layer=4, n_embd=256, n_head=4, vocab_size=8192),
+                    bench=dict(n_layer=12, n_embd=768, n_head=12, vocab_size=8192),
+                    real=dict(n_layer=24, n_embd=1024, n_head=16, vocab_size=50257))[size]
+        config = transformers.GPT2Config(n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0,
                                          attn_pdrop=0.0, use_cache=False, attn_implementation="sdpa", **dims)
         model = transformers.GPT2LMHeadModel(config)
     elif kind == "llama":
         dims = dict(small=dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                               num_key_value_heads=2),
+                               num_key_value_heads=2, vocab_size=8192),
                     bench=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
-                               num_attention_heads=16, num_key_value_heads=4))[size]
-        config = transformers.LlamaConfig(vocab_size=8192, max_position_embeddings=2048, use_cache=False,
+                               num_attention_heads=16, num_key_value_heads=4, vocab_size=8192),
+                    real=dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                              num_attention_heads=32, num_key_value_heads=4, vocab_size=32000))[size]
+        config = transformers.LlamaConfig(max_position_embeddings=2048, use_cache=False,
                                           attn_implementation="sdpa", **dims)
         model = transformers.LlamaForCausalLM(config)
     else:
