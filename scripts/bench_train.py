@@ -375,9 +375,10 @@ def main():
     print()
     what = f"generate() calls, {NEW_TOKENS} new tokens" if args.model == "generate" else "training steps"
     print(f"job {args.model} ({args.size} size), {args.steps} {what}, batch 1-{args.max_batch} x length 64-1024")
-    print(line(head))
-    for row in rows:
-        print(line(row))
+    if rows:  # --configs "" runs the timing rounds only
+        print(line(head))
+        for row in rows:
+            print(line(row))
     native_tokens = report["runs"].get("native", {}).get("first_tokens")
     if native_tokens is not None:  # generate: greedy decoding gives the same tokens under every allocator
         same = {c: r.get("first_tokens") == native_tokens for c, r in report["runs"].items() if "first_tokens" in r}
