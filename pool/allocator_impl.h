@@ -317,6 +317,9 @@ struct Allocator::Impl {
     p->state = State::free;
     p->small = true;
     p->stream = c->stream;
+    // The chunk may be a block its stream freed while its work still runs: the free piece waits for
+    // that stream's latest free, as the block did, not for an older event.
+    p->free_seq = stream_state(c->stream).free_seq;
     p->chunk = c;
     c->pieces = p;
     return p;

@@ -376,6 +376,30 @@ TEST(Allocator, CrossStreamSmallPiecesWaitToo) {
   EXPECT_EQ(m.pool.validate(), "");
 }
 
+// A block that stream 1 freed while its work still runs may become a chunk at once on stream 1; the
+// chunk's free rest must then wait for that work like the block did, not settle on an older event
+// (here the one recorded at stream 1's first free, queried again while stream 1 captures).
+TEST(Allocator, ChunkCarvedFromABusyFreeWaitsForItsWork) {
+  PoolModel m(small_pages(16 << 20), Config{});
+  DevPtr y = 0, spacer = 0, l = 0, z = 0, p = 0, big = 0, r = 0;
+  ASSERT_EQ(m.alloc(2 * kPage, 1, &y), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 1, &spacer), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 1, &l), Status::ok);
+  ASSERT_EQ(m.alloc(kPage, 1, &spacer), Status::ok);
+  ASSERT_EQ(m.free(y, 1), Status::ok);
+  ASSERT_EQ(m.alloc(2 * kPage, 2, &z), Status::ok);  // the slow path records on stream 1: done
+  ASSERT_EQ(z, y);
+  m.driver.enqueue_work(1);  // a kernel on stream 1 uses l
+  ASSERT_EQ(m.free(l, 1), Status::ok);
+  ASSERT_EQ(m.alloc(4096, 1, &p), Status::ok);  // stream 1 makes l a chunk at once
+  ASSERT_EQ(p, l);
+  m.driver.set_capturing(1, true);
+  ASSERT_EQ(m.alloc(3 * kPage, 2, &big), Status::ok);  // the slow path queries stream 1's old event
+  ASSERT_EQ(m.alloc(8192, 2, &r), Status::ok);
+  EXPECT_FALSE(r >= l && r < l + kPage) << "stream 2 got l+" << (r - l) << " while stream 1's work on l runs";
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
 TEST(Allocator, NeverRecordsOnACapturingStream) {
   PoolModel m(small_pages(16 << 20), no_limit());
   DevPtr a = 0, b = 0;
