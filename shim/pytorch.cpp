@@ -6,8 +6,9 @@
 // empty_cache(), all of which glake answers (router.h). PyTorch picks its backend from
 // PYTORCH_ALLOC_CONF (PyTorch >= 2.9; read first) or PYTORCH_CUDA_ALLOC_CONF when libc10_cuda.so is
 // loaded, so a constructor of the preloaded library selects it first, at process start:
-// - GLAKE_PYTORCH=0, PYTORCH_NO_CUDA_MEMORY_CACHING set, or PyTorch already loaded (libglake.so
-//   dlopen'ed late): nothing is changed.
+// - GLAKE_PYTORCH=0, GLAKE_DISABLE=1, a bad GLAKE_* value (glake will pass every call through),
+//   PYTORCH_NO_CUDA_MEMORY_CACHING set, or PyTorch already loaded (libglake.so dlopen'ed late):
+//   nothing is changed.
 // - Neither variable set: both are set to backend:cudaMallocAsync (the old name for PyTorch < 2.9;
 //   2.9+ reads the new one and so prints no deprecation warning).
 // - The variable in effect names a backend: kept (backend:native: glake serves PyTorch's segments only).
@@ -23,7 +24,6 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "shim/glake.h"
@@ -34,11 +34,6 @@ namespace {
 
 enum class Note { none, native_backend, expandable, native_options };
 Note g_note = Note::none;
-
-bool is_off(const char* v) {
-  return v != nullptr && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0 || std::strcmp(v, "false") == 0 ||
-                          std::strcmp(v, "no") == 0);
-}
 
 // The value of `key` in a PyTorch allocator configuration ("k:v,k:v"; spaces ignored), or "".
 std::string option(const std::string& conf, const char* key) {
@@ -70,7 +65,7 @@ bool has_key(const std::string& conf, const char* key) {
 }
 
 void choose_backend() {
-  if (is_off(std::getenv("GLAKE_PYTORCH")) || std::getenv("PYTORCH_NO_CUDA_MEMORY_CACHING") != nullptr) return;
+  if (!settings_serve_pytorch() || std::getenv("PYTORCH_NO_CUDA_MEMORY_CACHING") != nullptr) return;
   // PyTorch already loaded: its allocator was chosen when it loaded; changing the variable now would
   // only mislead child processes.
   if (void* h = dlopen("libc10_cuda.so", RTLD_LAZY | RTLD_NOLOAD)) {

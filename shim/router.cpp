@@ -34,7 +34,10 @@ __thread cudaError_t tl_last_error __attribute__((tls_model("initial-exec"))) = 
 __thread int tl_device_hint __attribute__((tls_model("initial-exec"))) = -1;
 
 constexpr pool::StreamHandle kLegacy = 0;
-constexpr pool::StreamHandle kPerThread = 2;  // cudaStreamPerThread / CU_STREAM_PER_THREAD
+// cudaStreamPerThread / CU_STREAM_PER_THREAD: one handle, but each host thread's own stream, so the
+// pool cannot key it (nor record on it from another thread). Allocations on it go to the real API;
+// a glake block freed on it is freed as cudaFree frees (after the device's work).
+constexpr pool::StreamHandle kPerThread = 2;
 
 // Stream handles as the pool keys them: 0 and cudaStreamLegacy are the same stream; 0 under the
 // per-thread default stream API is the thread's stream.
@@ -56,6 +59,25 @@ bool read_switch(const char* name, bool fallback, std::vector<std::string>* erro
   if (s == "0" || s == "false" || s == "off" || s == "no") return false;
   errors->push_back(std::string(name) + "='" + s + "' is not a switch (accepted: 0, 1, on, off, true, false, yes, no)");
   return fallback;
+}
+
+// Every GLAKE_* setting, as init() acts on it; errors gets one line per bad value.
+pool::Config read_settings(std::vector<std::string>* errors, bool* disable, bool* verbose,
+                           tracer::SessionOptions* trace, bool* tracing) {
+  pool::Config config = pool::config_from_env(errors);
+  *disable = read_switch("GLAKE_DISABLE", false, errors);
+  *verbose = read_switch("GLAKE_VERBOSE", false, errors);
+  (void)read_switch("GLAKE_PYTORCH", true, errors);  // acted on at load (pytorch.cpp); checked here
+  *tracing = tracer::SessionOptions::from_env(trace, errors);
+  if (*tracing) {
+    // The trace is written at exit: a path that cannot be written is a bad value now, not a lost trace then.
+    std::string dir = trace->path;
+    dir = ::dirname(dir.data());
+    if (::access(dir.c_str(), W_OK) != 0)
+      errors->push_back("GLAKE_TRACE='" + std::string(std::getenv("GLAKE_TRACE")) + "' cannot be written (" +
+                        std::strerror(errno) + " in " + dir + ")");
+  }
+  return config;
 }
 
 // The pool says "...; using the default": the shim turns glake off instead, so drop that ending.
@@ -90,6 +112,15 @@ pool::Status driver_status(CUresult r) { return static_cast<pool::Status>(static
 }  // namespace
 
 Router& router() { return g_router; }
+
+bool settings_serve_pytorch() {
+  std::vector<std::string> errors;
+  tracer::SessionOptions trace;
+  bool disable = false, verbose = false, tracing = false;
+  (void)read_settings(&errors, &disable, &verbose, &trace, &tracing);
+  const bool pytorch = read_switch("GLAKE_PYTORCH", true, &errors);
+  return errors.empty() && !disable && pytorch;
+}
 
 void say(const char* fmt, ...) {
   char line[2048];
@@ -142,20 +173,9 @@ Mode Router::init() {
   Mode m = Mode::on;
   try {
     std::vector<std::string> errors;
-    config_ = pool::config_from_env(&errors);
-    const bool disable = read_switch("GLAKE_DISABLE", false, &errors);
-    verbose_ = read_switch("GLAKE_VERBOSE", false, &errors);
-    (void)read_switch("GLAKE_PYTORCH", true, &errors);  // acted on at load (pytorch.cpp); checked here
     tracer::SessionOptions trace;
-    const bool tracing = tracer::SessionOptions::from_env(&trace, &errors);
-    if (tracing) {
-      // The trace is written at exit: a path that cannot be written is a bad value now, not a lost trace then.
-      std::string dir = trace.path;
-      dir = ::dirname(dir.data());
-      if (::access(dir.c_str(), W_OK) != 0)
-        errors.push_back("GLAKE_TRACE='" + std::string(std::getenv("GLAKE_TRACE")) + "' cannot be written (" +
-                         std::strerror(errno) + " in " + dir + ")");
-    }
+    bool disable = false, tracing = false;
+    config_ = read_settings(&errors, &disable, &verbose_, &trace, &tracing);
     if (!errors.empty()) {
       std::string line;
       for (const std::string& e : errors) line += (line.empty() ? "" : "; ") + without_default_note(e);
@@ -309,6 +329,12 @@ void Router::count_passthrough(int device, bool driver_api) {
 }
 
 cudaError_t Router::fail(cudaError_t e) {
+  // cudaGetLastError returns the latest error: an older one of the runtime's is dropped (a sticky one
+  // stays: the runtime keeps returning it).
+  if (const auto f = real_runtime().get_last_error; f != nullptr) {
+    RealCall g;
+    (void)f();
+  }
   tl_last_error = e;
   return e;
 }
@@ -518,7 +544,7 @@ cudaError_t Router::malloc_async(void** ptr, std::size_t size, cudaStream_t stre
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
-    if (!capturing && runtime_device(&dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
+    if (!capturing && s != kPerThread && runtime_device(&dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
       if (DevicePool* p = pool_for(dev)) {
         tl_device_hint = dev;
         pool::DevPtr v = 0;
@@ -551,6 +577,11 @@ cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds) {
         held_[p->device].fetch_add(1, std::memory_order_relaxed);
         return cudaSuccess;
       }
+    } else if (s == kPerThread) {
+      if (DevicePool* p = owner(v, hint)) {
+        const pool::Status st = free_sync(p, v);
+        return st == pool::Status::ok ? cudaSuccess : fail(to_runtime_error(st));
+      }
     } else {
       pool::Status st = pool::Status::ok;
       if (free_on_stream(v, s, hint, &st)) return st == pool::Status::ok ? cudaSuccess : fail(to_runtime_error(st));
@@ -569,7 +600,7 @@ cudaError_t Router::malloc_from_pool_async(void** ptr, std::size_t size, cudaMem
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
-    if (!capturing) {
+    if (!capturing && s != kPerThread) {
       if (DevicePool* p = pool_for(dev)) {
         pool::DevPtr v = 0;
         const pool::Status st = allocate(p, size, s, &v);
@@ -981,7 +1012,7 @@ CUresult Router::cu_mem_alloc_async(CUdeviceptr* ptr, std::size_t size, CUstream
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && driver_stream_capturing(reinterpret_cast<CUstream>(s));
-    if (!capturing && driver_device(&dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
+    if (!capturing && s != kPerThread && driver_device(&dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
       if (DevicePool* p = pool_for(dev, false)) {
         tl_device_hint = dev;
         pool::DevPtr v = 0;
@@ -1009,6 +1040,8 @@ CUresult Router::cu_mem_free_async(CUdeviceptr ptr, CUstream stream, bool ptds) 
         held_[p->device].fetch_add(1, std::memory_order_relaxed);
         return CUDA_SUCCESS;
       }
+    } else if (s == kPerThread) {
+      if (DevicePool* p = owner(v, hint)) return to_driver_error(free_sync(p, v));
     } else {
       pool::Status st = pool::Status::ok;
       if (free_on_stream(v, s, hint, &st)) return to_driver_error(st);
@@ -1125,7 +1158,7 @@ void* Router::pluggable_malloc(std::size_t size, int device, cudaStream_t stream
     const pool::StreamHandle s = normalize(stream, false);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
-    if (!capturing) {
+    if (!capturing && s != kPerThread) {
       if (DevicePool* p = pool_for(device)) {
         tl_device_hint = device;
         pool::DevPtr v = 0;

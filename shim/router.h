@@ -215,6 +215,10 @@ Router& router();
 cudaError_t to_runtime_error(pool::Status s);
 inline CUresult to_driver_error(pool::Status s) { return static_cast<CUresult>(static_cast<int>(s)); }
 
+// Whether glake will serve and hand PyTorch's tensors to itself: no GLAKE_* value is bad (read as
+// Router::init() reads them, silently), GLAKE_DISABLE is off and GLAKE_PYTORCH is on.
+bool settings_serve_pytorch();
+
 // One line on stderr, "glake: ..." (write(2), no stdio lock: safe after fork and at exit).
 void say(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -164,6 +164,19 @@ TEST_F(Process, PyTorchOptOutAndUserChoicesAreKept) {
   EXPECT_TRUE(glake_lines(r.err).empty()) << "said something without a CUDA call: " << r.err;
 }
 
+// glake that will pass every call through leaves PyTorch's allocator as it is: disabled, or off for a
+// bad GLAKE_* value (GLAKE_PYTORCH's own included).
+TEST_F(Process, GlakeOffLeavesPyTorchsAllocatorAlone) {
+  const std::vector<std::string> unset = {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "GLAKE_PYTORCH"};
+  Outcome r = run({helper(), "no-cuda"}, {{"GLAKE_DISABLE", "1"}}, unset);
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)\nPYTORCH_CUDA_ALLOC_CONF=(unset)\n")) << r.out;
+  r = run({helper(), "env"}, {{"GLAKE_LIMIT", "12XB"}}, unset);
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)\nPYTORCH_CUDA_ALLOC_CONF=(unset)\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "owns=0")) << r.out;
+  r = run({helper(), "env"}, {{"GLAKE_PYTORCH", "OFF"}}, {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)\nPYTORCH_CUDA_ALLOC_CONF=(unset)\n")) << r.out;
+}
+
 TEST_F(Process, ExpandableSegmentsAreKeptAndExplainedOnce) {
   const Outcome r = run({helper(), "env"}, {{"PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"}},
                     {"PYTORCH_ALLOC_CONF", "GLAKE_PYTORCH"});

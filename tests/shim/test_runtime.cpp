@@ -92,6 +92,9 @@ TEST_F(Runtime, StreamOrderedAllocationsAreServedOnTheirStream) {
   CUDA_OK(cudaStreamDestroy(s));
 }
 
+// The per-thread default stream is each host thread's own stream behind one handle, which the pool
+// cannot key: allocations on it go to the real API, and a glake block freed on it is freed as
+// cudaFree frees it (after the device's work).
 TEST_F(Runtime, PerThreadDefaultStreamVariants) {
   using MallocFn = cudaError_t (*)(void**, size_t, cudaStream_t);
   using FreeFn = cudaError_t (*)(void*, cudaStream_t);
@@ -99,11 +102,43 @@ TEST_F(Runtime, PerThreadDefaultStreamVariants) {
   auto f = reinterpret_cast<FreeFn>(dlsym(RTLD_DEFAULT, "cudaFreeAsync_ptsz"));
   ASSERT_NE(nullptr, m);
   ASSERT_NE(nullptr, f);
+  const int live = standin::live_allocations();
   void* p = nullptr;
   CUDA_OK(m(&p, MiB, nullptr));
-  EXPECT_TRUE(owns(p));
-  CUDA_OK(f(p, nullptr));
   EXPECT_FALSE(owns(p));
+  EXPECT_EQ(live + 1, standin::live_allocations());
+  CUDA_OK(f(p, nullptr));
+  CUDA_OK(cudaMallocAsync(&p, MiB, cudaStreamPerThread));
+  EXPECT_FALSE(owns(p));
+  CUDA_OK(cudaFreeAsync(p, cudaStreamPerThread));
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(live, standin::live_allocations());
+
+  void* q = nullptr;
+  CUDA_OK(cudaMalloc(&q, MiB));
+  ASSERT_TRUE(owns(q));
+  CUDA_OK(f(q, nullptr));
+  EXPECT_FALSE(owns(q));
+  CUDA_OK(cudaMalloc(&q, MiB));
+  ASSERT_TRUE(owns(q));
+  CUDA_OK(cudaFreeAsync(q, cudaStreamPerThread));
+  EXPECT_FALSE(owns(q));
+}
+
+// cudaGetLastError returns the latest error, whichever of the runtime and glake gave it.
+TEST_F(Runtime, LastErrorIsTheLatest) {
+  (void)cudaGetLastError();
+  int x = 0;
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFree(&x));  // the runtime's
+  void* p = nullptr;
+  EXPECT_EQ(cudaErrorMemoryAllocation, cudaMalloc(&p, std::size_t{64} << 30));  // glake's, later
+  EXPECT_EQ(cudaErrorMemoryAllocation, cudaPeekAtLastError());
+  EXPECT_EQ(cudaErrorMemoryAllocation, cudaGetLastError());
+  EXPECT_EQ(cudaSuccess, cudaGetLastError());
+  EXPECT_EQ(cudaErrorMemoryAllocation, cudaMalloc(&p, std::size_t{64} << 30));
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFree(&x));  // the runtime's, later
+  EXPECT_EQ(cudaErrorInvalidValue, cudaGetLastError());
+  EXPECT_EQ(cudaSuccess, cudaGetLastError());
 }
 
 TEST_F(Runtime, DefaultPoolGoesToGlakeUserPoolsPassThrough) {

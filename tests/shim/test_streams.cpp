@@ -5,6 +5,7 @@
 // non-blocking ones included; a stream-ordered free makes a block reusable at once on its stream and
 // on others only after the work before the free has completed; allocations on a capturing stream go
 // to the real API.
+#include <atomic>
 #include <chrono>
 #include <thread>
 #include <vector>
@@ -164,6 +165,36 @@ struct Fill {
     std::memset(f->p, f->v, f->n);
   }
 };
+
+// cudaStreamPerThread is each host thread's own stream: what thread A freed on its stream while its
+// kernel still reads the block is not thread B's to reuse at once on B's.
+TEST_F(Streams, PerThreadDefaultStreamsOfTwoThreadsAreTwoStreams) {
+  const std::size_t n = 8 * MiB;
+  void* p = nullptr;
+  SlowReader reader{nullptr, n, 0xab, 300};
+  std::atomic<bool> freed{false};
+  std::thread a([&] {
+    ASSERT_EQ(cudaSuccess, cudaSetDevice(0));
+    ASSERT_EQ(cudaSuccess, cudaMallocAsync(&p, n, cudaStreamPerThread));
+    ASSERT_EQ(cudaSuccess, cudaMemsetAsync(p, 0xab, n, cudaStreamPerThread));
+    ASSERT_EQ(cudaSuccess, cudaStreamSynchronize(cudaStreamPerThread));
+    reader.p = static_cast<unsigned char*>(p);
+    ASSERT_EQ(cudaSuccess, cudaLaunchHostFunc(cudaStreamPerThread, SlowReader::run, &reader));
+    ASSERT_EQ(cudaSuccess, cudaFreeAsync(p, cudaStreamPerThread));
+    freed = true;
+    ASSERT_EQ(cudaSuccess, cudaStreamSynchronize(cudaStreamPerThread));
+  });
+  while (!freed) std::this_thread::yield();
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, n, cudaStreamPerThread));
+  const bool reused = q == p;
+  CUDA_OK(cudaMemsetAsync(q, 0x11, n, cudaStreamPerThread));
+  CUDA_OK(cudaStreamSynchronize(cudaStreamPerThread));
+  a.join();
+  EXPECT_EQ(0, reader.bad.load()) << "reused=" << reused;
+  CUDA_OK(cudaFreeAsync(q, cudaStreamPerThread));
+  CUDA_OK(cudaStreamSynchronize(cudaStreamPerThread));
+}
 
 TEST_F(Streams, AllocationsOnACapturingStreamGoToTheRealApi) {
   cudaStream_t s = nullptr;
