@@ -476,9 +476,18 @@ bool Router::driver_stream_capturing(CUstream stream) {
 
 void Router::capture_started(cudaStream_t stream) {
   Locked lock(&mutex_);
-  if (capturing_count_ < kMaxCaptures) capturing_[capturing_count_++] = stream;
-  // Beyond kMaxCaptures a capture is counted but cannot be matched at its end: captures_ then stays
-  // above zero and every allocation asks the real API whether its stream captures (slower, correct).
+  if (capturing_count_ == capturing_capacity_) {
+    const std::size_t cap = capturing_capacity_ == 0 ? 16 : capturing_capacity_ * 2;
+    auto* grown = static_cast<cudaStream_t*>(std::realloc(capturing_, cap * sizeof(cudaStream_t)));
+    // Out of host memory: the capture is counted but cannot be matched at its end, so captures_ stays
+    // above zero: every allocation then asks the real API whether its stream captures, and frees of
+    // glake blocks are held (never reused).
+    if (grown != nullptr) {
+      capturing_ = grown;
+      capturing_capacity_ = cap;
+    }
+  }
+  if (capturing_count_ < capturing_capacity_) capturing_[capturing_count_++] = stream;
   captures_.fetch_add(1, std::memory_order_acq_rel);
 }
 
@@ -487,7 +496,7 @@ void Router::capture_ended(cudaStream_t stream) {
   std::size_t n = 0;
   {
     Locked lock(&mutex_);
-    int i = 0;
+    std::size_t i = 0;
     while (i < capturing_count_ && capturing_[i] != stream) ++i;
     if (i == capturing_count_) return;
     capturing_[i] = capturing_[--capturing_count_];

@@ -53,7 +53,6 @@ class TraceSession;
 namespace glake::shim {
 
 inline constexpr int kMaxDevices = 64;
-inline constexpr int kMaxCaptures = 64;
 
 class Ipc;
 
@@ -195,8 +194,9 @@ class Router {
   std::atomic<std::uint64_t> held_[kMaxDevices] = {};
   std::atomic<int> pool_count_{0};  // highest device with a pool, + 1
 
-  cudaStream_t capturing_[kMaxCaptures] = {};  // streams whose capture began through glake's hooks
-  int capturing_count_ = 0;
+  cudaStream_t* capturing_ = nullptr;  // streams whose capture began through glake's hooks (grown by realloc)
+  std::size_t capturing_count_ = 0;
+  std::size_t capturing_capacity_ = 0;
   struct HeldFree {
     DevicePool* pool;
     pool::DevPtr ptr;

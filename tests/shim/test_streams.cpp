@@ -235,6 +235,28 @@ TEST_F(Streams, AllocationsOnACapturingStreamGoToTheRealApi) {
   EXPECT_EQ(live, standin::live_allocations());
 }
 
+// However many captures ran at once, once they have all ended glake serves and frees again.
+TEST_F(Streams, ManyConcurrentCapturesEndAndGlakeServesAgain) {
+  void* before = nullptr;
+  CUDA_OK(cudaMalloc(&before, MiB));
+  ASSERT_TRUE(owns(before));
+  std::vector<cudaStream_t> streams(100);
+  for (auto& s : streams) CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (auto& s : streams) CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  for (auto& s : streams) {
+    cudaGraph_t g = nullptr;
+    CUDA_OK(cudaStreamEndCapture(s, &g));
+    CUDA_OK(cudaGraphDestroy(g));
+  }
+  CUDA_OK(cudaFree(before));
+  EXPECT_FALSE(owns(before)) << "cudaFree held although no capture is under way";
+  void* after = nullptr;
+  CUDA_OK(cudaMalloc(&after, MiB));
+  EXPECT_TRUE(owns(after)) << "cudaMalloc passes through although no capture is under way";
+  CUDA_OK(cudaFree(after));
+  for (auto& s : streams) CUDA_OK(cudaStreamDestroy(s));
+}
+
 TEST_F(Streams, FreesOfGlakeBlocksDuringACapture) {
   cudaStream_t s = nullptr, other = nullptr;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
