@@ -51,6 +51,7 @@ GLAKE_HOOK CUresult cuIpcOpenMemHandle_v2(CUdeviceptr* p, CUipcMemHandle h, unsi
   return guard([&] { return router().cu_ipc_open_mem_handle(p, h, flags); });
 }
 GLAKE_HOOK CUresult cuIpcCloseMemHandle(CUdeviceptr p) { return guard([&] { return router().cu_ipc_close_mem_handle(p); }); }
+GLAKE_HOOK CUresult cuStreamDestroy_v2(CUstream s) { return guard([&] { return router().cu_stream_destroy(s); }); }
 GLAKE_HOOK CUresult cuGetProcAddress_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
                                         CUdriverProcAddressQueryResult* status) {
   return guard([&] { return router().cu_get_proc_address_v2(symbol, fn, version, flags, status); });

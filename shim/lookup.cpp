@@ -68,6 +68,7 @@ const Entry* entries(std::size_t* count) {
       {"cuIpcGetMemHandle", address_of(&::cuIpcGetMemHandle)},
       {"cuIpcOpenMemHandle_v2", address_of(&::cuIpcOpenMemHandle_v2)},
       {"cuIpcCloseMemHandle", address_of(&::cuIpcCloseMemHandle)},
+      {"cuStreamDestroy_v2", address_of(&::cuStreamDestroy_v2)},
       {"cuGetProcAddress", address_of(&::glake_cuGetProcAddress_v1)},
       {"cuGetProcAddress_v2", address_of(&::cuGetProcAddress_v2)},
   };
@@ -121,6 +122,10 @@ void* substitute_proc(const char* symbol, int version, cuuint64_t flags, void* r
   if (std::strcmp(symbol, "cuIpcOpenMemHandle") == 0)
     return real == address_of(real_driver().ipc_open_mem_handle) ? address_of(&::cuIpcOpenMemHandle_v2) : real;
   if (std::strcmp(symbol, "cuIpcCloseMemHandle") == 0) return address_of(&::cuIpcCloseMemHandle);
+  // cuStreamDestroy: the pool forgets the stream first (Router::cu_stream_destroy); the version
+  // before CUDA 4.0 stays the driver's.
+  if (std::strcmp(symbol, "cuStreamDestroy") == 0)
+    return real == address_of(d.stream_destroy) ? address_of(&::cuStreamDestroy_v2) : real;
   if (std::strcmp(symbol, "cuGetProcAddress") == 0)
     return pick(real, address_of(d.get_proc_address_v2), address_of(d.get_proc_address),
                 address_of(&::cuGetProcAddress_v2), address_of(&::glake_cuGetProcAddress_v1), version >= 12000);

@@ -96,6 +96,7 @@ using DlsymFn = void* (*)(void*, const char*);
   X(primary_ctx_release, "cuDevicePrimaryCtxRelease_v2", decltype(&::cuDevicePrimaryCtxRelease_v2)) \
   X(primary_ctx_get_state, "cuDevicePrimaryCtxGetState", decltype(&::cuDevicePrimaryCtxGetState))    \
   X(stream_create, "cuStreamCreate", decltype(&::cuStreamCreate))                                   \
+  X(stream_destroy, "cuStreamDestroy_v2", decltype(&::cuStreamDestroy_v2))                          \
   X(stream_is_capturing, "cuStreamIsCapturing", decltype(&::cuStreamIsCapturing))                   \
   X(mem_address_reserve, "cuMemAddressReserve", decltype(&::cuMemAddressReserve))                   \
   X(mem_address_free, "cuMemAddressFree", decltype(&::cuMemAddressFree))                            \

@@ -921,15 +921,21 @@ cudaError_t Router::stream_end_capture(cudaStream_t stream, cudaGraph_t* graph, 
   return r;
 }
 
+// A destroyed stream's handle may come back for a new stream: each pool forgets it first (what was
+// freed on it settles once its work is done, and the new stream starts afresh).
+void Router::forget_stream(const void* stream) {
+  if (reinterpret_cast<std::uintptr_t>(stream) <= 2 || mode() != Mode::on || inside_real_call() ||
+      exiting_.load(std::memory_order_relaxed))
+    return;
+  const int n = pool_count_.load(std::memory_order_acquire);
+  for (int d = 0; d < n; ++d)
+    if (DevicePool* p = existing_pool(d)) p->alloc->forget_stream(reinterpret_cast<pool::StreamHandle>(stream));
+}
+
 cudaError_t Router::stream_destroy(cudaStream_t stream) {
   const auto f = real_runtime().stream_destroy;
   if (f == nullptr) return cudaErrorNotSupported;
-  if (reinterpret_cast<std::uintptr_t>(stream) > 2 && mode() == Mode::on && !inside_real_call() &&
-      !exiting_.load(std::memory_order_relaxed)) {
-    const int n = pool_count_.load(std::memory_order_acquire);
-    for (int d = 0; d < n; ++d)
-      if (DevicePool* p = existing_pool(d)) p->alloc->forget_stream(reinterpret_cast<pool::StreamHandle>(stream));
-  }
+  forget_stream(stream);
   RealCall g;
   return f(stream);
 }
@@ -1132,6 +1138,13 @@ CUresult Router::cu_ipc_close_mem_handle(CUdeviceptr ptr) {
   }
   const auto f = real_driver().ipc_close_mem_handle;
   return f != nullptr ? f(ptr) : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+CUresult Router::cu_stream_destroy(CUstream stream) {
+  const auto f = real_driver().stream_destroy;
+  if (f == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  forget_stream(stream);
+  return f(stream);
 }
 
 CUresult Router::cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags) {

@@ -115,6 +115,7 @@ class Router {
   CUresult cu_ipc_get_mem_handle(CUipcMemHandle* handle, CUdeviceptr ptr);
   CUresult cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags);
   CUresult cu_ipc_close_mem_handle(CUdeviceptr ptr);
+  CUresult cu_stream_destroy(CUstream stream);
   CUresult cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags);
   CUresult cu_get_proc_address_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
                                   CUdriverProcAddressQueryResult* status);
@@ -159,6 +160,7 @@ class Router {
   pool::Status free_sync(DevicePool* p, pool::DevPtr ptr);
   // Stream-ordered free; false: no pool owns ptr.
   bool free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int hint_device, pool::Status* st);
+  void forget_stream(const void* stream);
   bool runtime_stream_capturing(cudaStream_t stream);
   bool driver_stream_capturing(CUstream stream);
   void hold_capture_free(DevicePool* p, pool::DevPtr ptr);

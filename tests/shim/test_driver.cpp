@@ -57,7 +57,7 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
   for (const char* name : {"cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
                            "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuGetProcAddress",
                            "cuGetProcAddress_v2", "cuIpcGetMemHandle", "cuIpcOpenMemHandle_v2",
-                           "cuIpcCloseMemHandle"}) {
+                           "cuIpcCloseMemHandle", "cuStreamDestroy_v2"}) {
     void* p = dlsym(h, name);
     EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
     EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
@@ -82,7 +82,7 @@ TEST_F(Driver, RtldNextAndDefaultKeepTheCallersView) {
 TEST_F(Driver, TheRuntimesOwnTableHoldsGlakesFunctions) {
   for (const char* name : {"cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
                            "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuIpcGetMemHandle",
-                           "cuIpcOpenMemHandle", "cuIpcCloseMemHandle"})
+                           "cuIpcOpenMemHandle", "cuIpcCloseMemHandle", "cuStreamDestroy"})
     EXPECT_TRUE(is_glake(standin_runtime_driver_entry(name))) << name;
   EXPECT_TRUE(is_driver(standin_runtime_driver_entry("cuStreamCreate")));
 }
@@ -103,6 +103,7 @@ TEST_F(Driver, GetProcAddressSwapsOnlyWhatGlakeInterposes) {
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuIpcGetMemHandle"), proc(get, "cuIpcGetMemHandle", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuIpcOpenMemHandle_v2"), proc(get, "cuIpcOpenMemHandle", 12000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuIpcCloseMemHandle"), proc(get, "cuIpcCloseMemHandle", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamDestroy_v2"), proc(get, "cuStreamDestroy", 13000));
   // The 32-bit cuMemAlloc of CUDA < 3.2 is not glake's.
   void* old = proc(get, "cuMemAlloc", 3000);
   EXPECT_TRUE(is_driver(old)) << object_of(old);
@@ -169,6 +170,25 @@ TEST_F(Driver, AllocationsThroughEntryPointsAreGlakes) {
   EXPECT_EQ(total - standin::memory_in_use(0) + stats().cached, free);
   CUDA_OK(cudaStreamSynchronize(s));
   CUDA_OK(cudaStreamDestroy(s));
+}
+
+// A program of the driver API that frees on a stream and destroys it: the pool forgets the stream, so
+// what was freed on it settles once its work is done (and a new stream with that handle starts afresh).
+TEST_F(Driver, StreamDestroyedThroughTheDriverLetsWhatWasFreedOnItGo) {
+  CUDA_OK(cudaDeviceSynchronize());
+  (void)api().trim(0, 0);
+  const std::size_t before = stats(0).physical;
+  CUstream s = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  CUdeviceptr p = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, 64 * MiB, s));
+  ASSERT_TRUE(owns(reinterpret_cast<void*>(p)));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
+  CUDA_OK(cudaDeviceSynchronize());
+  ASSERT_EQ(0, api().trim(0, 0));
+  EXPECT_LE(stats(0).physical, before) << "what was freed on the destroyed stream stays cached";
 }
 
 TEST_F(Driver, DirectlyLinkedDriverCallsReachGlake) {
