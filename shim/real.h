@@ -98,6 +98,8 @@ using DlsymFn = void* (*)(void*, const char*);
   X(stream_create, "cuStreamCreate", decltype(&::cuStreamCreate))                                   \
   X(stream_destroy, "cuStreamDestroy_v2", decltype(&::cuStreamDestroy_v2))                          \
   X(stream_is_capturing, "cuStreamIsCapturing", decltype(&::cuStreamIsCapturing))                   \
+  X(stream_get_device, "cuStreamGetDevice", decltype(&::cuStreamGetDevice))                         \
+  X(stream_synchronize, "cuStreamSynchronize", decltype(&::cuStreamSynchronize))                    \
   X(mem_address_reserve, "cuMemAddressReserve", decltype(&::cuMemAddressReserve))                   \
   X(mem_address_free, "cuMemAddressFree", decltype(&::cuMemAddressFree))                            \
   X(mem_import_from_shareable_handle, "cuMemImportFromShareableHandle",                            \

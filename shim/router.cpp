@@ -32,6 +32,11 @@ __thread cudaError_t tl_last_error __attribute__((tls_model("initial-exec"))) = 
 // The device of this thread's last allocation: where its frees look first (no cudaGetDevice on the
 // free path; a wrong guess only costs a look at the other pools).
 __thread int tl_device_hint __attribute__((tls_model("initial-exec"))) = -1;
+// The last stream whose device this thread asked the driver (Router::stream_device), valid while no
+// stream has been destroyed since (a new stream may get a destroyed one's handle).
+__thread std::uintptr_t tl_stream __attribute__((tls_model("initial-exec"))) = 0;
+__thread int tl_stream_device __attribute__((tls_model("initial-exec"))) = -1;
+__thread std::uint64_t tl_stream_epoch __attribute__((tls_model("initial-exec"))) = 0;
 
 constexpr pool::StreamHandle kLegacy = 0;
 // cudaStreamPerThread / CU_STREAM_PER_THREAD: one handle, but each host thread's own stream, so the
@@ -215,6 +220,24 @@ bool Router::driver_device(int* device) {
   if (f == nullptr || f(&d) != CUDA_SUCCESS) return false;
   *device = static_cast<int>(d);
   return valid_device(*device);
+}
+
+bool Router::stream_device(pool::StreamHandle stream, bool driver_api, int* device) {
+  if (stream == kLegacy) return driver_api ? driver_device(device) : runtime_device(device);
+  const std::uint64_t epoch = stream_epoch_.load(std::memory_order_acquire);
+  if (tl_stream == stream && tl_stream_epoch == epoch) {
+    *device = tl_stream_device;
+    return true;
+  }
+  const auto f = real_driver().stream_get_device;
+  // A driver older than CUDA 12.8: the current device, as the program most likely means.
+  if (f == nullptr) return driver_api ? driver_device(device) : runtime_device(device);
+  CUdevice d = 0;
+  if (f(reinterpret_cast<CUstream>(stream), &d) != CUDA_SUCCESS || !valid_device(static_cast<int>(d))) return false;
+  tl_stream = stream;
+  tl_stream_device = *device = static_cast<int>(d);
+  tl_stream_epoch = epoch;
+  return true;
 }
 
 DevicePool* Router::existing_pool(int device) const {
@@ -439,20 +462,33 @@ pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
   return sync != pool::Status::ok ? sync : s;
 }
 
-bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int hint, pool::Status* st) {
-  auto try_pool = [&](DevicePool* p) {
+bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, bool driver_api, pool::Status* st) {
+  int dev = -1;
+  if (!stream_device(stream, driver_api, &dev)) return false;  // an invalid stream: the real API says so
+  DevicePool* p = existing_pool(dev);
+  pool::Status s = p != nullptr ? p->alloc->free(ptr, stream) : pool::Status::invalid_value;
+  if (s == pool::Status::invalid_value) {  // not a block of the stream's device
+    p = nullptr;
+    const int n = pool_count_.load(std::memory_order_acquire);
+    for (int d = 0; d < n && p == nullptr; ++d)
+      if (DevicePool* q = existing_pool(d); d != dev && q != nullptr && q->alloc->owns(ptr)) p = q;
     if (p == nullptr) return false;
-    const pool::Status s = p->alloc->free(ptr, stream);
-    if (s == pool::Status::invalid_value) return false;  // not this pool's
-    if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
-    *st = s;
-    return true;
-  };
-  if (try_pool(existing_pool(hint))) return true;
-  const int n = pool_count_.load(std::memory_order_acquire);
-  for (int d = 0; d < n; ++d)
-    if (d != hint && try_pool(existing_pool(d))) return true;
-  return false;
+    s = free_after_stream(p, ptr, stream);
+  }
+  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
+  *st = s;
+  return true;
+}
+
+pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream) {
+  if (captures_.load(std::memory_order_acquire) != 0) {
+    hold_capture_free(p, ptr);  // no wait now: it could break the capture
+    return pool::Status::ok;
+  }
+  const auto f = real_driver().stream_synchronize;
+  const pool::Status sync = f != nullptr ? driver_status(f(reinterpret_cast<CUstream>(stream))) : pool::Status::ok;
+  const pool::Status s = p->alloc->free(ptr);
+  return sync != pool::Status::ok ? sync : s;
 }
 
 bool Router::runtime_stream_capturing(cudaStream_t stream) {
@@ -553,7 +589,7 @@ cudaError_t Router::malloc_async(void** ptr, std::size_t size, cudaStream_t stre
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
-    if (!capturing && s != kPerThread && runtime_device(&dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
+    if (!capturing && s != kPerThread && stream_device(s, false, &dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
       if (DevicePool* p = pool_for(dev)) {
         tl_device_hint = dev;
         pool::DevPtr v = 0;
@@ -593,7 +629,7 @@ cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds) {
       }
     } else {
       pool::Status st = pool::Status::ok;
-      if (free_on_stream(v, s, hint, &st)) return st == pool::Status::ok ? cudaSuccess : fail(to_runtime_error(st));
+      if (free_on_stream(v, s, false, &st)) return st == pool::Status::ok ? cudaSuccess : fail(to_runtime_error(st));
     }
   }
   const auto f = ptds ? real_runtime().free_async_ptsz : real_runtime().free_async;
@@ -609,7 +645,9 @@ cudaError_t Router::malloc_from_pool_async(void** ptr, std::size_t size, cudaMem
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
-    if (!capturing && s != kPerThread) {
+    // A stream of another device goes to the real API: the pool keeps only its own device's streams.
+    int stream_dev = -1;
+    if (!capturing && s != kPerThread && stream_device(s, false, &stream_dev) && stream_dev == dev) {
       if (DevicePool* p = pool_for(dev)) {
         pool::DevPtr v = 0;
         const pool::Status st = allocate(p, size, s, &v);
@@ -937,7 +975,9 @@ cudaError_t Router::stream_destroy(cudaStream_t stream) {
   if (f == nullptr) return cudaErrorNotSupported;
   forget_stream(stream);
   RealCall g;
-  return f(stream);
+  const cudaError_t r = f(stream);
+  stream_epoch_.fetch_add(1, std::memory_order_acq_rel);  // its handle may now name a new stream
+  return r;
 }
 
 cudaError_t Router::get_last_error() {
@@ -1027,7 +1067,7 @@ CUresult Router::cu_mem_alloc_async(CUdeviceptr* ptr, std::size_t size, CUstream
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && driver_stream_capturing(reinterpret_cast<CUstream>(s));
-    if (!capturing && s != kPerThread && driver_device(&dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
+    if (!capturing && s != kPerThread && stream_device(s, true, &dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
       if (DevicePool* p = pool_for(dev, false)) {
         tl_device_hint = dev;
         pool::DevPtr v = 0;
@@ -1059,7 +1099,7 @@ CUresult Router::cu_mem_free_async(CUdeviceptr ptr, CUstream stream, bool ptds) 
       if (DevicePool* p = owner(v, hint)) return to_driver_error(free_sync(p, v));
     } else {
       pool::Status st = pool::Status::ok;
-      if (free_on_stream(v, s, hint, &st)) return to_driver_error(st);
+      if (free_on_stream(v, s, true, &st)) return to_driver_error(st);
     }
   }
   const auto f = ptds ? real_driver().mem_free_async_ptsz : real_driver().mem_free_async;
@@ -1144,7 +1184,9 @@ CUresult Router::cu_stream_destroy(CUstream stream) {
   const auto f = real_driver().stream_destroy;
   if (f == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
   forget_stream(stream);
-  return f(stream);
+  const CUresult r = f(stream);
+  stream_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  return r;
 }
 
 CUresult Router::cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags) {

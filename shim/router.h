@@ -158,8 +158,16 @@ class Router {
   pool::Status allocate(DevicePool* p, std::size_t size, pool::StreamHandle stream, pool::DevPtr* out);
   // Synchronous free of a glake block: sync its device, then free. Returns the sync's error, if any.
   pool::Status free_sync(DevicePool* p, pool::DevPtr ptr);
-  // Stream-ordered free; false: no pool owns ptr.
-  bool free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int hint_device, pool::Status* st);
+  // The device of a stream (not the per-thread stream; the legacy stream's is the current device);
+  // false: an invalid stream.
+  bool stream_device(pool::StreamHandle stream, bool driver_api, int* device);
+  // Stream-ordered free into the pool of the stream's device; a block of another device is freed by
+  // free_after_stream. False: no pool owns ptr, or the stream is invalid (the real API answers).
+  bool free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, bool driver_api, pool::Status* st);
+  // A block of pool p freed on a stream of another device. An event records only streams of its own
+  // context, so the pool cannot order the block after that stream: the free waits for the stream,
+  // then frees the block on its own stream.
+  pool::Status free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream);
   void forget_stream(const void* stream);
   bool runtime_stream_capturing(cudaStream_t stream);
   bool driver_stream_capturing(CUstream stream);
@@ -195,6 +203,7 @@ class Router {
   std::atomic<std::uint64_t> passthrough_[kMaxDevices + 1] = {};  // [kMaxDevices]: device unknown
   std::atomic<std::uint64_t> held_[kMaxDevices] = {};
   std::atomic<int> pool_count_{0};  // highest device with a pool, + 1
+  std::atomic<std::uint64_t> stream_epoch_{1};  // streams destroyed, + 1 (see stream_device)
 
   cudaStream_t* capturing_ = nullptr;  // streams whose capture began through glake's hooks (grown by realloc)
   std::size_t capturing_count_ = 0;

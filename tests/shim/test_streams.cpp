@@ -135,6 +135,67 @@ TEST_F(Streams, StreamOrderedFreeIsReusedElsewhereOnlyAfterItsWork) {
   CUDA_OK(cudaStreamDestroy(s2));
 }
 
+// cudaMallocAsync allocates from the pool of the stream's device, whichever device is current.
+TEST_F(Streams, AsyncAllocationComesFromTheStreamsDevice) {
+  const std::size_t n = 4 * MiB;
+  CUDA_OK(cudaSetDevice(1));
+  cudaStream_t s1 = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CUDA_OK(cudaSetDevice(0));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocAsync(&p, n, s1));
+  EXPECT_EQ(1, api().device_of(p)) << "glake served a stream of device 1 from device 0's pool";
+  CUDA_OK(cudaMemsetAsync(p, 0x5a, n, s1));
+  CUDA_OK(cudaFreeAsync(p, s1));
+  CUDA_OK(cudaStreamSynchronize(s1));
+  CUDA_OK(cudaStreamDestroy(s1));
+  EXPECT_EQ("", validate(1));
+}
+
+// A block freed on a stream of another device (device 0 read device 1's block, then freed it on its
+// own stream): no stream of device 1 gets it while that work still runs.
+TEST_F(Streams, FreeOnAnotherDevicesStreamWaitsForItsWork) {
+  const std::size_t n = 8 * MiB;
+  const cudaError_t e = cudaDeviceEnablePeerAccess(1, 0);
+  ASSERT_TRUE(e == cudaSuccess || e == cudaErrorPeerAccessAlreadyEnabled) << cudaGetErrorName(e);
+  for (const bool legacy : {false, true}) {
+    SCOPED_TRACE(legacy ? "device 0's legacy stream" : "a non-blocking stream of device 0");
+    CUDA_OK(cudaSetDevice(1));
+    void* p = nullptr;
+    CUDA_OK(cudaMalloc(&p, n));
+    CUDA_OK(cudaMemset(p, 0x6b, n));
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaSetDevice(0));
+    cudaStream_t s0 = nullptr;
+    if (!legacy) {
+      CUDA_OK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
+    }
+    SlowReader reader{static_cast<unsigned char*>(p), n, 0x6b, 300};
+    CUDA_OK(cudaLaunchHostFunc(s0, SlowReader::run, &reader));
+    CUDA_OK(cudaFreeAsync(p, s0));
+    CUDA_OK(cudaSetDevice(1));
+    cudaStream_t s1 = nullptr;
+    CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+    void* q = nullptr;
+    CUDA_OK(cudaMallocAsync(&q, n, s1));
+    EXPECT_EQ(p, q) << "glake did not reuse the block: the test proves nothing";
+    CUDA_OK(cudaMemsetAsync(q, 0x11, n, s1));
+    CUDA_OK(cudaStreamSynchronize(s1));
+    CUDA_OK(cudaSetDevice(0));
+    CUDA_OK(cudaStreamSynchronize(s0));
+    EXPECT_EQ(0, reader.bad.load()) << "reused on device 1 while device 0's work before the free still read it";
+    CUDA_OK(cudaSetDevice(1));
+    CUDA_OK(cudaFreeAsync(q, s1));
+    CUDA_OK(cudaStreamSynchronize(s1));
+    CUDA_OK(cudaStreamDestroy(s1));
+    CUDA_OK(cudaSetDevice(0));
+    if (!legacy) {
+      CUDA_OK(cudaStreamDestroy(s0));
+    }
+  }
+  EXPECT_EQ("", validate(1));
+}
+
 TEST_F(Streams, SameStreamReuseIsImmediateAndOrdered) {
   const std::size_t n = 4 * MiB;
   cudaStream_t s = nullptr;

@@ -61,6 +61,7 @@ struct Graph {
 };
 
 struct Event {
+  int device = 0;  // its context's: it records only streams of that context (cuEventRecord)
   Stream* stream = nullptr;
   std::uint64_t seq = 0;
 };
@@ -1041,6 +1042,16 @@ EXPORT CUresult cuStreamGetFlags(CUstream h, unsigned int* flags) {
   return CUDA_SUCCESS;
 }
 
+EXPORT CUresult cuStreamGetDevice(CUstream h, CUdevice* device) {
+  CHECK_ALIVE();
+  std::lock_guard lk(g->mu);
+  Stream* s = resolve(h, false);
+  if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (device == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *device = s->device;
+  return CUDA_SUCCESS;
+}
+
 EXPORT CUresult cuStreamSynchronize(CUstream h) {
   CHECK_ALIVE();
   std::unique_lock lk(g->mu);
@@ -1108,7 +1119,11 @@ EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, std::size_t n) {
 EXPORT CUresult cuEventCreate(CUevent* e, unsigned int) {
   CHECK_ALIVE();
   if (e == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  *e = reinterpret_cast<CUevent>(new Event);
+  const int dev = current_device();
+  if (!valid_device(dev)) return CUDA_ERROR_INVALID_CONTEXT;
+  auto* ev = new Event;
+  ev->device = dev;
+  *e = reinterpret_cast<CUevent>(ev);
   return CUDA_SUCCESS;
 }
 
@@ -1127,6 +1142,7 @@ EXPORT CUresult cuEventRecord(CUevent e, CUstream h) {
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   auto* ev = reinterpret_cast<Event*>(e);
+  if (ev->device != s->device) return CUDA_ERROR_INVALID_HANDLE;  // "must be from the same context"
   if (s->capturing) {
     ev->stream = nullptr;  // a node of the graph; complete as far as eager work is concerned
     return CUDA_SUCCESS;
@@ -1361,6 +1377,7 @@ const std::vector<Proc>& procs() {
       {"cuStreamCreateWithPriority", fp(&cuStreamCreateWithPriority)},
       {"cuStreamDestroy", fp(&cuStreamDestroy_v2), 4000},
       {"cuStreamGetFlags", fp(&cuStreamGetFlags)},
+      {"cuStreamGetDevice", fp(&cuStreamGetDevice)},
       {"cuStreamSynchronize", fp(&cuStreamSynchronize)},
       {"cuStreamQuery", fp(&cuStreamQuery)},
       {"cuStreamWaitEvent", fp(&cuStreamWaitEvent)},
