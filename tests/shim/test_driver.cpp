@@ -191,6 +191,26 @@ TEST_F(Driver, StreamDestroyedThroughTheDriverLetsWhatWasFreedOnItGo) {
   EXPECT_LE(stats(0).physical, before) << "what was freed on the destroyed stream stays cached";
 }
 
+// cuMemAllocAsync on a stream of device 1 while device 0's context is current: device 1's memory, and
+// its stream-ordered free settles (an event of device 0's pool could not record that stream).
+TEST_F(Driver, AsyncAllocationComesFromTheStreamsDevice) {
+  CUDA_OK(cudaSetDevice(1));
+  CUstream s1 = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+  CUDA_OK(cudaSetDevice(0));
+  CUdeviceptr p = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, 16 * MiB, s1));
+  EXPECT_EQ(1, api().device_of(reinterpret_cast<void*>(p)));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s1));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s1));
+  CUdeviceptr q = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&q, 16 * MiB, s1));
+  EXPECT_EQ(p, q) << "the block freed on its stream was not reused there";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(q, s1));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s1));
+  EXPECT_EQ("", validate(1));
+}
+
 TEST_F(Driver, DirectlyLinkedDriverCallsReachGlake) {
   // This program links libcuda.so.1: these calls go through the dynamic linker to the preload.
   CUdeviceptr d = 0;
