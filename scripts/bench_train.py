@@ -19,7 +19,7 @@ For each configuration it reports:
     configuration in turn (the order rotating each round, no second process), each training the same
     --steps shapes twice and timing the second pass (steady state: the caches have grown); each step's
     time over native's same step in the same round; the median of these ratios over every round
-    and step;
+    and step (configuration native-again, native once more, shows the machine's own spread);
   - the largest batch (at sequence lengths 1024, 512 and 768 in turn) that still trains when a second
     process holds all but --cap-gib of the GPU's memory (the same cap for all three; the training phase
     runs under that cap too).
@@ -391,7 +391,10 @@ def main():
               ", ".join(f"{c} {v:.3f}x ({len(paired[c])} steps)" for c, v in report["paired_step_vs_native"].items()))
         for c in paired:
             per_round = [statistics.median(v) for v in (paired_step_ratios([r], c) for r in rounds) if v]
-            print(f"{c}: per round " + ", ".join(f"{v:.3f}x" for v in per_round))
+            passes = [sum(r[c]["step_s"]) / sum(r["native"]["step_s"]) for r in rounds
+                      if "step_s" in r.get(c, {}) and "step_s" in r.get("native", {})]
+            print(f"{c}: per round " + ", ".join(f"{v:.3f}x" for v in per_round) +
+                  "; whole timed pass over native's " + ", ".join(f"{v:.3f}x" for v in passes))
         for r in rounds:  # glake's own work (slow path: stitches, growth, their driver calls) in the timed pass
             g = r.get("glake", {})
             if "glake_delta" in g and g.get("step_s"):

@@ -104,6 +104,9 @@ def child_env(mode, extra=None):
 # The configurations the benchmarks compare, by name: (child_env mode, extra variables).
 CONFIG_ENV = {
     "native": ("native", {}),
+    # native once more, in its own process: beside "native" in the same rounds, the spread of the
+    # machine itself (an A/A comparison) against which the others' step ratios are read.
+    "native-again": ("native", {}),
     "expandable": ("expandable", {}),
     "glake": ("glake", {}),
     "cudaasync": ("cudaasync", {}),  # PyTorch's cudaMallocAsync backend on CUDA's own pool
