@@ -149,9 +149,9 @@ extern "C" __attribute__((visibility("default"))) void* glake_malloc(ssize_t siz
   }
 }
 
-extern "C" __attribute__((visibility("default"))) void glake_free(void* ptr, ssize_t, int, void* stream) {
+extern "C" __attribute__((visibility("default"))) void glake_free(void* ptr, ssize_t, int device, void* stream) {
   try {
-    glake::shim::router().pluggable_free(ptr, static_cast<cudaStream_t>(stream));
+    glake::shim::router().pluggable_free(ptr, device, static_cast<cudaStream_t>(stream));
   } catch (...) {
   }
 }

@@ -59,6 +59,7 @@ using DlsymFn = void* (*)(void*, const char*);
   X(stream_end_capture_ptsz, "cudaStreamEndCapture_ptsz", decltype(&::cudaStreamEndCapture))        \
   X(stream_is_capturing, "cudaStreamIsCapturing", decltype(&::cudaStreamIsCapturing))               \
   X(stream_destroy, "cudaStreamDestroy", decltype(&::cudaStreamDestroy))                            \
+  X(stream_synchronize, "cudaStreamSynchronize", decltype(&::cudaStreamSynchronize))                \
   X(get_last_error, "cudaGetLastError", decltype(&::cudaGetLastError))                              \
   X(peek_at_last_error, "cudaPeekAtLastError", decltype(&::cudaPeekAtLastError))                    \
   X(get_device, "cudaGetDevice", decltype(&::cudaGetDevice))                                        \
@@ -99,6 +100,7 @@ using DlsymFn = void* (*)(void*, const char*);
   X(stream_destroy, "cuStreamDestroy_v2", decltype(&::cuStreamDestroy_v2))                          \
   X(stream_is_capturing, "cuStreamIsCapturing", decltype(&::cuStreamIsCapturing))                   \
   X(stream_get_device, "cuStreamGetDevice", decltype(&::cuStreamGetDevice))                         \
+  X(stream_get_ctx, "cuStreamGetCtx", decltype(&::cuStreamGetCtx))                                  \
   X(stream_synchronize, "cuStreamSynchronize", decltype(&::cuStreamSynchronize))                    \
   X(mem_address_reserve, "cuMemAddressReserve", decltype(&::cuMemAddressReserve))                   \
   X(mem_address_free, "cuMemAddressFree", decltype(&::cuMemAddressFree))                            \

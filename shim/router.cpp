@@ -32,11 +32,17 @@ __thread cudaError_t tl_last_error __attribute__((tls_model("initial-exec"))) = 
 // The device of this thread's last allocation: where its frees look first (no cudaGetDevice on the
 // free path; a wrong guess only costs a look at the other pools).
 __thread int tl_device_hint __attribute__((tls_model("initial-exec"))) = -1;
-// The last stream whose device this thread asked the driver (Router::stream_device), valid while no
-// stream has been destroyed since (a new stream may get a destroyed one's handle).
-__thread std::uintptr_t tl_stream __attribute__((tls_model("initial-exec"))) = 0;
-__thread int tl_stream_device __attribute__((tls_model("initial-exec"))) = -1;
-__thread std::uint64_t tl_stream_epoch __attribute__((tls_model("initial-exec"))) = 0;
+// Streams whose device this thread asked the driver (Router::stream_device), each valid while no
+// stream has been destroyed since (a new stream may get a destroyed one's handle). A few slots, by
+// handle: a thread may alternate between a compute stream and copy or communication streams.
+struct StreamSlot {
+  std::uintptr_t stream;
+  int device;
+  std::uint64_t epoch;
+};
+constexpr int kStreamSlots = 4;
+__thread StreamSlot tl_streams[kStreamSlots] __attribute__((tls_model("initial-exec"))) = {};
+inline StreamSlot& stream_slot(std::uintptr_t s) { return tl_streams[(s ^ (s >> 7) ^ (s >> 13)) & (kStreamSlots - 1)]; }
 
 constexpr pool::StreamHandle kLegacy = 0;
 // cudaStreamPerThread / CU_STREAM_PER_THREAD: one handle, but each host thread's own stream, so the
@@ -225,18 +231,31 @@ bool Router::driver_device(int* device) {
 bool Router::stream_device(pool::StreamHandle stream, bool driver_api, int* device) {
   if (stream == kLegacy) return driver_api ? driver_device(device) : runtime_device(device);
   const std::uint64_t epoch = stream_epoch_.load(std::memory_order_acquire);
-  if (tl_stream == stream && tl_stream_epoch == epoch) {
-    *device = tl_stream_device;
+  StreamSlot& slot = stream_slot(stream);
+  if (slot.stream == stream && slot.epoch == epoch) {
+    *device = slot.device;
     return true;
   }
-  const auto f = real_driver().stream_get_device;
-  // A driver older than CUDA 12.8: the current device, as the program most likely means.
-  if (f == nullptr) return driver_api ? driver_device(device) : runtime_device(device);
-  CUdevice d = 0;
-  if (f(reinterpret_cast<CUstream>(stream), &d) != CUDA_SUCCESS || !valid_device(static_cast<int>(d))) return false;
-  tl_stream = stream;
-  tl_stream_device = *device = static_cast<int>(d);
-  tl_stream_epoch = epoch;
+  const DriverApi& d = real_driver();
+  CUdevice dev = 0;
+  if (d.stream_get_device != nullptr) {
+    if (d.stream_get_device(reinterpret_cast<CUstream>(stream), &dev) != CUDA_SUCCESS) return false;
+  } else if (d.stream_get_ctx != nullptr && d.ctx_push_current != nullptr && d.ctx_pop_current != nullptr &&
+             d.ctx_get_device != nullptr) {
+    // A driver older than CUDA 12.8 (no cuStreamGetDevice): the device of the stream's context.
+    CUcontext ctx = nullptr;
+    if (d.stream_get_ctx(reinterpret_cast<CUstream>(stream), &ctx) != CUDA_SUCCESS) return false;
+    if (d.ctx_push_current(ctx) != CUDA_SUCCESS) return false;
+    const CUresult r = d.ctx_get_device(&dev);
+    CUcontext popped = nullptr;
+    (void)d.ctx_pop_current(&popped);
+    if (r != CUDA_SUCCESS) return false;
+  } else {
+    return driver_api ? driver_device(device) : runtime_device(device);
+  }
+  if (!valid_device(static_cast<int>(dev))) return false;
+  slot = StreamSlot{stream, static_cast<int>(dev), epoch};
+  *device = static_cast<int>(dev);
   return true;
 }
 
@@ -462,9 +481,9 @@ pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
   return sync != pool::Status::ok ? sync : s;
 }
 
-bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, bool driver_api, pool::Status* st) {
-  int dev = -1;
-  if (!stream_device(stream, driver_api, &dev)) return false;  // an invalid stream: the real API says so
+bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev, cudaError_t* runtime_sync,
+                            pool::Status* st) {
+  if (dev < 0 && !stream_device(stream, runtime_sync == nullptr, &dev)) return false;  // an invalid stream
   DevicePool* p = existing_pool(dev);
   pool::Status s = p != nullptr ? p->alloc->free(ptr, stream) : pool::Status::invalid_value;
   if (s == pool::Status::invalid_value) {  // not a block of the stream's device
@@ -473,20 +492,30 @@ bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, bool dr
     for (int d = 0; d < n && p == nullptr; ++d)
       if (DevicePool* q = existing_pool(d); d != dev && q != nullptr && q->alloc->owns(ptr)) p = q;
     if (p == nullptr) return false;
-    s = free_after_stream(p, ptr, stream);
+    s = free_after_stream(p, ptr, stream, runtime_sync);
   }
   if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
   *st = s;
   return true;
 }
 
-pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream) {
+pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream,
+                                       cudaError_t* runtime_sync) {
   if (captures_.load(std::memory_order_acquire) != 0) {
     hold_capture_free(p, ptr);  // no wait now: it could break the capture
     return pool::Status::ok;
   }
-  const auto f = real_driver().stream_synchronize;
-  const pool::Status sync = f != nullptr ? driver_status(f(reinterpret_cast<CUstream>(stream))) : pool::Status::ok;
+  pool::Status sync = pool::Status::ok;
+  if (runtime_sync != nullptr) {  // the runtime's: it makes the current device's context current first
+    if (const auto f = real_runtime().stream_synchronize; f != nullptr) {
+      RealCall g;
+      *runtime_sync = f(reinterpret_cast<cudaStream_t>(stream));
+    }
+  } else if (const auto f = real_driver().stream_synchronize; f != nullptr) {
+    sync = driver_status(f(reinterpret_cast<CUstream>(stream)));
+  }
+  // Freed even if the wait failed (a sticky error of earlier work, which the caller gets): kept, the
+  // block would be lost for good.
   const pool::Status s = p->alloc->free(ptr);
   return sync != pool::Status::ok ? sync : s;
 }
@@ -607,7 +636,7 @@ cudaError_t Router::malloc_async(void** ptr, std::size_t size, cudaStream_t stre
   return f(ptr, size, stream);
 }
 
-cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds) {
+cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds, int stream_dev) {
   if (ptr != nullptr && mode() == Mode::on && !inside_real_call()) {
     const auto v = reinterpret_cast<pool::DevPtr>(ptr);
     const pool::StreamHandle s = normalize(stream, ptds);
@@ -629,7 +658,11 @@ cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds) {
       }
     } else {
       pool::Status st = pool::Status::ok;
-      if (free_on_stream(v, s, false, &st)) return st == pool::Status::ok ? cudaSuccess : fail(to_runtime_error(st));
+      cudaError_t sync = cudaSuccess;
+      if (free_on_stream(v, s, stream_dev, &sync, &st)) {
+        if (sync != cudaSuccess) return sync;  // the real runtime's own error, already its last error
+        return st == pool::Status::ok ? cudaSuccess : fail(to_runtime_error(st));
+      }
     }
   }
   const auto f = ptds ? real_runtime().free_async_ptsz : real_runtime().free_async;
@@ -974,9 +1007,12 @@ cudaError_t Router::stream_destroy(cudaStream_t stream) {
   const auto f = real_runtime().stream_destroy;
   if (f == nullptr) return cudaErrorNotSupported;
   forget_stream(stream);
+  // Its handle may name a new stream once destroyed: the threads' cached stream devices are dropped
+  // before and after (stream_device).
+  stream_epoch_.fetch_add(1, std::memory_order_acq_rel);
   RealCall g;
   const cudaError_t r = f(stream);
-  stream_epoch_.fetch_add(1, std::memory_order_acq_rel);  // its handle may now name a new stream
+  stream_epoch_.fetch_add(1, std::memory_order_acq_rel);
   return r;
 }
 
@@ -1099,7 +1135,7 @@ CUresult Router::cu_mem_free_async(CUdeviceptr ptr, CUstream stream, bool ptds) 
       if (DevicePool* p = owner(v, hint)) return to_driver_error(free_sync(p, v));
     } else {
       pool::Status st = pool::Status::ok;
-      if (free_on_stream(v, s, true, &st)) return to_driver_error(st);
+      if (free_on_stream(v, s, -1, nullptr, &st)) return to_driver_error(st);
     }
   }
   const auto f = ptds ? real_driver().mem_free_async_ptsz : real_driver().mem_free_async;
@@ -1184,6 +1220,7 @@ CUresult Router::cu_stream_destroy(CUstream stream) {
   const auto f = real_driver().stream_destroy;
   if (f == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
   forget_stream(stream);
+  stream_epoch_.fetch_add(1, std::memory_order_acq_rel);  // see stream_destroy
   const CUresult r = f(stream);
   stream_epoch_.fetch_add(1, std::memory_order_acq_rel);
   return r;
@@ -1237,7 +1274,9 @@ void* Router::pluggable_malloc(std::size_t size, int device, cudaStream_t stream
   return f(&out, size, stream) == cudaSuccess ? out : nullptr;
 }
 
-void Router::pluggable_free(void* ptr, cudaStream_t stream) { (void)free_async(ptr, stream, false); }
+void Router::pluggable_free(void* ptr, int device, cudaStream_t stream) {
+  (void)free_async(ptr, stream, false, device);  // PyTorch's stream of that device (its legacy stream for 0)
+}
 
 // ------------------------------------------------------------------------------------------------
 // glake.h

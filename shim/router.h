@@ -10,7 +10,10 @@
 //   allocations: the real API.
 // - A pointer no glake pool owns (allocated before glake loaded, by the real API, or by someone else):
 //   freed by the real API.
-// - Everything else: the current device's pool (cudaSetDevice; cuCtxGetDevice for driver calls).
+// - Everything else: a device's pool. For cudaMalloc/cuMemAlloc the current device's (cudaSetDevice;
+//   cuCtxGetDevice for driver calls); for stream-ordered allocations the stream's device's, as CUDA's
+//   (the legacy stream's is the current device). A stream-ordered free of another device's block
+//   waits for its stream (free_after_stream).
 //
 // Stream order: cudaMallocAsync blocks belong to their stream (the pool reuses a block on another
 // stream only after the work before its free has completed). cudaMalloc/cuMemAlloc blocks belong to
@@ -75,7 +78,8 @@ class Router {
   cudaError_t malloc(void** ptr, std::size_t size);
   cudaError_t free(void* ptr);
   cudaError_t malloc_async(void** ptr, std::size_t size, cudaStream_t stream, bool ptds);
-  cudaError_t free_async(void* ptr, cudaStream_t stream, bool ptds);
+  // stream_dev: the stream's device when the caller knows it (PyTorch's pluggable allocator), else -1.
+  cudaError_t free_async(void* ptr, cudaStream_t stream, bool ptds, int stream_dev = -1);
   cudaError_t malloc_from_pool_async(void** ptr, std::size_t size, cudaMemPool_t pool, cudaStream_t stream,
                                      bool ptds);
   cudaError_t mem_get_info(std::size_t* free, std::size_t* total);
@@ -122,7 +126,7 @@ class Router {
 
   // ---- PyTorch's CUDAPluggableAllocator ----
   void* pluggable_malloc(std::size_t size, int device, cudaStream_t stream);
-  void pluggable_free(void* ptr, cudaStream_t stream);
+  void pluggable_free(void* ptr, int device, cudaStream_t stream);
 
   // ---- glake.h ----
   int status();
@@ -161,13 +165,17 @@ class Router {
   // The device of a stream (not the per-thread stream; the legacy stream's is the current device);
   // false: an invalid stream.
   bool stream_device(pool::StreamHandle stream, bool driver_api, int* device);
-  // Stream-ordered free into the pool of the stream's device; a block of another device is freed by
-  // free_after_stream. False: no pool owns ptr, or the stream is invalid (the real API answers).
-  bool free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, bool driver_api, pool::Status* st);
+  // Stream-ordered free into the pool of the stream's device (dev, or -1: ask stream_device); a block
+  // of another device is freed by free_after_stream. runtime_sync: null for a driver-API call, else
+  // where the runtime's error of such a wait goes. False: no pool owns ptr, or the stream is invalid
+  // (the real API answers).
+  bool free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev, cudaError_t* runtime_sync,
+                      pool::Status* st);
   // A block of pool p freed on a stream of another device. An event records only streams of its own
-  // context, so the pool cannot order the block after that stream: the free waits for the stream,
-  // then frees the block on its own stream.
-  pool::Status free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream);
+  // context, so the pool cannot order the block after that stream: the free waits for the stream
+  // (blocking the calling thread), then frees the block on its own stream.
+  pool::Status free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream,
+                                 cudaError_t* runtime_sync);
   void forget_stream(const void* stream);
   bool runtime_stream_capturing(cudaStream_t stream);
   bool driver_stream_capturing(CUstream stream);

@@ -7,9 +7,11 @@
 // to the real API.
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <thread>
 #include <vector>
 
+#include "driver_proc.h"
 #include "shim_test.h"
 
 using namespace glake_test;
@@ -194,6 +196,95 @@ TEST_F(Streams, FreeOnAnotherDevicesStreamWaitsForItsWork) {
     }
   }
   EXPECT_EQ("", validate(1));
+}
+
+// The same through the driver API: cuMemFreeAsync of device 1's block on a stream of device 0.
+TEST_F(Streams, DriverFreeOnAnotherDevicesStreamWaitsForItsWork) {
+  auto free_async = driver_proc<decltype(&cuMemFreeAsync)>("cuMemFreeAsync");
+  ASSERT_NE(nullptr, free_async);
+  const std::size_t n = 8 * MiB;
+  const cudaError_t e = cudaDeviceEnablePeerAccess(1, 0);
+  ASSERT_TRUE(e == cudaSuccess || e == cudaErrorPeerAccessAlreadyEnabled) << cudaGetErrorName(e);
+  CUDA_OK(cudaSetDevice(1));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, n));
+  CUDA_OK(cudaMemset(p, 0x3c, n));
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaSetDevice(0));
+  cudaStream_t s0 = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
+  SlowReader reader{static_cast<unsigned char*>(p), n, 0x3c, 300};
+  CUDA_OK(cudaLaunchHostFunc(s0, SlowReader::run, &reader));
+  ASSERT_EQ(CUDA_SUCCESS, free_async(reinterpret_cast<CUdeviceptr>(p), reinterpret_cast<CUstream>(s0)));
+  CUDA_OK(cudaSetDevice(1));
+  cudaStream_t s1 = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, n, s1));
+  EXPECT_EQ(p, q) << "glake did not reuse the block: the test proves nothing";
+  CUDA_OK(cudaMemsetAsync(q, 0x11, n, s1));
+  CUDA_OK(cudaFreeAsync(q, s1));
+  CUDA_OK(cudaStreamSynchronize(s1));
+  CUDA_OK(cudaStreamDestroy(s1));
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaStreamSynchronize(s0));
+  EXPECT_EQ(0, reader.bad.load()) << "reused on device 1 while device 0's work before the free still read it";
+  CUDA_OK(cudaStreamDestroy(s0));
+  EXPECT_EQ("", validate(1));
+}
+
+// A thread whose first CUDA call frees device 1's block on its (device 0's) legacy stream: the wait
+// goes through the runtime, which makes the device's context current, and the free succeeds.
+TEST_F(Streams, CrossDeviceFreeOnAFreshThreadSucceeds) {
+  CUDA_OK(cudaSetDevice(1));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, 4 * MiB));
+  CUDA_OK(cudaSetDevice(0));
+  cudaError_t e = cudaErrorUnknown;
+  std::thread([&] { e = cudaFreeAsync(p, nullptr); }).join();
+  EXPECT_EQ(cudaSuccess, e) << cudaGetErrorName(e);
+  EXPECT_FALSE(owns(p));
+  EXPECT_EQ("", validate(1));
+}
+
+struct Sleep {
+  int ms;
+  static void run(void* self) { std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<Sleep*>(self)->ms)); }
+};
+
+// PyTorch's pluggable allocator frees a cuda:1 tensor on its device's default stream without making
+// device 1 current: that is device 1's legacy stream, not device 0's busy one, and nothing waits.
+TEST_F(Streams, PluggableFreeTakesTheDeviceItIsGiven) {
+  ASSERT_NE(nullptr, api().malloc);
+  void* p = api().malloc(4 * MiB, 1, nullptr);
+  ASSERT_NE(nullptr, p);
+  EXPECT_EQ(1, api().device_of(p));
+  Sleep busy{400};
+  CUDA_OK(cudaLaunchHostFunc(nullptr, Sleep::run, &busy));  // device 0's legacy stream, busy
+  const auto t0 = Clock::now();
+  api().free(p, 4 * MiB, 1, nullptr);
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  EXPECT_LT(took, 200) << "the free waited for device 0's legacy stream";
+  EXPECT_FALSE(owns(p));
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ("", validate(1));
+}
+
+// cudaMallocFromPoolAsync from device 0's default pool on a stream of device 1: CUDA allows it; the
+// pool keeps only its own device's streams, so the real API serves it.
+TEST_F(Streams, DefaultPoolWithAnotherDevicesStreamGoesToTheRealApi) {
+  cudaMemPool_t pool0 = nullptr;
+  CUDA_OK(cudaDeviceGetDefaultMemPool(&pool0, 0));
+  CUDA_OK(cudaSetDevice(1));
+  cudaStream_t s1 = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocFromPoolAsync(&p, 4 * MiB, pool0, s1));
+  EXPECT_FALSE(owns(p));
+  CUDA_OK(cudaFreeAsync(p, s1));
+  CUDA_OK(cudaStreamSynchronize(s1));
+  CUDA_OK(cudaStreamDestroy(s1));
+  CUDA_OK(cudaSetDevice(0));
 }
 
 TEST_F(Streams, SameStreamReuseIsImmediateAndOrdered) {

@@ -1042,6 +1042,18 @@ EXPORT CUresult cuStreamGetFlags(CUstream h, unsigned int* flags) {
   return CUDA_SUCCESS;
 }
 
+EXPORT CUresult cuStreamGetCtx(CUstream h, CUcontext* ctx) {
+  CHECK_ALIVE();
+  std::lock_guard lk(g->mu);
+  Stream* s = resolve(h, false);
+  if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (ctx == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *ctx = reinterpret_cast<CUcontext>(&g->dev[s->device].primary);
+  return CUDA_SUCCESS;
+}
+
+// STANDIN_BEFORE_12_8: a driver older than CUDA 12.8, without cuStreamGetDevice (before-12.8/).
+#ifndef STANDIN_BEFORE_12_8
 EXPORT CUresult cuStreamGetDevice(CUstream h, CUdevice* device) {
   CHECK_ALIVE();
   std::lock_guard lk(g->mu);
@@ -1051,6 +1063,7 @@ EXPORT CUresult cuStreamGetDevice(CUstream h, CUdevice* device) {
   *device = s->device;
   return CUDA_SUCCESS;
 }
+#endif
 
 EXPORT CUresult cuStreamSynchronize(CUstream h) {
   CHECK_ALIVE();
@@ -1377,7 +1390,10 @@ const std::vector<Proc>& procs() {
       {"cuStreamCreateWithPriority", fp(&cuStreamCreateWithPriority)},
       {"cuStreamDestroy", fp(&cuStreamDestroy_v2), 4000},
       {"cuStreamGetFlags", fp(&cuStreamGetFlags)},
+#ifndef STANDIN_BEFORE_12_8
       {"cuStreamGetDevice", fp(&cuStreamGetDevice)},
+#endif
+      {"cuStreamGetCtx", fp(&cuStreamGetCtx)},
       {"cuStreamSynchronize", fp(&cuStreamSynchronize)},
       {"cuStreamQuery", fp(&cuStreamQuery)},
       {"cuStreamWaitEvent", fp(&cuStreamWaitEvent)},
