@@ -247,6 +247,39 @@ TEST_F(Streams, CrossDeviceFreeOnAFreshThreadSucceeds) {
   EXPECT_EQ("", validate(1));
 }
 
+// A destroyed stream's handle may come back for a stream of another device: what glake remembered of
+// the old stream's device must not send the new one's allocations to the old device's pool.
+TEST_F(Streams, ARecycledStreamHandleIsAskedAgain) {
+  const std::size_t n = 4 * MiB;
+  CUDA_OK(cudaSetDevice(1));
+  cudaStream_t old_stream = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&old_stream, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocAsync(&p, n, old_stream));  // glake learns: this handle is device 1's
+  EXPECT_EQ(1, api().device_of(p));
+  CUDA_OK(cudaFreeAsync(p, old_stream));
+  CUDA_OK(cudaStreamSynchronize(old_stream));
+  CUDA_OK(cudaStreamDestroy(old_stream));
+  CUDA_OK(cudaSetDevice(0));
+  cudaStream_t s = nullptr;
+  std::vector<cudaStream_t> others;
+  for (int i = 0; i < 200 && s != old_stream; ++i) {
+    if (s != nullptr) others.push_back(s);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  }
+  for (cudaStream_t o : others) CUDA_OK(cudaStreamDestroy(o));
+  ASSERT_EQ(old_stream, s) << "the stand-in gave no handle back: the test proves nothing";
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, n, s));
+  EXPECT_EQ(0, api().device_of(q)) << "a stream of device 0 was served by device 1's pool";
+  CUDA_OK(cudaMemsetAsync(q, 0x7e, n, s));
+  CUDA_OK(cudaFreeAsync(q, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  CUDA_OK(cudaStreamDestroy(s));
+  EXPECT_EQ("", validate(1));
+}
+
 struct Sleep {
   int ms;
   static void run(void* self) { std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<Sleep*>(self)->ms)); }

@@ -52,6 +52,7 @@ struct Stream {
   bool capturing = false;
   Graph* graph = nullptr;
   bool destroyed = false;
+  bool worker_done = false;  // destroyed, and its worker has ended: the handle may come back
   bool blocking() const { return !legacy && (flags & CU_STREAM_NON_BLOCKING) == 0; }
 };
 
@@ -206,7 +207,10 @@ void worker(Stream* s) {
         if (t->completed < seq) return false;
       return true;
     });
-    if (s->queue.empty()) return;
+    if (s->queue.empty()) {
+      s->worker_done = true;
+      return;
+    }
     Op op = std::move(s->queue.front());
     s->queue.pop_front();
     lk.unlock();
@@ -218,11 +222,24 @@ void worker(Stream* s) {
 }
 
 Stream* new_stream(int device, unsigned flags, bool legacy) {  // mu held
-  auto* s = new Stream;
+  // As the real driver's, a destroyed stream's handle comes back for a new stream (on any device) once
+  // its work is done. Its sequence numbers go on, so events recorded on the old one stay complete.
+  Stream* s = nullptr;
+  for (Stream* old : g->streams)
+    if (old->worker_done) {
+      s = old;
+      break;
+    }
+  if (s == nullptr) {
+    s = new Stream;
+    g->streams.insert(s);
+  }
   s->device = device;
   s->flags = flags;
   s->legacy = legacy;
-  g->streams.insert(s);
+  s->capturing = false;
+  s->graph = nullptr;
+  s->destroyed = s->worker_done = false;
   std::thread(worker, s).detach();
   return s;
 }
