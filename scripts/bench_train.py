@@ -417,7 +417,8 @@ def main():
             passes = [sum(r[c]["step_s"]) / sum(r["native"]["step_s"]) for r in rounds
                       if "step_s" in r.get(c, {}) and "step_s" in r.get("native", {})]
             lo, hi = report["paired_step_interval_95"].get(c, (float("nan"), float("nan")))
-            print(f"{c}: per round " + ", ".join(f"{v:.3f}x" for v in per_round) +
+            print(f"{c}: steps {min(paired[c]):.2f}-{max(paired[c]):.2f}x; per round " +
+                  ", ".join(f"{v:.3f}x" for v in per_round) +
                   "; whole timed pass over native's " + ", ".join(f"{v:.3f}x" for v in passes) +
                   f"; 95% interval of the median {lo:.3f}-{hi:.3f}x (bootstrap over rounds, then steps)")
         for r in rounds:  # glake's own work (slow path: stitches, growth, their driver calls) in the timed pass

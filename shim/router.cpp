@@ -73,12 +73,12 @@ bool read_switch(const char* name, bool fallback, std::vector<std::string>* erro
 }
 
 // Every GLAKE_* setting, as init() acts on it; errors gets one line per bad value.
-pool::Config read_settings(std::vector<std::string>* errors, bool* disable, bool* verbose,
+pool::Config read_settings(std::vector<std::string>* errors, bool* disable, bool* verbose, bool* pytorch,
                            tracer::SessionOptions* trace, bool* tracing) {
   pool::Config config = pool::config_from_env(errors);
   *disable = read_switch("GLAKE_DISABLE", false, errors);
   *verbose = read_switch("GLAKE_VERBOSE", false, errors);
-  (void)read_switch("GLAKE_PYTORCH", true, errors);  // acted on at load (pytorch.cpp); checked here
+  *pytorch = read_switch("GLAKE_PYTORCH", true, errors);  // acted on at load (pytorch.cpp)
   *tracing = tracer::SessionOptions::from_env(trace, errors);
   if (*tracing) {
     // The trace is written at exit: a path that cannot be written is a bad value now, not a lost trace then.
@@ -127,9 +127,8 @@ Router& router() { return g_router; }
 bool settings_serve_pytorch() {
   std::vector<std::string> errors;
   tracer::SessionOptions trace;
-  bool disable = false, verbose = false, tracing = false;
-  (void)read_settings(&errors, &disable, &verbose, &trace, &tracing);
-  const bool pytorch = read_switch("GLAKE_PYTORCH", true, &errors);
+  bool disable = false, verbose = false, pytorch = true, tracing = false;
+  (void)read_settings(&errors, &disable, &verbose, &pytorch, &trace, &tracing);
   return errors.empty() && !disable && pytorch;
 }
 
@@ -185,8 +184,8 @@ Mode Router::init() {
   try {
     std::vector<std::string> errors;
     tracer::SessionOptions trace;
-    bool disable = false, tracing = false;
-    config_ = read_settings(&errors, &disable, &verbose_, &trace, &tracing);
+    bool disable = false, pytorch = true, tracing = false;  // pytorch: checked here, acted on at load
+    config_ = read_settings(&errors, &disable, &verbose_, &pytorch, &trace, &tracing);
     if (!errors.empty()) {
       std::string line;
       for (const std::string& e : errors) line += (line.empty() ? "" : "; ") + without_default_note(e);
@@ -487,10 +486,7 @@ bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev
   DevicePool* p = existing_pool(dev);
   pool::Status s = p != nullptr ? p->alloc->free(ptr, stream) : pool::Status::invalid_value;
   if (s == pool::Status::invalid_value) {  // not a block of the stream's device
-    p = nullptr;
-    const int n = pool_count_.load(std::memory_order_acquire);
-    for (int d = 0; d < n && p == nullptr; ++d)
-      if (DevicePool* q = existing_pool(d); d != dev && q != nullptr && q->alloc->owns(ptr)) p = q;
+    p = owner(ptr, -1);
     if (p == nullptr) return false;
     s = free_after_stream(p, ptr, stream, runtime_sync);
   }
@@ -1003,17 +999,24 @@ void Router::forget_stream(const void* stream) {
     if (DevicePool* p = existing_pool(d)) p->alloc->forget_stream(reinterpret_cast<pool::StreamHandle>(stream));
 }
 
-cudaError_t Router::stream_destroy(cudaStream_t stream) {
-  const auto f = real_runtime().stream_destroy;
-  if (f == nullptr) return cudaErrorNotSupported;
+template <class Destroy>
+auto Router::destroy_stream(const void* stream, Destroy destroy) {
   forget_stream(stream);
   // Its handle may name a new stream once destroyed: the threads' cached stream devices are dropped
   // before and after (stream_device).
   stream_epoch_.fetch_add(1, std::memory_order_acq_rel);
-  RealCall g;
-  const cudaError_t r = f(stream);
+  const auto r = destroy();
   stream_epoch_.fetch_add(1, std::memory_order_acq_rel);
   return r;
+}
+
+cudaError_t Router::stream_destroy(cudaStream_t stream) {
+  const auto f = real_runtime().stream_destroy;
+  if (f == nullptr) return cudaErrorNotSupported;
+  return destroy_stream(stream, [&] {
+    RealCall g;
+    return f(stream);
+  });
 }
 
 cudaError_t Router::get_last_error() {
@@ -1219,11 +1222,7 @@ CUresult Router::cu_ipc_close_mem_handle(CUdeviceptr ptr) {
 CUresult Router::cu_stream_destroy(CUstream stream) {
   const auto f = real_driver().stream_destroy;
   if (f == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
-  forget_stream(stream);
-  stream_epoch_.fetch_add(1, std::memory_order_acq_rel);  // see stream_destroy
-  const CUresult r = f(stream);
-  stream_epoch_.fetch_add(1, std::memory_order_acq_rel);
-  return r;
+  return destroy_stream(stream, [&] { return f(stream); });
 }
 
 CUresult Router::cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags) {

@@ -177,6 +177,9 @@ class Router {
   pool::Status free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream,
                                  cudaError_t* runtime_sync);
   void forget_stream(const void* stream);
+  // forget_stream, then destroy() (the real destroy), dropping the threads' cached stream devices.
+  template <class Destroy>
+  auto destroy_stream(const void* stream, Destroy destroy);
   bool runtime_stream_capturing(cudaStream_t stream);
   bool driver_stream_capturing(CUstream stream);
   void hold_capture_free(DevicePool* p, pool::DevPtr ptr);
