@@ -16,11 +16,15 @@ For each configuration it reports:
     after the model is built (torch.cuda.empty_cache, then reset_peak_memory_stats);
   - the median step time (first 3 steps excluded);
   - the step time beside native's, paired: --rounds rounds (default 3) of fresh processes, one per
-    configuration in turn (the order rotating each round, no second process), each training the same
-    --steps shapes twice and timing the second pass (steady state: the caches have grown); each step's
-    time over native's same step in the same round; the median of these ratios over every round
-    and step, with a 95% bootstrap interval (configuration native-again, native once more, shows
-    the machine's own spread);
+    configuration, each training the same --steps shapes twice and timing the second pass (steady
+    state: the caches have grown). The round's processes run side by side in lock step: each
+    waits for its turn before each step, the turns' order rotating from step to step, so only one
+    works at a time and a step's time and native's same step are taken a second or so apart: the
+    machine's slow minutes hit both (--sequential: one process after another instead, the order
+    rotating each round; then the round's configurations need not fit in memory together). Each
+    step's time over native's same step in the same round; the median of these ratios over every
+    round and step, with a 95% bootstrap interval (configuration native-again, native once more,
+    shows the machine's own spread);
   - the largest batch (at sequence lengths 1024, 512 and 768 in turn) that still trains when a second
     process holds all but --cap-gib of the GPU's memory (the same cap for all three; the training phase
     runs under that cap too).
@@ -126,14 +130,17 @@ def build_job_model(job, size):
     return model
 
 
-def generate_steps(model, steps, seed, max_batch):
+def generate_steps(model, steps, seed, max_batch, before_step=None):
     """generate() on the shapes of gt.step_shapes (batch x prompt length); returns the first generated
-    token of every row (per step) and the step times (seconds, synchronized)."""
+    token of every row (per step) and the step times (seconds, synchronized). before_step as in
+    gt.train."""
     import torch
     gen = torch.Generator(device="cuda").manual_seed(seed)
     firsts, times = [], []
-    for b, n in gt.step_shapes(steps, seed, max_batch=max_batch, max_len=1024):
+    for i, (b, n) in enumerate(gt.step_shapes(steps, seed, max_batch=max_batch, max_len=1024)):
         torch.cuda.synchronize()
+        if before_step is not None:
+            before_step(i)
         t0 = time.perf_counter()
         out = generate_once(model, torch.randint(3, 8192, (b, n), device="cuda", generator=gen))
         torch.cuda.synchronize()
@@ -149,11 +156,21 @@ def generate_once(model, ids):
                               min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True, pad_token_id=0)
 
 
-def run_steps(model, args):
+def run_steps(model, args, before_step=None):
     """One pass over the --steps shapes: (losses or first tokens, step times)."""
     if args.model == "generate":
-        return generate_steps(model, args.steps, seed=1, max_batch=args.max_batch)
-    return gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024)
+        return generate_steps(model, args.steps, seed=1, max_batch=args.max_batch, before_step=before_step)
+    return gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024, before_step=before_step)
+
+
+def lockstep_gate(fd):
+    """Under --lockstep: before each step, say "ready" on fd and wait for the parent's "go" on stdin, so
+    that the round's processes take turns step by step."""
+    def gate(_step):
+        os.write(fd, b"ready\n")
+        if sys.stdin.readline() != "go\n":
+            sys.exit("bench_train: the lock-step parent went away")
+    return gate
 
 
 def worker_train(args):
@@ -209,12 +226,13 @@ def worker_steps(args):
     glake = gt.Glake()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    run_steps(model, args)
+    gate = lockstep_gate(args.gate_fd) if args.gate_fd is not None else None
+    run_steps(model, args, gate)
     peaks = [(torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated())]
     before = glake.stats()
     times = []
     for _ in range(max(1, args.passes - 1)):
-        _, t = run_steps(model, args)
+        _, t = run_steps(model, args, gate)
         times += t
         peaks.append((torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated()))
     after = glake.stats()
@@ -290,18 +308,64 @@ def start_hog(cap):
     return hog, int(line[1]), int(line[2]), int(line[3])
 
 
-def run_worker(config, phase, args, outdir):
-    result = os.path.join(outdir, f"bench-{phase}-{config}.json")
-    log = os.path.join(outdir, f"bench-{phase}-{config}.log")
+def worker_files(config, phase, outdir):
+    return (os.path.join(outdir, f"bench-{phase}-{config}.json"), os.path.join(outdir, f"bench-{phase}-{config}.log"))
+
+
+def worker_command(config, phase, args, outdir):
+    """The worker's command line and environment."""
+    result, _ = worker_files(config, phase, outdir)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", phase, "--result", result, "--model", args.model,
            "--size", args.size, "--steps", str(args.steps), "--max-batch", str(args.max_batch), "--start-batch", str(args.start_batch),
            "--batch-step", str(args.batch_step), "--batch-limit", str(args.batch_limit), "--passes", str(args.passes)]
     mode, extra = gt.CONFIG_ENV[config]
     extra = dict(extra, **({"GLAKE_PYTORCH": "0"} if phase == "pair" else {}))
+    return cmd, gt.child_env(mode, extra)
+
+
+def run_worker(config, phase, args, outdir):
+    cmd, env = worker_command(config, phase, args, outdir)
     t0 = time.time()
-    with open(log, "w") as f:
-        rc = subprocess.run(cmd, env=gt.child_env(mode, extra), stdout=f, stderr=subprocess.STDOUT).returncode
-    took = time.time() - t0
+    with open(worker_files(config, phase, outdir)[1], "w") as f:
+        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    return worker_result(config, phase, outdir, rc, time.time() - t0)
+
+
+def run_lockstep_round(order, args, outdir):
+    """One timing round with the configurations' processes side by side, taking turns step by step
+    (the order of each step's turns rotating): each step's time and native's same step lie a second
+    or so apart, so a slow minute of the machine slows both. Only one process works at a time."""
+    procs, replies, t0 = {}, {}, time.time()
+    for c in order:
+        cmd, env = worker_command(c, "steps", args, outdir)
+        r, w = os.pipe()
+        with open(worker_files(c, "steps", outdir)[1], "w") as log:
+            procs[c] = subprocess.Popen(cmd + ["--gate-fd", str(w)], env=env, stdin=subprocess.PIPE, stdout=log,
+                                        stderr=subprocess.STDOUT, pass_fds=(w,), text=True)
+        os.close(w)
+        replies[c] = os.fdopen(r)
+    ready = {c: replies[c].readline() == "ready\n" for c in order}  # each has built its model
+    for k in range(max(2, args.passes) * args.steps):
+        for c in order[k % len(order):] + order[:k % len(order)]:
+            if not ready[c]:  # it exited (an error: its log says)
+                continue
+            try:
+                procs[c].stdin.write("go\n")
+                procs[c].stdin.flush()
+            except BrokenPipeError:
+                ready[c] = False
+                continue
+            ready[c] = replies[c].readline() == "ready\n"  # its step is done (or it exited, after its last)
+    out = {}
+    for c in order:
+        procs[c].stdin.close()
+        out[c] = worker_result(c, "steps", outdir, procs[c].wait(), time.time() - t0)
+        replies[c].close()
+    return out
+
+
+def worker_result(config, phase, outdir, rc, took):
+    result, log = worker_files(config, phase, outdir)
     if rc != 0 or not os.path.exists(result):
         with open(log) as f:
             tail = "".join(f.readlines()[-15:])
@@ -329,10 +393,13 @@ def main():
     ap.add_argument("--round-configs", help="configurations of the timing rounds (default: --configs)")
     ap.add_argument("--passes", type=int, default=2,
                     help="timing rounds: passes over the same --steps shapes, the first untimed (default 2)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="timing rounds: one process after another instead of side by side in lock step")
     ap.add_argument("--no-pair", action="store_true")
     ap.add_argument("--json", help="write the results here (default: $OUT/bench_train.json)")
     ap.add_argument("--worker", choices=["train", "steps", "pair"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--gate-fd", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     # The search's defaults: generate needs far less memory per sequence than training (no activations
     # kept, a KV cache of 12 KiB per token), so it gets a tighter cap and coarser steps.
@@ -369,7 +436,10 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             for k in range(args.rounds):
                 order = configs[k % len(configs):] + configs[:k % len(configs)]
-                rounds.append({config: run_worker(config, "steps", args, tmp) for config in order})
+                if args.sequential:
+                    rounds.append({config: run_worker(config, "steps", args, tmp) for config in order})
+                else:
+                    rounds.append(run_lockstep_round(order, args, tmp))
                 print(f"timing round {k + 1}/{args.rounds} done", flush=True)
     report["rounds"] = rounds
     if not args.no_pair:

@@ -176,9 +176,10 @@ def step_shapes(steps, seed, max_batch=8, min_len=64, max_len=1024):
     return [(rng.randint(1, max_batch), rng.randint(min_len, max_len)) for _ in range(steps)]
 
 
-def train(model, steps, seed, vocab=8192, max_batch=8, max_len=1024, on_step=None, lr=1e-4):
+def train(model, steps, seed, vocab=8192, max_batch=8, max_len=1024, before_step=None, lr=1e-4):
     """Trains with activation checkpointing, bf16 autocast and AdamW on random tokens. Returns the
-    losses and the step times (seconds, synchronized)."""
+    losses and the step times (seconds, synchronized). before_step(i), if given, is called before
+    step i starts (and before its clock does)."""
     import torch
     model.train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -190,6 +191,8 @@ def train(model, steps, seed, vocab=8192, max_batch=8, max_len=1024, on_step=Non
     losses, times = [], []
     for i, (b, n) in enumerate(step_shapes(steps, seed, max_batch=max_batch, max_len=max_len)):
         torch.cuda.synchronize()
+        if before_step is not None:
+            before_step(i)
         t0 = time.perf_counter()
         ids = torch.randint(0, vocab, (b, n), device="cuda", generator=gen)
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -200,8 +203,6 @@ def train(model, steps, seed, vocab=8192, max_batch=8, max_len=1024, on_step=Non
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step(i)
     return losses, times
 
 
