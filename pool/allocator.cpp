@@ -40,6 +40,7 @@ void Allocator::Impl::settle(bool wait, bool all) {
     bool record;
     bool recorded;
     bool done;
+    bool synced;  // no event could be recorded on it: the stream itself was waited for
     bool retired;
   };
   std::vector<Todo> todo;
@@ -47,49 +48,57 @@ void Allocator::Impl::settle(bool wait, bool all) {
     std::lock_guard lock(mu);
     for (auto& [s, ss] : streams) {
       if (!all && ss.large.empty() && ss.small.empty()) continue;
-      todo.push_back({s, ss.event, ss.free_seq, ss.event == 0 || ss.event_seq < ss.free_seq, false, false, ss.retired});
+      todo.push_back({s, ss.event, ss.free_seq, ss.event == 0 || ss.event_seq < ss.free_seq, false, false, false,
+                      ss.retired});
     }
   }
   for (Todo& t : todo) {
-    if (t.event == 0 && drv.event_create(&t.event) != Status::ok) {
-      t.event = 0;
-      continue;
-    }
+    if (t.event == 0 && drv.event_create(&t.event) != Status::ok) t.event = 0;
     // A destroyed stream gets no new record; a capturing one neither (it would join the user's graph).
     bool capturing = false;
     if (t.record && (t.retired || drv.stream_is_capturing(t.stream, &capturing) != Status::ok || capturing))
       t.record = false;
     if (t.record) {
-      if (drv.event_record(t.event, t.stream) != Status::ok) continue;
+      if (t.event == 0 || drv.event_record(t.event, t.stream) != Status::ok) {
+        // No event of the pool's context can be recorded on it (a stream of another context): when
+        // waiting anyway, wait for the stream itself.
+        if (wait) t.synced = drv.stream_synchronize(t.stream) == Status::ok;
+        continue;
+      }
       t.recorded = true;
     }
-    if (!t.record && !t.recorded && t.event == 0) continue;
+    if (t.event == 0) continue;
     t.done = (wait ? drv.event_synchronize(t.event) : drv.event_query(t.event)) == Status::ok;
   }
   std::lock_guard lock(mu);
-  std::vector<Block*> ready;
   for (const Todo& t : todo) {
     StreamState& ss = stream_state(t.stream);
     ss.event = t.event;
     if (t.recorded) ss.event_seq = t.seq;
-    if (!t.done) continue;
-    ss.completed_seq = std::max(ss.completed_seq, ss.event_seq);
-    ready.clear();
-    for (Block* b : ss.large)
-      if (b->free_seq <= ss.event_seq) ready.push_back(b);
-    for (Block* b : ss.small)
-      if (b->free_seq <= ss.event_seq) ready.push_back(b);
-    for (Block* b : ready) {
-      // b may have been merged into an earlier block of this list: merging only joins indexed
-      // neighbours, and each is erased from its set first, so check it is still indexed.
-      FreeSet& set = b->small ? ss.small : ss.large;
-      if (set.erase(b) == 0) continue;
-      b->settled = true;
-      if (b->small)
-        settle_piece(b);
-      else
-        settle_large_block(b);
-    }
+    if (t.synced)
+      settle_stream(ss, t.seq);
+    else if (t.done)
+      settle_stream(ss, ss.event_seq);
+  }
+}
+
+void Allocator::Impl::settle_stream(StreamState& ss, std::uint64_t upto) {
+  ss.completed_seq = std::max(ss.completed_seq, upto);
+  std::vector<Block*> ready;
+  for (Block* b : ss.large)
+    if (b->free_seq <= upto) ready.push_back(b);
+  for (Block* b : ss.small)
+    if (b->free_seq <= upto) ready.push_back(b);
+  for (Block* b : ready) {
+    // b may have been merged into an earlier block of this list: merging only joins indexed
+    // neighbours, and each is erased from its set first, so check it is still indexed.
+    FreeSet& set = b->small ? ss.small : ss.large;
+    if (set.erase(b) == 0) continue;
+    b->settled = true;
+    if (b->small)
+      settle_piece(b);
+    else
+      settle_large_block(b);
   }
 }
 
@@ -897,7 +906,9 @@ void Allocator::forget_stream(StreamHandle stream) {
     ev = it->second.event;
   }
   if (ev == 0 && m.drv.event_create(&ev) != Status::ok) ev = 0;
-  bool recorded = ev != 0 && m.drv.event_record(ev, stream) == Status::ok;
+  const bool recorded = ev != 0 && m.drv.event_record(ev, stream) == Status::ok;
+  // Without a record its frees could never settle: wait for the stream while it still exists.
+  const bool synced = !recorded && m.drv.stream_synchronize(stream) == Status::ok;
   std::lock_guard lock(m.mu);
   // Re-key its state so that a new stream with the same handle starts afresh.
   auto node = m.streams.extract(stream);
@@ -913,6 +924,7 @@ void Allocator::forget_stream(StreamHandle stream) {
   for (const auto& seg : m.segments)
     for (Block* b = seg->head; b != nullptr; b = b->next)
       if (b->state == State::stale && !b->settled && b->stream == stream) b->stream = ghost;
+  if (synced) m.settle_stream(ss, ss.free_seq);
 }
 
 Status Allocator::refresh_access() {

@@ -381,6 +381,8 @@ struct Allocator::Impl {
   // Settles what streams freed: records an event on each stream with unsettled blocks (every known
   // stream when `all`), then queries it or, when `wait`, waits for it.
   void settle(bool wait, bool all = false);
+  // Settles stream state ss's frees up to sequence number `upto`, whose work has completed. mu held.
+  void settle_stream(StreamState& ss, std::uint64_t upto);
   // Whether the work before stale block b's free has completed, so that its slots may be unmapped.
   bool stale_done(const Block* b) {
     return b->settled || b->free_seq <= stream_state(b->stream).completed_seq;

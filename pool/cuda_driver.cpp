@@ -61,6 +61,7 @@ struct Api {
   decltype(&::cuEventSynchronize) event_synchronize = nullptr;
   decltype(&::cuStreamWaitEvent) stream_wait_event = nullptr;
   decltype(&::cuStreamIsCapturing) stream_is_capturing = nullptr;
+  decltype(&::cuStreamSynchronize) stream_synchronize = nullptr;
   decltype(&::cuMemcpyAsync) memcpy_async = nullptr;
   decltype(&::cuMemHostAlloc) mem_host_alloc = nullptr;
   decltype(&::cuMemFreeHost) mem_free_host = nullptr;
@@ -148,6 +149,7 @@ void resolve(Api* api) {
   get("cuEventSynchronize", &api->event_synchronize);
   get("cuStreamWaitEvent", &api->stream_wait_event);
   get("cuStreamIsCapturing", &api->stream_is_capturing);
+  get("cuStreamSynchronize", &api->stream_synchronize);
   get("cuMemcpyAsync", &api->memcpy_async);
   get("cuMemHostAlloc", &api->mem_host_alloc);
   get("cuMemFreeHost", &api->mem_free_host);
@@ -458,6 +460,13 @@ Status CudaDriver::stream_is_capturing(StreamHandle stream, bool* capturing) {
   // An invalidated capture is still a capture until it is ended: the stream must not be served.
   if (r == CUDA_SUCCESS) *capturing = st != CU_STREAM_CAPTURE_STATUS_NONE;
   return finish(Call::stream_is_capturing, to_status(r), t0);
+}
+
+Status CudaDriver::stream_synchronize(StreamHandle stream) {
+  const std::uint64_t t0 = now_ns();
+  ContextScope scope(*this);
+  if (!scope.ok()) return finish(Call::stream_synchronize, scope.status(), t0);
+  return finish(Call::stream_synchronize, to_status(api().stream_synchronize(reinterpret_cast<CUstream>(stream))), t0);
 }
 
 // --- copies and pinned host memory ----------------------------------------------------------------

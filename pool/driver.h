@@ -61,6 +61,7 @@ enum class Call : int {
   event_synchronize,
   stream_wait_event,
   stream_is_capturing,
+  stream_synchronize,
   memcpy_async,
   host_alloc,
   host_free,
@@ -128,6 +129,9 @@ class Driver {
   virtual Status event_synchronize(EventHandle event) = 0;
   virtual Status stream_wait_event(StreamHandle stream, EventHandle event) = 0;
   virtual Status stream_is_capturing(StreamHandle stream, bool* capturing) = 0;
+  // Waits for all work submitted to the stream so far (for the pool: only where an event cannot be
+  // recorded on it, e.g. a stream of another context).
+  virtual Status stream_synchronize(StreamHandle stream) = 0;
 
   // Async copies between any two addresses (unified addressing) and pinned host memory, for LayerKV.
   virtual Status memcpy_async(void* dst, const void* src, std::size_t size, StreamHandle stream) = 0;

@@ -107,6 +107,7 @@ std::uint64_t HostDriver::modeled_ns(Call c, std::size_t size, std::size_t mappi
     case Call::event_query:
     case Call::event_synchronize:
     case Call::stream_wait_event:
+    case Call::stream_synchronize:
       return kEventNs;
     default:
       return kOtherNs;
@@ -412,6 +413,14 @@ Status HostDriver::stream_wait_event(StreamHandle stream, EventHandle event) {
   if (auto f = take_fault(Call::stream_wait_event)) return finish(Call::stream_wait_event, *f, 0);
   if (events_.find(event) == events_.end()) return finish(Call::stream_wait_event, Status::invalid_handle, 0);
   return finish(Call::stream_wait_event, Status::ok, modeled_ns(Call::stream_wait_event));
+}
+
+Status HostDriver::stream_synchronize(StreamHandle stream) {
+  std::lock_guard lock(mutex_);
+  if (auto f = take_fault(Call::stream_synchronize)) return finish(Call::stream_synchronize, *f, 0);
+  auto s = streams_.find(stream);
+  if (s != streams_.end()) s->second.completed = s->second.submitted;
+  return finish(Call::stream_synchronize, Status::ok, modeled_ns(Call::stream_synchronize));
 }
 
 Status HostDriver::stream_is_capturing(StreamHandle stream, bool* capturing) {

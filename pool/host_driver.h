@@ -71,6 +71,7 @@ class HostDriver final : public Driver {
   Status event_synchronize(EventHandle event) override;
   Status stream_wait_event(StreamHandle stream, EventHandle event) override;
   Status stream_is_capturing(StreamHandle stream, bool* capturing) override;
+  Status stream_synchronize(StreamHandle stream) override;
 
   Status memcpy_async(void* dst, const void* src, std::size_t size, StreamHandle stream) override;
   Status host_alloc(std::size_t size, void** ptr) override;

@@ -43,6 +43,7 @@ const char* call_name(Call c) {
     case Call::event_synchronize: return "event_synchronize";
     case Call::stream_wait_event: return "stream_wait_event";
     case Call::stream_is_capturing: return "stream_is_capturing";
+    case Call::stream_synchronize: return "stream_synchronize";
     case Call::memcpy_async: return "memcpy_async";
     case Call::host_alloc: return "host_alloc";
     case Call::host_free: return "host_free";

@@ -320,6 +320,9 @@ TYPED_TEST_P(DriverConformance, EventsRecordQuerySynchronize) {
   EXPECT_EQ(d.stream_wait_event(0, e), Status::ok);
   ASSERT_EQ(d.event_record(f, 0), Status::ok);
   EXPECT_EQ(d.event_synchronize(f), Status::ok);
+  ASSERT_EQ(d.event_record(f, 0), Status::ok);
+  EXPECT_EQ(d.stream_synchronize(0), Status::ok);
+  EXPECT_EQ(d.event_query(f), Status::ok) << "the stream's work before the wait is done";
   EXPECT_EQ(d.event_destroy(e), Status::ok);
   EXPECT_EQ(d.event_destroy(f), Status::ok);
 }
@@ -366,6 +369,7 @@ TYPED_TEST_P(DriverConformance, EveryCallIsCounted) {
   counted(Call::event_query, true, [&] { return d.event_query(e); });
   counted(Call::stream_wait_event, true, [&] { return d.stream_wait_event(0, e); });
   counted(Call::stream_is_capturing, true, [&] { return d.stream_is_capturing(0, &capturing); });
+  counted(Call::stream_synchronize, true, [&] { return d.stream_synchronize(0); });
   counted(Call::host_alloc, true, [&] { return d.host_alloc(4096, &src); });
   counted(Call::host_alloc, true, [&] { return d.host_alloc(4096, &dst); });
   counted(Call::memcpy_async, true, [&] { return d.memcpy_async(dst, src, 4096, 0); });

@@ -438,6 +438,45 @@ TEST(Allocator, ForgottenStreamSettlesOnceItsWorkIsDone) {
   EXPECT_EQ(m.pool.validate(), "");
 }
 
+// A stream of another context takes no record of the pool's event (invalid handle): the pool waits
+// for the stream itself where it would have waited for the event, rather than grow.
+TEST(Allocator, AStreamNoEventCanBeRecordedOnIsWaitedFor) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  for (std::uint64_t n = 1; n <= 4; ++n) m.driver.fail_nth(Call::event_record, n, Status::invalid_handle);
+  ASSERT_EQ(m.alloc(4 * kPage, 2, &b), Status::ok);
+  EXPECT_EQ(b, a);
+  EXPECT_EQ(m.driver.stats().calls(Call::stream_synchronize), 1u);
+  EXPECT_EQ(m.pool.stats().physical.peak, 4 * kPage) << "grew instead of waiting for the stream";
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+}
+
+// Destroyed with no record possible, its frees would never settle: the pool waits for the stream
+// before it goes, and its memory serves other streams.
+TEST(Allocator, AForgottenStreamNoEventCanBeRecordedOnGivesItsFreesBack) {
+  Config cfg;
+  cfg.stitch = false;  // grows rather than waits, so memory held back would show
+  PoolModel m(small_pages(16 << 20), cfg);
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  m.driver.fail_nth(Call::event_record, 1, Status::invalid_handle);
+  m.pool.forget_stream(1);
+  EXPECT_EQ(m.driver.stats().calls(Call::stream_synchronize), 1u);
+  ASSERT_EQ(m.alloc(4 * kPage, 3, &b), Status::ok);
+  EXPECT_EQ(b, a);
+  EXPECT_EQ(m.pool.stats().physical.peak, 4 * kPage);
+  ASSERT_EQ(m.free(b, 3), Status::ok);
+  m.pool.trim();
+  EXPECT_EQ(m.pool.stats().physical.current, 0u) << "the destroyed stream's memory went back";
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
 TEST(Allocator, RefreshAccessCoversEveryMapping) {
   PoolModel m(small_pages(16 << 20), no_limit());
   DevPtr a = 0, b = 0;

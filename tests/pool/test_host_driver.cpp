@@ -553,6 +553,15 @@ FaultCase HostFaultInjection::make_case(Call c) {
       k.after_ok = [&] { EXPECT_TRUE(out_bool_); };
       k.after_failure = [&] { EXPECT_FALSE(out_bool_); };
       break;
+    case Call::stream_synchronize:
+      k.prepare = [&] {
+        d_.enqueue_work(kStream);
+        ASSERT_EQ(d_.event_record(e_, kStream), Status::ok);
+      };
+      k.attempt = [&] { return d_.stream_synchronize(kStream); };
+      k.after_ok = [&] { EXPECT_EQ(d_.event_query(e_), Status::ok); };
+      k.after_failure = [&] { EXPECT_EQ(d_.event_query(e_), Status::not_ready); };
+      break;
     case Call::memcpy_async:
       k.prepare = [&] {
         std::memset(src_, 0xab, kBytes);
