@@ -8,6 +8,7 @@
 // Timing: the median cost of a cached alloc+free pair through the CUDA driver, printed as
 // "pair_ns_cuda: N"; it must be at most GLAKE_PAIR_NS_MAX (default 300; 0 only reports).
 // Every CUDA call is checked, and every launch is followed by cudaGetLastError and a synchronize.
+#include <cuda.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "pool/allocator.h"
@@ -405,6 +407,61 @@ TEST_F(Gpu, AllocatorLendsAPageTailToAWindow) {
   a.trim(0);
   EXPECT_EQ(a.stats().physical.current, 0u);
   ASSERT_EQ(a.validate(), "");
+}
+
+// A stream of a context of its own (cuCtxCreate), not the primary one the pool's events belong to.
+// Whether the driver takes a record of the pool's event on it is printed; either way the pool's frees
+// on it settle, where it waits and once the stream is forgotten (destroyed), and then serve another
+// stream, without the pool growing.
+TEST_F(Gpu, AllocatorSettlesAStreamOfAnotherContext) {
+  auto entry = [](const char* name, auto* fn) {
+    cudaDriverEntryPointQueryResult q{};
+    void* p = nullptr;
+    const cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, CUDA_VERSION, cudaEnableDefault, &q);
+    *fn = e == cudaSuccess && q == cudaDriverEntryPointSuccess ? reinterpret_cast<std::remove_pointer_t<decltype(fn)>>(p)
+                                                               : nullptr;
+    return *fn != nullptr;
+  };
+  decltype(&::cuCtxCreate) ctx_create = nullptr;
+  decltype(&::cuCtxDestroy) ctx_destroy = nullptr;
+  decltype(&::cuCtxPopCurrent) ctx_pop = nullptr;
+  decltype(&::cuStreamCreate) stream_create = nullptr;
+  decltype(&::cuStreamDestroy) stream_destroy = nullptr;
+  ASSERT_TRUE(entry("cuCtxCreate", &ctx_create) && entry("cuCtxDestroy", &ctx_destroy) &&
+              entry("cuCtxPopCurrent", &ctx_pop) && entry("cuStreamCreate", &stream_create) &&
+              entry("cuStreamDestroy", &stream_destroy));
+  CUcontext ctx = nullptr, popped = nullptr;
+  ASSERT_EQ(ctx_create(&ctx, nullptr, 0, test_device()), CUDA_SUCCESS);
+  CUstream other = nullptr;
+  ASSERT_EQ(stream_create(&other, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(ctx_pop(&popped), CUDA_SUCCESS);  // back to the primary context
+  const auto h = reinterpret_cast<StreamHandle>(other);
+
+  EventHandle e = 0;
+  POOL_OK(driver_->event_create(&e));
+  const Status record = driver_->event_record(e, h);
+  std::printf("the pool's event recorded on another context's stream: %s\n", status_name(record));
+  POOL_OK(driver_->event_destroy(e));
+
+  Allocator a(*driver_, Config{});
+  const std::size_t n = 8 * g_;
+  DevPtr p = 0, q = 0;
+  POOL_OK(a.allocate(n, h, &p));
+  POOL_OK(a.free(p, h));
+  POOL_OK(a.allocate(n, stream(), &q));  // waits for the other stream, one way or the other
+  EXPECT_EQ(q, p) << "grew instead of waiting for the other context's stream";
+  POOL_OK(a.free(q));
+  POOL_OK(a.allocate(n, h, &p));
+  POOL_OK(a.free(p, h));
+  a.forget_stream(h);
+  ASSERT_EQ(stream_destroy(other), CUDA_SUCCESS);
+  POOL_OK(a.allocate(n, stream(), &q));
+  EXPECT_EQ(q, p) << "the destroyed stream's free did not settle";
+  EXPECT_EQ(a.stats().physical.peak, n);
+  POOL_OK(a.free(q));
+  ASSERT_EQ(a.validate(), "");
+  CUDA_OK(cudaStreamSynchronize(stream_));
+  EXPECT_EQ(ctx_destroy(ctx), CUDA_SUCCESS);
 }
 
 // --- timing -----------------------------------------------------------------------------------------
