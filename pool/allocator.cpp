@@ -42,6 +42,7 @@ void Allocator::Impl::settle(bool wait, bool all) {
     bool done;
     bool synced;  // no event could be recorded on it: the stream itself was waited for
     bool retired;
+    bool pending;  // frees whose work is not known to have completed
   };
   std::vector<Todo> todo;
   {
@@ -49,7 +50,7 @@ void Allocator::Impl::settle(bool wait, bool all) {
     for (auto& [s, ss] : streams) {
       if (!all && ss.large.empty() && ss.small.empty()) continue;
       todo.push_back({s, ss.event, ss.free_seq, ss.event == 0 || ss.event_seq < ss.free_seq, false, false, false,
-                      ss.retired});
+                      ss.retired, ss.completed_seq < ss.free_seq});
     }
   }
   for (Todo& t : todo) {
@@ -62,7 +63,7 @@ void Allocator::Impl::settle(bool wait, bool all) {
       if (t.event == 0 || drv.event_record(t.event, t.stream) != Status::ok) {
         // No event of the pool's context can be recorded on it (a stream of another context): when
         // waiting anyway, wait for the stream itself.
-        if (wait) t.synced = drv.stream_synchronize(t.stream) == Status::ok;
+        if (wait && t.pending) t.synced = drv.stream_synchronize(t.stream) == Status::ok;
         continue;
       }
       t.recorded = true;
@@ -70,16 +71,22 @@ void Allocator::Impl::settle(bool wait, bool all) {
     if (t.event == 0) continue;
     t.done = (wait ? drv.event_synchronize(t.event) : drv.event_query(t.event)) == Status::ok;
   }
-  std::lock_guard lock(mu);
-  for (const Todo& t : todo) {
-    StreamState& ss = stream_state(t.stream);
-    ss.event = t.event;
-    if (t.recorded) ss.event_seq = t.seq;
-    if (t.synced)
-      settle_stream(ss, t.seq);
-    else if (t.done)
-      settle_stream(ss, ss.event_seq);
+  std::vector<EventHandle> dropped;
+  {
+    std::lock_guard lock(mu);
+    for (const Todo& t : todo) {
+      StreamState& ss = stream_state(t.stream);
+      ss.event = t.event;
+      if (t.recorded) ss.event_seq = t.seq;
+      if (t.synced)
+        settle_stream(ss, t.seq);
+      else if (t.done)
+        settle_stream(ss, ss.event_seq);
+      if (t.retired)
+        if (EventHandle e = drop_retired(t.stream)) dropped.push_back(e);
+    }
   }
+  for (EventHandle e : dropped) drv.event_destroy(e);
 }
 
 void Allocator::Impl::settle_stream(StreamState& ss, std::uint64_t upto) {
@@ -898,33 +905,55 @@ void Allocator::forget_stream(StreamHandle stream) {
   Impl& m = *impl_;
   std::lock_guard grow(m.grow_mu);
   EventHandle ev = 0;
+  std::uint64_t seq = 0;  // its frees so far; those after this (on a stream being destroyed) wait for the next settle
+  bool pending = false;
   {
     std::lock_guard lock(m.mu);
     m.unpark_all();
     auto it = m.streams.find(stream);
     if (it == m.streams.end() || it->second.retired) return;
     ev = it->second.event;
+    seq = it->second.free_seq;
+    pending = it->second.completed_seq < seq;
   }
-  if (ev == 0 && m.drv.event_create(&ev) != Status::ok) ev = 0;
-  const bool recorded = ev != 0 && m.drv.event_record(ev, stream) == Status::ok;
+  if (pending && ev == 0 && m.drv.event_create(&ev) != Status::ok) ev = 0;
+  const bool recorded = pending && ev != 0 && m.drv.event_record(ev, stream) == Status::ok;
   // Without a record its frees could never settle: wait for the stream while it still exists.
-  const bool synced = !recorded && m.drv.stream_synchronize(stream) == Status::ok;
-  std::lock_guard lock(m.mu);
-  // Re-key its state so that a new stream with the same handle starts afresh.
-  auto node = m.streams.extract(stream);
-  StreamHandle ghost = m.next_ghost++;
-  node.key() = ghost;
-  StreamState& ss = m.streams.insert(std::move(node)).position->second;
-  ss.event = ev;
-  if (recorded) ss.event_seq = ss.free_seq;
-  ss.retired = true;
-  m.last_state = nullptr;
-  for (FreeSet* set : {&ss.large, &ss.small})
-    for (Block* b : *set) b->stream = ghost;  // the sets order by size and address: still ordered
-  for (const auto& seg : m.segments)
-    for (Block* b = seg->head; b != nullptr; b = b->next)
-      if (b->state == State::stale && !b->settled && b->stream == stream) b->stream = ghost;
-  if (synced) m.settle_stream(ss, ss.free_seq);
+  const bool synced = pending && !recorded && m.drv.stream_synchronize(stream) == Status::ok;
+  EventHandle dropped = 0;
+  {
+    std::lock_guard lock(m.mu);
+    // Re-key its state so that a new stream with the same handle starts afresh.
+    auto node = m.streams.extract(stream);
+    StreamHandle ghost = m.next_ghost++;
+    node.key() = ghost;
+    StreamState& ss = m.streams.insert(std::move(node)).position->second;
+    ss.event = ev;
+    if (recorded) ss.event_seq = seq;
+    ss.retired = true;
+    m.last_state = nullptr;
+    for (FreeSet* set : {&ss.large, &ss.small})
+      for (Block* b : *set) b->stream = ghost;  // the sets order by size and address: still ordered
+    for (const auto& seg : m.segments)
+      for (Block* b = seg->head; b != nullptr; b = b->next)
+        if (b->state == State::stale && !b->settled && b->stream == stream) b->stream = ghost;
+    if (synced || !pending) m.settle_stream(ss, seq);
+    dropped = m.drop_retired(ghost);
+  }
+  if (dropped != 0) m.drv.event_destroy(dropped);
+}
+
+EventHandle Allocator::Impl::drop_retired(StreamHandle ghost) {
+  auto it = streams.find(ghost);
+  if (it == streams.end() || !it->second.retired || !it->second.large.empty() || !it->second.small.empty())
+    return 0;
+  for (const auto& seg : segments)
+    for (const Block* b = seg->head; b != nullptr; b = b->next)
+      if (b->state == State::stale && !b->settled && b->stream == ghost) return 0;
+  const EventHandle ev = it->second.event;
+  streams.erase(it);
+  last_state = nullptr;
+  return ev;
 }
 
 Status Allocator::refresh_access() {

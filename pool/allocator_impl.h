@@ -383,6 +383,10 @@ struct Allocator::Impl {
   void settle(bool wait, bool all = false);
   // Settles stream state ss's frees up to sequence number `upto`, whose work has completed. mu held.
   void settle_stream(StreamState& ss, std::uint64_t upto);
+  // Forgets the state of destroyed stream `ghost` once nothing waits on its work (no unsettled free, no
+  // stale slot); returns its event for the caller to destroy once mu is released (0: kept, or none).
+  // mu held.
+  EventHandle drop_retired(StreamHandle ghost);
   // Whether the work before stale block b's free has completed, so that its slots may be unmapped.
   bool stale_done(const Block* b) {
     return b->settled || b->free_seq <= stream_state(b->stream).completed_seq;

@@ -166,6 +166,8 @@ def run_steps(model, args, before_step=None):
 def lockstep_gate(fd):
     """Under --lockstep: before each step, say "ready" on fd and wait for the parent's "go" on stdin, so
     that the round's processes take turns step by step."""
+    os.set_inheritable(fd, False)  # no grandchild keeps it open past this process's end
+
     def gate(_step):
         os.write(fd, b"ready\n")
         if sys.stdin.readline() != "go\n":
@@ -350,8 +352,7 @@ def run_lockstep_round(order, args, outdir):
             if not ready[c]:  # it exited (an error: its log says)
                 continue
             try:
-                procs[c].stdin.write("go\n")
-                procs[c].stdin.flush()
+                os.write(procs[c].stdin.fileno(), b"go\n")  # unbuffered: nothing left to fail at close
             except BrokenPipeError:
                 ready[c] = False
                 continue

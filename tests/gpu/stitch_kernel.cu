@@ -13,12 +13,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -409,10 +411,16 @@ TEST_F(Gpu, AllocatorLendsAPageTailToAWindow) {
   ASSERT_EQ(a.validate(), "");
 }
 
+// Queued on a stream: the stream's work, 200 ms long, that a free must wait for.
+void CUDA_CB slow_work(void* done) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  static_cast<std::atomic<int>*>(done)->fetch_add(1);
+}
+
 // A stream of a context of its own (cuCtxCreate), not the primary one the pool's events belong to.
 // Whether the driver takes a record of the pool's event on it is printed; either way the pool's frees
-// on it settle, where it waits and once the stream is forgotten (destroyed), and then serve another
-// stream, without the pool growing.
+// on it settle once their work is done, where the pool waits and once the stream is forgotten
+// (destroyed), and then serve another stream, without the pool growing.
 TEST_F(Gpu, AllocatorSettlesAStreamOfAnotherContext) {
   auto entry = [](const char* name, auto* fn) {
     cudaDriverEntryPointQueryResult q{};
@@ -427,15 +435,18 @@ TEST_F(Gpu, AllocatorSettlesAStreamOfAnotherContext) {
   decltype(&::cuCtxPopCurrent) ctx_pop = nullptr;
   decltype(&::cuStreamCreate) stream_create = nullptr;
   decltype(&::cuStreamDestroy) stream_destroy = nullptr;
+  decltype(&::cuLaunchHostFunc) launch_host_func = nullptr;
   ASSERT_TRUE(entry("cuCtxCreate", &ctx_create) && entry("cuCtxDestroy", &ctx_destroy) &&
               entry("cuCtxPopCurrent", &ctx_pop) && entry("cuStreamCreate", &stream_create) &&
-              entry("cuStreamDestroy", &stream_destroy));
+              entry("cuStreamDestroy", &stream_destroy) && entry("cuLaunchHostFunc", &launch_host_func));
   CUcontext ctx = nullptr, popped = nullptr;
   ASSERT_EQ(ctx_create(&ctx, nullptr, 0, test_device()), CUDA_SUCCESS);
   CUstream other = nullptr;
-  ASSERT_EQ(stream_create(&other, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  ASSERT_EQ(ctx_pop(&popped), CUDA_SUCCESS);  // back to the primary context
+  const CUresult made = stream_create(&other, CU_STREAM_NON_BLOCKING);
+  ASSERT_EQ(ctx_pop(&popped), CUDA_SUCCESS);  // back to the primary context before anything can fail
+  ASSERT_EQ(made, CUDA_SUCCESS);
   const auto h = reinterpret_cast<StreamHandle>(other);
+  std::atomic<int> done{0};
 
   EventHandle e = 0;
   POOL_OK(driver_->event_create(&e));
@@ -447,13 +458,17 @@ TEST_F(Gpu, AllocatorSettlesAStreamOfAnotherContext) {
   const std::size_t n = 8 * g_;
   DevPtr p = 0, q = 0;
   POOL_OK(a.allocate(n, h, &p));
+  ASSERT_EQ(launch_host_func(other, slow_work, &done), CUDA_SUCCESS);
   POOL_OK(a.free(p, h));
   POOL_OK(a.allocate(n, stream(), &q));  // waits for the other stream, one way or the other
   EXPECT_EQ(q, p) << "grew instead of waiting for the other context's stream";
+  EXPECT_EQ(done.load(), 1) << "handed out before the other stream's work was done";
   POOL_OK(a.free(q));
   POOL_OK(a.allocate(n, h, &p));
+  ASSERT_EQ(launch_host_func(other, slow_work, &done), CUDA_SUCCESS);
   POOL_OK(a.free(p, h));
   a.forget_stream(h);
+  EXPECT_EQ(done.load(), 2) << "forgotten before its work was done, with no event to wait for";
   ASSERT_EQ(stream_destroy(other), CUDA_SUCCESS);
   POOL_OK(a.allocate(n, stream(), &q));
   EXPECT_EQ(q, p) << "the destroyed stream's free did not settle";

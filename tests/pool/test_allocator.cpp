@@ -446,11 +446,30 @@ TEST(Allocator, AStreamNoEventCanBeRecordedOnIsWaitedFor) {
   ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
   m.driver.enqueue_work(1);
   ASSERT_EQ(m.free(a, 1), Status::ok);
-  for (std::uint64_t n = 1; n <= 4; ++n) m.driver.fail_nth(Call::event_record, n, Status::invalid_handle);
+  for (std::uint64_t n = 1; n <= 64; ++n) m.driver.fail_nth(Call::event_record, n, Status::invalid_handle);
   ASSERT_EQ(m.alloc(4 * kPage, 2, &b), Status::ok);
   EXPECT_EQ(b, a);
   EXPECT_EQ(m.driver.stats().calls(Call::stream_synchronize), 1u);
   EXPECT_EQ(m.pool.stats().physical.peak, 4 * kPage) << "grew instead of waiting for the stream";
+  for (int i = 0; i < 3; ++i) m.pool.trim();
+  EXPECT_EQ(m.driver.stats().calls(Call::stream_synchronize), 1u) << "waited again with nothing new to settle";
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+}
+
+// When the stream cannot be waited for either, its free stays with it: another stream gets new memory.
+TEST(Allocator, AStreamThatCanBeNeitherRecordedNorWaitedForKeepsItsFree) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  for (std::uint64_t n = 1; n <= 8; ++n) {
+    m.driver.fail_nth(Call::event_record, n, Status::invalid_handle);
+    m.driver.fail_nth(Call::stream_synchronize, n, Status::unknown);
+  }
+  ASSERT_EQ(m.alloc(4 * kPage, 2, &b), Status::ok);
+  EXPECT_NE(b, a) << "handed out before stream 1's work was known to be done";
   EXPECT_EQ(m.pool.validate(), "");
   EXPECT_EQ(m.check(), "");
 }
@@ -474,6 +493,25 @@ TEST(Allocator, AForgottenStreamNoEventCanBeRecordedOnGivesItsFreesBack) {
   ASSERT_EQ(m.free(b, 3), Status::ok);
   m.pool.trim();
   EXPECT_EQ(m.pool.stats().physical.current, 0u) << "the destroyed stream's memory went back";
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+// A program that makes a stream per request: what the pool keeps of destroyed streams whose work is
+// done (their state, their event) goes with them.
+TEST(Allocator, StreamsDestroyedByTheThousandLeaveNothingBehind) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  for (StreamHandle s = 1; s <= 1000; ++s) {
+    DevPtr p = 0;
+    ASSERT_EQ(m.alloc(s % 2 == 0 ? 4096 : 3 * kPage, s, &p), Status::ok);
+    if (s % 3 == 0) m.driver.enqueue_work(s);
+    ASSERT_EQ(m.free(p, s), Status::ok);
+    m.driver.complete_work(s);
+    m.pool.forget_stream(s);
+  }
+  EXPECT_LE(m.driver.live_events(), 2u);
+  EXPECT_LE(m.pool.stats().physical.peak, 4 * kPage);
+  m.pool.trim();
+  EXPECT_EQ(m.pool.stats().physical.current, 0u);
   EXPECT_EQ(m.pool.validate(), "");
 }
 
