@@ -24,7 +24,9 @@ For each configuration it reports:
     rotating each round; then the round's configurations need not fit in memory together). Each
     step's time over native's same step in the same round; the median of these ratios over every
     round and step, with a 95% bootstrap interval (configuration native-again, native once more,
-    shows the machine's own spread);
+    shows the machine's own spread); and how much of each step the host spent issuing it (until its
+    last launch returned: near 1, the host bounds the step). --no-gc turns Python's garbage collector
+    off in the timing rounds (the same in every configuration);
   - the largest batch (at sequence lengths 1024, 512 and 768 in turn) that still trains when a second
     process holds all but --cap-gib of the GPU's memory (the same cap for all three; the training phase
     runs under that cap too).
@@ -42,6 +44,7 @@ Needs libglake.so: GLAKE_LIB, or build-gpu/ or build/.
 """
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -130,10 +133,10 @@ def build_job_model(job, size):
     return model
 
 
-def generate_steps(model, steps, seed, max_batch, before_step=None):
+def generate_steps(model, steps, seed, max_batch, before_step=None, enqueue_times=None):
     """generate() on the shapes of gt.step_shapes (batch x prompt length); returns the first generated
-    token of every row (per step) and the step times (seconds, synchronized). before_step as in
-    gt.train."""
+    token of every row (per step) and the step times (seconds, synchronized). before_step and
+    enqueue_times as in gt.train."""
     import torch
     gen = torch.Generator(device="cuda").manual_seed(seed)
     firsts, times = [], []
@@ -143,6 +146,8 @@ def generate_steps(model, steps, seed, max_batch, before_step=None):
             before_step(i)
         t0 = time.perf_counter()
         out = generate_once(model, torch.randint(3, 8192, (b, n), device="cuda", generator=gen))
+        if enqueue_times is not None:
+            enqueue_times.append(time.perf_counter() - t0)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         firsts.append(out[:, n].tolist())
@@ -156,11 +161,13 @@ def generate_once(model, ids):
                               min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True, pad_token_id=0)
 
 
-def run_steps(model, args, before_step=None):
+def run_steps(model, args, before_step=None, enqueue_times=None):
     """One pass over the --steps shapes: (losses or first tokens, step times)."""
     if args.model == "generate":
-        return generate_steps(model, args.steps, seed=1, max_batch=args.max_batch, before_step=before_step)
-    return gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024, before_step=before_step)
+        return generate_steps(model, args.steps, seed=1, max_batch=args.max_batch, before_step=before_step,
+                              enqueue_times=enqueue_times)
+    return gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024, before_step=before_step,
+                    enqueue_times=enqueue_times)
 
 
 def lockstep_gate(fd):
@@ -228,17 +235,21 @@ def worker_steps(args):
     glake = gt.Glake()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    if args.no_gc:  # the objects so far never collected, and no collection during the steps
+        gc.collect()
+        gc.freeze()
+        gc.disable()
     gate = lockstep_gate(args.gate_fd) if args.gate_fd is not None else None
     run_steps(model, args, gate)
     peaks = [(torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated())]
     before = glake.stats()
-    times = []
+    times, enqueue = [], []
     for _ in range(max(1, args.passes - 1)):
-        _, t = run_steps(model, args, gate)
+        _, t = run_steps(model, args, gate, enqueue)
         times += t
         peaks.append((torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated()))
     after = glake.stats()
-    out = {"step_s": times, "peaks_after_each_pass": peaks}
+    out = {"step_s": times, "enqueue_s": enqueue, "peaks_after_each_pass": peaks}
     if before and after:  # what glake did during the timed passes
         out["glake_delta"] = {k: after[k] - before[k] for k in after if isinstance(after[k], (int, float))}
     return out
@@ -319,7 +330,8 @@ def worker_command(config, phase, args, outdir):
     result, _ = worker_files(config, phase, outdir)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", phase, "--result", result, "--model", args.model,
            "--size", args.size, "--steps", str(args.steps), "--max-batch", str(args.max_batch), "--start-batch", str(args.start_batch),
-           "--batch-step", str(args.batch_step), "--batch-limit", str(args.batch_limit), "--passes", str(args.passes)]
+           "--batch-step", str(args.batch_step), "--batch-limit", str(args.batch_limit), "--passes", str(args.passes)] + \
+        (["--no-gc"] if args.no_gc else [])
     mode, extra = gt.CONFIG_ENV[config]
     extra = dict(extra, **({"GLAKE_PYTORCH": "0"} if phase == "pair" else {}))
     return cmd, gt.child_env(mode, extra)
@@ -396,6 +408,8 @@ def main():
                     help="timing rounds: passes over the same --steps shapes, the first untimed (default 2)")
     ap.add_argument("--sequential", action="store_true",
                     help="timing rounds: one process after another instead of side by side in lock step")
+    ap.add_argument("--no-gc", action="store_true",
+                    help="timing rounds: Python's garbage collector off during the steps (gc.freeze, gc.disable)")
     ap.add_argument("--no-pair", action="store_true")
     ap.add_argument("--json", help="write the results here (default: $OUT/bench_train.json)")
     ap.add_argument("--worker", choices=["train", "steps", "pair"], help=argparse.SUPPRESS)
@@ -497,6 +511,11 @@ def main():
             if "glake_delta" in g and g.get("step_s"):
                 print(f"glake: slow path {g['glake_delta']['slow_ns'] / 1e6:.1f} ms of a {sum(g['step_s']) * 1e3:.0f} ms "
                       f"pass ({g['glake_delta']['slow_ns'] / 1e7 / sum(g['step_s']):.2f}%)")
+        for c in configs:  # how much of a step the host spent issuing it: near 1, the host bounds the step
+            share = [e / s for r in rounds for e, s in zip(r.get(c, {}).get("enqueue_s", []), r.get(c, {}).get("step_s", []))]
+            if share:
+                print(f"{c}: until the last launch, median {statistics.median(share):.2f} of the step "
+                      f"({min(share):.2f}-{max(share):.2f})")
         for c in configs:
             peaks = [r[c]["peaks_after_each_pass"] for r in rounds if "peaks_after_each_pass" in r.get(c, {})]
             if peaks:

@@ -176,10 +176,12 @@ def step_shapes(steps, seed, max_batch=8, min_len=64, max_len=1024):
     return [(rng.randint(1, max_batch), rng.randint(min_len, max_len)) for _ in range(steps)]
 
 
-def train(model, steps, seed, vocab=8192, max_batch=8, max_len=1024, before_step=None, lr=1e-4):
+def train(model, steps, seed, vocab=8192, max_batch=8, max_len=1024, before_step=None, lr=1e-4, enqueue_times=None):
     """Trains with activation checkpointing, bf16 autocast and AdamW on random tokens. Returns the
     losses and the step times (seconds, synchronized). before_step(i), if given, is called before
-    step i starts (and before its clock does)."""
+    step i starts (and before its clock does). enqueue_times, if a list, gets each step's time until
+    its last launch returned (before the synchronize): near the step time, the step is bound by the
+    host."""
     import torch
     model.train()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -200,6 +202,8 @@ def train(model, steps, seed, vocab=8192, max_batch=8, max_len=1024, before_step
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if enqueue_times is not None:
+            enqueue_times.append(time.perf_counter() - t0)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
