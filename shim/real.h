@@ -99,6 +99,13 @@ using DlsymFn = void* (*)(void*, const char*);
   X(stream_create, "cuStreamCreate", decltype(&::cuStreamCreate))                                   \
   X(stream_destroy, "cuStreamDestroy_v2", decltype(&::cuStreamDestroy_v2))                          \
   X(stream_is_capturing, "cuStreamIsCapturing", decltype(&::cuStreamIsCapturing))                   \
+  X(stream_begin_capture, "cuStreamBeginCapture_v2", decltype(&::cuStreamBeginCapture_v2))          \
+  X(stream_begin_capture_ptsz, "cuStreamBeginCapture_ptsz", decltype(&::cuStreamBeginCapture_v2))   \
+  X(stream_begin_capture_to_graph, "cuStreamBeginCaptureToGraph", decltype(&::cuStreamBeginCaptureToGraph)) \
+  X(stream_begin_capture_to_graph_ptsz, "cuStreamBeginCaptureToGraph_ptsz",                         \
+    decltype(&::cuStreamBeginCaptureToGraph))                                                       \
+  X(stream_end_capture, "cuStreamEndCapture", decltype(&::cuStreamEndCapture))                      \
+  X(stream_end_capture_ptsz, "cuStreamEndCapture_ptsz", decltype(&::cuStreamEndCapture))            \
   X(stream_get_device, "cuStreamGetDevice", decltype(&::cuStreamGetDevice))                         \
   X(stream_get_ctx, "cuStreamGetCtx", decltype(&::cuStreamGetCtx))                                  \
   X(stream_synchronize, "cuStreamSynchronize", decltype(&::cuStreamSynchronize))                    \

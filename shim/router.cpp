@@ -450,24 +450,25 @@ pool::Status Router::synchronize_device(int device) {
   return driver_status(r);
 }
 
-void Router::hold_capture_free(DevicePool* p, pool::DevPtr ptr) {
+// False when the last capture ended meanwhile (its end frees what is held under the same lock): the
+// caller frees the block itself.
+bool Router::hold_capture_free(DevicePool* p, pool::DevPtr ptr) {
   Locked lock(&mutex_);
+  if (captures_.load(std::memory_order_acquire) == 0) return false;
   if (held_count_ == held_capacity_) {
     std::size_t cap = held_capacity_ == 0 ? 64 : held_capacity_ * 2;
     auto* grown = static_cast<HeldFree*>(std::realloc(held_frees_, cap * sizeof(HeldFree)));
-    if (grown == nullptr) return;  // out of host memory: the block stays allocated (leaked, never reused)
+    if (grown == nullptr) return true;  // out of host memory: the block stays allocated (leaked, never reused)
     held_frees_ = grown;
     held_capacity_ = cap;
   }
   held_frees_[held_count_++] = HeldFree{p, ptr};
+  return true;
 }
 
 pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
-  if (captures_.load(std::memory_order_acquire) != 0) {
-    // A device sync now would break the capture; the block is freed once every capture has ended.
-    hold_capture_free(p, ptr);
-    return pool::Status::ok;
-  }
+  // A device sync now would break the capture; the block is freed once every capture has ended.
+  if (captures_.load(std::memory_order_acquire) != 0 && hold_capture_free(p, ptr)) return pool::Status::ok;
   const pool::Status sync = synchronize_device(p->device);
   // Devices granted access to this pool may have kernels on the block too: each one whose context is
   // alive (none runs work on a device without one, and retaining it would create one). Their errors
@@ -497,10 +498,8 @@ bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev
 
 pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream,
                                        cudaError_t* runtime_sync) {
-  if (captures_.load(std::memory_order_acquire) != 0) {
-    hold_capture_free(p, ptr);  // no wait now: it could break the capture
-    return pool::Status::ok;
-  }
+  // No wait now: it could break the capture.
+  if (captures_.load(std::memory_order_acquire) != 0 && hold_capture_free(p, ptr)) return pool::Status::ok;
   pool::Status sync = pool::Status::ok;
   if (runtime_sync != nullptr) {  // the runtime's: it makes the current device's context current first
     if (const auto f = real_runtime().stream_synchronize; f != nullptr) {
@@ -981,9 +980,10 @@ cudaError_t Router::stream_end_capture(cudaStream_t stream, cudaGraph_t* graph, 
     RealCall g;
     r = f(stream, graph);
   }
-  // The capture is over when it ended (invalidated or not) or was never under way; other errors
-  // (e.g. the wrong thread) leave it running.
-  if (r == cudaSuccess || r == cudaErrorStreamCaptureInvalidated || r == cudaErrorIllegalState)
+  // The capture is over when it ended (invalidated or not) or was never under way; after another
+  // error (e.g. the wrong thread, or work not joined back) the stream says whether it still captures.
+  if (r == cudaSuccess || r == cudaErrorStreamCaptureInvalidated || r == cudaErrorIllegalState ||
+      !runtime_stream_capturing(reinterpret_cast<cudaStream_t>(normalize(stream, ptds))))
     capture_ended(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
   return r;
 }
@@ -1223,6 +1223,37 @@ CUresult Router::cu_stream_destroy(CUstream stream) {
   const auto f = real_driver().stream_destroy;
   if (f == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
   return destroy_stream(stream, [&] { return f(stream); });
+}
+
+// Inside a runtime hook (RealCall) the runtime is calling: that hook counts the capture.
+CUresult Router::cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, bool ptds) {
+  const auto f = ptds ? real_driver().stream_begin_capture_ptsz : real_driver().stream_begin_capture;
+  if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = f(stream, mode);
+  if (r == CUDA_SUCCESS && !inside_real_call()) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  return r;
+}
+
+CUresult Router::cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
+                                                  const CUgraphEdgeData* edge_data, std::size_t count,
+                                                  CUstreamCaptureMode mode, bool ptds) {
+  const auto f = ptds ? real_driver().stream_begin_capture_to_graph_ptsz : real_driver().stream_begin_capture_to_graph;
+  if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = f(stream, graph, dependencies, edge_data, count, mode);
+  if (r == CUDA_SUCCESS && !inside_real_call()) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  return r;
+}
+
+CUresult Router::cu_stream_end_capture(CUstream stream, CUgraph* graph, bool ptds) {
+  const auto f = ptds ? real_driver().stream_end_capture_ptsz : real_driver().stream_end_capture;
+  if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = f(stream, graph);
+  // As in stream_end_capture.
+  if (!inside_real_call() && (r == CUDA_SUCCESS || r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED ||
+                              r == CUDA_ERROR_ILLEGAL_STATE ||
+                              !driver_stream_capturing(reinterpret_cast<CUstream>(normalize(stream, ptds)))))
+    capture_ended(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  return r;
 }
 
 CUresult Router::cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags) {

@@ -120,6 +120,13 @@ class Router {
   CUresult cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags);
   CUresult cu_ipc_close_mem_handle(CUdeviceptr ptr);
   CUresult cu_stream_destroy(CUstream stream);
+  // Captures begun or ended through the driver are counted as the runtime's are; the runtime's own
+  // calls to these (inside its hooks above) are not counted twice.
+  CUresult cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, bool ptds);
+  CUresult cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
+                                            const CUgraphEdgeData* edge_data, std::size_t count,
+                                            CUstreamCaptureMode mode, bool ptds);
+  CUresult cu_stream_end_capture(CUstream stream, CUgraph* graph, bool ptds);
   CUresult cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags);
   CUresult cu_get_proc_address_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
                                   CUdriverProcAddressQueryResult* status);
@@ -182,7 +189,7 @@ class Router {
   auto destroy_stream(const void* stream, Destroy destroy);
   bool runtime_stream_capturing(cudaStream_t stream);
   bool driver_stream_capturing(CUstream stream);
-  void hold_capture_free(DevicePool* p, pool::DevPtr ptr);
+  bool hold_capture_free(DevicePool* p, pool::DevPtr ptr);
   void capture_started(cudaStream_t stream);
   void capture_ended(cudaStream_t stream);
   pool::Status synchronize_device(int device);

@@ -57,12 +57,15 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
   for (const char* name : {"cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
                            "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuGetProcAddress",
                            "cuGetProcAddress_v2", "cuIpcGetMemHandle", "cuIpcOpenMemHandle_v2",
-                           "cuIpcCloseMemHandle", "cuStreamDestroy_v2"}) {
+                           "cuIpcCloseMemHandle", "cuStreamDestroy_v2", "cuStreamBeginCapture_v2",
+                           "cuStreamBeginCapture_ptsz", "cuStreamBeginCaptureToGraph", "cuStreamEndCapture",
+                           "cuStreamEndCapture_ptsz"}) {
     void* p = dlsym(h, name);
     EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
     EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
   }
-  for (const char* name : {"cuMemCreate", "cuMemMap", "cuStreamCreate", "cuMemAlloc", "cuMemAllocPitch_v2"})
+  for (const char* name :
+       {"cuMemCreate", "cuMemMap", "cuStreamCreate", "cuMemAlloc", "cuMemAllocPitch_v2", "cuStreamBeginCapture"})
     EXPECT_TRUE(is_driver(dlsym(h, name))) << name << " must pass through";
   EXPECT_EQ(nullptr, dlsym(h, "cuNoSuchFunction"));
   EXPECT_NE(nullptr, dlerror());
@@ -82,7 +85,8 @@ TEST_F(Driver, RtldNextAndDefaultKeepTheCallersView) {
 TEST_F(Driver, TheRuntimesOwnTableHoldsGlakesFunctions) {
   for (const char* name : {"cuMemAlloc_v2", "cuMemFree_v2", "cuMemAllocAsync", "cuMemAllocAsync_ptsz",
                            "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuIpcGetMemHandle",
-                           "cuIpcOpenMemHandle", "cuIpcCloseMemHandle", "cuStreamDestroy"})
+                           "cuIpcOpenMemHandle", "cuIpcCloseMemHandle", "cuStreamDestroy", "cuStreamBeginCapture",
+                           "cuStreamEndCapture"})
     EXPECT_TRUE(is_glake(standin_runtime_driver_entry(name))) << name;
   EXPECT_TRUE(is_driver(standin_runtime_driver_entry("cuStreamCreate")));
 }
@@ -104,6 +108,16 @@ TEST_F(Driver, GetProcAddressSwapsOnlyWhatGlakeInterposes) {
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuIpcOpenMemHandle_v2"), proc(get, "cuIpcOpenMemHandle", 12000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuIpcCloseMemHandle"), proc(get, "cuIpcCloseMemHandle", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamDestroy_v2"), proc(get, "cuStreamDestroy", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCapture_v2"), proc(get, "cuStreamBeginCapture", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCapture_ptsz"),
+            proc(get, "cuStreamBeginCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCaptureToGraph"), proc(get, "cuStreamBeginCaptureToGraph", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamEndCapture"), proc(get, "cuStreamEndCapture", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamEndCapture_ptsz"),
+            proc(get, "cuStreamEndCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM));
+  // CUDA 10.0's cuStreamBeginCapture (no mode) is not glake's.
+  void* v1 = proc(get, "cuStreamBeginCapture", 10000);
+  EXPECT_TRUE(is_driver(v1)) << object_of(v1);
   // The 32-bit cuMemAlloc of CUDA < 3.2 is not glake's.
   void* old = proc(get, "cuMemAlloc", 3000);
   EXPECT_TRUE(is_driver(old)) << object_of(old);
@@ -254,6 +268,64 @@ TEST_F(Driver, OtherCallersVmmCallsAreUntouched) {
   EXPECT_EQ(before.allocs, after.allocs);
   EXPECT_EQ(before.physical, after.physical);
   EXPECT_EQ(before.creates, after.creates);
+}
+
+// A capture begun through the driver (a driver-API program, or a statically linked runtime, whose
+// cudaStreamBeginCapture reaches cuStreamBeginCapture through cuGetProcAddress) is one glake sees:
+// allocations on the capturing stream are the graph's (the driver's), a free captured into the graph
+// is not done at capture time, and glake serves again once the capture has ended.
+TEST_F(Driver, ACaptureBegunThroughTheDriverRoutesAsTheRuntimesDoes) {
+  CUstream s = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  CUdeviceptr eager = 0, in_graph = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAlloc(&eager, 4 * MiB));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&in_graph, 4 * MiB, s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  ASSERT_TRUE(owns(reinterpret_cast<void*>(eager)));
+  const auto held = stats().capture_frees_held;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_RELAXED));
+  CUdeviceptr p = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, 4 * MiB, s));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(p))) << "glake served an allocation on a capturing stream";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  CUdeviceptr sync = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAlloc(&sync, 4 * MiB));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(sync))) << "a synchronous allocation during a capture";
+  // cuMemFree cannot synchronize the device now: the block is freed when the capture ends.
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFree(eager));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(eager)));
+  // A free captured into the graph would happen at every replay: the block is kept for good.
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(in_graph, s));
+  EXPECT_EQ(held + 1, stats().capture_frees_held);
+  CUgraph g = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamEndCapture(s, &g));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(eager))) << "the held free was not done when the capture ended";
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(in_graph)));
+  CUdeviceptr q = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&q, 4 * MiB, s));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(q))) << "capture over: glake serves the stream again";
+  EXPECT_NE(p, q) << "the graph's memory was handed out again while the graph still uses it";
+  EXPECT_EQ(CUDA_SUCCESS, cuMemFreeAsync(q, s));
+  EXPECT_EQ(CUDA_SUCCESS, cuMemFree(sync));
+  EXPECT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  EXPECT_EQ(CUDA_SUCCESS, cuGraphDestroy(g));
+  EXPECT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
+}
+
+// The runtime reaches the driver's capture calls through glake's hooks: a capture is counted once,
+// whichever API begins and ends it (begun through the runtime and ended through the driver here).
+TEST_F(Driver, ACaptureIsCountedOnceWhicheverApiBeginsAndEndsIt) {
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  CUgraph g = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamEndCapture(reinterpret_cast<CUstream>(s), &g));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, 4 * MiB));
+  EXPECT_TRUE(owns(p)) << "glake still counts a capture that has ended";
+  CUDA_OK(cudaFree(p));
+  EXPECT_EQ(CUDA_SUCCESS, cuGraphDestroy(g));
+  CUDA_OK(cudaStreamDestroy(s));
 }
 
 }  // namespace

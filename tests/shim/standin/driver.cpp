@@ -1215,22 +1215,32 @@ EXPORT CUresult cuStreamWaitEvent(CUstream h, CUevent e, unsigned int) {
   return CUDA_SUCCESS;
 }
 
-EXPORT CUresult cuStreamBeginCapture_v2(CUstream h, CUstreamCaptureMode) {
+// Captures into `into` (ToGraph) or a new graph.
+static CUresult begin_capture(CUstream h, bool ptds, Graph* into) {
   CHECK_ALIVE();
   std::lock_guard lk(g->mu);
-  Stream* s = resolve(h, false);
+  Stream* s = resolve(h, ptds);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   if (s->legacy) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   if (s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
   s->capturing = true;
-  s->graph = new Graph;
+  s->graph = into != nullptr ? into : new Graph;
   return CUDA_SUCCESS;
 }
+EXPORT CUresult cuStreamBeginCapture_v2(CUstream h, CUstreamCaptureMode) { return begin_capture(h, false, nullptr); }
+EXPORT CUresult cuStreamBeginCapture_ptsz(CUstream h, CUstreamCaptureMode) { return begin_capture(h, true, nullptr); }
+#undef cuStreamBeginCapture
+EXPORT CUresult cuStreamBeginCapture(CUstream h) { return begin_capture(h, false, nullptr); }  // CUDA 10.0's
+EXPORT CUresult cuStreamBeginCaptureToGraph(CUstream h, CUgraph graph, const CUgraphNode*, const CUgraphEdgeData*,
+                                            std::size_t, CUstreamCaptureMode) {
+  if (graph == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  return begin_capture(h, false, reinterpret_cast<Graph*>(graph));
+}
 
-EXPORT CUresult cuStreamEndCapture(CUstream h, CUgraph* graph) {
+static CUresult end_capture(CUstream h, CUgraph* graph, bool ptds) {
   CHECK_ALIVE();
   std::lock_guard lk(g->mu);
-  Stream* s = resolve(h, false);
+  Stream* s = resolve(h, ptds);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   if (!s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
   s->capturing = false;
@@ -1238,6 +1248,8 @@ EXPORT CUresult cuStreamEndCapture(CUstream h, CUgraph* graph) {
   s->graph = nullptr;
   return CUDA_SUCCESS;
 }
+EXPORT CUresult cuStreamEndCapture(CUstream h, CUgraph* graph) { return end_capture(h, graph, false); }
+EXPORT CUresult cuStreamEndCapture_ptsz(CUstream h, CUgraph* graph) { return end_capture(h, graph, true); }
 
 EXPORT CUresult cuStreamIsCapturing(CUstream h, CUstreamCaptureStatus* status) {
   CHECK_ALIVE();
@@ -1414,8 +1426,10 @@ const std::vector<Proc>& procs() {
       {"cuStreamSynchronize", fp(&cuStreamSynchronize)},
       {"cuStreamQuery", fp(&cuStreamQuery)},
       {"cuStreamWaitEvent", fp(&cuStreamWaitEvent)},
-      {"cuStreamBeginCapture", fp(&cuStreamBeginCapture_v2), 10010},
-      {"cuStreamEndCapture", fp(&cuStreamEndCapture)},
+      {"cuStreamBeginCapture", fp(&cuStreamBeginCapture_v2), 10010, fp(&cuStreamBeginCapture),
+       fp(&cuStreamBeginCapture_ptsz)},
+      {"cuStreamBeginCaptureToGraph", fp(&cuStreamBeginCaptureToGraph), 12030},
+      {"cuStreamEndCapture", fp(&cuStreamEndCapture), 0, nullptr, fp(&cuStreamEndCapture_ptsz)},
       {"cuStreamIsCapturing", fp(&cuStreamIsCapturing)},
       {"cuLaunchHostFunc", fp(&cuLaunchHostFunc)},
       {"cuMemcpy", fp(&cuMemcpy)},

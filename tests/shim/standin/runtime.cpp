@@ -518,6 +518,8 @@ EXPORT void* standin_runtime_driver_entry(const char* name) {
   if (std::strcmp(name, "cuMemAllocAsync_ptsz") == 0) return drv.mem_alloc_async_ptsz;
   if (std::strcmp(name, "cuMemFreeAsync") == 0) return ptr(drv.mem_free_async);
   if (std::strcmp(name, "cuStreamDestroy") == 0) return ptr(drv.stream_destroy);
+  if (std::strcmp(name, "cuStreamBeginCapture") == 0) return ptr(drv.stream_begin_capture);
+  if (std::strcmp(name, "cuStreamEndCapture") == 0) return ptr(drv.stream_end_capture);
   if (std::strcmp(name, "cuMemFreeAsync_ptsz") == 0) return drv.mem_free_async_ptsz;
   if (std::strcmp(name, "cuMemGetInfo_v2") == 0) return ptr(drv.mem_get_info);
   if (std::strcmp(name, "cuStreamCreate") == 0) return ptr(drv.stream_create);
