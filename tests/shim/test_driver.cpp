@@ -328,4 +328,32 @@ TEST_F(Driver, ACaptureIsCountedOnceWhicheverApiBeginsAndEndsIt) {
   CUDA_OK(cudaStreamDestroy(s));
 }
 
+// An end of capture that fails yet ends the capture (a fork never joined back): glake asks the stream
+// and counts the capture as over, through either API; otherwise it would pass every allocation
+// through and hold every free for good.
+TEST_F(Driver, ACaptureWhoseEndFailsIsOverOnceTheStreamSaysSo) {
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  standin::fail_next_end_capture(CUDA_ERROR_STREAM_CAPTURE_UNJOINED);
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaErrorStreamCaptureUnjoined, cudaStreamEndCapture(s, &graph));
+  (void)cudaGetLastError();
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, 4 * MiB));
+  EXPECT_TRUE(owns(p)) << "the runtime's failed end left glake counting a capture that is over";
+  CUDA_OK(cudaFree(p));
+  EXPECT_FALSE(owns(p)) << "the free was held for a capture that is over";
+
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamBeginCapture(reinterpret_cast<CUstream>(s), CU_STREAM_CAPTURE_MODE_RELAXED));
+  standin::fail_next_end_capture(CUDA_ERROR_STREAM_CAPTURE_UNJOINED);
+  CUgraph g = nullptr;
+  EXPECT_EQ(CUDA_ERROR_STREAM_CAPTURE_UNJOINED, cuStreamEndCapture(reinterpret_cast<CUstream>(s), &g));
+  CUdeviceptr d = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAlloc(&d, 4 * MiB));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(d))) << "the driver's failed end left glake counting a capture that is over";
+  EXPECT_EQ(CUDA_SUCCESS, cuMemFree(d));
+  CUDA_OK(cudaStreamDestroy(s));
+}
+
 }  // namespace

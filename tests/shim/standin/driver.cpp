@@ -1237,6 +1237,8 @@ EXPORT CUresult cuStreamBeginCaptureToGraph(CUstream h, CUgraph graph, const CUg
   return begin_capture(h, false, reinterpret_cast<Graph*>(graph));
 }
 
+std::atomic<CUresult> g_end_capture_error{CUDA_SUCCESS};  // standin_fail_next_end_capture
+
 static CUresult end_capture(CUstream h, CUgraph* graph, bool ptds) {
   CHECK_ALIVE();
   std::lock_guard lk(g->mu);
@@ -1244,6 +1246,12 @@ static CUresult end_capture(CUstream h, CUgraph* graph, bool ptds) {
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   if (!s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
   s->capturing = false;
+  if (const CUresult e = g_end_capture_error.exchange(CUDA_SUCCESS); e != CUDA_SUCCESS) {
+    delete s->graph;  // the capture is over, and no graph comes of it
+    s->graph = nullptr;
+    if (graph != nullptr) *graph = nullptr;
+    return e;
+  }
   if (graph != nullptr) *graph = reinterpret_cast<CUgraph>(s->graph);
   s->graph = nullptr;
   return CUDA_SUCCESS;
@@ -1481,6 +1489,8 @@ EXPORT CUresult standin_raw_alloc(CUdeviceptr* ptr, size_t size) {
   std::lock_guard lk(g->mu);
   return allocate(dev, size, ptr, nullptr);
 }
+
+EXPORT void standin_fail_next_end_capture(CUresult error) { g_end_capture_error.store(error); }
 
 EXPORT unsigned long long standin_device_syncs(void) {
   std::lock_guard lk(g->mu);
