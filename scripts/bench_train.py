@@ -24,8 +24,8 @@ For each configuration it reports:
     rotating each round; then the round's configurations need not fit in memory together). Each
     step's time over native's same step in the same round; the median of these ratios over every
     round and step, with a 95% bootstrap interval (configuration native-again, native once more,
-    shows the machine's own spread); and how much of each step the host spent issuing it (until its
-    last launch returned: near 1, the host bounds the step). --no-gc turns Python's garbage collector
+    shows the machine's own spread); and, for training, how much of each step the host spent issuing
+    it (until its last launch returned: near 1, the host bounds the step). --no-gc turns Python's garbage collector
     off in the timing rounds (the same in every configuration);
   - the largest batch (at sequence lengths 1024, 512 and 768 in turn) that still trains when a second
     process holds all but --cap-gib of the GPU's memory (the same cap for all three; the training phase
@@ -133,10 +133,10 @@ def build_job_model(job, size):
     return model
 
 
-def generate_steps(model, steps, seed, max_batch, before_step=None, enqueue_times=None):
+def generate_steps(model, steps, seed, max_batch, before_step=None):
     """generate() on the shapes of gt.step_shapes (batch x prompt length); returns the first generated
-    token of every row (per step) and the step times (seconds, synchronized). before_step and
-    enqueue_times as in gt.train."""
+    token of every row (per step) and the step times (seconds, synchronized). before_step as in
+    gt.train."""
     import torch
     gen = torch.Generator(device="cuda").manual_seed(seed)
     firsts, times = [], []
@@ -146,8 +146,6 @@ def generate_steps(model, steps, seed, max_batch, before_step=None, enqueue_time
             before_step(i)
         t0 = time.perf_counter()
         out = generate_once(model, torch.randint(3, 8192, (b, n), device="cuda", generator=gen))
-        if enqueue_times is not None:
-            enqueue_times.append(time.perf_counter() - t0)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         firsts.append(out[:, n].tolist())
@@ -162,10 +160,10 @@ def generate_once(model, ids):
 
 
 def run_steps(model, args, before_step=None, enqueue_times=None):
-    """One pass over the --steps shapes: (losses or first tokens, step times)."""
+    """One pass over the --steps shapes: (losses or first tokens, step times). enqueue_times: training
+    only (generate() waits for the GPU at every token, so its launches end with the step anyway)."""
     if args.model == "generate":
-        return generate_steps(model, args.steps, seed=1, max_batch=args.max_batch, before_step=before_step,
-                              enqueue_times=enqueue_times)
+        return generate_steps(model, args.steps, seed=1, max_batch=args.max_batch, before_step=before_step)
     return gt.train(model, args.steps, seed=1, max_batch=args.max_batch, max_len=1024, before_step=before_step,
                     enqueue_times=enqueue_times)
 

@@ -53,24 +53,14 @@ GLAKE_HOOK CUresult cuIpcOpenMemHandle_v2(CUdeviceptr* p, CUipcMemHandle h, unsi
 GLAKE_HOOK CUresult cuIpcCloseMemHandle(CUdeviceptr p) { return guard([&] { return router().cu_ipc_close_mem_handle(p); }); }
 GLAKE_HOOK CUresult cuStreamDestroy_v2(CUstream s) { return guard([&] { return router().cu_stream_destroy(s); }); }
 GLAKE_HOOK CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
-  return guard([&] { return router().cu_stream_begin_capture(s, mode, false); });
-}
-GLAKE_HOOK CUresult cuStreamBeginCapture_ptsz(CUstream s, CUstreamCaptureMode mode) {
-  return guard([&] { return router().cu_stream_begin_capture(s, mode, true); });
+  return guard([&] { return router().cu_stream_begin_capture(s, mode); });
 }
 GLAKE_HOOK CUresult cuStreamBeginCaptureToGraph(CUstream s, CUgraph g, const CUgraphNode* deps, const CUgraphEdgeData* edges,
                                                 size_t n, CUstreamCaptureMode mode) {
-  return guard([&] { return router().cu_stream_begin_capture_to_graph(s, g, deps, edges, n, mode, false); });
-}
-GLAKE_HOOK CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream s, CUgraph g, const CUgraphNode* deps,
-                                                     const CUgraphEdgeData* edges, size_t n, CUstreamCaptureMode mode) {
-  return guard([&] { return router().cu_stream_begin_capture_to_graph(s, g, deps, edges, n, mode, true); });
+  return guard([&] { return router().cu_stream_begin_capture_to_graph(s, g, deps, edges, n, mode); });
 }
 GLAKE_HOOK CUresult cuStreamEndCapture(CUstream s, CUgraph* g) {
-  return guard([&] { return router().cu_stream_end_capture(s, g, false); });
-}
-GLAKE_HOOK CUresult cuStreamEndCapture_ptsz(CUstream s, CUgraph* g) {
-  return guard([&] { return router().cu_stream_end_capture(s, g, true); });
+  return guard([&] { return router().cu_stream_end_capture(s, g); });
 }
 GLAKE_HOOK CUresult cuGetProcAddress_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
                                         CUdriverProcAddressQueryResult* status) {

@@ -70,11 +70,8 @@ const Entry* entries(std::size_t* count) {
       {"cuIpcCloseMemHandle", address_of(&::cuIpcCloseMemHandle)},
       {"cuStreamDestroy_v2", address_of(&::cuStreamDestroy_v2)},
       {"cuStreamBeginCapture_v2", address_of(&::cuStreamBeginCapture_v2)},
-      {"cuStreamBeginCapture_ptsz", address_of(&::cuStreamBeginCapture_ptsz)},
       {"cuStreamBeginCaptureToGraph", address_of(&::cuStreamBeginCaptureToGraph)},
-      {"cuStreamBeginCaptureToGraph_ptsz", address_of(&::cuStreamBeginCaptureToGraph_ptsz)},
       {"cuStreamEndCapture", address_of(&::cuStreamEndCapture)},
-      {"cuStreamEndCapture_ptsz", address_of(&::cuStreamEndCapture_ptsz)},
       {"cuGetProcAddress", address_of(&::glake_cuGetProcAddress_v1)},
       {"cuGetProcAddress_v2", address_of(&::cuGetProcAddress_v2)},
   };
@@ -133,20 +130,23 @@ void* substitute_proc(const char* symbol, int version, cuuint64_t flags, void* r
   if (std::strcmp(symbol, "cuStreamDestroy") == 0)
     return real == address_of(d.stream_destroy) ? address_of(&::cuStreamDestroy_v2) : real;
   // Graph capture through the driver (driver-API programs, a statically linked runtime): glake counts
-  // the captures under way (Router::cu_stream_begin_capture). The cuStreamBeginCapture of CUDA 10.0,
-  // which takes no mode, stays the driver's.
-  if (std::strcmp(symbol, "cuStreamBeginCapture") == 0) {
-    void* v2 = address_of(d.stream_begin_capture);
-    void* ptsz = address_of(d.stream_begin_capture_ptsz);
-    if (version < 10010 && real != v2 && real != ptsz) return real;
-    return pick(real, v2, ptsz, address_of(&::cuStreamBeginCapture_v2), address_of(&::cuStreamBeginCapture_ptsz), !ptds);
-  }
+  // the captures under way (Router::cu_stream_begin_capture). Only the legacy-stream variants are
+  // glake's: the per-thread-default-stream ones (cuStreamBeginCapture_v2_ptsz, ...) and the
+  // cuStreamBeginCapture of CUDA 10.0, which takes no mode, stay the driver's.
+  auto capture = [&](void* real_legacy, void* real_ptsz, void* mine, int since) -> void* {
+    if (ptds || (real_ptsz != nullptr && real == real_ptsz)) return real;
+    if (real_legacy != nullptr && real == real_legacy) return mine;
+    return version >= since ? mine : real;
+  };
+  if (std::strcmp(symbol, "cuStreamBeginCapture") == 0)
+    return capture(address_of(d.stream_begin_capture), address_of(d.stream_begin_capture_ptsz),
+                   address_of(&::cuStreamBeginCapture_v2), 10010);
   if (std::strcmp(symbol, "cuStreamBeginCaptureToGraph") == 0)
-    return pick(real, address_of(d.stream_begin_capture_to_graph), address_of(d.stream_begin_capture_to_graph_ptsz),
-                address_of(&::cuStreamBeginCaptureToGraph), address_of(&::cuStreamBeginCaptureToGraph_ptsz), !ptds);
+    return capture(address_of(d.stream_begin_capture_to_graph), address_of(d.stream_begin_capture_to_graph_ptsz),
+                   address_of(&::cuStreamBeginCaptureToGraph), 12030);
   if (std::strcmp(symbol, "cuStreamEndCapture") == 0)
-    return pick(real, address_of(d.stream_end_capture), address_of(d.stream_end_capture_ptsz),
-                address_of(&::cuStreamEndCapture), address_of(&::cuStreamEndCapture_ptsz), !ptds);
+    return capture(address_of(d.stream_end_capture), address_of(d.stream_end_capture_ptsz),
+                   address_of(&::cuStreamEndCapture), 0);
   if (std::strcmp(symbol, "cuGetProcAddress") == 0)
     return pick(real, address_of(d.get_proc_address_v2), address_of(d.get_proc_address),
                 address_of(&::cuGetProcAddress_v2), address_of(&::glake_cuGetProcAddress_v1), version >= 12000);

@@ -100,7 +100,7 @@ using DlsymFn = void* (*)(void*, const char*);
   X(stream_destroy, "cuStreamDestroy_v2", decltype(&::cuStreamDestroy_v2))                          \
   X(stream_is_capturing, "cuStreamIsCapturing", decltype(&::cuStreamIsCapturing))                   \
   X(stream_begin_capture, "cuStreamBeginCapture_v2", decltype(&::cuStreamBeginCapture_v2))          \
-  X(stream_begin_capture_ptsz, "cuStreamBeginCapture_ptsz", decltype(&::cuStreamBeginCapture_v2))   \
+  X(stream_begin_capture_ptsz, "cuStreamBeginCapture_v2_ptsz", decltype(&::cuStreamBeginCapture_v2)) \
   X(stream_begin_capture_to_graph, "cuStreamBeginCaptureToGraph", decltype(&::cuStreamBeginCaptureToGraph)) \
   X(stream_begin_capture_to_graph_ptsz, "cuStreamBeginCaptureToGraph_ptsz",                         \
     decltype(&::cuStreamBeginCaptureToGraph))                                                       \

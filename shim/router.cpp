@@ -1226,33 +1226,33 @@ CUresult Router::cu_stream_destroy(CUstream stream) {
 }
 
 // Inside a runtime hook (RealCall) the runtime is calling: that hook counts the capture.
-CUresult Router::cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, bool ptds) {
-  const auto f = ptds ? real_driver().stream_begin_capture_ptsz : real_driver().stream_begin_capture;
+CUresult Router::cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode) {
+  const auto f = real_driver().stream_begin_capture;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
   const CUresult r = f(stream, mode);
-  if (r == CUDA_SUCCESS && !inside_real_call()) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  if (r == CUDA_SUCCESS && !inside_real_call()) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, false)));
   return r;
 }
 
 CUresult Router::cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
                                                   const CUgraphEdgeData* edge_data, std::size_t count,
-                                                  CUstreamCaptureMode mode, bool ptds) {
-  const auto f = ptds ? real_driver().stream_begin_capture_to_graph_ptsz : real_driver().stream_begin_capture_to_graph;
+                                                  CUstreamCaptureMode mode) {
+  const auto f = real_driver().stream_begin_capture_to_graph;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
   const CUresult r = f(stream, graph, dependencies, edge_data, count, mode);
-  if (r == CUDA_SUCCESS && !inside_real_call()) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  if (r == CUDA_SUCCESS && !inside_real_call()) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, false)));
   return r;
 }
 
-CUresult Router::cu_stream_end_capture(CUstream stream, CUgraph* graph, bool ptds) {
-  const auto f = ptds ? real_driver().stream_end_capture_ptsz : real_driver().stream_end_capture;
+CUresult Router::cu_stream_end_capture(CUstream stream, CUgraph* graph) {
+  const auto f = real_driver().stream_end_capture;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
   const CUresult r = f(stream, graph);
   // As in stream_end_capture.
   if (!inside_real_call() && (r == CUDA_SUCCESS || r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED ||
                               r == CUDA_ERROR_ILLEGAL_STATE ||
-                              !driver_stream_capturing(reinterpret_cast<CUstream>(normalize(stream, ptds)))))
-    capture_ended(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+                              !driver_stream_capturing(reinterpret_cast<CUstream>(normalize(stream, false)))))
+    capture_ended(reinterpret_cast<cudaStream_t>(normalize(stream, false)));
   return r;
 }
 

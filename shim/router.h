@@ -120,13 +120,13 @@ class Router {
   CUresult cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags);
   CUresult cu_ipc_close_mem_handle(CUdeviceptr ptr);
   CUresult cu_stream_destroy(CUstream stream);
-  // Captures begun or ended through the driver are counted as the runtime's are; the runtime's own
-  // calls to these (inside its hooks above) are not counted twice.
-  CUresult cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, bool ptds);
+  // Captures begun or ended through the driver (legacy-stream variants) are counted as the runtime's
+  // are; the runtime's own calls to these (inside its hooks above) are not counted twice.
+  CUresult cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode);
   CUresult cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
                                             const CUgraphEdgeData* edge_data, std::size_t count,
-                                            CUstreamCaptureMode mode, bool ptds);
-  CUresult cu_stream_end_capture(CUstream stream, CUgraph* graph, bool ptds);
+                                            CUstreamCaptureMode mode);
+  CUresult cu_stream_end_capture(CUstream stream, CUgraph* graph);
   CUresult cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags);
   CUresult cu_get_proc_address_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
                                   CUdriverProcAddressQueryResult* status);

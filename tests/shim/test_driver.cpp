@@ -58,14 +58,15 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
                            "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuGetProcAddress",
                            "cuGetProcAddress_v2", "cuIpcGetMemHandle", "cuIpcOpenMemHandle_v2",
                            "cuIpcCloseMemHandle", "cuStreamDestroy_v2", "cuStreamBeginCapture_v2",
-                           "cuStreamBeginCapture_ptsz", "cuStreamBeginCaptureToGraph", "cuStreamEndCapture",
-                           "cuStreamEndCapture_ptsz"}) {
+                           "cuStreamBeginCaptureToGraph", "cuStreamEndCapture"}) {
     void* p = dlsym(h, name);
     EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
     EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
   }
-  for (const char* name :
-       {"cuMemCreate", "cuMemMap", "cuStreamCreate", "cuMemAlloc", "cuMemAllocPitch_v2", "cuStreamBeginCapture"})
+  // The capture calls of the per-thread default stream, and CUDA 10.0's without a mode, are not watched.
+  for (const char* name : {"cuMemCreate", "cuMemMap", "cuStreamCreate", "cuMemAlloc", "cuMemAllocPitch_v2",
+                           "cuStreamBeginCapture", "cuStreamBeginCapture_ptsz", "cuStreamBeginCapture_v2_ptsz",
+                           "cuStreamEndCapture_ptsz"})
     EXPECT_TRUE(is_driver(dlsym(h, name))) << name << " must pass through";
   EXPECT_EQ(nullptr, dlsym(h, "cuNoSuchFunction"));
   EXPECT_NE(nullptr, dlerror());
@@ -109,15 +110,15 @@ TEST_F(Driver, GetProcAddressSwapsOnlyWhatGlakeInterposes) {
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuIpcCloseMemHandle"), proc(get, "cuIpcCloseMemHandle", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamDestroy_v2"), proc(get, "cuStreamDestroy", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCapture_v2"), proc(get, "cuStreamBeginCapture", 13000));
-  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCapture_ptsz"),
-            proc(get, "cuStreamBeginCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCaptureToGraph"), proc(get, "cuStreamBeginCaptureToGraph", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamEndCapture"), proc(get, "cuStreamEndCapture", 13000));
-  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamEndCapture_ptsz"),
-            proc(get, "cuStreamEndCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM));
-  // CUDA 10.0's cuStreamBeginCapture (no mode) is not glake's.
-  void* v1 = proc(get, "cuStreamBeginCapture", 10000);
-  EXPECT_TRUE(is_driver(v1)) << object_of(v1);
+  // Not glake's: CUDA 10.0's cuStreamBeginCapture (no mode), and the per-thread default stream's.
+  for (void* p : {proc(get, "cuStreamBeginCapture", 10000),
+                  proc(get, "cuStreamBeginCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM),
+                  proc(get, "cuStreamEndCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM)})
+    EXPECT_TRUE(is_driver(p)) << object_of(p);
+  void* ptds_begin = proc(get, "cuStreamBeginCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+  EXPECT_EQ(dlsym(libcuda(), "cuStreamBeginCapture_v2_ptsz"), ptds_begin) << "the per-thread one takes a mode";
   // The 32-bit cuMemAlloc of CUDA < 3.2 is not glake's.
   void* old = proc(get, "cuMemAlloc", 3000);
   EXPECT_TRUE(is_driver(old)) << object_of(old);

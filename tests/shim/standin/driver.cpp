@@ -1228,9 +1228,11 @@ static CUresult begin_capture(CUstream h, bool ptds, Graph* into) {
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuStreamBeginCapture_v2(CUstream h, CUstreamCaptureMode) { return begin_capture(h, false, nullptr); }
-EXPORT CUresult cuStreamBeginCapture_ptsz(CUstream h, CUstreamCaptureMode) { return begin_capture(h, true, nullptr); }
+EXPORT CUresult cuStreamBeginCapture_v2_ptsz(CUstream h, CUstreamCaptureMode) { return begin_capture(h, true, nullptr); }
+// CUDA 10.0's, which take no mode.
 #undef cuStreamBeginCapture
-EXPORT CUresult cuStreamBeginCapture(CUstream h) { return begin_capture(h, false, nullptr); }  // CUDA 10.0's
+EXPORT CUresult cuStreamBeginCapture(CUstream h) { return begin_capture(h, false, nullptr); }
+EXPORT CUresult cuStreamBeginCapture_ptsz(CUstream h) { return begin_capture(h, true, nullptr); }
 EXPORT CUresult cuStreamBeginCaptureToGraph(CUstream h, CUgraph graph, const CUgraphNode*, const CUgraphEdgeData*,
                                             std::size_t, CUstreamCaptureMode) {
   if (graph == nullptr) return CUDA_ERROR_INVALID_VALUE;
@@ -1435,7 +1437,7 @@ const std::vector<Proc>& procs() {
       {"cuStreamQuery", fp(&cuStreamQuery)},
       {"cuStreamWaitEvent", fp(&cuStreamWaitEvent)},
       {"cuStreamBeginCapture", fp(&cuStreamBeginCapture_v2), 10010, fp(&cuStreamBeginCapture),
-       fp(&cuStreamBeginCapture_ptsz)},
+       fp(&cuStreamBeginCapture_v2_ptsz)},
       {"cuStreamBeginCaptureToGraph", fp(&cuStreamBeginCaptureToGraph), 12030},
       {"cuStreamEndCapture", fp(&cuStreamEndCapture), 0, nullptr, fp(&cuStreamEndCapture_ptsz)},
       {"cuStreamIsCapturing", fp(&cuStreamIsCapturing)},
