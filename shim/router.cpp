@@ -59,6 +59,14 @@ pool::StreamHandle normalize(const void* stream, bool ptds) {
   return s;
 }
 
+// The key of a capture on `stream` (normalized): the per-thread default stream is each thread's own,
+// so its captures are the calling thread's (captures begin and end on the thread that owns them).
+__thread char tl_own_stream __attribute__((tls_model("initial-exec")));
+cudaStream_t capture_key(cudaStream_t stream) {
+  return reinterpret_cast<pool::StreamHandle>(stream) == kPerThread ? reinterpret_cast<cudaStream_t>(&tl_own_stream)
+                                                                    : stream;
+}
+
 bool valid_device(int d) { return d >= 0 && d < kMaxDevices; }
 
 // GLAKE_* switches of the shim itself, with the pool's wording for bad values.
@@ -547,7 +555,7 @@ void Router::capture_started(cudaStream_t stream) {
       capturing_capacity_ = cap;
     }
   }
-  if (capturing_count_ < capturing_capacity_) capturing_[capturing_count_++] = stream;
+  if (capturing_count_ < capturing_capacity_) capturing_[capturing_count_++] = capture_key(stream);
   captures_.fetch_add(1, std::memory_order_acq_rel);
 }
 
@@ -557,7 +565,7 @@ void Router::capture_ended(cudaStream_t stream) {
   {
     Locked lock(&mutex_);
     std::size_t i = 0;
-    while (i < capturing_count_ && capturing_[i] != stream) ++i;
+    while (i < capturing_count_ && capturing_[i] != capture_key(stream)) ++i;
     if (i == capturing_count_) return;
     capturing_[i] = capturing_[--capturing_count_];
     if (captures_.fetch_sub(1, std::memory_order_acq_rel) != 1 || held_count_ == 0) return;
@@ -575,7 +583,7 @@ void Router::capture_ended(cudaStream_t stream) {
 
 cudaError_t Router::malloc(void** ptr, std::size_t size) {
   int dev = -1;
-  if (ptr != nullptr && serving() && captures_.load(std::memory_order_acquire) == 0 && runtime_device(&dev)) {
+  if (ptr != nullptr && size != 0 && serving() && captures_.load(std::memory_order_acquire) == 0 && runtime_device(&dev)) {
     if (DevicePool* p = pool_for(dev)) {
       pool::DevPtr v = 0;
       const pool::Status s = allocate(p, size, p->sync_stream, &v);
@@ -609,7 +617,7 @@ cudaError_t Router::free(void* ptr) {
 
 cudaError_t Router::malloc_async(void** ptr, std::size_t size, cudaStream_t stream, bool ptds) {
   int dev = -1;
-  if (ptr != nullptr && serving()) {
+  if (ptr != nullptr && size != 0 && serving()) {
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
@@ -669,7 +677,7 @@ cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds, int st
 cudaError_t Router::malloc_from_pool_async(void** ptr, std::size_t size, cudaMemPool_t mem_pool,
                                            cudaStream_t stream, bool ptds) {
   int dev = -1;
-  if (ptr != nullptr && serving() && (dev = default_pool_device(mem_pool)) >= 0) {
+  if (ptr != nullptr && size != 0 && serving() && (dev = default_pool_device(mem_pool)) >= 0) {
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
@@ -1074,7 +1082,7 @@ cudaError_t Router::get_driver_entry_point_by_version(const char* symbol, void**
 
 CUresult Router::cu_mem_alloc(CUdeviceptr* ptr, std::size_t size) {
   int dev = -1;
-  if (ptr != nullptr && serving() && captures_.load(std::memory_order_acquire) == 0 && driver_device(&dev)) {
+  if (ptr != nullptr && size != 0 && serving() && captures_.load(std::memory_order_acquire) == 0 && driver_device(&dev)) {
     if (DevicePool* p = pool_for(dev, false)) {
       pool::DevPtr v = 0;
       const pool::Status s = allocate(p, size, p->sync_stream, &v);
@@ -1102,7 +1110,7 @@ CUresult Router::cu_mem_free(CUdeviceptr ptr) {
 
 CUresult Router::cu_mem_alloc_async(CUdeviceptr* ptr, std::size_t size, CUstream stream, bool ptds) {
   int dev = -1;
-  if (ptr != nullptr && serving()) {
+  if (ptr != nullptr && size != 0 && serving()) {
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && driver_stream_capturing(reinterpret_cast<CUstream>(s));

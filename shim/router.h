@@ -223,7 +223,8 @@ class Router {
   std::atomic<int> pool_count_{0};  // highest device with a pool, + 1
   std::atomic<std::uint64_t> stream_epoch_{1};  // streams destroyed, + 1 (see stream_device)
 
-  cudaStream_t* capturing_ = nullptr;  // streams whose capture began through glake's hooks (grown by realloc)
+  // Streams whose capture began through glake's hooks (a thread's own stream keyed by thread; grown by realloc).
+  cudaStream_t* capturing_ = nullptr;
   std::size_t capturing_count_ = 0;
   std::size_t capturing_capacity_ = 0;
   struct HeldFree {

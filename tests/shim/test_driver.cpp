@@ -187,6 +187,29 @@ TEST_F(Driver, AllocationsThroughEntryPointsAreGlakes) {
   CUDA_OK(cudaStreamDestroy(s));
 }
 
+// Zero bytes: each allocation call gives the real API's answer (the driver's cuMemAlloc refuses them;
+// glake used to answer success with a null pointer). tests/gpu/shim checks the real ones agree.
+TEST_F(Driver, ZeroBytesGetTheRealApisAnswer) {
+  void* fa = nullptr;
+  void* faa = nullptr;
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemAlloc", &fa, 13000, cudaEnableDefault, nullptr));
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuMemAllocAsync", &faa, 13000, cudaEnableDefault, nullptr));
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreate(&s));
+  const auto passed = stats().passthrough_allocs;
+  CUdeviceptr d = 1;
+  EXPECT_EQ(CUDA_ERROR_INVALID_VALUE, reinterpret_cast<decltype(&cuMemAlloc_v2)>(fa)(&d, 0));
+  EXPECT_EQ(CUDA_ERROR_INVALID_VALUE, cuMemAlloc_v2(&d, 0));
+  d = 1;
+  EXPECT_EQ(CUDA_SUCCESS, reinterpret_cast<decltype(&cuMemAllocAsync)>(faa)(&d, 0, reinterpret_cast<CUstream>(s)));
+  EXPECT_EQ(0u, d);
+  void* p = reinterpret_cast<void*>(1);
+  CUDA_OK(cudaMallocAsync(&p, 0, s));
+  EXPECT_EQ(nullptr, p);
+  EXPECT_EQ(passed + 4, stats().passthrough_allocs) << "glake answered a zero-byte request itself";
+  CUDA_OK(cudaStreamDestroy(s));
+}
+
 // A program of the driver API that frees on a stream and destroys it: the pool forgets the stream, so
 // what was freed on it settles once its work is done (and a new stream with that handle starts afresh).
 TEST_F(Driver, StreamDestroyedThroughTheDriverLetsWhatWasFreedOnItGo) {

@@ -105,4 +105,39 @@ TEST(Threads, AllocateAndFreeFromManyThreads) {
   }
 }
 
+// cudaStreamPerThread is each thread's own stream, so are its captures: a failed end of capture on one
+// thread's stream (which is not capturing) must leave another thread's capture counted, or glake would
+// serve allocations (and synchronize the device in frees) while that capture is under way.
+TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatThreads) {
+  REQUIRE_GLAKE();
+  ASSERT_EQ(cudaSuccess, cudaSetDevice(0));
+  std::atomic<int> step{0};
+  std::thread other([&] {
+    if (cudaSetDevice(0) != cudaSuccess ||
+        cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+      step = -1;
+      return;
+    }
+    step = 1;
+    while (step.load() == 1) std::this_thread::yield();
+    cudaGraph_t g = nullptr;
+    step = cudaStreamEndCapture(cudaStreamPerThread, &g) == cudaSuccess && cudaGraphDestroy(g) == cudaSuccess ? 3 : -1;
+  });
+  while (step.load() == 0) std::this_thread::yield();
+  ASSERT_EQ(1, step.load());
+  cudaGraph_t g = nullptr;
+  EXPECT_EQ(cudaErrorIllegalState, cudaStreamEndCapture(cudaStreamPerThread, &g)) << "this thread's stream captures nothing";
+  (void)cudaGetLastError();
+  void* p = nullptr;
+  EXPECT_EQ(cudaSuccess, cudaMalloc(&p, 1 << 20));
+  EXPECT_FALSE(owns(p)) << "another thread's failed end took this capture off glake's count";
+  EXPECT_EQ(cudaSuccess, cudaFree(p));
+  step = 2;
+  other.join();
+  ASSERT_EQ(3, step.load());
+  EXPECT_EQ(cudaSuccess, cudaMalloc(&p, 1 << 20));
+  EXPECT_TRUE(owns(p)) << "the capture ended on its own thread but is still counted";
+  EXPECT_EQ(cudaSuccess, cudaFree(p));
+}
+
 }  // namespace

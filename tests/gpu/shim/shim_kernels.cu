@@ -7,7 +7,11 @@
 //   points it and dlsym hand out are glake's.
 // - cudaMemGetInfo and the default pool's attributes report glake's figures; host, managed and
 //   user-pool memory pass through; foreign pointers are freed by the real API.
+// - Zero-byte requests get the same answers as in the same program run without glake.
 #include <cuda.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 #include <string>
 #include <vector>
@@ -169,6 +173,73 @@ TEST_F(Kernels, OtherMemoryPassesThrough) {
   CUDA_OK(cudaStreamSynchronize(s));
   CUDA_OK(cudaMemPoolDestroy(user));
   CUDA_OK(cudaStreamDestroy(s));
+}
+
+// The answers of the four allocation calls to a zero-byte request, as "name error pointer; ...".
+std::string zero_byte_answers() {
+  std::string out;
+  cudaStream_t s = nullptr;
+  if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) return "no stream";
+  auto note = [&](const char* name, int err, bool null) {
+    out += std::string(name) + " " + std::to_string(err) + (null ? " null; " : " pointer; ");
+  };
+  void* p = reinterpret_cast<void*>(1);
+  cudaError_t e = cudaMalloc(&p, 0);
+  note("cudaMalloc", e, p == nullptr);
+  if (e == cudaSuccess && p != nullptr) (void)cudaFree(p);
+  p = reinterpret_cast<void*>(1);
+  e = cudaMallocAsync(&p, 0, s);
+  note("cudaMallocAsync", e, p == nullptr);
+  if (e == cudaSuccess && p != nullptr) (void)cudaFreeAsync(p, s);
+  (void)cudaGetLastError();
+  void* fa = nullptr;
+  void* faa = nullptr;
+  cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+  if (cudaGetDriverEntryPointByVersion("cuMemAlloc", &fa, 13000, cudaEnableDefault, &q) != cudaSuccess ||
+      cudaGetDriverEntryPointByVersion("cuMemAllocAsync", &faa, 13000, cudaEnableDefault, &q) != cudaSuccess)
+    return out + "no entry points";
+  CUdeviceptr d = 1;
+  CUresult r = reinterpret_cast<decltype(&cuMemAlloc_v2)>(fa)(&d, 0);
+  note("cuMemAlloc", r, d == 0);
+  if (r == CUDA_SUCCESS && d != 0) (void)cudaFree(reinterpret_cast<void*>(d));
+  d = 1;
+  r = reinterpret_cast<decltype(&cuMemAllocAsync)>(faa)(&d, 0, reinterpret_cast<CUstream>(s));
+  note("cuMemAllocAsync", r, d == 0);
+  if (r == CUDA_SUCCESS && d != 0) (void)cudaFreeAsync(reinterpret_cast<void*>(d), s);
+  (void)cudaStreamSynchronize(s);
+  (void)cudaStreamDestroy(s);
+  return out;
+}
+
+// Under glake the answers must be those of this same program run without it (a child process).
+TEST(ZeroBytes, GetTheAnswersCudaGives) {
+  if (std::getenv("GLAKE_ZERO_PROBE") != nullptr) {  // the child, without glake
+    CUDA_OK(cudaSetDevice(device()));
+    std::printf("zero-byte answers: %s\n", zero_byte_answers().c_str());
+    return;
+  }
+  REQUIRE_GLAKE();
+  CUDA_OK(cudaSetDevice(device()));
+  const std::string mine = zero_byte_answers();
+  char exe[4096] = {};
+  ASSERT_GT(readlink("/proc/self/exe", exe, sizeof exe - 1), 0);
+  const std::string cmd = std::string("env -u LD_PRELOAD GLAKE_ZERO_PROBE=1 '") + exe +
+                          "' --gtest_filter=ZeroBytes.GetTheAnswersCudaGives 2>&1";
+  FILE* child = popen(cmd.c_str(), "r");
+  ASSERT_NE(nullptr, child);
+  std::string native;
+  const std::string tag = "zero-byte answers: ";
+  char line[1024];
+  while (std::fgets(line, sizeof line, child) != nullptr) {
+    std::string l = line;
+    if (l.rfind(tag, 0) == 0) native = l.substr(tag.size(), l.find_last_not_of('\n') + 1 - tag.size());
+  }
+  EXPECT_EQ(0, pclose(child));
+  std::printf("zero-byte answers without glake: %s\nzero-byte answers under glake:   %s\n", native.c_str(), mine.c_str());
+  EXPECT_EQ(native, mine);
+  // The driver documents CUDA_ERROR_INVALID_VALUE for cuMemAlloc of zero bytes.
+  EXPECT_NE(std::string::npos, mine.find("cuMemAlloc 1 ")) << mine;
+  EXPECT_EQ("", validate());
 }
 
 }  // namespace

@@ -774,6 +774,7 @@ EXPORT CUresult cuMemGetInfo(unsigned int* free, unsigned int* total) {
 
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* ptr, std::size_t size) {
   CHECK_ALIVE();
+  if (size == 0) return CUDA_ERROR_INVALID_VALUE;  // as the driver documents (and does: tests/gpu/shim)
   const int cur = current_device();
   if (cur < 0) return CUDA_ERROR_INVALID_CONTEXT;
   std::lock_guard lk(g->mu);
