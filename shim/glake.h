@@ -61,7 +61,7 @@ typedef struct glake_stats {
   uint64_t ooms;                      /* out-of-memory errors returned */
   uint64_t driver_ns;                 /* time spent in the driver on the pool's behalf */
   uint64_t passthrough_allocs;        /* allocations on this device handed to the real API (graph capture,
-                                         user pools); process-wide ones count on device -1 */
+                                         user pools, zero bytes); process-wide ones count on device -1 */
   uint64_t capture_frees_held;        /* glake blocks freed inside a graph capture: kept, never reused */
   uint64_t slow_allocs;               /* allocations that found no cached block at once (the slow path) */
   uint64_t slow_ns;                   /* host time in that slow path (settle, stitch, growth; driver included) */

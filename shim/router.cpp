@@ -59,13 +59,9 @@ pool::StreamHandle normalize(const void* stream, bool ptds) {
   return s;
 }
 
-// The key of a capture on `stream` (normalized): the per-thread default stream is each thread's own,
-// so its captures are the calling thread's (captures begin and end on the thread that owns them).
-__thread char tl_own_stream __attribute__((tls_model("initial-exec")));
-cudaStream_t capture_key(cudaStream_t stream) {
-  return reinterpret_cast<pool::StreamHandle>(stream) == kPerThread ? reinterpret_cast<cudaStream_t>(&tl_own_stream)
-                                                                    : stream;
-}
+// The keys of captures of the thread's own stream (cudaStreamPerThread), one per device (the last:
+// device unknown): Router::capture_key.
+__thread char tl_own_streams[kMaxDevices + 1] __attribute__((tls_model("initial-exec")));
 
 bool valid_device(int d) { return d >= 0 && d < kMaxDevices; }
 
@@ -542,7 +538,16 @@ bool Router::driver_stream_capturing(CUstream stream) {
   return st != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
-void Router::capture_started(cudaStream_t stream) {
+// The per-thread default stream is the calling thread's own on the current device: its captures are
+// keyed by both (a capture begins and ends on the thread whose stream it is).
+cudaStream_t Router::capture_key(pool::StreamHandle stream, bool driver_api) {
+  if (stream != kPerThread) return reinterpret_cast<cudaStream_t>(stream);
+  int dev = -1;
+  if (!(driver_api ? driver_device(&dev) : runtime_device(&dev))) dev = kMaxDevices;
+  return reinterpret_cast<cudaStream_t>(&tl_own_streams[dev]);
+}
+
+void Router::capture_started(cudaStream_t key) {
   Locked lock(&mutex_);
   if (capturing_count_ == capturing_capacity_) {
     const std::size_t cap = capturing_capacity_ == 0 ? 16 : capturing_capacity_ * 2;
@@ -555,17 +560,17 @@ void Router::capture_started(cudaStream_t stream) {
       capturing_capacity_ = cap;
     }
   }
-  if (capturing_count_ < capturing_capacity_) capturing_[capturing_count_++] = capture_key(stream);
+  if (capturing_count_ < capturing_capacity_) capturing_[capturing_count_++] = key;
   captures_.fetch_add(1, std::memory_order_acq_rel);
 }
 
-void Router::capture_ended(cudaStream_t stream) {
+void Router::capture_ended(cudaStream_t key) {
   HeldFree* todo = nullptr;
   std::size_t n = 0;
   {
     Locked lock(&mutex_);
     std::size_t i = 0;
-    while (i < capturing_count_ && capturing_[i] != capture_key(stream)) ++i;
+    while (i < capturing_count_ && capturing_[i] != key) ++i;
     if (i == capturing_count_) return;
     capturing_[i] = capturing_[--capturing_count_];
     if (captures_.fetch_sub(1, std::memory_order_acq_rel) != 1 || held_count_ == 0) return;
@@ -952,15 +957,19 @@ cudaError_t Router::ipc_close_mem_handle(void* ptr) {
   return f(ptr);
 }
 
+// A capture is counted before it begins (and no longer if it did not): from the moment it is under
+// way, no other thread's free may synchronize the device.
 cudaError_t Router::stream_begin_capture(cudaStream_t stream, cudaStreamCaptureMode capture_mode, bool ptds) {
   const auto f = ptds ? real_runtime().stream_begin_capture_ptsz : real_runtime().stream_begin_capture;
   if (f == nullptr) return cudaErrorNotSupported;
+  const cudaStream_t key = capture_key(normalize(stream, ptds), false);
+  capture_started(key);
   cudaError_t r;
   {
     RealCall g;
     r = f(stream, capture_mode);
   }
-  if (r == cudaSuccess) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  if (r != cudaSuccess) capture_ended(key);
   return r;
 }
 
@@ -971,12 +980,14 @@ cudaError_t Router::stream_begin_capture_to_graph(cudaStream_t stream, cudaGraph
   const auto f =
       ptds ? real_runtime().stream_begin_capture_to_graph_ptsz : real_runtime().stream_begin_capture_to_graph;
   if (f == nullptr) return cudaErrorNotSupported;
+  const cudaStream_t key = capture_key(normalize(stream, ptds), false);
+  capture_started(key);
   cudaError_t r;
   {
     RealCall g;
     r = f(stream, graph, dependencies, edge_data, count, capture_mode);
   }
-  if (r == cudaSuccess) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+  if (r != cudaSuccess) capture_ended(key);
   return r;
 }
 
@@ -992,7 +1003,7 @@ cudaError_t Router::stream_end_capture(cudaStream_t stream, cudaGraph_t* graph, 
   // error (e.g. the wrong thread, or work not joined back) the stream says whether it still captures.
   if (r == cudaSuccess || r == cudaErrorStreamCaptureInvalidated || r == cudaErrorIllegalState ||
       !runtime_stream_capturing(reinterpret_cast<cudaStream_t>(normalize(stream, ptds))))
-    capture_ended(reinterpret_cast<cudaStream_t>(normalize(stream, ptds)));
+    capture_ended(capture_key(normalize(stream, ptds), false));
   return r;
 }
 
@@ -1233,12 +1244,16 @@ CUresult Router::cu_stream_destroy(CUstream stream) {
   return destroy_stream(stream, [&] { return f(stream); });
 }
 
-// Inside a runtime hook (RealCall) the runtime is calling: that hook counts the capture.
+// Inside a runtime hook (RealCall) the runtime is calling: that hook counts the capture. Counted
+// before it begins, as in stream_begin_capture.
 CUresult Router::cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode) {
   const auto f = real_driver().stream_begin_capture;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const bool counted = !inside_real_call();
+  const cudaStream_t key = counted ? capture_key(normalize(stream, false), true) : nullptr;
+  if (counted) capture_started(key);
   const CUresult r = f(stream, mode);
-  if (r == CUDA_SUCCESS && !inside_real_call()) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, false)));
+  if (counted && r != CUDA_SUCCESS) capture_ended(key);
   return r;
 }
 
@@ -1247,8 +1262,11 @@ CUresult Router::cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph
                                                   CUstreamCaptureMode mode) {
   const auto f = real_driver().stream_begin_capture_to_graph;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const bool counted = !inside_real_call();
+  const cudaStream_t key = counted ? capture_key(normalize(stream, false), true) : nullptr;
+  if (counted) capture_started(key);
   const CUresult r = f(stream, graph, dependencies, edge_data, count, mode);
-  if (r == CUDA_SUCCESS && !inside_real_call()) capture_started(reinterpret_cast<cudaStream_t>(normalize(stream, false)));
+  if (counted && r != CUDA_SUCCESS) capture_ended(key);
   return r;
 }
 
@@ -1260,7 +1278,7 @@ CUresult Router::cu_stream_end_capture(CUstream stream, CUgraph* graph) {
   if (!inside_real_call() && (r == CUDA_SUCCESS || r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED ||
                               r == CUDA_ERROR_ILLEGAL_STATE ||
                               !driver_stream_capturing(reinterpret_cast<CUstream>(normalize(stream, false)))))
-    capture_ended(reinterpret_cast<cudaStream_t>(normalize(stream, false)));
+    capture_ended(capture_key(normalize(stream, false), true));
   return r;
 }
 

@@ -190,8 +190,11 @@ class Router {
   bool runtime_stream_capturing(cudaStream_t stream);
   bool driver_stream_capturing(CUstream stream);
   bool hold_capture_free(DevicePool* p, pool::DevPtr ptr);
-  void capture_started(cudaStream_t stream);
-  void capture_ended(cudaStream_t stream);
+  // Captures are counted by key: the stream's handle, or for a thread's own stream the thread's key
+  // for the current device.
+  cudaStream_t capture_key(pool::StreamHandle stream, bool driver_api);
+  void capture_started(cudaStream_t key);
+  void capture_ended(cudaStream_t key);
   pool::Status synchronize_device(int device);
   static bool device_context_active(int device);  // its primary context exists (is retained)
 
@@ -223,8 +226,7 @@ class Router {
   std::atomic<int> pool_count_{0};  // highest device with a pool, + 1
   std::atomic<std::uint64_t> stream_epoch_{1};  // streams destroyed, + 1 (see stream_device)
 
-  // Streams whose capture began through glake's hooks (a thread's own stream keyed by thread; grown by realloc).
-  cudaStream_t* capturing_ = nullptr;
+  cudaStream_t* capturing_ = nullptr;  // keys of the captures begun through glake's hooks (grown by realloc)
   std::size_t capturing_count_ = 0;
   std::size_t capturing_capacity_ = 0;
   struct HeldFree {

@@ -49,6 +49,9 @@ inline unsigned long long device_syncs() { return driver_fn<decltype(standin_dev
 inline void fail_next_end_capture(CUresult e) {
   driver_fn<decltype(standin_fail_next_end_capture)>("standin_fail_next_end_capture")(e);
 }
+inline void after_next_begin_capture(void (*fn)(void*), void* arg) {
+  driver_fn<decltype(standin_after_next_begin_capture)>("standin_after_next_begin_capture")(fn, arg);
+}
 }  // namespace standin
 
 namespace glake_test {

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shim_test.h"
@@ -206,7 +207,15 @@ TEST_F(Driver, ZeroBytesGetTheRealApisAnswer) {
   void* p = reinterpret_cast<void*>(1);
   CUDA_OK(cudaMallocAsync(&p, 0, s));
   EXPECT_EQ(nullptr, p);
-  EXPECT_EQ(passed + 4, stats().passthrough_allocs) << "glake answered a zero-byte request itself";
+  p = reinterpret_cast<void*>(1);
+  CUDA_OK(cudaMalloc(&p, 0));
+  EXPECT_EQ(nullptr, p);
+  cudaMemPool_t pool = nullptr;
+  CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, 0));
+  p = reinterpret_cast<void*>(1);
+  CUDA_OK(cudaMallocFromPoolAsync(&p, 0, pool, s));
+  EXPECT_EQ(nullptr, p);
+  EXPECT_EQ(passed + 6, stats().passthrough_allocs) << "glake answered a zero-byte request itself";
   CUDA_OK(cudaStreamDestroy(s));
 }
 
@@ -377,6 +386,57 @@ TEST_F(Driver, ACaptureWhoseEndFailsIsOverOnceTheStreamSaysSo) {
   ASSERT_EQ(CUDA_SUCCESS, cuMemAlloc(&d, 4 * MiB));
   EXPECT_TRUE(owns(reinterpret_cast<void*>(d))) << "the driver's failed end left glake counting a capture that is over";
   EXPECT_EQ(CUDA_SUCCESS, cuMemFree(d));
+  CUDA_OK(cudaStreamDestroy(s));
+}
+
+// Another thread's cudaFree/cuMemFree of a glake block just after a capture got under way, before
+// its begin returned: glake counts the capture before it begins, so the free is held (a device
+// synchronization then would break the capture) and done when the capture ends. Through the runtime
+// and the driver.
+TEST_F(Driver, AFreeAsACaptureBeginsDoesNotSynchronizeTheDevice) {
+  struct Race {
+    void* block = nullptr;
+    unsigned long long syncs = 0;  // device synchronizations the free made
+    static void free_elsewhere(void* arg) {
+      auto* r = static_cast<Race*>(arg);
+      std::thread t([r] {
+        const unsigned long long before = standin::device_syncs();
+        EXPECT_EQ(cudaSuccess, cudaSetDevice(0));
+        EXPECT_EQ(cudaSuccess, cudaFree(r->block));
+        r->syncs = standin::device_syncs() - before;
+      });
+      t.join();
+    }
+  };
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (bool driver : {false, true}) {
+    Race race;
+    CUDA_OK(cudaMalloc(&race.block, 4 * MiB));
+    ASSERT_TRUE(owns(race.block));
+    standin::after_next_begin_capture(&Race::free_elsewhere, &race);
+    if (driver)
+      ASSERT_EQ(CUDA_SUCCESS, cuStreamBeginCapture(reinterpret_cast<CUstream>(s), CU_STREAM_CAPTURE_MODE_RELAXED));
+    else
+      CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    EXPECT_EQ(0u, race.syncs) << (driver ? "driver: " : "runtime: ") << "the free synchronized the device during the capture";
+    EXPECT_TRUE(owns(race.block)) << "the free was not held";
+    cudaGraph_t g = nullptr;
+    CUDA_OK(cudaStreamEndCapture(s, &g));
+    EXPECT_FALSE(owns(race.block)) << "the held free was not done when the capture ended";
+    CUDA_OK(cudaGraphDestroy(g));
+  }
+  // A capture that fails to begin is not counted.
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  EXPECT_EQ(cudaErrorIllegalState, cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  (void)cudaGetLastError();
+  cudaGraph_t g = nullptr;
+  CUDA_OK(cudaStreamEndCapture(s, &g));
+  CUDA_OK(cudaGraphDestroy(g));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, MiB));
+  EXPECT_TRUE(owns(p)) << "a begin that failed left a capture counted";
+  CUDA_OK(cudaFree(p));
   CUDA_OK(cudaStreamDestroy(s));
 }
 

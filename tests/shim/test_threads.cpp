@@ -140,4 +140,26 @@ TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatThreads) {
   EXPECT_EQ(cudaSuccess, cudaFree(p));
 }
 
+// A thread has its own stream on each device: a failed end of capture of its stream on device 1 must
+// leave the capture of its stream on device 0 counted.
+TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatDevices) {
+  REQUIRE_GLAKE();
+  ASSERT_EQ(cudaSuccess, cudaSetDevice(0));
+  ASSERT_EQ(cudaSuccess, cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeRelaxed));
+  ASSERT_EQ(cudaSuccess, cudaSetDevice(1));
+  cudaGraph_t g = nullptr;
+  EXPECT_EQ(cudaErrorIllegalState, cudaStreamEndCapture(cudaStreamPerThread, &g)) << "device 1's stream captures nothing";
+  (void)cudaGetLastError();
+  ASSERT_EQ(cudaSuccess, cudaSetDevice(0));
+  void* p = nullptr;
+  EXPECT_EQ(cudaSuccess, cudaMalloc(&p, 1 << 20));
+  EXPECT_FALSE(owns(p)) << "the failed end on device 1 took device 0's capture off glake's count";
+  EXPECT_EQ(cudaSuccess, cudaFree(p));
+  ASSERT_EQ(cudaSuccess, cudaStreamEndCapture(cudaStreamPerThread, &g));
+  EXPECT_EQ(cudaSuccess, cudaGraphDestroy(g));
+  EXPECT_EQ(cudaSuccess, cudaMalloc(&p, 1 << 20));
+  EXPECT_TRUE(owns(p)) << "the capture ended but is still counted";
+  EXPECT_EQ(cudaSuccess, cudaFree(p));
+}
+
 }  // namespace

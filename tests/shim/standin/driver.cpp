@@ -1216,16 +1216,22 @@ EXPORT CUresult cuStreamWaitEvent(CUstream h, CUevent e, unsigned int) {
   return CUDA_SUCCESS;
 }
 
+std::atomic<void (*)(void*)> g_after_begin_capture{nullptr};  // standin_after_next_begin_capture
+std::atomic<void*> g_after_begin_capture_arg{nullptr};
+
 // Captures into `into` (ToGraph) or a new graph.
 static CUresult begin_capture(CUstream h, bool ptds, Graph* into) {
   CHECK_ALIVE();
-  std::lock_guard lk(g->mu);
-  Stream* s = resolve(h, ptds);
-  if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-  if (s->legacy) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-  if (s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
-  s->capturing = true;
-  s->graph = into != nullptr ? into : new Graph;
+  {
+    std::lock_guard lk(g->mu);
+    Stream* s = resolve(h, ptds);
+    if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+    if (s->legacy) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if (s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
+    s->capturing = true;
+    s->graph = into != nullptr ? into : new Graph;
+  }
+  if (auto fn = g_after_begin_capture.exchange(nullptr)) fn(g_after_begin_capture_arg.load());
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuStreamBeginCapture_v2(CUstream h, CUstreamCaptureMode) { return begin_capture(h, false, nullptr); }
@@ -1494,6 +1500,10 @@ EXPORT CUresult standin_raw_alloc(CUdeviceptr* ptr, size_t size) {
 }
 
 EXPORT void standin_fail_next_end_capture(CUresult error) { g_end_capture_error.store(error); }
+EXPORT void standin_after_next_begin_capture(void (*fn)(void*), void* arg) {
+  g_after_begin_capture_arg.store(arg);
+  g_after_begin_capture.store(fn);
+}
 
 EXPORT unsigned long long standin_device_syncs(void) {
   std::lock_guard lk(g->mu);

@@ -33,6 +33,9 @@ unsigned long long standin_device_syncs(void);
 // The next cuStreamEndCapture ends its capture but fails with `error` and returns no graph, as the
 // driver does when a fork of the capture was never joined back (CUDA_ERROR_STREAM_CAPTURE_UNJOINED).
 void standin_fail_next_end_capture(CUresult error);
+// The next capture that begins calls fn(arg) once it is under way, before its begin returns: what
+// another thread does in between.
+void standin_after_next_begin_capture(void (*fn)(void*), void* arg);
 
 // Runtime (libcudart.so.13): the pointer the runtime's own driver table holds for `name` (e.g.
 // "cuMemAlloc_v2"), as it got it from cuGetProcAddress at initialisation.
