@@ -9,7 +9,11 @@ beside native's in the same round:
   - copy_1GiB: y.copy_(x), 1 GiB fp32 each (memory-bound, near the GPU's peak bandwidth);
   - matmul_8k: bf16 8192 x 8192 @ 8192 x 8192 (compute-bound);
   - gather_16M: x[idx], 16M random indices into x (latency- and TLB-bound);
-  - add_256x3MiB: t.add_(1) over 256 tensors of 3 MiB (many mid-size tensors, as in a training step).
+  - add_256x3MiB: t.add_(1) over 256 tensors of 3 MiB (many mid-size tensors, as in a training step);
+  - empty_1000: host time (not the GPU's) of 1000 torch.empty() of 4 KiB to 1 MiB, each dropped at
+    once: what the allocator costs a host-bound job per tensor (PyTorch's Python and C++ included, the
+    same in every configuration; configuration cudaasync is PyTorch's cudaMallocAsync backend on
+    CUDA's own pool, the backend glake is reached through).
 Needs libglake.so for glake (GLAKE_LIB, or build-gpu/ or build/).
 """
 
@@ -19,6 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "gpu", "torch"))
@@ -44,6 +49,22 @@ def worker():
             times.append(s.elapsed_time(e))
         return statistics.median(times)
 
+    def host_ms(f, n=40):
+        for _ in range(5):
+            f()
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            f()
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    sizes = [(1 << 10) * (1 + (i * 37) % 256) for i in range(1000)]  # 4 KiB to 1 MiB of fp32
+
+    def empty_1000():
+        for n in sizes:
+            torch.empty(n, device="cuda")
+
     torch.manual_seed(0)
     x = torch.randn(1 << 28, device="cuda")
     y = torch.empty_like(x)
@@ -52,7 +73,8 @@ def worker():
     idx = torch.randint(0, x.numel(), (1 << 24,), device="cuda")
     ts = [torch.randn(3 << 18, device="cuda") for _ in range(256)]
     return {"copy_1GiB": bench(lambda: y.copy_(x)), "matmul_8k": bench(lambda: a @ b),
-            "gather_16M": bench(lambda: x[idx]), "add_256x3MiB": bench(lambda: [t.add_(1.0) for t in ts])}
+            "gather_16M": bench(lambda: x[idx]), "add_256x3MiB": bench(lambda: [t.add_(1.0) for t in ts]),
+            "empty_1000": host_ms(empty_1000)}
 
 
 def main():
@@ -78,7 +100,7 @@ def main():
             r[c] = json.loads(p.stdout.strip().splitlines()[-1])
         rounds.append(r)
     kernels = list(rounds[0][configs[0]])
-    print(f"median kernel time, ms (x native's in the same round, median over {args.rounds} rounds)")
+    print(f"median time, ms (x native's in the same round, median over {args.rounds} rounds)")
     print("kernel".ljust(14) + "".join(c.rjust(20) for c in configs))
     for kname in kernels:
         cells = []
