@@ -454,25 +454,34 @@ pool::Status Router::synchronize_device(int device) {
   return driver_status(r);
 }
 
-// False when the last capture ended meanwhile (its end frees what is held under the same lock): the
-// caller frees the block itself.
-bool Router::hold_capture_free(DevicePool* p, pool::DevPtr ptr) {
+// A free that must wait for the device (or a stream) first: while a capture is under way the wait
+// would break it, so the block is held instead (freed when the last capture ends) and false is
+// returned; else the free counts as waiting until end_free_wait(), and no capture begins meanwhile
+// (capture_started waits for it).
+bool Router::begin_free_wait(DevicePool* p, pool::DevPtr ptr) {
   Locked lock(&mutex_);
-  if (captures_.load(std::memory_order_acquire) == 0) return false;
+  if (captures_.load(std::memory_order_acquire) == 0) {
+    ++waiting_frees_;
+    return true;
+  }
   if (held_count_ == held_capacity_) {
     std::size_t cap = held_capacity_ == 0 ? 64 : held_capacity_ * 2;
     auto* grown = static_cast<HeldFree*>(std::realloc(held_frees_, cap * sizeof(HeldFree)));
-    if (grown == nullptr) return true;  // out of host memory: the block stays allocated (leaked, never reused)
+    if (grown == nullptr) return false;  // out of host memory: the block stays allocated (leaked, never reused)
     held_frees_ = grown;
     held_capacity_ = cap;
   }
   held_frees_[held_count_++] = HeldFree{p, ptr};
-  return true;
+  return false;
+}
+
+void Router::end_free_wait() {
+  Locked lock(&mutex_);
+  if (--waiting_frees_ == 0) pthread_cond_broadcast(&frees_waited_);
 }
 
 pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
-  // A device sync now would break the capture; the block is freed once every capture has ended.
-  if (captures_.load(std::memory_order_acquire) != 0 && hold_capture_free(p, ptr)) return pool::Status::ok;
+  if (!begin_free_wait(p, ptr)) return pool::Status::ok;
   const pool::Status sync = synchronize_device(p->device);
   // Devices granted access to this pool may have kernels on the block too: each one whose context is
   // alive (none runs work on a device without one, and retaining it would create one). Their errors
@@ -480,6 +489,7 @@ pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
   const std::uint64_t peers = peers_[p->device].load(std::memory_order_relaxed);
   for (int a = 0; a < kMaxDevices && (peers >> a) != 0; ++a)
     if (((peers >> a) & 1) != 0 && device_context_active(a)) (void)synchronize_device(a);
+  end_free_wait();
   if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
   const pool::Status s = p->alloc->free(ptr);
   return sync != pool::Status::ok ? sync : s;
@@ -502,8 +512,7 @@ bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev
 
 pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream,
                                        cudaError_t* runtime_sync) {
-  // No wait now: it could break the capture.
-  if (captures_.load(std::memory_order_acquire) != 0 && hold_capture_free(p, ptr)) return pool::Status::ok;
+  if (!begin_free_wait(p, ptr)) return pool::Status::ok;
   pool::Status sync = pool::Status::ok;
   if (runtime_sync != nullptr) {  // the runtime's: it makes the current device's context current first
     if (const auto f = real_runtime().stream_synchronize; f != nullptr) {
@@ -513,6 +522,7 @@ pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::St
   } else if (const auto f = real_driver().stream_synchronize; f != nullptr) {
     sync = driver_status(f(reinterpret_cast<CUstream>(stream)));
   }
+  end_free_wait();
   // Freed even if the wait failed (a sticky error of earlier work, which the caller gets): kept, the
   // block would be lost for good.
   const pool::Status s = p->alloc->free(ptr);
@@ -562,6 +572,8 @@ void Router::capture_started(cudaStream_t key) {
   }
   if (capturing_count_ < capturing_capacity_) capturing_[capturing_count_++] = key;
   captures_.fetch_add(1, std::memory_order_acq_rel);
+  // Frees that began to wait before the capture was counted finish first (begin_free_wait).
+  while (waiting_frees_ != 0) pthread_cond_wait(&frees_waited_, &mutex_);
 }
 
 void Router::capture_ended(cudaStream_t key) {
@@ -1443,6 +1455,8 @@ void Router::child_after_fork() {
   real_unlock_after_fork();
   if (Ipc* i = ipc_.load(std::memory_order_acquire)) i->after_fork_child();
   pthread_mutex_init(&mutex_, nullptr);
+  pthread_cond_init(&frees_waited_, nullptr);
+  waiting_frees_ = 0;  // the threads that were waiting do not exist here
   if (pool_count_.load(std::memory_order_relaxed) > 0) {
     // The parent's CUDA state is unusable here (as CUDA itself says on the child's first call), and
     // its pools may be mid-operation on threads that do not exist here: leave them untouched.

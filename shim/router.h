@@ -189,7 +189,8 @@ class Router {
   auto destroy_stream(const void* stream, Destroy destroy);
   bool runtime_stream_capturing(cudaStream_t stream);
   bool driver_stream_capturing(CUstream stream);
-  bool hold_capture_free(DevicePool* p, pool::DevPtr ptr);
+  bool begin_free_wait(DevicePool* p, pool::DevPtr ptr);
+  void end_free_wait();
   // Captures are counted by key: the stream's handle, or for a thread's own stream the thread's key
   // for the current device.
   cudaStream_t capture_key(pool::StreamHandle stream, bool driver_api);
@@ -213,6 +214,8 @@ class Router {
   std::atomic<int> captures_{0};
   std::atomic<bool> exit_hook_{false};
   pthread_mutex_t mutex_ = PTHREAD_MUTEX_INITIALIZER;  // init, pool creation, captures, held frees, peers
+  pthread_cond_t frees_waited_ = PTHREAD_COND_INITIALIZER;  // waiting_frees_ fell to 0
+  std::size_t waiting_frees_ = 0;  // frees waiting for the device or a stream now (mutex_)
 
   pool::Config config_{};
   bool verbose_ = false;

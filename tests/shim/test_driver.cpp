@@ -426,10 +426,13 @@ TEST_F(Driver, AFreeAsACaptureBeginsDoesNotSynchronizeTheDevice) {
     EXPECT_FALSE(owns(race.block)) << "the held free was not done when the capture ended";
     CUDA_OK(cudaGraphDestroy(g));
   }
-  // A capture that fails to begin is not counted.
+  // A capture that fails to begin is not counted, through either API.
   CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
   EXPECT_EQ(cudaErrorIllegalState, cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
   (void)cudaGetLastError();
+  EXPECT_EQ(CUDA_ERROR_ILLEGAL_STATE, cuStreamBeginCapture(reinterpret_cast<CUstream>(s), CU_STREAM_CAPTURE_MODE_RELAXED));
+  EXPECT_EQ(CUDA_ERROR_INVALID_VALUE,  // no graph
+            cuStreamBeginCaptureToGraph(reinterpret_cast<CUstream>(s), nullptr, nullptr, nullptr, 0, CU_STREAM_CAPTURE_MODE_RELAXED));
   cudaGraph_t g = nullptr;
   CUDA_OK(cudaStreamEndCapture(s, &g));
   CUDA_OK(cudaGraphDestroy(g));

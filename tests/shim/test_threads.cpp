@@ -162,4 +162,47 @@ TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatDevices) {
   EXPECT_EQ(cudaSuccess, cudaFree(p));
 }
 
+// cudaFree synchronizes the device, which would break a capture under way: a free of a glake block
+// that found no capture counted must not still be synchronizing the device when one begins. One
+// thread begins and ends captures while others allocate and free; no cuCtxSynchronize may fall inside
+// a capture. (While a capture is counted, cudaMalloc goes to the real API.)
+TEST(Threads, NoFreeSynchronizesTheDeviceDuringACapture) {
+  REQUIRE_GLAKE();
+  ASSERT_EQ(cudaSuccess, cudaSetDevice(0));
+  const unsigned long long before = standin::device_syncs_in_capture();
+  std::atomic<bool> done{false};
+  std::atomic<int> failed{0};
+  std::atomic<int> glake_frees{0};
+  std::vector<std::thread> freers;
+  for (int t = 0; t < 3; ++t)
+    freers.emplace_back([&] {
+      if (cudaSetDevice(0) != cudaSuccess) ++failed;
+      while (!done.load()) {
+        void* p = nullptr;
+        if (cudaMalloc(&p, 64 << 10) != cudaSuccess) {
+          ++failed;
+          break;
+        }
+        if (owns(p)) ++glake_frees;
+        if (cudaFree(p) != cudaSuccess) ++failed;
+      }
+    });
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaSuccess, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (int i = 0; i < 1000; ++i) {
+    cudaGraph_t g = nullptr;
+    if (cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) != cudaSuccess) ++failed;
+    std::this_thread::yield();
+    if (cudaStreamEndCapture(s, &g) != cudaSuccess || cudaGraphDestroy(g) != cudaSuccess) ++failed;
+    std::this_thread::yield();
+  }
+  done = true;
+  for (auto& t : freers) t.join();
+  EXPECT_EQ(0, failed.load());
+  EXPECT_GT(glake_frees.load(), 0);
+  EXPECT_EQ(before, standin::device_syncs_in_capture()) << "a free synchronized the device while a capture was under way";
+  EXPECT_EQ(cudaSuccess, cudaStreamDestroy(s));
+  EXPECT_EQ("", validate(0));
+}
+
 }  // namespace

@@ -127,6 +127,7 @@ struct State {
   std::map<CUdeviceptr, Allocation> ipc_imports;
   CUmemGenericAllocationHandle next_handle = 1;
   std::uint64_t syncs = 0;
+  std::uint64_t syncs_in_capture = 0;  // cuCtxSynchronize calls made while a stream of the device was capturing
 };
 
 State* g = nullptr;
@@ -553,6 +554,11 @@ EXPORT CUresult cuCtxSynchronize() {
   const int cur = current_device();
   if (cur < 0) return CUDA_ERROR_INVALID_CONTEXT;
   std::unique_lock lk(g->mu);
+  for (Stream* s : g->streams)
+    if (s->device == cur && s->capturing && !s->destroyed) {
+      ++g->syncs_in_capture;  // the real driver would break the capture
+      break;
+    }
   sync_device(lk, cur);
   return CUDA_SUCCESS;
 }
@@ -1508,4 +1514,8 @@ EXPORT void standin_after_next_begin_capture(void (*fn)(void*), void* arg) {
 EXPORT unsigned long long standin_device_syncs(void) {
   std::lock_guard lk(g->mu);
   return g->syncs;
+}
+EXPORT unsigned long long standin_device_syncs_in_capture(void) {
+  std::lock_guard lk(g->mu);
+  return g->syncs_in_capture;
 }

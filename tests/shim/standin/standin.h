@@ -30,6 +30,8 @@ int standin_mapping_access(const void* ptr, int device);
 CUresult standin_raw_alloc(CUdeviceptr* ptr, size_t size);
 // Device synchronizations (cuCtxSynchronize, and the one cuMemFree does) so far.
 unsigned long long standin_device_syncs(void);
+// cuCtxSynchronize calls made while a stream of the device was capturing (which break a real capture).
+unsigned long long standin_device_syncs_in_capture(void);
 // The next cuStreamEndCapture ends its capture but fails with `error` and returns no graph, as the
 // driver does when a fork of the capture was never joined back (CUDA_ERROR_STREAM_CAPTURE_UNJOINED).
 void standin_fail_next_end_capture(CUresult error);
