@@ -23,7 +23,10 @@
 // stream (non-blocking ones included, a peer's included) can still touch the block when it is reused.
 // (So, as a real cudaFree can hang inside a group of collectives still waiting for other ranks, so can
 // this one while a peer device runs such a group.) Frees of glake blocks issued while a capture is
-// under way are held (see capture_frees_held).
+// under way are held (see capture_frees_held). A capture is counted from just before it begins, once
+// the frees already waiting for a device have finished (begin_free_wait): a capture's begin may so
+// wait for another thread's cudaFree. A failed end of capture on a stream whose capture another
+// thread is still beginning (a wrong program) takes that capture off the count.
 //
 // Process life: nothing happens before the first CUDA call reaches a hook (then the GLAKE_* settings
 // are read, and with GLAKE_TRACE the tracer's session starts: tracer/session.h; pools are made per
