@@ -124,7 +124,10 @@ TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatThreads) {
     step = cudaStreamEndCapture(cudaStreamPerThread, &g) == cudaSuccess && cudaGraphDestroy(g) == cudaSuccess ? 3 : -1;
   });
   while (step.load() == 0) std::this_thread::yield();
-  ASSERT_EQ(1, step.load());
+  if (step.load() != 1) {
+    other.join();
+    FAIL() << "the other thread could not begin its capture";
+  }
   cudaGraph_t g = nullptr;
   EXPECT_EQ(cudaErrorIllegalState, cudaStreamEndCapture(cudaStreamPerThread, &g)) << "this thread's stream captures nothing";
   (void)cudaGetLastError();
@@ -169,14 +172,18 @@ TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatDevices) {
 TEST(Threads, NoFreeSynchronizesTheDeviceDuringACapture) {
   REQUIRE_GLAKE();
   ASSERT_EQ(cudaSuccess, cudaSetDevice(0));
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaSuccess, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   const unsigned long long before = standin::device_syncs_in_capture();
   std::atomic<bool> done{false};
   std::atomic<int> failed{0};
   std::atomic<int> glake_frees{0};
+  std::atomic<int> running{0};
   std::vector<std::thread> freers;
   for (int t = 0; t < 3; ++t)
     freers.emplace_back([&] {
       if (cudaSetDevice(0) != cudaSuccess) ++failed;
+      ++running;
       while (!done.load()) {
         void* p = nullptr;
         if (cudaMalloc(&p, 64 << 10) != cudaSuccess) {
@@ -187,8 +194,7 @@ TEST(Threads, NoFreeSynchronizesTheDeviceDuringACapture) {
         if (cudaFree(p) != cudaSuccess) ++failed;
       }
     });
-  cudaStream_t s = nullptr;
-  ASSERT_EQ(cudaSuccess, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  while (running.load() < 3) std::this_thread::yield();
   for (int i = 0; i < 1000; ++i) {
     cudaGraph_t g = nullptr;
     if (cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) != cudaSuccess) ++failed;
