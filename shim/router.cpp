@@ -969,20 +969,22 @@ cudaError_t Router::ipc_close_mem_handle(void* ptr) {
   return f(ptr);
 }
 
-// A capture is counted before it begins (and no longer if it did not): from the moment it is under
-// way, no other thread's free may synchronize the device.
+template <class Begin>
+auto Router::counted_begin(pool::StreamHandle stream, bool driver_api, Begin begin) {
+  const cudaStream_t key = capture_key(stream, driver_api);
+  capture_started(key);
+  const auto r = begin();
+  if (r != decltype(r){}) capture_ended(key);  // cudaSuccess and CUDA_SUCCESS are 0
+  return r;
+}
+
 cudaError_t Router::stream_begin_capture(cudaStream_t stream, cudaStreamCaptureMode capture_mode, bool ptds) {
   const auto f = ptds ? real_runtime().stream_begin_capture_ptsz : real_runtime().stream_begin_capture;
   if (f == nullptr) return cudaErrorNotSupported;
-  const cudaStream_t key = capture_key(normalize(stream, ptds), false);
-  capture_started(key);
-  cudaError_t r;
-  {
+  return counted_begin(normalize(stream, ptds), false, [&] {
     RealCall g;
-    r = f(stream, capture_mode);
-  }
-  if (r != cudaSuccess) capture_ended(key);
-  return r;
+    return f(stream, capture_mode);
+  });
 }
 
 cudaError_t Router::stream_begin_capture_to_graph(cudaStream_t stream, cudaGraph_t graph,
@@ -992,15 +994,10 @@ cudaError_t Router::stream_begin_capture_to_graph(cudaStream_t stream, cudaGraph
   const auto f =
       ptds ? real_runtime().stream_begin_capture_to_graph_ptsz : real_runtime().stream_begin_capture_to_graph;
   if (f == nullptr) return cudaErrorNotSupported;
-  const cudaStream_t key = capture_key(normalize(stream, ptds), false);
-  capture_started(key);
-  cudaError_t r;
-  {
+  return counted_begin(normalize(stream, ptds), false, [&] {
     RealCall g;
-    r = f(stream, graph, dependencies, edge_data, count, capture_mode);
-  }
-  if (r != cudaSuccess) capture_ended(key);
-  return r;
+    return f(stream, graph, dependencies, edge_data, count, capture_mode);
+  });
 }
 
 cudaError_t Router::stream_end_capture(cudaStream_t stream, cudaGraph_t* graph, bool ptds) {
@@ -1261,12 +1258,8 @@ CUresult Router::cu_stream_destroy(CUstream stream) {
 CUresult Router::cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode) {
   const auto f = real_driver().stream_begin_capture;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
-  const bool counted = !inside_real_call();
-  const cudaStream_t key = counted ? capture_key(normalize(stream, false), true) : nullptr;
-  if (counted) capture_started(key);
-  const CUresult r = f(stream, mode);
-  if (counted && r != CUDA_SUCCESS) capture_ended(key);
-  return r;
+  if (inside_real_call()) return f(stream, mode);
+  return counted_begin(normalize(stream, false), true, [&] { return f(stream, mode); });
 }
 
 CUresult Router::cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
@@ -1274,12 +1267,9 @@ CUresult Router::cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph
                                                   CUstreamCaptureMode mode) {
   const auto f = real_driver().stream_begin_capture_to_graph;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
-  const bool counted = !inside_real_call();
-  const cudaStream_t key = counted ? capture_key(normalize(stream, false), true) : nullptr;
-  if (counted) capture_started(key);
-  const CUresult r = f(stream, graph, dependencies, edge_data, count, mode);
-  if (counted && r != CUDA_SUCCESS) capture_ended(key);
-  return r;
+  if (inside_real_call()) return f(stream, graph, dependencies, edge_data, count, mode);
+  return counted_begin(normalize(stream, false), true,
+                       [&] { return f(stream, graph, dependencies, edge_data, count, mode); });
 }
 
 CUresult Router::cu_stream_end_capture(CUstream stream, CUgraph* graph) {

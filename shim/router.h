@@ -199,6 +199,11 @@ class Router {
   cudaStream_t capture_key(pool::StreamHandle stream, bool driver_api);
   void capture_started(cudaStream_t key);
   void capture_ended(cudaStream_t key);
+  // Runs begin(), the real begin of a capture of `stream`, with the capture counted from just before
+  // it (so that no other thread's free synchronizes the device once it is under way) and no longer
+  // if it fails.
+  template <class Begin>
+  auto counted_begin(pool::StreamHandle stream, bool driver_api, Begin begin);
   pool::Status synchronize_device(int device);
   static bool device_context_active(int device);  // its primary context exists (is retained)
 
