@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <iterator>
+#include <thread>
 
 #include "pool/allocator_impl.h"
 
@@ -412,22 +413,61 @@ Status Allocator::Impl::execute(Plan& plan) {
     f.stage = 2;
     ++mapped;
   }
+  const Status a = grant(plan, mapped);
+  return a != Status::ok ? a : r;
+}
+
+// Grants access to the first `mapped` fills: one call per piece of a run of consecutive mappings. A
+// long window is cut into pieces of at least kAccessPiece mappings, granted by up to
+// cfg.access_threads threads at once (the calling thread among them). If a piece fails, every fill
+// from that piece on is unmapped again, so that the accessible fills stay a prefix (finish() counts
+// on it); one that cannot be unmapped stays mapped without access, to be quarantined.
+Status Allocator::Impl::grant(Plan& plan, std::size_t mapped) {
+  struct Piece {
+    std::size_t first, last;  // fills [first, last)
+    Status status = Status::ok;
+  };
+  std::vector<Piece> pieces;
+  const std::size_t want = std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(cfg.access_threads),
+                                                                          mapped / kAccessPiece));
   for (std::size_t i = 0; i < mapped;) {
     std::size_t j = i + 1;
     while (j < mapped && plan.fills[j].dst == plan.fills[j - 1].dst + plan.fills[j - 1].span * page) ++j;
-    DevPtr base = plan.fills[i].dst;
-    Status a = drv.set_access(base, plan.fills[j - 1].dst + plan.fills[j - 1].span * page - base);
-    if (a != Status::ok) {
-      // Undo every mapping not yet accessible; a page that cannot be unmapped stays quarantined.
-      for (std::size_t u = i; u < mapped; ++u)
-        if (drv.unmap(plan.fills[u].dst, plan.fills[u].span * page) == Status::ok)
-          plan.fills[u].stage = plan.fills[u].kind == Fill::Kind::create ? 1 : 0;
-      return a;
-    }
-    for (std::size_t u = i; u < j; ++u) plan.fills[u].stage = 3;
+    // This run's share of the pieces, by its length.
+    const std::size_t k = std::max<std::size_t>(1, want * (j - i) / mapped);
+    for (std::size_t p = 0; p < k; ++p) pieces.push_back({i + (j - i) * p / k, i + (j - i) * (p + 1) / k});
     i = j;
   }
-  return r;
+  auto run = [&](Piece& pc) {
+    const Fill& lo = plan.fills[pc.first];
+    const Fill& hi = plan.fills[pc.last - 1];
+    pc.status = drv.set_access(lo.dst, hi.dst + hi.span * page - lo.dst);
+  };
+  std::vector<std::thread> helpers;
+  for (std::size_t p = 1; p < pieces.size(); ++p) {
+    try {
+      helpers.emplace_back(run, std::ref(pieces[p]));
+    } catch (...) {  // no thread to be had: this thread grants the rest
+      for (std::size_t q = p; q < pieces.size(); ++q) run(pieces[q]);
+      break;
+    }
+  }
+  if (!pieces.empty()) run(pieces[0]);
+  for (std::thread& t : helpers) t.join();
+  for (const Piece& pc : pieces) {
+    if (pc.status != Status::ok) {
+      for (std::size_t u = pc.first; u < mapped; ++u) {
+        Fill& f = plan.fills[u];
+        if (drv.unmap(f.dst, f.span * page) == Status::ok)
+          f.stage = f.kind == Fill::Kind::create ? 1 : 0;
+        else
+          f.stage = 2;
+      }
+      return pc.status;
+    }
+    for (std::size_t u = pc.first; u < pc.last; ++u) plan.fills[u].stage = 3;
+  }
+  return Status::ok;
 }
 
 Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out) {

@@ -505,10 +505,11 @@ def main():
                   "; whole timed pass over native's " + ", ".join(f"{v:.3f}x" for v in passes) +
                   f"; 95% interval of the median {lo:.3f}-{hi:.3f}x (bootstrap over rounds, then steps)")
         for r in rounds:  # glake's own work (slow path: stitches, growth, their driver calls) in the timed pass
-            g = r.get("glake", {})
-            if "glake_delta" in g and g.get("step_s"):
-                print(f"glake: slow path {g['glake_delta']['slow_ns'] / 1e6:.1f} ms of a {sum(g['step_s']) * 1e3:.0f} ms "
-                      f"pass ({g['glake_delta']['slow_ns'] / 1e7 / sum(g['step_s']):.2f}%)")
+            for c in configs:
+                g = r.get(c, {})
+                if "glake_delta" in g and g.get("step_s"):
+                    print(f"{c}: slow path {g['glake_delta']['slow_ns'] / 1e6:.1f} ms of a {sum(g['step_s']) * 1e3:.0f} ms "
+                          f"pass ({g['glake_delta']['slow_ns'] / 1e7 / sum(g['step_s']):.2f}%)")
         for c in configs:  # how much of a step the host spent issuing it: near 1, the host bounds the step
             share = [e / s for r in rounds for e, s in zip(r.get(c, {}).get("enqueue_s", []), r.get(c, {}).get("step_s", []))]
             if share:
