@@ -11,6 +11,8 @@
 // address map; the pieces of a chunk cover it; the statistics match the blocks.
 #include "pool/allocator.h"
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <iterator>
 #include <thread>
@@ -417,57 +419,57 @@ Status Allocator::Impl::execute(Plan& plan) {
   return a != Status::ok ? a : r;
 }
 
-// Grants access to the first `mapped` fills: one call per piece of a run of consecutive mappings. A
-// long window is cut into pieces of at least kAccessPiece mappings, granted by up to
-// cfg.access_threads threads at once (the calling thread among them). If a piece fails, every fill
-// from that piece on is unmapped again, so that the accessible fills stay a prefix (finish() counts
-// on it); one that cannot be unmapped stays mapped without access, to be quarantined.
+// Grants access to the first `mapped` fills, one call per run of consecutive mappings; a run of at least
+// 2 x kAccessPiece mappings is cut into pieces of at least kAccessPiece, granted by up to
+// cfg.access_threads threads at once (the calling thread among them; none if no thread can be had).
+// If a call fails, every fill from its piece on is unmapped again, so that the accessible fills stay a
+// prefix (finish() counts on it); one that cannot be unmapped stays mapped without access, to be
+// quarantined. Allocates nothing on the heap: nothing here throws.
 Status Allocator::Impl::grant(Plan& plan, std::size_t mapped) {
-  struct Piece {
-    std::size_t first, last;  // fills [first, last)
-    Status status = Status::ok;
+  constexpr std::size_t kMaxPieces = 64;  // Config::access_threads is at most 64
+  auto access = [&](std::size_t first, std::size_t last) {
+    const Fill& hi = plan.fills[last - 1];
+    return drv.set_access(plan.fills[first].dst, hi.dst + hi.span * page - plan.fills[first].dst);
   };
-  std::vector<Piece> pieces;
-  const std::size_t want = std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(cfg.access_threads),
-                                                                          mapped / kAccessPiece));
-  for (std::size_t i = 0; i < mapped;) {
+  std::size_t failed_from = mapped;
+  Status failure = Status::ok;
+  for (std::size_t i = 0; i < mapped && failure == Status::ok;) {
     std::size_t j = i + 1;
     while (j < mapped && plan.fills[j].dst == plan.fills[j - 1].dst + plan.fills[j - 1].span * page) ++j;
-    // This run's share of the pieces, by its length.
-    const std::size_t k = std::max<std::size_t>(1, want * (j - i) / mapped);
-    for (std::size_t p = 0; p < k; ++p) pieces.push_back({i + (j - i) * p / k, i + (j - i) * (p + 1) / k});
+    const std::size_t k = std::clamp<std::size_t>((j - i) / kAccessPiece, 1,
+                                                  std::min<std::size_t>(kMaxPieces, static_cast<std::size_t>(cfg.access_threads)));
+    auto first = [&](std::size_t p) { return i + (j - i) * p / k; };
+    std::array<Status, kMaxPieces> status{};
+    std::array<std::thread, kMaxPieces> helpers;
+    std::size_t p = 1;
+    for (; p < k; ++p) {
+      try {
+        helpers[p] = std::thread([&, p] { status[p] = access(first(p), first(p + 1)); });
+      } catch (...) {
+        break;  // no thread to be had: this thread grants the rest
+      }
+    }
+    for (std::size_t q = p; q < k; ++q) status[q] = access(first(q), first(q + 1));
+    status[0] = access(first(0), first(1));
+    for (std::size_t q = 1; q < p; ++q) helpers[q].join();
+    for (std::size_t q = 0; q < k; ++q) {
+      if (status[q] != Status::ok) {
+        failed_from = first(q);
+        failure = status[q];
+        break;
+      }
+      for (std::size_t u = first(q); u < first(q + 1); ++u) plan.fills[u].stage = 3;
+    }
     i = j;
   }
-  auto run = [&](Piece& pc) {
-    const Fill& lo = plan.fills[pc.first];
-    const Fill& hi = plan.fills[pc.last - 1];
-    pc.status = drv.set_access(lo.dst, hi.dst + hi.span * page - lo.dst);
-  };
-  std::vector<std::thread> helpers;
-  for (std::size_t p = 1; p < pieces.size(); ++p) {
-    try {
-      helpers.emplace_back(run, std::ref(pieces[p]));
-    } catch (...) {  // no thread to be had: this thread grants the rest
-      for (std::size_t q = p; q < pieces.size(); ++q) run(pieces[q]);
-      break;
-    }
+  for (std::size_t u = failed_from; u < mapped; ++u) {
+    Fill& f = plan.fills[u];
+    if (drv.unmap(f.dst, f.span * page) == Status::ok)
+      f.stage = f.kind == Fill::Kind::create ? 1 : 0;
+    else
+      f.stage = 2;
   }
-  if (!pieces.empty()) run(pieces[0]);
-  for (std::thread& t : helpers) t.join();
-  for (const Piece& pc : pieces) {
-    if (pc.status != Status::ok) {
-      for (std::size_t u = pc.first; u < mapped; ++u) {
-        Fill& f = plan.fills[u];
-        if (drv.unmap(f.dst, f.span * page) == Status::ok)
-          f.stage = f.kind == Fill::Kind::create ? 1 : 0;
-        else
-          f.stage = 2;
-      }
-      return pc.status;
-    }
-    for (std::size_t u = pc.first; u < pc.last; ++u) plan.fills[u].stage = 3;
-  }
-  return Status::ok;
+  return failure;
 }
 
 Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out) {

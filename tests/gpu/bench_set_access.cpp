@@ -75,8 +75,7 @@ int main(int argc, char** argv) {
     std::vector<std::thread> ts;
     for (int t = 0; t < threads; ++t) {
       const int lo = n * t / threads, hi = n * (t + 1) / threads;
-      ts.emplace_back([&, lo, hi] {
-        check(cuCtxSetCurrent(ctx), "cuCtxSetCurrent (worker)");
+      ts.emplace_back([&, lo, hi] {  // no context current, as the pool's helper threads (VMM calls need none)
         check(cuMemSetAccess(va + g * lo, g * static_cast<std::size_t>(hi - lo), &desc, 1), "cuMemSetAccess (worker)");
       });
     }
