@@ -11,11 +11,8 @@
 // address map; the pieces of a chunk cover it; the statistics match the blocks.
 #include "pool/allocator.h"
 
-#include <algorithm>
-#include <array>
 #include <chrono>
 #include <iterator>
-#include <thread>
 
 #include "pool/allocator_impl.h"
 
@@ -415,61 +412,22 @@ Status Allocator::Impl::execute(Plan& plan) {
     f.stage = 2;
     ++mapped;
   }
-  const Status a = grant(plan, mapped);
-  return a != Status::ok ? a : r;
-}
-
-// Grants access to the first `mapped` fills, one call per run of consecutive mappings; a run of at least
-// 2 x kAccessPiece mappings is cut into pieces of at least kAccessPiece, granted by up to
-// cfg.access_threads threads at once (the calling thread among them; none if no thread can be had).
-// If a call fails, every fill from its piece on is unmapped again, so that the accessible fills stay a
-// prefix (finish() counts on it); one that cannot be unmapped stays mapped without access, to be
-// quarantined. Allocates nothing on the heap: nothing here throws.
-Status Allocator::Impl::grant(Plan& plan, std::size_t mapped) {
-  constexpr std::size_t kMaxPieces = 64;  // Config::access_threads is at most 64
-  auto access = [&](std::size_t first, std::size_t last) {
-    const Fill& hi = plan.fills[last - 1];
-    return drv.set_access(plan.fills[first].dst, hi.dst + hi.span * page - plan.fills[first].dst);
-  };
-  std::size_t failed_from = mapped;
-  Status failure = Status::ok;
-  for (std::size_t i = 0; i < mapped && failure == Status::ok;) {
+  for (std::size_t i = 0; i < mapped;) {
     std::size_t j = i + 1;
     while (j < mapped && plan.fills[j].dst == plan.fills[j - 1].dst + plan.fills[j - 1].span * page) ++j;
-    const std::size_t k = std::clamp<std::size_t>((j - i) / kAccessPiece, 1,
-                                                  std::min<std::size_t>(kMaxPieces, static_cast<std::size_t>(cfg.access_threads)));
-    auto first = [&](std::size_t p) { return i + (j - i) * p / k; };
-    std::array<Status, kMaxPieces> status{};
-    std::array<std::thread, kMaxPieces> helpers;
-    std::size_t p = 1;
-    for (; p < k; ++p) {
-      try {
-        helpers[p] = std::thread([&, p] { status[p] = access(first(p), first(p + 1)); });
-      } catch (...) {
-        break;  // no thread to be had: this thread grants the rest
-      }
+    DevPtr base = plan.fills[i].dst;
+    Status a = drv.set_access(base, plan.fills[j - 1].dst + plan.fills[j - 1].span * page - base);
+    if (a != Status::ok) {
+      // Undo every mapping not yet accessible; a page that cannot be unmapped stays quarantined.
+      for (std::size_t u = i; u < mapped; ++u)
+        if (drv.unmap(plan.fills[u].dst, plan.fills[u].span * page) == Status::ok)
+          plan.fills[u].stage = plan.fills[u].kind == Fill::Kind::create ? 1 : 0;
+      return a;
     }
-    for (std::size_t q = p; q < k; ++q) status[q] = access(first(q), first(q + 1));
-    status[0] = access(first(0), first(1));
-    for (std::size_t q = 1; q < p; ++q) helpers[q].join();
-    for (std::size_t q = 0; q < k; ++q) {
-      if (status[q] != Status::ok) {
-        failed_from = first(q);
-        failure = status[q];
-        break;
-      }
-      for (std::size_t u = first(q); u < first(q + 1); ++u) plan.fills[u].stage = 3;
-    }
+    for (std::size_t u = i; u < j; ++u) plan.fills[u].stage = 3;
     i = j;
   }
-  for (std::size_t u = failed_from; u < mapped; ++u) {
-    Fill& f = plan.fills[u];
-    if (drv.unmap(f.dst, f.span * page) == Status::ok)
-      f.stage = f.kind == Fill::Kind::create ? 1 : 0;
-    else
-      f.stage = 2;
-  }
-  return failure;
+  return r;
 }
 
 Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out) {

@@ -476,9 +476,6 @@ struct Allocator::Impl {
   // the slow path). grow_mu held.
   void return_lent();
   Status execute(Plan& plan);
-  // Fewest mappings one thread grants access to while others grant the rest of a run (Config::access_threads).
-  static constexpr std::size_t kAccessPiece = 16;
-  Status grant(Plan& plan, std::size_t mapped);
   Status finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out);
   Status add_segment(std::size_t n);
   void trim(std::size_t keep);  // grow_mu held (Allocator::trim)

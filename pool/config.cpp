@@ -63,20 +63,6 @@ void read_bool(const char* name, bool* field, std::vector<std::string>* errors) 
   }
 }
 
-void read_int(const char* name, int* field, int lo, int hi, std::vector<std::string>* errors) {
-  const char* v = std::getenv(name);
-  if (v == nullptr) return;
-  errno = 0;
-  char* end = nullptr;
-  const long parsed = std::strtol(v, &end, 10);
-  if (errno != 0 || end == v || *end != '\0' || parsed < lo || parsed > hi) {
-    errors->push_back(std::string(name) + "='" + v + "' is not an integer from " + std::to_string(lo) + " to " +
-                      std::to_string(hi) + "; using the default");
-    return;
-  }
-  *field = static_cast<int>(parsed);
-}
-
 }  // namespace
 
 Config config_from_env(std::vector<std::string>* errors) {
@@ -87,7 +73,6 @@ Config config_from_env(std::vector<std::string>* errors) {
   read_bytes("GLAKE_LIMIT", &c.limit, 1, errors);
   read_bytes("GLAKE_VA_RESERVE", &c.va_reserve, std::size_t{1} << 30, errors);
   read_bytes("GLAKE_MAX_CREATE", &c.max_create, 1, errors);
-  read_int("GLAKE_ACCESS_THREADS", &c.access_threads, 1, 64, errors);
   return c;
 }
 

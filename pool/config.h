@@ -33,11 +33,6 @@ struct Config {
   // on others, and aligned requests carved from such a window pay a split and a merge per reuse
   // (README, "2026-12-06, night").
   bool lend = false;
-  // Threads that grant access to a stitch's new mappings at once (GLAKE_ACCESS_THREADS, 1 to 64).
-  // cuMemSetAccess costs tens of microseconds per mapping, most of the slow path; calls on different
-  // ranges from several threads overlap on the H100 (tests/gpu/bench_set_access.cpp). Windows of fewer
-  // than 2 x kAccessPiece mappings are granted by the calling thread alone.
-  int access_threads = 4;
 };
 
 // Reads the GLAKE_* variables of the pool. Problems are appended to `errors`, one line each, naming the

@@ -5,7 +5,9 @@
 // This maps N one-granule pages side by side, then grants access over them from one thread (one call)
 // or from T threads (one call each over N/T consecutive mappings), and prints the median time of
 // each over R repetitions, with cuMemMap and cuMemUnmap beside it. Each repetition checks the memory
-// is usable (cuMemsetD8 over all of it, then a synchronize).
+// is usable (cuMemsetD8 over all of it, then a synchronize). Usage: bench_set_access [N [R]].
+// On an H200 (driver 580.159) the calls serialize: more threads take as long or longer (README,
+// "2026-12-07, morning"), so the pool grants from the allocating thread alone.
 #include <cuda.h>
 
 #include <algorithm>

@@ -751,54 +751,6 @@ INSTANTIATE_TEST_SUITE_P(EveryCall, AllocatorFaults,
                                            Call::event_query, Call::event_synchronize),
                          [](const auto& info) { return std::string(call_name(info.param)); });
 
-// Config::access_threads: a window of many new mappings is granted access in pieces, from several
-// threads at once; a piece that fails undoes every mapping from it on, and the pool stays whole.
-TEST(Allocator, GrantsAccessToALongWindowInPieces) {
-  Config c;
-  c.access_threads = 4;
-  PoolModel m(small_pages(512 * kPage), c);
-  DevPtr p = 0;
-  ASSERT_EQ(m.alloc(128 * kPage, 0, &p), Status::ok);
-  EXPECT_EQ(m.driver.stats().calls(Call::set_access), 4u) << "128 mappings in 4 pieces of 32";
-  c.access_threads = 1;
-  PoolModel one(small_pages(512 * kPage), c);
-  ASSERT_EQ(one.alloc(128 * kPage, 0, &p), Status::ok);
-  EXPECT_EQ(one.driver.stats().calls(Call::set_access), 1u);
-  c.access_threads = 64;
-  PoolModel many(small_pages(512 * kPage), c);
-  ASSERT_EQ(many.alloc(40 * kPage, 0, &p), Status::ok);
-  EXPECT_EQ(many.driver.stats().calls(Call::set_access), 2u) << "no piece shorter than 16 mappings";
-  EXPECT_EQ(m.check(), "");
-}
-
-TEST(AllocatorFaults, AFailedPieceOfAGrantLeavesThePoolWhole) {
-  for (std::uint64_t nth = 1; nth <= 4; ++nth) {
-    SCOPED_TRACE(nth);
-    Config c;
-    c.access_threads = 4;
-    PoolModel m(small_pages(512 * kPage), c);
-    DevPtr a = 0, b = 0, p = 0;
-    ASSERT_EQ(m.alloc(64 * kPage, 0, &a), Status::ok);
-    ASSERT_EQ(m.alloc(64 * kPage, 0, &b), Status::ok);
-    ASSERT_EQ(m.free(a, 0), Status::ok);
-    // 192 pages: the 64 freed move, 128 are created; the window's 192 mappings go in 4 pieces.
-    m.driver.fail_nth(Call::set_access, nth, Status::unknown);
-    EXPECT_EQ(m.alloc(192 * kPage, 0, &p), Status::unknown);
-    EXPECT_EQ(p, 0u);
-    ASSERT_EQ(m.pool.validate(), "");
-    ASSERT_EQ(m.check(), "");
-    m.driver.clear_faults();
-    const std::uint64_t grants = m.driver.stats().calls(Call::set_access);
-    ASSERT_EQ(m.alloc(192 * kPage, 0, &p), Status::ok);
-    EXPECT_GE(m.driver.stats().calls(Call::set_access) - grants, 2u) << "granted in pieces";
-    EXPECT_EQ(m.pool.validate(), "");
-    EXPECT_EQ(m.check(), "");
-    m.free_all();
-    m.pool.trim();
-    EXPECT_EQ(m.driver.physical_in_use(), 0u) << "every piece that failed was unmapped, nothing quarantined";
-  }
-}
-
 TEST(AllocatorFaults, ErrorsReachTheCaller) {
   PoolModel m(small_pages(48 * kPage), Config{});
   m.driver.fail_nth(Call::map, 1, Status::unknown);

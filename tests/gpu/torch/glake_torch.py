@@ -114,7 +114,6 @@ CONFIG_ENV = {
     "glake-32m": ("glake", {"GLAKE_MAX_CREATE": "32M"}),  # grows in physical allocations of up to 32 MiB
     "glake-nochunks": ("glake", {"GLAKE_SMALL_LIMIT": "0"}),  # every request among the large blocks
     "glake-lend": ("glake", {"GLAKE_LEND": "1"}),  # windows may begin with lent page tails
-    "glake-serial": ("glake", {"GLAKE_ACCESS_THREADS": "1"}),  # access to new mappings granted by one thread
     # PyTorch's own caching allocator (the user chose it), its segments from glake: glake's memory
     # without PyTorch's cudaMallocAsync backend.
     "glake-segments": ("glake", {"PYTORCH_ALLOC_CONF": "backend:native", "PYTORCH_CUDA_ALLOC_CONF": "backend:native"}),
