@@ -134,6 +134,12 @@ def glake_lib():
     for build in ("build-gpu", "build"):
         cand = os.path.join(root, build, "shim", "libglake.so")
         if os.path.exists(cand):
+            # Brought up to date with the sources first: a library built before a change would be
+            # measured in its place (ninja does nothing when it is current).
+            r = subprocess.run(["ninja", "-C", os.path.join(root, build), "shim/libglake.so"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"cannot bring {cand} up to date: {r.stderr.strip()[-500:]}")
             return cand
     raise FileNotFoundError("libglake.so not found: set GLAKE_LIB")
 
