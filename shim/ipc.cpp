@@ -113,6 +113,9 @@ bool receive_reply(int conn, Reply* r, std::vector<int>* fds) {
   do {
     n = recvmsg(conn, &msg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
+  // A failed receive (the exporter gone, a timeout) writes no control data: the buffer holds nothing
+  // of ours, and no descriptor came.
+  if (n <= 0) return false;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     const std::size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -303,7 +306,8 @@ void Ipc::answer(int conn) {
   } while (n < 0 && errno == EINTR);
   Reply reply{};
   reply.status = cudaErrorInvalidResourceHandle;
-  if (n != static_cast<ssize_t>(sizeof req) || std::memcmp(req.magic, kMagic, sizeof kMagic) != 0) {
+  if (n != static_cast<ssize_t>(sizeof req) || std::memcmp(req.magic, kMagic, sizeof kMagic) != 0 ||
+      stopping_.load(std::memory_order_acquire)) {
     (void)send_reply(conn, reply, nullptr, 0);
     return;
   }
@@ -345,6 +349,12 @@ void Ipc::answer(int conn) {
   reply.size = e.size;
   int fds[kBatch];
   for (std::size_t i = 0; i < e.pages.size(); i += kBatch) {
+    if (stopping_.load(std::memory_order_acquire)) {
+      reply.status = cudaErrorInvalidResourceHandle;
+      reply.count = 0;
+      (void)send_reply(conn, reply, nullptr, 0);
+      return;
+    }
     const std::size_t k = std::min(kBatch, e.pages.size() - i);
     std::size_t made = 0;
     pool::Status s = pool::Status::ok;

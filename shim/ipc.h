@@ -54,6 +54,10 @@ class Ipc {
   // False if ptr is not an address open() returned; else closes it and sets *result.
   bool close(void* ptr, cudaError_t* result);
 
+  // The process is exiting (glake's exit handler): the server answers every later request with an
+  // error and makes no driver call, since the driver may be torn down.
+  void stop_answering() { stopping_.store(true, std::memory_order_release); }
+
   // Fork: the lock is held across fork(); the child has no server thread and no exports.
   void lock_for_fork();
   void unlock_after_fork();
@@ -73,6 +77,7 @@ class Ipc {
   Export* export_list_ = nullptr;  // singly linked, newest first
   Import* import_list_ = nullptr;
   std::atomic<std::size_t> exports_{0};  // read without the lock as a hint (has_exports)
+  std::atomic<bool> stopping_{false};
   std::uint64_t next_id_ = 1;
   std::uint64_t nonce_ = 0;
   int listen_fd_ = -1;

@@ -1455,6 +1455,9 @@ void Router::child_after_fork() {
   }
 }
 
-void Router::on_exit() { exiting_.store(true, std::memory_order_release); }
+void Router::on_exit() {
+  exiting_.store(true, std::memory_order_release);
+  if (Ipc* i = ipc_.load(std::memory_order_acquire)) i->stop_answering();
+}
 
 }  // namespace glake::shim

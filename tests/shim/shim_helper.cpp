@@ -179,6 +179,24 @@ int mode_cu_ipc_import(int argc, char** argv) {
   return 0;
 }
 
+// Exports a block, prints its handle and exits. An atexit handler registered before the first CUDA call
+// runs after glake's exit handler and the driver's teardown, and keeps the process (and glake's IPC
+// server) alive for 1.5 s more.
+void linger() { usleep(1500000); }
+int mode_ipc_export_exit() {
+  std::atexit(linger);
+  void* p = nullptr;
+  if (cudaMalloc(&p, 4 * MiB) != cudaSuccess) return 1;
+  cudaIpcMemHandle_t h;
+  if (cudaIpcGetMemHandle(&h, p) != cudaSuccess) return 1;
+  const auto* b = reinterpret_cast<const unsigned char*>(&h);
+  for (std::size_t i = 0; i < sizeof h; ++i) std::printf("%02x", b[i]);
+  std::printf("\n");
+  std::fflush(stdout);
+  usleep(200000);
+  return 0;
+}
+
 // Runs out of memory under GLAKE_LIMIT, then asks for the trace: prints what came back.
 int mode_trace_oom(int argc, char** argv) {
   if (argc < 3) return 2;
@@ -205,6 +223,7 @@ int main(int argc, char** argv) {
   if (mode == "exit-free") return mode_exit_free();
   if (mode == "ipc-import") return mode_ipc_import(argc, argv);
   if (mode == "cu-ipc-import") return mode_cu_ipc_import(argc, argv);
+  if (mode == "ipc-export-exit") return mode_ipc_export_exit();
   if (mode == "trace-oom") return mode_trace_oom(argc, argv);
   return 2;
 }

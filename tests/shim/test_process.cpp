@@ -4,9 +4,15 @@
 // never touch CUDA, IPC of glake memory between processes, PyTorch's allocator selection, GLAKE_TRACE
 // and scripts/glake-run.
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -318,6 +324,170 @@ TEST_F(Process, IpcOfForeignMemoryIsTheRealRuntimes) {
   const Outcome r = run({helper(), "ipc-import", hex(&h, sizeof h), std::to_string(MiB), "7"});
   EXPECT_TRUE(has(r.out, "open=0\nwrong=0\n") && has(r.out, "close=0\n")) << r.out << r.err;
   CUDA_OK(cudaFree(p));
+}
+
+// An exporter that goes away (exits, is killed, or times out) while an importer waits for its answer:
+// the importer gets an error, and closes no descriptor that is not its own. Before, a failed receive
+// walked control data the kernel had not written: it closed descriptors left over from an earlier
+// import's batch (other files of the process by now), or read past the buffer. The exporter here is
+// a fake one of this process, speaking glake's wire format (shim/ipc.cpp, version 2).
+namespace fake_exporter {
+
+struct Wire {
+  char magic[8];
+  std::uint32_t version;
+  std::int32_t pid;
+  std::uint64_t nonce, base, id, size;
+  std::int32_t device;
+  std::uint32_t check;
+};
+struct Reply {
+  std::int32_t status;
+  std::uint32_t count;
+  std::uint64_t bytes, offset, size;
+  std::uint64_t sizes[64];
+};
+
+cudaIpcMemHandle_t handle(std::uint64_t nonce, std::size_t size) {
+  Wire w{};
+  std::memcpy(w.magic, "GLAKEIPC", 8);
+  w.version = 2;
+  w.pid = getpid();
+  w.nonce = nonce;
+  w.base = 0x1000000;
+  w.id = 1;
+  w.size = size;
+  const auto* b = reinterpret_cast<const unsigned char*>(&w);
+  std::uint32_t h = 2166136261u;
+  for (std::size_t i = 0; i < offsetof(Wire, check); ++i) h = (h ^ b[i]) * 16777619u;
+  w.check = h;
+  cudaIpcMemHandle_t out{};
+  std::memcpy(&out, &w, sizeof w);
+  return out;
+}
+
+int listen_as(std::uint64_t nonce) {
+  const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  const int n = std::snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "glake-ipc-%d-%016llx", getpid(),
+                              static_cast<unsigned long long>(nonce));
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n);
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&a), len) != 0 || listen(fd, 4) != 0) return -1;
+  return fd;
+}
+
+bool send_one(int conn, const Reply& r, int fd) {
+  iovec iov{const_cast<Reply*>(&r), sizeof r};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  return sendmsg(conn, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof r);
+}
+
+// Descriptors the process opened: each must still be open afterwards (then closed).
+void expect_open(const std::vector<int>& fds) {
+  for (int fd : fds) {
+    EXPECT_NE(-1, fcntl(fd, F_GETFD)) << "descriptor " << fd << " was closed by cudaIpcOpenMemHandle";
+    ::close(fd);
+  }
+}
+
+}  // namespace fake_exporter
+
+TEST_F(Process, IpcOfAnExporterThatGoesAwayBeforeAnsweringIsAnError) {
+  using namespace fake_exporter;
+  CUDA_OK(cudaFree(nullptr));
+  const std::size_t page = 2 * MiB;  // the stand-in's granularity
+  for (int round = 0; round < 5; ++round) {
+    // A successful import first, whose last batch leaves its control data on the stack.
+    void* a = nullptr;
+    CUDA_OK(cudaMalloc(&a, 3 * page));
+    cudaIpcMemHandle_t ha;
+    CUDA_OK(cudaIpcGetMemHandle(&ha, a));
+    void* pa = nullptr;
+    CUDA_OK(cudaIpcOpenMemHandle(&pa, ha, cudaIpcMemLazyEnablePeerAccess));
+    CUDA_OK(cudaIpcCloseMemHandle(pa));
+    CUDA_OK(cudaFree(a));
+    std::vector<int> mine;
+    for (int i = 0; i < 16; ++i) mine.push_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
+    const std::uint64_t nonce = 0x5550000000000000ull + static_cast<std::uint64_t>(round);
+    const int lfd = listen_as(nonce);
+    ASSERT_GE(lfd, 0);
+    std::thread exporter([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      ::close(lfd);  // never accepted: the queued connection is reset
+    });
+    void* p = nullptr;
+    const cudaError_t e = cudaIpcOpenMemHandle(&p, handle(nonce, 2 * page), cudaIpcMemLazyEnablePeerAccess);
+    exporter.join();
+    EXPECT_EQ(cudaErrorInvalidResourceHandle, e) << "round " << round;
+    expect_open(mine);
+  }
+}
+
+TEST_F(Process, IpcOfAnExporterThatGoesAwayMidAnswerClosesOnlyWhatCame) {
+  using namespace fake_exporter;
+  CUDA_OK(cudaFree(nullptr));
+  const std::size_t page = 2 * MiB;
+  const std::uint64_t nonce = 0x1234567890abcdefull ^ static_cast<std::uint64_t>(getpid());
+  const int lfd = listen_as(nonce);
+  ASSERT_GE(lfd, 0);
+  std::vector<int> mine;  // opened while the import is under way, under numbers it has just closed
+  std::thread exporter([&] {
+    const int conn = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    const int mem = memfd_create("page", MFD_CLOEXEC);
+    if (conn < 0 || mem < 0 || ftruncate(mem, static_cast<off_t>(page)) != 0) return;
+    Reply r{};
+    r.count = 1;
+    r.bytes = 2 * page;  // two pages: a second batch must follow
+    r.size = 2 * page;
+    r.sizes[0] = page;
+    send_one(conn, r, mem);
+    ::close(mem);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the importer maps it, closes its copy
+    for (int i = 0; i < 32; ++i) mine.push_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
+    ::close(conn);  // the request unread: the importer's next receive fails
+  });
+  void* p = nullptr;
+  const cudaError_t e = cudaIpcOpenMemHandle(&p, handle(nonce, 2 * page), cudaIpcMemLazyEnablePeerAccess);
+  exporter.join();
+  ::close(lfd);
+  EXPECT_EQ(cudaErrorInvalidResourceHandle, e);
+  ASSERT_EQ(32u, mine.size());
+  expect_open(mine);
+}
+
+// An exporter that is exiting answers with an error and no driver call: the driver may be torn down
+// (glake's exit handler runs before it). The helper exports a block, exits, and lingers in an atexit
+// handler of its own that runs after the driver's teardown.
+TEST_F(Process, IpcOfAnExitingExporterMakesNoDriverCall) {
+  const std::string cmd = helper() + " ipc-export-exit";
+  FILE* f = popen(cmd.c_str(), "r");
+  ASSERT_NE(nullptr, f);
+  char line[256] = {};
+  ASSERT_NE(nullptr, fgets(line, sizeof line, f));
+  cudaIpcMemHandle_t h;
+  for (std::size_t i = 0; i < sizeof h; ++i) {
+    unsigned v = 0;
+    std::sscanf(line + 2 * i, "%2x", &v);
+    reinterpret_cast<unsigned char*>(&h)[i] = static_cast<unsigned char>(v);
+  }
+  usleep(600000);  // the exporter is in exit() by now, after the driver's teardown
+  void* p = nullptr;
+  const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
+  pclose(f);
+  // cudaErrorMapBufferObjectFailed: the exporter's server asked the torn-down driver for the pages.
+  EXPECT_EQ(cudaErrorInvalidResourceHandle, e);
+  if (e == cudaSuccess) (void)cudaIpcCloseMemHandle(p);
 }
 
 // The driver's IPC calls, found through cuGetProcAddress as a program linked with the static runtime
