@@ -819,7 +819,7 @@ Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
   std::lock_guard lock(m.mu);
   ++m.st.slow_allocs;
   m.st.slow_ns += static_cast<std::uint64_t>(ns.count());
-  if (r != Status::ok) {
+  if (r == Status::out_of_memory) {  // other failures are the driver's errors, not out of memory
     ++m.st.ooms;
     m.emit(EventKind::oom, stream, 0, size);
   }

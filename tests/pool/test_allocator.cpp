@@ -758,11 +758,13 @@ TEST(AllocatorFaults, ErrorsReachTheCaller) {
   EXPECT_EQ(m.alloc(3 * kPage, 0, &p), Status::unknown);
   EXPECT_EQ(p, 0u);
   EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.pool.stats().ooms, 0u) << "a driver error is not out of memory";
   EXPECT_EQ(m.alloc(3 * kPage, 0, &p), Status::ok);
   m.driver.fail_nth(Call::create, 1, Status::out_of_memory);
   m.driver.fail_nth(Call::create, 2, Status::out_of_memory);  // the retry after reclaiming fails too
   EXPECT_EQ(m.alloc(20 * kPage, 0, &p), Status::out_of_memory);
   EXPECT_EQ(m.pool.stats().reclaims, 1u);
+  EXPECT_EQ(m.pool.stats().ooms, 1u);
   EXPECT_EQ(m.pool.validate(), "");
   m.driver.fail_nth(Call::reserve, 1, Status::invalid_value);
   EXPECT_EQ(m.pool.validate(), "");
