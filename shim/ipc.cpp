@@ -306,8 +306,7 @@ void Ipc::answer(int conn) {
   } while (n < 0 && errno == EINTR);
   Reply reply{};
   reply.status = cudaErrorInvalidResourceHandle;
-  if (n != static_cast<ssize_t>(sizeof req) || std::memcmp(req.magic, kMagic, sizeof kMagic) != 0 ||
-      stopping_.load(std::memory_order_acquire)) {
+  if (n != static_cast<ssize_t>(sizeof req) || std::memcmp(req.magic, kMagic, sizeof kMagic) != 0) {
     (void)send_reply(conn, reply, nullptr, 0);
     return;
   }
@@ -349,7 +348,7 @@ void Ipc::answer(int conn) {
   reply.size = e.size;
   int fds[kBatch];
   for (std::size_t i = 0; i < e.pages.size(); i += kBatch) {
-    if (stopping_.load(std::memory_order_acquire)) {
+    if (stopping_.load(std::memory_order_acquire)) {  // before each batch's driver calls
       reply.status = cudaErrorInvalidResourceHandle;
       reply.count = 0;
       (void)send_reply(conn, reply, nullptr, 0);
