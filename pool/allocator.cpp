@@ -916,10 +916,16 @@ void Allocator::forget_stream(StreamHandle stream) {
     seq = it->second.free_seq;
     pending = it->second.completed_seq < seq;
   }
-  if (pending && ev == 0 && m.drv.event_create(&ev) != Status::ok) ev = 0;
-  const bool recorded = pending && ev != 0 && m.drv.event_record(ev, stream) == Status::ok;
+  // A capturing stream gets neither a record (it would join the user's graph, and its completion
+  // would say nothing of the work before the capture) nor a synchronize (it would break the capture):
+  // its frees since the last record stay cached, never handed out early.
+  bool capturing = false;
+  if (pending && m.drv.stream_is_capturing(stream, &capturing) != Status::ok) capturing = true;  // unknown: as if
+  const bool record = pending && !capturing;
+  if (record && ev == 0 && m.drv.event_create(&ev) != Status::ok) ev = 0;
+  const bool recorded = record && ev != 0 && m.drv.event_record(ev, stream) == Status::ok;
   // Without a record its frees could never settle: wait for the stream while it still exists.
-  const bool synced = pending && !recorded && m.drv.stream_synchronize(stream) == Status::ok;
+  const bool synced = record && !recorded && m.drv.stream_synchronize(stream) == Status::ok;
   EventHandle dropped = 0;
   {
     std::lock_guard lock(m.mu);

@@ -496,6 +496,29 @@ TEST(Allocator, AForgottenStreamNoEventCanBeRecordedOnGivesItsFreesBack) {
   EXPECT_EQ(m.pool.validate(), "");
 }
 
+// Destroyed in the middle of a capture: the pool neither records its event on the stream (the record
+// would join the user's graph) nor waits for it (that breaks the capture), and its free, whose work
+// may still run, is never handed to another stream.
+TEST(Allocator, AForgottenCapturingStreamGetsNoRecordAndKeepsItsFree) {
+  Config cfg;
+  cfg.stitch = false;  // grows rather than waits, so a premature reuse would show
+  PoolModel m(small_pages(16 << 20), cfg);
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);
+  ASSERT_EQ(m.free(a, 1), Status::ok);
+  m.driver.set_capturing(1, true);
+  const std::uint64_t records = m.driver.stats().calls(Call::event_record);
+  m.pool.forget_stream(1);
+  EXPECT_EQ(m.driver.stats().calls(Call::event_record), records) << "recorded on a capturing stream";
+  EXPECT_EQ(m.driver.stats().calls(Call::stream_synchronize), 0u) << "waited for a capturing stream";
+  ASSERT_EQ(m.alloc(4 * kPage, 2, &b), Status::ok);
+  EXPECT_NE(b, a) << "handed out before stream 1's work was known to be done";
+  m.pool.trim();
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+}
+
 // A program that makes a stream per request: what the pool keeps of destroyed streams whose work is
 // done (their state, their event) goes with them.
 TEST(Allocator, StreamsDestroyedByTheThousandLeaveNothingBehind) {
