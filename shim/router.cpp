@@ -277,7 +277,7 @@ DevicePool* Router::pool_for(int device, bool from_runtime) {
 }
 
 DevicePool* Router::create_pool(int device, bool from_runtime) {
-  Locked lock(&mutex_);
+  Locked lock(&create_mutex_);
   if (DevicePool* p = pools_[device].load(std::memory_order_acquire)) return p;
   auto* p = new (std::nothrow) DevicePool;
   if (p == nullptr) return nullptr;
@@ -884,7 +884,7 @@ void Router::grant_peer(int owner_device, int accessor) {
   if (!valid_device(owner_device) || !valid_device(accessor) || owner_device == accessor) return;
   DevicePool* p = nullptr;
   {
-    Locked lock(&mutex_);
+    Locked lock(&create_mutex_);
     peers_[owner_device].fetch_or(std::uint64_t{1} << accessor, std::memory_order_relaxed);
     p = existing_pool(owner_device);
   }
@@ -1445,6 +1445,7 @@ void Router::child_after_fork() {
   real_unlock_after_fork();
   if (Ipc* i = ipc_.load(std::memory_order_acquire)) i->after_fork_child();
   pthread_mutex_init(&mutex_, nullptr);
+  pthread_mutex_init(&create_mutex_, nullptr);  // a pool may have been in the making on another thread
   pthread_cond_init(&frees_waited_, nullptr);
   waiting_frees_ = 0;  // the threads that were waiting do not exist here
   if (pool_count_.load(std::memory_order_relaxed) > 0) {

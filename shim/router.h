@@ -221,7 +221,11 @@ class Router {
   std::atomic<bool> forked_{false};
   std::atomic<int> captures_{0};
   std::atomic<bool> exit_hook_{false};
-  pthread_mutex_t mutex_ = PTHREAD_MUTEX_INITIALIZER;  // init, pool creation, captures, held frees, peers
+  pthread_mutex_t mutex_ = PTHREAD_MUTEX_INITIALIZER;  // init, captures, held frees
+  // Pool creation and peers_. Held across driver calls (cuInit, context, stream), so fork's prepare
+  // handler never takes it: a driver whose own prepare handler locks what those calls need would
+  // deadlock against it. The child makes it anew.
+  pthread_mutex_t create_mutex_ = PTHREAD_MUTEX_INITIALIZER;
   pthread_cond_t frees_waited_ = PTHREAD_COND_INITIALIZER;  // waiting_frees_ fell to 0
   std::size_t waiting_frees_ = 0;  // frees waiting for the device or a stream now (mutex_)
 

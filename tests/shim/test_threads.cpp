@@ -2,6 +2,9 @@
 // scripts/test). Threads allocate and free through every door at once, on their own streams, on the
 // legacy stream and across devices, while others read statistics, trim and ask for entry points; each
 // block is written and checked before it is freed, so a block handed out twice shows up as wrong bytes.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <random>
 #include <thread>
@@ -209,6 +212,26 @@ TEST(Threads, NoFreeSynchronizesTheDeviceDuringACapture) {
   EXPECT_EQ(before, standin::device_syncs_in_capture()) << "a free synchronized the device while a capture was under way";
   EXPECT_EQ(cudaSuccess, cudaStreamDestroy(s));
   EXPECT_EQ("", validate(0));
+}
+
+// glake makes a pool holding its lock while it calls the driver (cuInit, a context, a stream). A
+// driver whose fork handler locks what those calls need (the stand-in's does) ran that handler before
+// glake's, which took the same lock: the two orders could deadlock a fork made while another thread
+// makes a pool. Under ThreadSanitizer (scripts/test) the pool's creation and this fork report the
+// inversion if glake's fork handler takes the lock that pool creation holds.
+TEST(Threads, AForkTakesTheLocksInTheOrderPoolCreationDoes) {
+  REQUIRE_GLAKE();
+  ASSERT_EQ(cudaSuccess, cudaSetDevice(1));
+  void* p = nullptr;
+  ASSERT_EQ(cudaSuccess, cudaMalloc(&p, 1 << 20));  // device 1's pool, if no test before made it
+  const pid_t pid = fork();
+  if (pid == 0) _exit(0);
+  ASSERT_GT(pid, 0);
+  int status = -1;
+  ASSERT_EQ(pid, waitpid(pid, &status, 0));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_EQ(cudaSuccess, cudaFree(p));
+  EXPECT_EQ(cudaSuccess, cudaSetDevice(0));
 }
 
 }  // namespace
