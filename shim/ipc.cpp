@@ -348,7 +348,11 @@ void Ipc::answer(int conn) {
   reply.size = e.size;
   int fds[kBatch];
   for (std::size_t i = 0; i < e.pages.size(); i += kBatch) {
-    if (stopping_.load(std::memory_order_acquire)) {  // before each batch's driver calls
+    // Announced before the check, which stop_answering() makes in the other order (both sequentially
+    // consistent): either the batch sees the stop, or the exit handler sees the batch and waits.
+    exporting_.fetch_add(1);
+    if (stopping_.load()) {  // before each batch's driver calls
+      exporting_.fetch_sub(1);
       reply.status = cudaErrorInvalidResourceHandle;
       reply.count = 0;
       (void)send_reply(conn, reply, nullptr, 0);
@@ -362,6 +366,7 @@ void Ipc::answer(int conn) {
       if (s != pool::Status::ok) break;
       reply.sizes[made] = e.pages[i + made].size;
     }
+    exporting_.fetch_sub(1);
     reply.status = s == pool::Status::ok ? cudaSuccess : cudaErrorMapBufferObjectFailed;
     reply.count = s == pool::Status::ok ? static_cast<std::uint32_t>(k) : 0;
     const bool sent = send_reply(conn, reply, fds, reply.count);
@@ -512,6 +517,11 @@ bool Ipc::close(void* ptr, cudaError_t* result) {
   return true;
 }
 
+void Ipc::stop_answering() {
+  stopping_.store(true);
+  for (int ms = 0; ms < 2000 && exporting_.load() != 0; ++ms) usleep(1000);
+}
+
 void Ipc::lock_for_fork() { pthread_mutex_lock(&mutex_); }
 void Ipc::unlock_after_fork() { pthread_mutex_unlock(&mutex_); }
 
@@ -521,6 +531,7 @@ void Ipc::after_fork_child() {
   if (listen_fd_ >= 0) ::close(listen_fd_);
   listen_fd_ = -1;
   server_started_ = false;
+  exporting_.store(0);
   nonce_ = 0;
   export_list_ = nullptr;
   import_list_ = nullptr;

@@ -54,9 +54,10 @@ class Ipc {
   // False if ptr is not an address open() returned; else closes it and sets *result.
   bool close(void* ptr, cudaError_t* result);
 
-  // The process is exiting (glake's exit handler): the server answers every later request with an
-  // error and makes no driver call, since the driver may be torn down.
-  void stop_answering() { stopping_.store(true, std::memory_order_release); }
+  // The process is exiting (glake's exit handler, which runs before the driver's teardown): the
+  // server answers every later request with an error and makes no driver call, and a batch whose
+  // driver calls already began is waited for (up to 2 s).
+  void stop_answering();
 
   // Fork: the lock is held across fork(); the child has no server thread and no exports.
   void lock_for_fork();
@@ -78,6 +79,7 @@ class Ipc {
   Import* import_list_ = nullptr;
   std::atomic<std::size_t> exports_{0};  // read without the lock as a hint (has_exports)
   std::atomic<bool> stopping_{false};
+  std::atomic<int> exporting_{0};  // the server is inside a batch's driver calls
   std::uint64_t next_id_ = 1;
   std::uint64_t nonce_ = 0;
   int listen_fd_ = -1;

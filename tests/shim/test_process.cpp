@@ -490,6 +490,32 @@ TEST_F(Process, IpcOfAnExitingExporterMakesNoDriverCall) {
   if (e == cudaSuccess) (void)cudaIpcCloseMemHandle(p);
 }
 
+// The exporter begins to exit while its server is inside a batch's driver calls (the stand-in's export
+// takes 400 ms here): glake's exit handler waits for that batch, so its calls finish before the
+// driver's teardown and the importer gets the block.
+TEST_F(Process, IpcOfAnExporterExitingMidAnswerFinishesTheAnswer) {
+  const std::string cmd = "GLAKE_STANDIN_EXPORT_DELAY_US=400000 " + helper() + " ipc-export-exit";
+  FILE* f = popen(cmd.c_str(), "r");
+  ASSERT_NE(nullptr, f);
+  char line[256] = {};
+  ASSERT_NE(nullptr, fgets(line, sizeof line, f));
+  cudaIpcMemHandle_t h;
+  for (std::size_t i = 0; i < sizeof h; ++i) {
+    unsigned v = 0;
+    std::sscanf(line + 2 * i, "%2x", &v);
+    reinterpret_cast<unsigned char*>(&h)[i] = static_cast<unsigned char>(v);
+  }
+  // At once: the exporter exits 200 ms after printing, while its server waits on the slow export.
+  void* p = nullptr;
+  const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
+  pclose(f);
+  // cudaErrorMapBufferObjectFailed: the batch's export ran into the driver's teardown.
+  EXPECT_EQ(cudaSuccess, e);
+  if (e == cudaSuccess) {
+    EXPECT_EQ(cudaSuccess, cudaIpcCloseMemHandle(p));
+  }
+}
+
 // The driver's IPC calls, found through cuGetProcAddress as a program linked with the static runtime
 // finds them (NCCL's, which shares cudaMalloc buffers this way when NCCL_CUMEM_ENABLE=0): glake's
 // blocks are exported and opened as through the runtime, foreign memory by the real driver.

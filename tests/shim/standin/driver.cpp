@@ -118,6 +118,7 @@ struct State {
   std::mutex mu;
   std::condition_variable cv;
   int devices = 2;
+  std::size_t export_delay_us = 0;
   Device dev[kMaxDevices];
   std::set<Stream*> streams;
   std::map<CUdeviceptr, std::size_t> reservations;
@@ -175,6 +176,7 @@ __attribute__((constructor)) void load() {
   if (g->devices < 1) g->devices = 1;
   if (g->devices > kMaxDevices) g->devices = kMaxDevices;
   const std::size_t cap = env_bytes("GLAKE_STANDIN_MEMORY", std::size_t{1} << 30);
+  g->export_delay_us = env_bytes("GLAKE_STANDIN_EXPORT_DELAY_US", 0);
   for (int d = 0; d < g->devices; ++d) {
     g->dev[d].capacity = cap;
     g->dev[d].primary.device = d;
@@ -721,6 +723,9 @@ EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, std::size_t size, const CUmemAcc
 
 EXPORT CUresult cuMemExportToShareableHandle(void* out, CUmemGenericAllocationHandle handle, CUmemAllocationHandleType type,
                                              unsigned long long) {
+  // GLAKE_STANDIN_EXPORT_DELAY_US: a slow export, checked after the wait (a process may begin to exit
+  // meanwhile).
+  if (const std::size_t us = g->export_delay_us) usleep(static_cast<useconds_t>(us));
   CHECK_ALIVE();
   if (out == nullptr || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) return CUDA_ERROR_INVALID_VALUE;
   std::lock_guard lk(g->mu);
