@@ -430,6 +430,8 @@ def main():
             json.dump(out, f)
         return 0
 
+    if any(c.startswith("glake") for c in (args.configs + "," + (args.round_configs or "")).split(",")):
+        os.environ["GLAKE_LIB"] = gt.glake_lib()  # built (or found) before any run, not after native's
     outdir = os.environ.get("OUT") or os.path.join(HERE, "..", "build-gpu")
     os.makedirs(outdir, exist_ok=True)
     report = {"model": args.model, "size": args.size, "steps": args.steps, "cap_gib": args.cap_gib, "runs": {}}

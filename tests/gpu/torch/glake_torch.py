@@ -131,17 +131,25 @@ def glake_lib():
     if lib and os.path.exists(lib):
         return os.path.abspath(lib)
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-    for build in ("build-gpu", "build"):
-        cand = os.path.join(root, build, "shim", "libglake.so")
-        if os.path.exists(cand):
-            # Brought up to date with the sources first: a library built before a change would be
-            # measured in its place (ninja does nothing when it is current).
-            r = subprocess.run(["ninja", "-C", os.path.join(root, build), "shim/libglake.so"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"cannot bring {cand} up to date: {r.stderr.strip()[-500:]}")
-            return cand
-    raise FileNotFoundError("libglake.so not found: set GLAKE_LIB")
+    builds = [b for b in ("build-gpu", "build") if os.path.exists(os.path.join(root, b, "build.ninja"))]
+    if not builds:
+        # A fresh checkout on a GPU machine: configured as scripts/demo does (no libunwind there).
+        cuda_root = os.environ.get("CUDA_ROOT", "/usr/local/cuda")
+        r = subprocess.run(["meson", "setup", os.path.join(root, "build-gpu"), "-Dlibunwind=disabled",
+                            f"-Dtoolkit_root={cuda_root}"], cwd=root, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"libglake.so not found and build-gpu cannot be set up (set GLAKE_LIB): "
+                               f"{r.stderr.strip()[-500:]}")
+        builds = ["build-gpu"]
+    build = os.path.join(root, builds[0])
+    # Brought up to date with the sources first: a library built before a change would be measured in
+    # its place (ninja does nothing when it is current).
+    r = subprocess.run(["ninja", "-C", build, "shim/libglake.so"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"cannot build {build}/shim/libglake.so: {r.stderr.strip()[-500:]}")
+    return os.path.join(build, "shim", "libglake.so")
 
 
 # ---- models ---------------------------------------------------------------------------------------
