@@ -282,11 +282,15 @@ DevicePool* Router::create_pool(int device, bool from_runtime) {
   auto* p = new (std::nothrow) DevicePool;
   if (p == nullptr) return nullptr;
   p->device = device;
+  // A fork from here to the end (not kept out: fork's handler does not take create_mutex_) leaves a
+  // child that must turn glake off, as for a made pool (child_after_fork).
+  creating_.store(true);
   auto publish = [&] {
     pools_[device].store(p, std::memory_order_release);
     int seen = pool_count_.load(std::memory_order_relaxed);
     while (seen < device + 1 && !pool_count_.compare_exchange_weak(seen, device + 1)) {
     }
+    creating_.store(false);
     return p;
   };
 
@@ -1448,7 +1452,8 @@ void Router::child_after_fork() {
   pthread_mutex_init(&create_mutex_, nullptr);  // a pool may have been in the making on another thread
   pthread_cond_init(&frees_waited_, nullptr);
   waiting_frees_ = 0;  // the threads that were waiting do not exist here
-  if (pool_count_.load(std::memory_order_relaxed) > 0) {
+  const bool was_creating = creating_.exchange(false);  // the creating thread does not exist here
+  if (pool_count_.load(std::memory_order_relaxed) > 0 || was_creating) {
     // The parent's CUDA state is unusable here (as CUDA itself says on the child's first call), and
     // its pools may be mid-operation on threads that do not exist here: leave them untouched.
     forked_.store(true, std::memory_order_relaxed);

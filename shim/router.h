@@ -226,6 +226,7 @@ class Router {
   // handler never takes it: a driver whose own prepare handler locks what those calls need would
   // deadlock against it. The child makes it anew.
   pthread_mutex_t create_mutex_ = PTHREAD_MUTEX_INITIALIZER;
+  std::atomic<bool> creating_{false};  // a pool is being made (under create_mutex_)
   pthread_cond_t frees_waited_ = PTHREAD_COND_INITIALIZER;  // waiting_frees_ fell to 0
   std::size_t waiting_frees_ = 0;  // frees waiting for the device or a stream now (mutex_)
 

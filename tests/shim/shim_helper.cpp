@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "driver_proc.h"
@@ -91,6 +92,23 @@ int mode_fork_first() {
   waitpid(pid, &st, 0);
   std::printf("child=%d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st));
   return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1;
+}
+
+// Forks while another thread makes glake's first pool (the stand-in's cuStreamCreate is slowed by
+// GLAKE_STANDIN_STREAM_DELAY_US): the child of a process whose CUDA is initialised must find glake off.
+int mode_fork_while_creating() {
+  std::thread maker([] {
+    void* p = nullptr;
+    if (cudaMalloc(&p, MiB) == cudaSuccess) cudaFree(p);
+  });
+  usleep(150000);
+  const pid_t pid = fork();
+  if (pid == 0) _exit(glake_status_now());
+  int st = 0;
+  waitpid(pid, &st, 0);
+  maker.join();
+  std::printf("child_status=%d\n", WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st));
+  return 0;
 }
 
 void* g_exit_ptr = nullptr;
@@ -224,6 +242,7 @@ int main(int argc, char** argv) {
   if (mode == "ipc-import") return mode_ipc_import(argc, argv);
   if (mode == "cu-ipc-import") return mode_cu_ipc_import(argc, argv);
   if (mode == "ipc-export-exit") return mode_ipc_export_exit();
+  if (mode == "fork-while-creating") return mode_fork_while_creating();
   if (mode == "trace-oom") return mode_trace_oom(argc, argv);
   return 2;
 }

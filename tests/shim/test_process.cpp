@@ -220,6 +220,15 @@ TEST_F(Process, AChildOfAParentThatUsedCudaIsUnaffectedWithoutCuda) {
   CUDA_OK(cudaFree(p));
 }
 
+// A fork while another thread makes glake's first pool (after the driver is initialised, before the
+// pool is published): the child must find glake off, as a child of a process with a pool does; it
+// stayed on and could reach the parent's half-published pool.
+TEST_F(Process, AForkWhileAPoolIsMadeLeavesTheChildOff) {
+  const Outcome r = run({helper(), "fork-while-creating"}, {{"GLAKE_STANDIN_STREAM_DELAY_US", "400000"}});
+  EXPECT_EQ(0, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "child_status=2\n")) << r.out << r.err;
+}
+
 TEST_F(Process, AChildForkedBeforeAnyCudaCallUsesGlake) {
   const Outcome r = run({helper(), "fork-first"});
   EXPECT_EQ(0, r.status) << r.out << r.err;

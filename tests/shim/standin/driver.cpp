@@ -119,6 +119,7 @@ struct State {
   std::condition_variable cv;
   int devices = 2;
   std::size_t export_delay_us = 0;
+  std::size_t stream_delay_us = 0;
   Device dev[kMaxDevices];
   std::set<Stream*> streams;
   std::map<CUdeviceptr, std::size_t> reservations;
@@ -177,6 +178,7 @@ __attribute__((constructor)) void load() {
   if (g->devices > kMaxDevices) g->devices = kMaxDevices;
   const std::size_t cap = env_bytes("GLAKE_STANDIN_MEMORY", std::size_t{1} << 30);
   g->export_delay_us = env_bytes("GLAKE_STANDIN_EXPORT_DELAY_US", 0);
+  g->stream_delay_us = env_bytes("GLAKE_STANDIN_STREAM_DELAY_US", 0);
   for (int d = 0; d < g->devices; ++d) {
     g->dev[d].capacity = cap;
     g->dev[d].primary.device = d;
@@ -1043,6 +1045,7 @@ EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr ptr) {
 
 EXPORT CUresult cuStreamCreate(CUstream* out, unsigned int flags) {
   CHECK_ALIVE();
+  if (const std::size_t us = g->stream_delay_us) usleep(static_cast<useconds_t>(us));  // GLAKE_STANDIN_STREAM_DELAY_US
   const int cur = current_device();
   if (cur < 0) return CUDA_ERROR_INVALID_CONTEXT;
   if (out == nullptr) return CUDA_ERROR_INVALID_VALUE;
