@@ -101,7 +101,10 @@ int mode_fork_while_creating() {
     void* p = nullptr;
     if (cudaMalloc(&p, MiB) == cudaSuccess) cudaFree(p);
   });
-  usleep(150000);
+  // glake is on once its first call read the settings, just before it makes the pool; the pool's
+  // stream then takes the stand-in's delay.
+  for (int i = 0; i < 5000 && glake_status_now() != 1; ++i) usleep(1000);
+  usleep(100000);
   const pid_t pid = fork();
   if (pid == 0) _exit(glake_status_now());
   int st = 0;
