@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <thread>
 #include <vector>
@@ -475,21 +476,30 @@ TEST_F(Process, IpcOfAnExporterThatGoesAwayMidAnswerClosesOnlyWhatCame) {
   expect_open(mine);
 }
 
+// Starts the helper's ipc-export-exit mode (cmd) and reads the handle it prints; null if it printed none.
+FILE* start_exporter(const std::string& cmd, cudaIpcMemHandle_t* h) {
+  FILE* f = popen(cmd.c_str(), "r");
+  char line[256] = {};
+  if (f == nullptr || fgets(line, sizeof line, f) == nullptr || std::strlen(line) < 2 * sizeof *h) {
+    if (f != nullptr) pclose(f);
+    return nullptr;
+  }
+  for (std::size_t i = 0; i < sizeof *h; ++i) {
+    unsigned v = 0;
+    std::sscanf(line + 2 * i, "%2x", &v);
+    reinterpret_cast<unsigned char*>(h)[i] = static_cast<unsigned char>(v);
+  }
+  return f;
+}
+
 // An exporter that is exiting answers with an error and no driver call: the driver may be torn down
 // (glake's exit handler runs before it). The helper exports a block, exits, and lingers in an atexit
 // handler of its own that runs after the driver's teardown.
 TEST_F(Process, IpcOfAnExitingExporterMakesNoDriverCall) {
   const std::string cmd = helper() + " ipc-export-exit";
-  FILE* f = popen(cmd.c_str(), "r");
-  ASSERT_NE(nullptr, f);
-  char line[256] = {};
-  ASSERT_NE(nullptr, fgets(line, sizeof line, f));
   cudaIpcMemHandle_t h;
-  for (std::size_t i = 0; i < sizeof h; ++i) {
-    unsigned v = 0;
-    std::sscanf(line + 2 * i, "%2x", &v);
-    reinterpret_cast<unsigned char*>(&h)[i] = static_cast<unsigned char>(v);
-  }
+  FILE* f = start_exporter(cmd, &h);
+  ASSERT_NE(nullptr, f);
   usleep(600000);  // the exporter is in exit() by now, after the driver's teardown
   void* p = nullptr;
   const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
@@ -504,16 +514,9 @@ TEST_F(Process, IpcOfAnExitingExporterMakesNoDriverCall) {
 // driver's teardown and the importer gets the block.
 TEST_F(Process, IpcOfAnExporterExitingMidAnswerFinishesTheAnswer) {
   const std::string cmd = "GLAKE_STANDIN_EXPORT_DELAY_US=400000 " + helper() + " ipc-export-exit";
-  FILE* f = popen(cmd.c_str(), "r");
-  ASSERT_NE(nullptr, f);
-  char line[256] = {};
-  ASSERT_NE(nullptr, fgets(line, sizeof line, f));
   cudaIpcMemHandle_t h;
-  for (std::size_t i = 0; i < sizeof h; ++i) {
-    unsigned v = 0;
-    std::sscanf(line + 2 * i, "%2x", &v);
-    reinterpret_cast<unsigned char*>(&h)[i] = static_cast<unsigned char>(v);
-  }
+  FILE* f = start_exporter(cmd, &h);
+  ASSERT_NE(nullptr, f);
   // At once: the exporter exits 200 ms after printing, while its server waits on the slow export.
   void* p = nullptr;
   const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
