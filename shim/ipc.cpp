@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -519,7 +520,8 @@ bool Ipc::close(void* ptr, cudaError_t* result) {
 
 void Ipc::stop_answering() {
   stopping_.store(true);
-  for (int ms = 0; ms < 2000 && exporting_.load() != 0; ++ms) usleep(1000);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (exporting_.load() != 0 && std::chrono::steady_clock::now() < deadline) usleep(1000);
 }
 
 void Ipc::lock_for_fork() { pthread_mutex_lock(&mutex_); }

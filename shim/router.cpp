@@ -285,12 +285,15 @@ DevicePool* Router::create_pool(int device, bool from_runtime) {
   // A fork from here to the end (not kept out: fork's handler does not take create_mutex_) leaves a
   // child that must turn glake off, as for a made pool (child_after_fork).
   creating_.store(true);
+  struct Done {
+    std::atomic<bool>& creating;
+    ~Done() { creating.store(false); }  // every way out, an exception caught by the hook's guard included
+  } done{creating_};
   auto publish = [&] {
     pools_[device].store(p, std::memory_order_release);
     int seen = pool_count_.load(std::memory_order_relaxed);
     while (seen < device + 1 && !pool_count_.compare_exchange_weak(seen, device + 1)) {
     }
-    creating_.store(false);
     return p;
   };
 

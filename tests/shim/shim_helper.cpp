@@ -204,7 +204,8 @@ int mode_cu_ipc_import(int argc, char** argv) {
 // runs after glake's exit handler and the driver's teardown, and keeps the process (and glake's IPC
 // server) alive for 1.5 s more.
 void linger() { usleep(1500000); }
-int mode_ipc_export_exit() {
+int mode_ipc_export_exit(int argc, char** argv) {
+  const int pause_ms = argc > 2 ? std::atoi(argv[2]) : 200;  // from printing the handle to exit()
   std::atexit(linger);
   void* p = nullptr;
   if (cudaMalloc(&p, 4 * MiB) != cudaSuccess) return 1;
@@ -214,7 +215,7 @@ int mode_ipc_export_exit() {
   for (std::size_t i = 0; i < sizeof h; ++i) std::printf("%02x", b[i]);
   std::printf("\n");
   std::fflush(stdout);
-  usleep(200000);
+  usleep(static_cast<useconds_t>(pause_ms) * 1000);
   return 0;
 }
 
@@ -244,7 +245,7 @@ int main(int argc, char** argv) {
   if (mode == "exit-free") return mode_exit_free();
   if (mode == "ipc-import") return mode_ipc_import(argc, argv);
   if (mode == "cu-ipc-import") return mode_cu_ipc_import(argc, argv);
-  if (mode == "ipc-export-exit") return mode_ipc_export_exit();
+  if (mode == "ipc-export-exit") return mode_ipc_export_exit(argc, argv);
   if (mode == "fork-while-creating") return mode_fork_while_creating();
   if (mode == "trace-oom") return mode_trace_oom(argc, argv);
   return 2;

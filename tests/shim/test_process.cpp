@@ -510,14 +510,15 @@ TEST_F(Process, IpcOfAnExitingExporterMakesNoDriverCall) {
 }
 
 // The exporter begins to exit while its server is inside a batch's driver calls (the stand-in's export
-// takes 400 ms here): glake's exit handler waits for that batch, so its calls finish before the
-// driver's teardown and the importer gets the block.
+// takes 0.7 s a page here, 1.4 s for the block's two; the exporter exits 0.8 s after printing its
+// handle): glake's exit handler waits for that batch, so its calls finish before the driver's
+// teardown and the importer gets the block.
 TEST_F(Process, IpcOfAnExporterExitingMidAnswerFinishesTheAnswer) {
-  const std::string cmd = "GLAKE_STANDIN_EXPORT_DELAY_US=400000 " + helper() + " ipc-export-exit";
+  const std::string cmd = "GLAKE_STANDIN_EXPORT_DELAY_US=700000 " + helper() + " ipc-export-exit 800";
   cudaIpcMemHandle_t h;
   FILE* f = start_exporter(cmd, &h);
   ASSERT_NE(nullptr, f);
-  // At once: the exporter exits 200 ms after printing, while its server waits on the slow export.
+  // At once (within the 0.8 s): the exporter then exits while its server waits on the slow export.
   void* p = nullptr;
   const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
   pclose(f);
