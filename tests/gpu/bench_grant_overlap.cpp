@@ -20,15 +20,9 @@
 #include <thread>
 #include <vector>
 
-namespace {
+#include "vmm_pages.h"
 
-void check(CUresult r, const char* what) {
-  if (r == CUDA_SUCCESS) return;
-  const char* s = nullptr;
-  cuGetErrorString(r, &s);
-  std::fprintf(stderr, "%s: %s\n", what, s != nullptr ? s : "?");
-  std::exit(1);
-}
+namespace {
 
 const char* err(CUresult r) {
   const char* s = nullptr;
@@ -51,30 +45,16 @@ double pct(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   const int n = argc > 1 ? std::atoi(argv[1]) : 512;
   const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
-  check(cuInit(0), "cuInit");
-  CUdevice dev = 0;
-  check(cuDeviceGet(&dev, 0), "cuDeviceGet");
-  CUcontext ctx = nullptr;
-  check(cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
-  check(cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+  const VmmPages pages = vmm_pages(n);
+  const std::size_t g = pages.g, bytes = pages.bytes;
+  const CUdeviceptr va = pages.va;
+  const auto& h = pages.h;
+  const CUmemAccessDesc& desc = pages.desc;
+  CUcontext ctx = pages.ctx;
+  const CUmemAllocationProp& prop = pages.prop;
   int memops = -1;
-  cuDeviceGetAttribute(&memops, CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR, dev);
+  cuDeviceGetAttribute(&memops, CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR, prop.location.id);
   std::printf("stream wait-value NOR supported: %d\n", memops);
-
-  CUmemAllocationProp prop{};
-  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-  prop.location.id = dev;
-  std::size_t g = 0;
-  check(cuMemGetAllocationGranularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM), "granularity");
-  std::vector<CUmemGenericAllocationHandle> h(static_cast<std::size_t>(n));
-  for (auto& x : h) check(cuMemCreate(&x, g, &prop, 0), "cuMemCreate");
-  const std::size_t bytes = g * static_cast<std::size_t>(n);
-  CUdeviceptr va = 0;
-  check(cuMemAddressReserve(&va, bytes, 0, 0, 0), "cuMemAddressReserve");
-  CUmemAccessDesc desc{};
-  desc.location = prop.location;
-  desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
   auto map_all = [&] {
     for (int i = 0; i < n; ++i) check(cuMemMap(va + g * i, g, 0, h[static_cast<std::size_t>(i)], 0), "cuMemMap");
   };

@@ -17,15 +17,9 @@
 #include <thread>
 #include <vector>
 
-namespace {
+#include "vmm_pages.h"
 
-void check(CUresult r, const char* what) {
-  if (r == CUDA_SUCCESS) return;
-  const char* s = nullptr;
-  cuGetErrorString(r, &s);
-  std::fprintf(stderr, "%s: %s\n", what, s != nullptr ? s : "?");
-  std::exit(1);
-}
+namespace {
 
 double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -41,27 +35,11 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   const int n = argc > 1 ? std::atoi(argv[1]) : 512;
   const int reps = argc > 2 ? std::atoi(argv[2]) : 7;
-  check(cuInit(0), "cuInit");
-  CUdevice dev = 0;
-  check(cuDeviceGet(&dev, 0), "cuDeviceGet");
-  CUcontext ctx = nullptr;
-  check(cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
-  check(cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
-
-  CUmemAllocationProp prop{};
-  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-  prop.location.id = dev;
-  std::size_t g = 0;
-  check(cuMemGetAllocationGranularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM), "granularity");
-  std::vector<CUmemGenericAllocationHandle> h(static_cast<std::size_t>(n));
-  for (auto& x : h) check(cuMemCreate(&x, g, &prop, 0), "cuMemCreate");
-  CUdeviceptr va = 0;
-  const std::size_t bytes = g * static_cast<std::size_t>(n);
-  check(cuMemAddressReserve(&va, bytes, 0, 0, 0), "cuMemAddressReserve");
-  CUmemAccessDesc desc{};
-  desc.location = prop.location;
-  desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  const VmmPages pages = vmm_pages(n);
+  const std::size_t g = pages.g, bytes = pages.bytes;
+  const CUdeviceptr va = pages.va;
+  const auto& h = pages.h;
+  const CUmemAccessDesc& desc = pages.desc;
 
   auto map_all = [&] {
     for (int i = 0; i < n; ++i) check(cuMemMap(va + g * i, g, 0, h[static_cast<std::size_t>(i)], 0), "cuMemMap");
@@ -77,7 +55,7 @@ int main(int argc, char** argv) {
     std::vector<std::thread> ts;
     for (int t = 0; t < threads; ++t) {
       const int lo = n * t / threads, hi = n * (t + 1) / threads;
-      ts.emplace_back([&, lo, hi] {  // no context current, as the pool's helper threads (VMM calls need none)
+      ts.emplace_back([&, lo, hi] {  // no context current: VMM calls need none
         check(cuMemSetAccess(va + g * lo, g * static_cast<std::size_t>(hi - lo), &desc, 1), "cuMemSetAccess (worker)");
       });
     }
