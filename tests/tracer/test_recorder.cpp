@@ -63,27 +63,43 @@ TEST(Recorder, CollectsEveryOpInOrder) {
 }
 
 TEST(Recorder, SampledTimesFollowTheClock) {
-  Recorder r(RecorderOptions{});
-  // The clock around each event: sleep_for may oversleep on a loaded machine, so it is the measure.
-  double around[3][2];
-  auto record = [&](int i, Op op, std::uint64_t addr) {
-    around[i][0] = static_cast<double>(r.now_us());
-    r.record(ev(op, addr, 100));
-    around[i][1] = static_cast<double>(r.now_us());
+  // An event's sampled time is that of the ticker's last look at its ring before it: on time, within a
+  // tick (1 ms) of when it was recorded. A ticker the scheduler holds back makes it earlier by the
+  // delay (CI once saw 7 ms under ASan with tests running side by side), so the tight bound is asked of
+  // one of five tries; what holds however late the ticker runs is asked of every try.
+  auto attempt = [](int n) {
+    Recorder r(RecorderOptions{});
+    // The clock around each event: sleep_for may oversleep on a loaded machine, so it is the measure.
+    double around[3][2];
+    auto record = [&](int i, Op op, std::uint64_t addr) {
+      around[i][0] = static_cast<double>(r.now_us());
+      r.record(ev(op, addr, 100));
+      around[i][1] = static_cast<double>(r.now_us());
+    };
+    record(0, Op::alloc, 1 << 20);
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    record(1, Op::free, 1 << 20);
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    record(2, Op::alloc, 2 << 20);
+    Trace t = r.collect();
+    EXPECT_EQ(t.events.size(), 3u) << "try " << n;
+    EXPECT_NE(meta_of(t)["time"].get<std::string>().find("sampled"), std::string::npos);
+    if (t.events.size() != 3) return false;
+    bool within_a_tick = true;
+    for (int i = 0; i < 3; ++i) {
+      const auto at = static_cast<double>(t.events[i].t_us);
+      // Never later than when it was recorded (plus slack), never before its predecessor was.
+      EXPECT_LE(at, around[i][1] + 3000) << "try " << n << ", event " << i;
+      if (i > 0) {
+        EXPECT_GE(at, around[i - 1][0]) << "try " << n << ", event " << i;
+      }
+      within_a_tick = within_a_tick && at >= around[i][0] - 3000;
+    }
+    return within_a_tick;
   };
-  record(0, Op::alloc, 1 << 20);
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  record(1, Op::free, 1 << 20);
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  record(2, Op::alloc, 2 << 20);
-  Trace t = r.collect();
-  ASSERT_EQ(t.events.size(), 3u);
-  // Each within the ticker's period (1 ms) of when it was recorded, plus slack for a late ticker.
-  for (int i = 0; i < 3; ++i) {
-    EXPECT_GE(static_cast<double>(t.events[i].t_us), around[i][0] - 3000) << i;
-    EXPECT_LE(static_cast<double>(t.events[i].t_us), around[i][1] + 3000) << i;
-  }
-  EXPECT_NE(meta_of(t)["time"].get<std::string>().find("sampled"), std::string::npos);
+  bool any = false;
+  for (int n = 0; n < 5 && !any; ++n) any = attempt(n);
+  EXPECT_TRUE(any) << "in five tries an event was always placed over 3 ms before it was recorded";
 }
 
 TEST(Recorder, ExactTimes) {
