@@ -101,10 +101,16 @@ int mode_fork_while_creating() {
     void* p = nullptr;
     if (cudaMalloc(&p, MiB) == cudaSuccess) cudaFree(p);
   });
-  // glake is on once its first call read the settings, just before it makes the pool; the pool's
-  // stream then takes the stand-in's delay.
-  for (int i = 0; i < 5000 && glake_status_now() != 1; ++i) usleep(1000);
-  usleep(100000);
+  // The pool's stream takes the stand-in's delay: fork while its cuStreamCreate sleeps (at most 10 s
+  // after the start; the child then says where the maker was).
+  int (*being_created)() = nullptr;
+  for (int i = 0; i < 10000; ++i, usleep(1000)) {
+    if (being_created == nullptr) {  // once the maker's first call has loaded the driver
+      if (void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD))
+        being_created = reinterpret_cast<int (*)()>(dlsym(lib, "standin_streams_being_created"));
+    }
+    if (being_created != nullptr && being_created() > 0) break;
+  }
   const pid_t pid = fork();
   if (pid == 0) _exit(glake_status_now());
   int st = 0;
@@ -201,9 +207,12 @@ int mode_cu_ipc_import(int argc, char** argv) {
 }
 
 // Exports a block, prints its handle and exits. An atexit handler registered before the first CUDA call
-// runs after glake's exit handler and the driver's teardown, and keeps the process (and glake's IPC
-// server) alive for 1.5 s more.
-void linger() { usleep(1500000); }
+// runs after glake's exit handler and the driver's teardown, says so ("exiting"), and keeps the process
+// (and glake's IPC server) alive for 1.5 s more.
+void linger() {
+  (void)!write(1, "exiting\n", 8);
+  usleep(1500000);
+}
 int mode_ipc_export_exit(int argc, char** argv) {
   const int pause_ms = argc > 2 ? std::atoi(argv[2]) : 200;  // from printing the handle to exit()
   std::atexit(linger);

@@ -500,7 +500,9 @@ TEST_F(Process, IpcOfAnExitingExporterMakesNoDriverCall) {
   cudaIpcMemHandle_t h;
   FILE* f = start_exporter(cmd, &h);
   ASSERT_NE(nullptr, f);
-  usleep(600000);  // the exporter is in exit() by now, after the driver's teardown
+  char line[64] = {};  // the exporter's atexit handler says when it is past the driver's teardown
+  ASSERT_NE(nullptr, fgets(line, sizeof line, f));
+  ASSERT_STREQ("exiting\n", line);
   void* p = nullptr;
   const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
   pclose(f);
@@ -510,15 +512,15 @@ TEST_F(Process, IpcOfAnExitingExporterMakesNoDriverCall) {
 }
 
 // The exporter begins to exit while its server is inside a batch's driver calls (the stand-in's export
-// takes 0.7 s a page here, 1.4 s for the block's two; the exporter exits 0.8 s after printing its
-// handle): glake's exit handler waits for that batch, so its calls finish before the driver's
-// teardown and the importer gets the block.
+// takes 1 s a page here, 2 s for the block's two; the exporter exits 1.5 s after printing its handle):
+// glake's exit handler waits (at most 2 s) for that batch, so its calls finish before the driver's
+// teardown and the importer gets the block. The importer has 1.5 s to ask, on a loaded machine too.
 TEST_F(Process, IpcOfAnExporterExitingMidAnswerFinishesTheAnswer) {
-  const std::string cmd = "GLAKE_STANDIN_EXPORT_DELAY_US=700000 " + helper() + " ipc-export-exit 800";
+  const std::string cmd = "GLAKE_STANDIN_EXPORT_DELAY_US=1000000 " + helper() + " ipc-export-exit 1500";
   cudaIpcMemHandle_t h;
   FILE* f = start_exporter(cmd, &h);
   ASSERT_NE(nullptr, f);
-  // At once (within the 0.8 s): the exporter then exits while its server waits on the slow export.
+  // At once (within the 1.5 s): the exporter then exits while its server waits on the slow export.
   void* p = nullptr;
   const cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
   pclose(f);

@@ -3,10 +3,12 @@
 // frames in glake:: are trimmed as glake's own).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -117,6 +119,25 @@ namespace glake::tracer {
 // Reaches into the recorder for what a test cannot bring about on purpose (recorder.h).
 struct RecorderTestPeer {
   static bool idle(const Recorder& r) { return (r.slow_.load() & Recorder::kSlowIdle) != 0; }
+  // Waits (at most 10 s) until the ticker has looked at every ring since now: events recorded before
+  // then are placed before the events after, however late the ticker runs. False if it did not.
+  static bool wait_ticked(const Recorder& r) {
+    const std::uint64_t t = r.clock().ticks();
+    auto ticked = [t](const Recorder::Ring& ring) {
+      const std::uint64_t n = ring.checkpoint_head.load(std::memory_order_acquire);
+      for (std::uint64_t i = n > ring.checkpoint_mask ? n - ring.checkpoint_mask : 0; i < n; ++i)
+        if (ring.checkpoints[i & ring.checkpoint_mask].ticks.load(std::memory_order_acquire) >= t) return true;
+      return false;
+    };
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      bool all = ticked(r.shared_);
+      for (std::uint32_t i = 0, n = r.lane_count(); all && i < n; ++i) all = ticked(r.lanes_[i]->ring_);
+      if (all) return true;
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
   // A lane event as if it raced with the ticker going idle: the fast path, the flag unseen.
   static void record_missing_the_flag(Recorder::Lane& l, Op op, std::uint64_t addr, std::uint64_t size) {
     Recorder::Ring& ring = l.ring_;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -114,6 +115,10 @@ TEST(AtomicFile, ReaderNeverSeesAPartialFile) {
     }
   });
   for (int i = 0; i < 30; ++i) {
+    if (i == 29) {  // the reader has read at least once before the last write (however it is scheduled)
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (reads.load() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+    }
     AtomicFile f(path, false);
     const std::string& c = i % 2 == 0 ? b : a;
     for (std::size_t off = 0; off < c.size(); off += 1 << 20) f.write(std::string_view(c).substr(off, 1 << 20));

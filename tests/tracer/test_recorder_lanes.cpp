@@ -119,8 +119,12 @@ TEST(RecorderLanes, RingsMergeByExactTime) {
 
 TEST(RecorderLanes, RingsMergeBySampledTime) {
   Recorder r(RecorderOptions{});
-  // Sampled times are off by up to a tick (1 ms; more if the ticker runs late on a loaded machine).
-  record_steps(r, [] { std::this_thread::sleep_for(std::chrono::milliseconds(15)); });
+  // Sampled times are off by up to a tick (1 ms), more if the ticker runs late on a loaded machine:
+  // each step waits for the ticker's next look at every ring, so that two steps never share one.
+  record_steps(r, [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ASSERT_TRUE(RecorderTestPeer::wait_ticked(r));
+  });
   expect_steps(r.collect());
 }
 
@@ -227,9 +231,10 @@ double time_of(const Trace& t, Op op, std::uint64_t addr) {
   return 0;
 }
 
-// Waits (at most 2 s) until the ticker is idle, or not; false if it did not come to that.
+// Waits (at most 10 s) until the ticker is idle, or not; false if it did not come to that.
 bool wait_idle(const Recorder& r, bool idle) {
-  for (int i = 0; i < 2000; ++i) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
     if (RecorderTestPeer::idle(r) == idle) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -237,32 +242,54 @@ bool wait_idle(const Recorder& r, bool idle) {
 }
 
 TEST(RecorderLanes, SampledTimesFollowTheClockAcrossPauses) {
-  Recorder r(RecorderOptions{});
-  Recorder::Lane* a = r.add_lane();
-  Recorder::Lane* b = r.add_lane();
-  const double t0 = static_cast<double>(r.now_us());
-  a->record(Op::alloc, 0, 0, 0x1000, 100, 0);
-  b->record(Op::alloc, 1, 0, 0x2000, 100, 0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the ticker ticks on
-  const double t1 = static_cast<double>(r.now_us());
-  a->record(Op::free, 0, 0, 0x1000, 100, 0);
-  // Longer than the ticker's 100 idle ticks: it goes idle. Lane a's next event wakes it; lane b's,
-  // just after, must not be placed back in the pause.
-  std::this_thread::sleep_for(std::chrono::milliseconds(250));
-  ASSERT_TRUE(wait_idle(r, true));
-  std::this_thread::sleep_for(std::chrono::milliseconds(40));  // in the middle of an idle tick
-  const double t2 = static_cast<double>(r.now_us());
-  a->record(Op::alloc, 0, 0, 0x3000, 100, 0);
-  b->record(Op::free, 1, 0, 0x2000, 100, 0);
-  EXPECT_FALSE(RecorderTestPeer::idle(r)) << "the event ended the idle time";
-  Trace t = r.collect();
-  ASSERT_EQ(t.events.size(), 5u);
-  // Within a tick (1 ms), and some more for a ticker that runs late on a loaded machine.
-  EXPECT_NEAR(time_of(t, Op::alloc, 0x1000), t0, 5000);
-  EXPECT_NEAR(time_of(t, Op::alloc, 0x2000), t0, 5000);
-  EXPECT_NEAR(time_of(t, Op::free, 0x1000), t1, 5000);
-  EXPECT_NEAR(time_of(t, Op::alloc, 0x3000), t2, 5000);
-  EXPECT_NEAR(time_of(t, Op::free, 0x2000), t2, 5000);
+  // An event that starts a ring's 64 (its first) or ends the ticker's idle time is pinned when it is
+  // recorded; lane b's next, just after lane a's, must not be placed back in the pause: these are asked
+  // of every try. An event on the fast path is placed between the ticker's looks around it: within a
+  // tick (1 ms) on time, off by as much as the scheduler holds the ticker back; that bound (5 ms) is
+  // asked of one of three tries, and of every try only that it lies between its neighbours.
+  auto attempt = [](int n) {
+    Recorder r(RecorderOptions{});
+    Recorder::Lane* a = r.add_lane();
+    Recorder::Lane* b = r.add_lane();
+    double around[5][2];  // the clock before and after each record
+    auto record = [&](int i, Recorder::Lane* l, Op op, std::uint32_t device, std::uint64_t addr) {
+      around[i][0] = static_cast<double>(r.now_us());
+      l->record(op, device, 0, addr, 100, 0);
+      around[i][1] = static_cast<double>(r.now_us());
+    };
+    record(0, a, Op::alloc, 0, 0x1000);
+    record(1, b, Op::alloc, 1, 0x2000);
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the ticker ticks on
+    record(2, a, Op::free, 0, 0x1000);
+    // Longer than the ticker's 100 idle ticks: it goes idle. Lane a's next event wakes it; lane b's,
+    // just after, must not be placed back in the pause.
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    EXPECT_TRUE(wait_idle(r, true)) << "try " << n;
+    std::this_thread::sleep_for(std::chrono::milliseconds(40));  // in the middle of an idle tick
+    record(3, a, Op::alloc, 0, 0x3000);
+    record(4, b, Op::free, 1, 0x2000);
+    EXPECT_FALSE(RecorderTestPeer::idle(r)) << "the event ended the idle time";
+    Trace t = r.collect();
+    EXPECT_EQ(t.events.size(), 5u) << "try " << n;
+    if (t.events.size() != 5) return false;
+    const double alloc_a = time_of(t, Op::alloc, 0x1000), alloc_b = time_of(t, Op::alloc, 0x2000);
+    const double free_a = time_of(t, Op::free, 0x1000), after_a = time_of(t, Op::alloc, 0x3000);
+    const double free_b = time_of(t, Op::free, 0x2000);
+    EXPECT_GE(alloc_a, around[0][0]) << "try " << n;
+    EXPECT_LE(alloc_a, around[0][1]) << "try " << n;
+    EXPECT_GE(alloc_b, around[1][0]) << "try " << n;
+    EXPECT_LE(alloc_b, around[1][1]) << "try " << n;
+    EXPECT_GE(free_a, around[0][0]) << "try " << n;
+    EXPECT_LE(free_a, around[3][1]) << "try " << n;
+    EXPECT_GE(after_a, around[3][0]) << "try " << n;
+    EXPECT_LE(after_a, around[3][1]) << "try " << n;
+    EXPECT_GE(free_b, around[3][0]) << "try " << n << ": lane b's event was placed in the pause";
+    EXPECT_LE(free_b, around[4][1]) << "try " << n;
+    return free_a >= around[2][0] - 5000 && free_a <= around[2][1] + 5000;
+  };
+  bool any = false;
+  for (int n = 0; n < 3 && !any; ++n) any = attempt(n);
+  EXPECT_TRUE(any) << "in three tries the fast-path event was always placed over 5 ms before it was recorded";
 }
 
 TEST(RecorderLanes, AnEventThatMissedTheIdleFlagIsPlacedAtMostATickOfTheIdleTickerEarly) {
@@ -270,10 +297,10 @@ TEST(RecorderLanes, AnEventThatMissedTheIdleFlagIsPlacedAtMostATickOfTheIdleTick
   Recorder::Lane* lane = r.add_lane();
   lane->record(Op::alloc, 0, 0, 0x1000, 100, 0);
   ASSERT_TRUE(wait_idle(r, true));
-  // Idle for 300 ms, then an event on the fast path, as if it had raced with the ticker going idle.
-  // Had the idle ticker slept for good, the lane's last checkpoint would date from 300 ms ago; it ticks
+  // Idle for 600 ms, then an event on the fast path, as if it had raced with the ticker going idle.
+  // Had the idle ticker slept for good, the lane's last checkpoint would date from 600 ms ago; it ticks
   // every 50 ms, so the event is placed at most that early, and the head it moved ends the idle time.
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
   const std::uint64_t before = r.now_us();
   RecorderTestPeer::record_missing_the_flag(*lane, Op::free, 0x1000, 100);
   const std::uint64_t after = r.now_us();
@@ -281,8 +308,8 @@ TEST(RecorderLanes, AnEventThatMissedTheIdleFlagIsPlacedAtMostATickOfTheIdleTick
   Trace t = r.collect();
   ASSERT_EQ(t.events.size(), 2u);
   const double placed = time_of(t, Op::free, 0x1000);
-  // 50 ms, and as much again for a ticker that runs late on a loaded machine (still far from 300).
-  EXPECT_GE(placed, static_cast<double>(before) - 100000);
+  // 50 ms, and 250 more for an idle ticker that wakes late on a loaded machine (still far from 600).
+  EXPECT_GE(placed, static_cast<double>(before) - 300000);
   EXPECT_LE(placed, static_cast<double>(after));
 }
 

@@ -42,6 +42,7 @@ class Collector {
         }) {}
   ~Collector() { stop(); }
   void start() { go_ = true; }
+  int count() const { return count_.load(); }
   int stop() {
     go_ = true;
     done_ = true;
@@ -69,6 +70,10 @@ TEST(RecorderThreads, NothingLostOrderKeptWhileCollecting) {
     threads.emplace_back([&, k] {
       while (!go.load()) std::this_thread::yield();
       for (std::uint64_t i = 0; i < per_thread; ++i) {
+        if (i == per_thread / 2) {  // halfway, a collect has happened (however the threads are scheduled)
+          const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+          while (collector.count() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+        }
         std::uint64_t addr = (static_cast<std::uint64_t>(k + 1) << 40) | (i << 9);
         r.record(ev(Op::alloc, addr, i + 1, static_cast<std::uint64_t>(k)));
         r.record(ev(Op::free, addr, i + 1, static_cast<std::uint64_t>(k)));

@@ -1043,9 +1043,13 @@ EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr ptr) {
 // =================================================================================================
 // Streams, events, copies, graphs
 
+std::atomic<int> g_streams_being_created{0};  // standin_streams_being_created
+
 EXPORT CUresult cuStreamCreate(CUstream* out, unsigned int flags) {
   CHECK_ALIVE();
+  g_streams_being_created.fetch_add(1);
   if (const std::size_t us = g->stream_delay_us) usleep(static_cast<useconds_t>(us));  // GLAKE_STANDIN_STREAM_DELAY_US
+  g_streams_being_created.fetch_sub(1);
   const int cur = current_device();
   if (cur < 0) return CUDA_ERROR_INVALID_CONTEXT;
   if (out == nullptr) return CUDA_ERROR_INVALID_VALUE;
@@ -1518,6 +1522,8 @@ EXPORT void standin_after_next_begin_capture(void (*fn)(void*), void* arg) {
   g_after_begin_capture_arg.store(arg);
   g_after_begin_capture.store(fn);
 }
+
+EXPORT int standin_streams_being_created(void) { return g_streams_being_created.load(); }
 
 EXPORT unsigned long long standin_device_syncs(void) {
   std::lock_guard lk(g->mu);

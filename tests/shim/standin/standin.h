@@ -28,6 +28,8 @@ int standin_mapping_access(const void* ptr, int device);
 // A device allocation made behind every hook's back, as another allocator (or glake before it loaded)
 // would have made it. Free it with cudaFree/cuMemFree.
 CUresult standin_raw_alloc(CUdeviceptr* ptr, size_t size);
+// cuStreamCreate calls under way now (each sleeps GLAKE_STANDIN_STREAM_DELAY_US first).
+int standin_streams_being_created(void);
 // Device synchronizations (cuCtxSynchronize, and the one cuMemFree does) so far.
 unsigned long long standin_device_syncs(void);
 // cuCtxSynchronize calls made while a stream of the device was capturing (which break a real capture).
