@@ -498,7 +498,9 @@ pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
     if (((peers >> a) & 1) != 0 && device_context_active(a)) (void)synchronize_device(a);
   end_free_wait();
   if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
-  const pool::Status s = p->alloc->free(ptr);
+  // On the router's own stream, not the block's: the device's work is done, and the stream the block
+  // was allocated on may have been destroyed since (its frees would then never settle).
+  const pool::Status s = p->alloc->free(ptr, p->sync_stream);
   return sync != pool::Status::ok ? sync : s;
 }
 
@@ -531,8 +533,9 @@ pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::St
   }
   end_free_wait();
   // Freed even if the wait failed (a sticky error of earlier work, which the caller gets): kept, the
-  // block would be lost for good.
-  const pool::Status s = p->alloc->free(ptr);
+  // block would be lost for good. On the router's own stream: `stream`'s work is done, which is all a
+  // stream-ordered free promises, and the block's own stream may have been destroyed.
+  const pool::Status s = p->alloc->free(ptr, p->sync_stream);
   return sync != pool::Status::ok ? sync : s;
 }
 

@@ -260,6 +260,30 @@ TEST_F(Streams, ARecycledStreamHandleIsAskedAgain) {
   EXPECT_EQ("", validate(1));
 }
 
+// cudaFree of a cudaMallocAsync block after its stream was destroyed (CUDA allows it): the block must
+// be reusable and trimmable; freed on its dead stream's handle, it never settled.
+TEST_F(Streams, CudaFreeAfterTheBlocksStreamWasDestroyedGivesTheMemoryBack) {
+  const std::size_t n = 64 * MiB;
+  std::vector<void*> ps;
+  for (int i = 0; i < 3; ++i) {
+    cudaStream_t s = nullptr;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    void* p = nullptr;
+    CUDA_OK(cudaMallocAsync(&p, n, s));
+    EXPECT_TRUE(owns(p));
+    CUDA_OK(cudaMemsetAsync(p, 1, n, s));
+    CUDA_OK(cudaStreamSynchronize(s));
+    CUDA_OK(cudaStreamDestroy(s));
+    ps.push_back(p);
+  }
+  for (void* p : ps) CUDA_OK(cudaFree(p));
+  EXPECT_EQ(0u, stats().requested);
+  ASSERT_NE(nullptr, api().trim);
+  EXPECT_EQ(0, api().trim(0, 0));
+  EXPECT_EQ(0u, stats().physical) << "what was freed after its stream died stayed cached";
+  EXPECT_EQ("", validate(0));
+}
+
 // A host function that holds its stream until the test opens it (or 10 s pass: then it says so).
 struct Gate {
   std::atomic<bool> open{false}, gave_up{false};
