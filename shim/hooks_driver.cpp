@@ -52,6 +52,9 @@ GLAKE_HOOK CUresult cuIpcOpenMemHandle_v2(CUdeviceptr* p, CUipcMemHandle h, unsi
 }
 GLAKE_HOOK CUresult cuIpcCloseMemHandle(CUdeviceptr p) { return guard([&] { return router().cu_ipc_close_mem_handle(p); }); }
 GLAKE_HOOK CUresult cuStreamDestroy_v2(CUstream s) { return guard([&] { return router().cu_stream_destroy(s); }); }
+GLAKE_HOOK CUresult cuCtxEnablePeerAccess(CUcontext peer, unsigned int flags) {
+  return guard([&] { return router().cu_ctx_enable_peer_access(peer, flags); });
+}
 GLAKE_HOOK CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
   return guard([&] { return router().cu_stream_begin_capture(s, mode); });
 }

@@ -69,6 +69,7 @@ const Entry* entries(std::size_t* count) {
       {"cuIpcOpenMemHandle_v2", address_of(&::cuIpcOpenMemHandle_v2)},
       {"cuIpcCloseMemHandle", address_of(&::cuIpcCloseMemHandle)},
       {"cuStreamDestroy_v2", address_of(&::cuStreamDestroy_v2)},
+      {"cuCtxEnablePeerAccess", address_of(&::cuCtxEnablePeerAccess)},
       {"cuStreamBeginCapture_v2", address_of(&::cuStreamBeginCapture_v2)},
       {"cuStreamBeginCaptureToGraph", address_of(&::cuStreamBeginCaptureToGraph)},
       {"cuStreamEndCapture", address_of(&::cuStreamEndCapture)},
@@ -129,6 +130,7 @@ void* substitute_proc(const char* symbol, int version, cuuint64_t flags, void* r
   // before CUDA 4.0 stays the driver's.
   if (std::strcmp(symbol, "cuStreamDestroy") == 0)
     return real == address_of(d.stream_destroy) ? address_of(&::cuStreamDestroy_v2) : real;
+  if (std::strcmp(symbol, "cuCtxEnablePeerAccess") == 0) return address_of(&::cuCtxEnablePeerAccess);
   // Graph capture through the driver (driver-API programs, a statically linked runtime): glake counts
   // the captures under way (Router::cu_stream_begin_capture). Only the legacy-stream variants are
   // glake's: the per-thread-default-stream ones (cuStreamBeginCapture_v2_ptsz, ...) and the

@@ -93,6 +93,7 @@ using DlsymFn = void* (*)(void*, const char*);
   X(ctx_synchronize, "cuCtxSynchronize", decltype(&::cuCtxSynchronize))                             \
   X(ctx_push_current, "cuCtxPushCurrent_v2", decltype(&::cuCtxPushCurrent_v2))                      \
   X(ctx_pop_current, "cuCtxPopCurrent_v2", decltype(&::cuCtxPopCurrent_v2))                         \
+  X(ctx_enable_peer_access, "cuCtxEnablePeerAccess", decltype(&::cuCtxEnablePeerAccess))            \
   X(primary_ctx_retain, "cuDevicePrimaryCtxRetain", decltype(&::cuDevicePrimaryCtxRetain))          \
   X(primary_ctx_release, "cuDevicePrimaryCtxRelease_v2", decltype(&::cuDevicePrimaryCtxRelease_v2)) \
   X(primary_ctx_get_state, "cuDevicePrimaryCtxGetState", decltype(&::cuDevicePrimaryCtxGetState))    \

@@ -1263,6 +1263,23 @@ CUresult Router::cu_stream_destroy(CUstream stream) {
   return destroy_stream(stream, [&] { return f(stream); });
 }
 
+CUresult Router::cu_ctx_enable_peer_access(CUcontext peer, unsigned int flags) {
+  const DriverApi& d = real_driver();
+  if (d.ctx_enable_peer_access == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = d.ctx_enable_peer_access(peer, flags);
+  if ((r != CUDA_SUCCESS && r != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED) || !serving()) return r;  // not inside a runtime hook
+  // The current context's device may now reach the memory of the peer context's device.
+  int accessor = -1, owner = -1;
+  if (!driver_device(&accessor) || d.ctx_push_current == nullptr || d.ctx_pop_current == nullptr ||
+      d.ctx_push_current(peer) != CUDA_SUCCESS)
+    return r;
+  const bool known = driver_device(&owner);
+  CUcontext popped = nullptr;
+  (void)d.ctx_pop_current(&popped);
+  if (known) grant_peer(owner, accessor);
+  return r;
+}
+
 // Inside a runtime hook (RealCall) the runtime is calling: that hook counts the capture. Counted
 // before it begins, as in stream_begin_capture.
 CUresult Router::cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode) {

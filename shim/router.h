@@ -123,6 +123,10 @@ class Router {
   CUresult cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags);
   CUresult cu_ipc_close_mem_handle(CUdeviceptr ptr);
   CUresult cu_stream_destroy(CUstream stream);
+  // Peer access enabled through the driver (a statically linked runtime's cudaDeviceEnablePeerAccess,
+  // XLA) reaches glake's mappings as the runtime's does; the runtime's own call (inside its hook) is
+  // left to that hook.
+  CUresult cu_ctx_enable_peer_access(CUcontext peer, unsigned int flags);
   // Captures begun or ended through the driver (legacy-stream variants) are counted as the runtime's
   // are; the runtime's own calls to these (inside its hooks above) are not counted twice.
   CUresult cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode);

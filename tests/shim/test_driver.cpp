@@ -59,7 +59,7 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
                            "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuGetProcAddress",
                            "cuGetProcAddress_v2", "cuIpcGetMemHandle", "cuIpcOpenMemHandle_v2",
                            "cuIpcCloseMemHandle", "cuStreamDestroy_v2", "cuStreamBeginCapture_v2",
-                           "cuStreamBeginCaptureToGraph", "cuStreamEndCapture"}) {
+                           "cuStreamBeginCaptureToGraph", "cuStreamEndCapture", "cuCtxEnablePeerAccess"}) {
     void* p = dlsym(h, name);
     EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
     EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
@@ -113,6 +113,7 @@ TEST_F(Driver, GetProcAddressSwapsOnlyWhatGlakeInterposes) {
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCapture_v2"), proc(get, "cuStreamBeginCapture", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCaptureToGraph"), proc(get, "cuStreamBeginCaptureToGraph", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamEndCapture"), proc(get, "cuStreamEndCapture", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuCtxEnablePeerAccess"), proc(get, "cuCtxEnablePeerAccess", 13000));
   // Not glake's: CUDA 10.0's cuStreamBeginCapture (no mode), and the per-thread default stream's.
   for (void* p : {proc(get, "cuStreamBeginCapture", 10000),
                   proc(get, "cuStreamBeginCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM),
@@ -236,6 +237,43 @@ TEST_F(Driver, StreamDestroyedThroughTheDriverLetsWhatWasFreedOnItGo) {
   CUDA_OK(cudaDeviceSynchronize());
   ASSERT_EQ(0, api().trim(0, 0));
   EXPECT_LE(stats(0).physical, before) << "what was freed on the destroyed stream stays cached";
+}
+
+// Peer access enabled through the driver, as a program linked with the static runtime (NCCL's) or XLA
+// enables it: glake's existing and later mappings of the peer's memory grant the current device, as
+// after cudaDeviceEnablePeerAccess; the current context is left as it was.
+TEST_F(Driver, PeerAccessEnabledThroughTheDriverReachesGlakesMappings) {
+  auto get = reinterpret_cast<GetProcV2>(dlsym(libcuda(), "cuGetProcAddress_v2"));
+  const auto enable = reinterpret_cast<decltype(&cuCtxEnablePeerAccess)>(proc(get, "cuCtxEnablePeerAccess", 12000));
+  ASSERT_NE(nullptr, enable);
+  CUDA_OK(cudaSetDevice(2));
+  void* before = nullptr;
+  CUDA_OK(cudaMalloc(&before, 4 * MiB));
+  ASSERT_TRUE(owns(before));
+  EXPECT_EQ(0, standin::mapping_access(before, 1));
+  CUdevice d2 = 0;
+  CUcontext c2 = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceGet(&d2, 2));
+  ASSERT_EQ(CUDA_SUCCESS, cuDevicePrimaryCtxRetain(&c2, d2));
+  CUDA_OK(cudaSetDevice(1));
+  CUDA_OK(cudaFree(nullptr));
+  CUcontext current = nullptr, after_call = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuCtxGetCurrent(&current));
+  ASSERT_EQ(CUDA_SUCCESS, enable(c2, 0));  // device 1 may now reach device 2's memory
+  ASSERT_EQ(CUDA_SUCCESS, cuCtxGetCurrent(&after_call));
+  EXPECT_EQ(current, after_call);
+  EXPECT_EQ(1, standin::mapping_access(before, 1)) << "an existing mapping";
+  EXPECT_EQ(0, standin::mapping_access(before, 0));
+  EXPECT_EQ(CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED, cuCtxEnablePeerAccess(c2, 0)) << "the driver's answer, through";
+  CUDA_OK(cudaSetDevice(2));
+  void* later = nullptr;
+  CUDA_OK(cudaMalloc(&later, 200 * MiB));  // new pages
+  EXPECT_EQ(1, standin::mapping_access(later, 1)) << "a later mapping";
+  CUDA_OK(cudaFree(later));
+  CUDA_OK(cudaFree(before));
+  EXPECT_EQ("", validate(2));
+  ASSERT_EQ(CUDA_SUCCESS, cuDevicePrimaryCtxRelease(d2));
+  CUDA_OK(cudaSetDevice(0));
 }
 
 // cuMemAllocAsync on a stream of device 1 while device 0's context is current: device 1's memory, and
