@@ -1,7 +1,10 @@
 // tests/gpu/shim/shim_peer.cu: two GPUs under the shim: each device has its own pool, and
 // cudaDeviceEnablePeerAccess grants the peer access to glake's existing mappings and to those made
-// later, stitched ranges included (a missing grant makes the peer's kernel fault). Skips with fewer
-// than two devices or when they cannot reach each other.
+// later, stitched ranges included (a missing grant makes the peer's kernel fault); so does the
+// driver's cuCtxEnablePeerAccess, as a statically linked runtime calls it. Skips with fewer than two
+// devices or when they cannot reach each other.
+#include <cuda.h>
+
 #include <vector>
 
 #include "shim_gpu.h"
@@ -110,6 +113,36 @@ TEST(Peer, AccessCoversExistingLaterAndStitchedMappings) {
   CUDA_OK(cudaFree(mine));
   EXPECT_EQ("", validate(0));
   EXPECT_EQ("", validate(1));
+}
+
+// Device 0 reaches device 1's memory through the driver's cuCtxEnablePeerAccess (the other test
+// enables only 1 -> 0 through the runtime), found as a framework finds it.
+TEST(Peer, AccessEnabledThroughTheDriverCoversExistingMappings) {
+  REQUIRE_GLAKE();
+  REQUIRE_TWO_PEERS();
+  using Enable = CUresult (*)(CUcontext, unsigned int);
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult q{};
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuCtxEnablePeerAccess", &fn, 13000, cudaEnableDefault, &q));
+  ASSERT_NE(nullptr, fn);
+  CUDA_OK(cudaSetDevice(1));
+  void* existing = nullptr;  // mapped before device 0 is granted access
+  CUDA_OK(cudaMalloc(&existing, 10 * kMiB));
+  fill(existing, 10 * kMiB, 5);
+  CUDA_OK(cudaDeviceSynchronize());
+  CUcontext ctx1 = nullptr;  // device 1's primary context, current now
+  void* get_current = nullptr;
+  CUDA_OK(cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &get_current, 13000, cudaEnableDefault, &q));
+  ASSERT_EQ(CUDA_SUCCESS, reinterpret_cast<CUresult (*)(CUcontext*)>(get_current)(&ctx1));
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaFree(nullptr));
+  const CUresult r = reinterpret_cast<Enable>(fn)(ctx1, 0);
+  ASSERT_TRUE(r == CUDA_SUCCESS || r == CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED) << r;
+  EXPECT_EQ(0u, mismatches(existing, 10 * kMiB, 5)) << "device 0's kernel read device 1's glake memory";
+  CUDA_OK(cudaSetDevice(1));
+  CUDA_OK(cudaFree(existing));
+  EXPECT_EQ("", validate(1));
+  CUDA_OK(cudaSetDevice(0));
 }
 
 }  // namespace
