@@ -462,24 +462,27 @@ pool::Status Router::synchronize_device(int device) {
 }
 
 // A free that must wait for the device (or a stream) first: while a capture is under way the wait
-// would break it, so the block is held instead (freed when the last capture ends) and false is
-// returned; else the free counts as waiting until end_free_wait(), and no capture begins meanwhile
-// (capture_started waits for it).
-bool Router::begin_free_wait(DevicePool* p, pool::DevPtr ptr) {
+// would break it, so the block is held instead (freed when the last capture ends); else the free
+// counts as waiting until end_free_wait(), and no capture begins meanwhile (capture_started waits for
+// it). A held block is still live in its pool: a second free of it is refused here, as CUDA refuses
+// one, or at the flush it could free the block of whoever got the address next.
+std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr ptr) {
   Locked lock(&mutex_);
   if (captures_.load(std::memory_order_acquire) == 0) {
     ++waiting_frees_;
-    return true;
+    return std::nullopt;
   }
+  for (std::size_t i = 0; i < held_count_; ++i)
+    if (held_frees_[i].ptr == ptr) return pool::Status::invalid_value;
   if (held_count_ == held_capacity_) {
     std::size_t cap = held_capacity_ == 0 ? 64 : held_capacity_ * 2;
     auto* grown = static_cast<HeldFree*>(std::realloc(held_frees_, cap * sizeof(HeldFree)));
-    if (grown == nullptr) return false;  // out of host memory: the block stays allocated (leaked, never reused)
+    if (grown == nullptr) return pool::Status::ok;  // out of host memory: the block stays allocated (leaked, never reused)
     held_frees_ = grown;
     held_capacity_ = cap;
   }
   held_frees_[held_count_++] = HeldFree{p, ptr};
-  return false;
+  return pool::Status::ok;
 }
 
 void Router::end_free_wait() {
@@ -488,7 +491,7 @@ void Router::end_free_wait() {
 }
 
 pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
-  if (!begin_free_wait(p, ptr)) return pool::Status::ok;
+  if (const auto answer = begin_free_wait(p, ptr)) return *answer;
   const pool::Status sync = synchronize_device(p->device);
   // Devices granted access to this pool may have kernels on the block too: each one whose context is
   // alive (none runs work on a device without one, and retaining it would create one). Their errors
@@ -521,7 +524,7 @@ bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev
 
 pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream,
                                        cudaError_t* runtime_sync) {
-  if (!begin_free_wait(p, ptr)) return pool::Status::ok;
+  if (const auto answer = begin_free_wait(p, ptr)) return *answer;
   pool::Status sync = pool::Status::ok;
   if (runtime_sync != nullptr) {  // the runtime's: it makes the current device's context current first
     if (const auto f = real_runtime().stream_synchronize; f != nullptr) {

@@ -47,6 +47,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "pool/allocator.h"
 #include "pool/cuda_driver.h"
@@ -196,7 +197,9 @@ class Router {
   auto destroy_stream(const void* stream, Destroy destroy);
   bool runtime_stream_capturing(cudaStream_t stream);
   bool driver_stream_capturing(CUstream stream);
-  bool begin_free_wait(DevicePool* p, pool::DevPtr ptr);
+  // Empty: the free may wait for the device now (end_free_wait() after); else the free's answer: held
+  // until the captures end (ok), or already held (invalid_value: a second free of the block).
+  std::optional<pool::Status> begin_free_wait(DevicePool* p, pool::DevPtr ptr);
   void end_free_wait();
   // Captures are counted by key: the stream's handle, or for a thread's own stream the thread's key
   // for the current device.

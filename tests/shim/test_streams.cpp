@@ -456,6 +456,27 @@ TEST_F(Streams, ManyConcurrentCapturesEndAndGlakeServesAgain) {
   for (auto& s : streams) CUDA_OK(cudaStreamDestroy(s));
 }
 
+// A second cudaFree of a block whose first was held for a capture is refused, as CUDA refuses a
+// double free; held twice, the second could free at the flush whoever got the address next.
+TEST_F(Streams, ASecondFreeOfAHeldBlockIsRefused) {
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, MiB));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  CUDA_OK(cudaFree(p));
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFree(p));
+  EXPECT_EQ(cudaErrorInvalidValue, cudaGetLastError());
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  CUDA_OK(cudaGraphDestroy(graph));
+  EXPECT_FALSE(owns(p));
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFree(p)) << "freed once, at the end of the capture";
+  (void)cudaGetLastError();
+  CUDA_OK(cudaStreamDestroy(s));
+  EXPECT_EQ("", validate(0));
+}
+
 TEST_F(Streams, FreesOfGlakeBlocksDuringACapture) {
   cudaStream_t s = nullptr, other = nullptr;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
