@@ -468,12 +468,11 @@ pool::Status Router::synchronize_device(int device) {
 // one, or at the flush it could free the block of whoever got the address next.
 std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr ptr) {
   Locked lock(&mutex_);
+  if (held_locked(ptr)) return pool::Status::invalid_value;
   if (captures_.load(std::memory_order_acquire) == 0) {
     ++waiting_frees_;
     return std::nullopt;
   }
-  for (std::size_t i = 0; i < held_count_; ++i)
-    if (held_frees_[i].ptr == ptr) return pool::Status::invalid_value;
   if (held_count_ == held_capacity_) {
     std::size_t cap = held_capacity_ == 0 ? 64 : held_capacity_ * 2;
     auto* grown = static_cast<HeldFree*>(std::realloc(held_frees_, cap * sizeof(HeldFree)));
@@ -482,7 +481,20 @@ std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr 
     held_capacity_ = cap;
   }
   held_frees_[held_count_++] = HeldFree{p, ptr};
+  any_held_.store(true, std::memory_order_release);
   return pool::Status::ok;
+}
+
+bool Router::held_locked(pool::DevPtr ptr) const {
+  for (std::size_t i = 0; i < held_count_; ++i)
+    if (held_frees_[i].ptr == ptr) return true;
+  return false;
+}
+
+bool Router::is_held(pool::DevPtr ptr) {
+  if (!any_held_.load(std::memory_order_acquire)) return false;
+  Locked lock(&mutex_);
+  return held_locked(ptr);
 }
 
 void Router::end_free_wait() {
@@ -492,6 +504,14 @@ void Router::end_free_wait() {
 
 pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
   if (const auto answer = begin_free_wait(p, ptr)) return *answer;
+  const pool::Status sync = wait_for_device(p);
+  end_free_wait();
+  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
+  const pool::Status s = free_waited(p, ptr, sync == pool::Status::ok);
+  return sync != pool::Status::ok ? sync : s;
+}
+
+pool::Status Router::wait_for_device(DevicePool* p) {
   const pool::Status sync = synchronize_device(p->device);
   // Devices granted access to this pool may have kernels on the block too: each one whose context is
   // alive (none runs work on a device without one, and retaining it would create one). Their errors
@@ -499,17 +519,20 @@ pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
   const std::uint64_t peers = peers_[p->device].load(std::memory_order_relaxed);
   for (int a = 0; a < kMaxDevices && (peers >> a) != 0; ++a)
     if (((peers >> a) & 1) != 0 && device_context_active(a)) (void)synchronize_device(a);
-  end_free_wait();
-  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
-  // On the router's own stream, not the block's: the device's work is done, and the stream the block
-  // was allocated on may have been destroyed since (its frees would then never settle).
-  const pool::Status s = p->alloc->free(ptr, p->sync_stream);
-  return sync != pool::Status::ok ? sync : s;
+  return sync;
+}
+
+pool::Status Router::free_waited(DevicePool* p, pool::DevPtr ptr, bool waited) {
+  return waited ? p->alloc->free(ptr, p->sync_stream) : p->alloc->free(ptr);
 }
 
 bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev, cudaError_t* runtime_sync,
                             pool::Status* st) {
   if (dev < 0 && !stream_device(stream, runtime_sync == nullptr, &dev)) return false;  // an invalid stream
+  if (is_held(ptr)) {  // freed already, held for a capture
+    *st = pool::Status::invalid_value;
+    return true;
+  }
   DevicePool* p = existing_pool(dev);
   pool::Status s = p != nullptr ? p->alloc->free(ptr, stream) : pool::Status::invalid_value;
   if (s == pool::Status::invalid_value) {  // not a block of the stream's device
@@ -536,9 +559,10 @@ pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::St
   }
   end_free_wait();
   // Freed even if the wait failed (a sticky error of earlier work, which the caller gets): kept, the
-  // block would be lost for good. On the router's own stream: `stream`'s work is done, which is all a
-  // stream-ordered free promises, and the block's own stream may have been destroyed.
-  const pool::Status s = p->alloc->free(ptr, p->sync_stream);
+  // block would be lost for good. Once `stream`'s work is done, which is all a stream-ordered free
+  // promises, on the router's own stream (free_waited).
+  const bool waited = runtime_sync != nullptr ? *runtime_sync == cudaSuccess : sync == pool::Status::ok;
+  const pool::Status s = free_waited(p, ptr, waited);
   return sync != pool::Status::ok ? sync : s;
 }
 
@@ -590,22 +614,42 @@ void Router::capture_started(cudaStream_t key) {
 }
 
 void Router::capture_ended(cudaStream_t key) {
-  HeldFree* todo = nullptr;
-  std::size_t n = 0;
   {
     Locked lock(&mutex_);
     std::size_t i = 0;
     while (i < capturing_count_ && capturing_[i] != key) ++i;
     if (i == capturing_count_) return;
     capturing_[i] = capturing_[--capturing_count_];
-    if (captures_.fetch_sub(1, std::memory_order_acq_rel) != 1 || held_count_ == 0) return;
-    todo = held_frees_;
-    n = held_count_;
-    held_frees_ = nullptr;
-    held_count_ = held_capacity_ = 0;
+    if (captures_.fetch_sub(1, std::memory_order_acq_rel) != 1 || held_count_ == 0 || flushing_) return;
+    flushing_ = true;
   }
-  for (std::size_t k = 0; k < n; ++k) (void)free_sync(todo[k].pool, todo[k].ptr);
-  std::free(todo);
+  flush_held();
+}
+
+void Router::flush_held() {
+  for (;;) {
+    HeldFree h{};
+    {
+      Locked lock(&mutex_);
+      if (captures_.load(std::memory_order_acquire) != 0 || held_count_ == 0) {
+        flushing_ = false;
+        return;
+      }
+      h = held_frees_[held_count_ - 1];
+      ++waiting_frees_;  // as begin_free_wait: a capture that begins now waits for this wait
+    }
+    const pool::Status sync = wait_for_device(h.pool);
+    end_free_wait();
+    if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(h.ptr);
+    (void)free_waited(h.pool, h.ptr, sync == pool::Status::ok);
+    Locked lock(&mutex_);
+    for (std::size_t k = 0; k < held_count_; ++k)
+      if (held_frees_[k].ptr == h.ptr) {
+        held_frees_[k] = held_frees_[--held_count_];
+        break;
+      }
+    any_held_.store(held_count_ != 0, std::memory_order_release);
+  }
 }
 
 // ------------------------------------------------------------------------------------------------

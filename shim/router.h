@@ -177,6 +177,11 @@ class Router {
   pool::Status allocate(DevicePool* p, std::size_t size, pool::StreamHandle stream, pool::DevPtr* out);
   // Synchronous free of a glake block: sync its device, then free. Returns the sync's error, if any.
   pool::Status free_sync(DevicePool* p, pool::DevPtr ptr);
+  // Waits for pool p's device and its peers (what free_sync waits for); their first error.
+  pool::Status wait_for_device(DevicePool* p);
+  // Frees a block whose wait is over: on the router's own stream if the wait succeeded (the block's
+  // stream may have been destroyed since), else ordered on the block's stream as before.
+  pool::Status free_waited(DevicePool* p, pool::DevPtr ptr, bool waited);
   // The device of a stream (not the per-thread stream; the legacy stream's is the current device);
   // false: an invalid stream.
   bool stream_device(pool::StreamHandle stream, bool driver_api, int* device);
@@ -201,6 +206,12 @@ class Router {
   // until the captures end (ok), or already held (invalid_value: a second free of the block).
   std::optional<pool::Status> begin_free_wait(DevicePool* p, pool::DevPtr ptr);
   void end_free_wait();
+  // ptr is in held_frees_ (held, or being freed by flush_held): a free of it is a second one.
+  bool is_held(pool::DevPtr ptr);
+  bool held_locked(pool::DevPtr ptr) const;  // under mutex_
+  // Does the held frees, one at a time, each listed until it is done; stops when a capture begins
+  // (its end does the rest). Called by the one thread that set flushing_.
+  void flush_held();
   // Captures are counted by key: the stream's handle, or for a thread's own stream the thread's key
   // for the current device.
   cudaStream_t capture_key(pool::StreamHandle stream, bool driver_api);
@@ -259,6 +270,8 @@ class Router {
   HeldFree* held_frees_ = nullptr;  // frees of glake blocks during capture, done when captures end
   std::size_t held_count_ = 0;
   std::size_t held_capacity_ = 0;
+  std::atomic<bool> any_held_{false};  // held_count_ != 0 (set under mutex_): frees must ask is_held
+  bool flushing_ = false;              // a thread is in flush_held (under mutex_)
 
   std::atomic<Ipc*> ipc_{nullptr};
   std::atomic<tracer::TraceSession*> session_{nullptr};  // GLAKE_TRACE; set in init(), before mode_

@@ -5,6 +5,7 @@
 // and scripts/glake-run.
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -479,6 +480,7 @@ TEST_F(Process, IpcOfAnExporterThatGoesAwayMidAnswerClosesOnlyWhatCame) {
 // Starts the helper's ipc-export-exit mode (cmd) and reads the handle it prints; null if it printed none.
 FILE* start_exporter(const std::string& cmd, cudaIpcMemHandle_t* h) {
   FILE* f = popen(cmd.c_str(), "r");
+  if (f != nullptr) setvbuf(f, nullptr, _IONBF, 0);  // a later line stays in the pipe, for poll()
   char line[256] = {};
   if (f == nullptr || fgets(line, sizeof line, f) == nullptr || std::strlen(line) < 2 * sizeof *h) {
     if (f != nullptr) pclose(f);
@@ -501,6 +503,8 @@ TEST_F(Process, IpcOfAnExitingExporterMakesNoDriverCall) {
   FILE* f = start_exporter(cmd, &h);
   ASSERT_NE(nullptr, f);
   char line[64] = {};  // the exporter's atexit handler says when it is past the driver's teardown
+  pollfd pfd{fileno(f), POLLIN, 0};
+  ASSERT_EQ(1, poll(&pfd, 1, 10000)) << "the exporter did not reach its exit in 10 s";
   ASSERT_NE(nullptr, fgets(line, sizeof line, f));
   ASSERT_STREQ("exiting\n", line);
   void* p = nullptr;

@@ -284,6 +284,27 @@ TEST_F(Streams, CudaFreeAfterTheBlocksStreamWasDestroyedGivesTheMemoryBack) {
   EXPECT_EQ("", validate(0));
 }
 
+// The same for a block of device 1 freed on a stream of device 0 (the free waits for that stream).
+TEST_F(Streams, AFreeOnAnotherDevicesStreamAfterTheBlocksStreamWasDestroyedGivesTheMemoryBack) {
+  cudaStream_t s0 = nullptr;  // made first: the dead stream's handle must not come back for it
+  CUDA_OK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
+  CUDA_OK(cudaSetDevice(1));
+  cudaStream_t s1 = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocAsync(&p, 64 * MiB, s1));
+  EXPECT_EQ(1, api().device_of(p));
+  CUDA_OK(cudaStreamSynchronize(s1));
+  CUDA_OK(cudaStreamDestroy(s1));
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaFreeAsync(p, s0));
+  EXPECT_FALSE(owns(p));
+  EXPECT_EQ(0, api().trim(1, 0));
+  EXPECT_EQ(0u, stats(1).physical) << "what was freed after its stream died stayed cached";
+  CUDA_OK(cudaStreamDestroy(s0));
+  EXPECT_EQ("", validate(1));
+}
+
 // A host function that holds its stream until the test opens it (or 10 s pass: then it says so).
 struct Gate {
   std::atomic<bool> open{false}, gave_up{false};
@@ -456,17 +477,26 @@ TEST_F(Streams, ManyConcurrentCapturesEndAndGlakeServesAgain) {
   for (auto& s : streams) CUDA_OK(cudaStreamDestroy(s));
 }
 
-// A second cudaFree of a block whose first was held for a capture is refused, as CUDA refuses a
-// double free; held twice, the second could free at the flush whoever got the address next.
+// A second free of a block whose first (a cudaFree) was held for a capture is refused, as CUDA
+// refuses a double free; accepted, it could free at the flush whoever got the address next.
 TEST_F(Streams, ASecondFreeOfAHeldBlockIsRefused) {
-  cudaStream_t s = nullptr;
+  cudaStream_t s = nullptr, other = nullptr;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
   void* p = nullptr;
   CUDA_OK(cudaMalloc(&p, MiB));
   CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
   CUDA_OK(cudaFree(p));
   EXPECT_EQ(cudaErrorInvalidValue, cudaFree(p));
   EXPECT_EQ(cudaErrorInvalidValue, cudaGetLastError());
+  // On a stream that is not capturing: the pool still has the block live, so the check is the router's.
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFreeAsync(p, other));
+  (void)cudaGetLastError();
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, MiB, other));
+  EXPECT_NE(p, q) << "the held block was handed out again";
+  CUDA_OK(cudaFreeAsync(q, other));
+  CUDA_OK(cudaStreamSynchronize(other));
   cudaGraph_t graph = nullptr;
   CUDA_OK(cudaStreamEndCapture(s, &graph));
   CUDA_OK(cudaGraphDestroy(graph));
@@ -474,6 +504,7 @@ TEST_F(Streams, ASecondFreeOfAHeldBlockIsRefused) {
   EXPECT_EQ(cudaErrorInvalidValue, cudaFree(p)) << "freed once, at the end of the capture";
   (void)cudaGetLastError();
   CUDA_OK(cudaStreamDestroy(s));
+  CUDA_OK(cudaStreamDestroy(other));
   EXPECT_EQ("", validate(0));
 }
 
