@@ -468,7 +468,7 @@ pool::Status Router::synchronize_device(int device) {
 // one, or at the flush it could free the block of whoever got the address next.
 std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr ptr) {
   Locked lock(&mutex_);
-  if (held_locked(ptr)) return pool::Status::invalid_value;
+  if (held_index(ptr) != held_count_) return pool::Status::invalid_value;
   if (captures_.load(std::memory_order_acquire) == 0) {
     ++waiting_frees_;
     return std::nullopt;
@@ -485,16 +485,16 @@ std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr 
   return pool::Status::ok;
 }
 
-bool Router::held_locked(pool::DevPtr ptr) const {
-  for (std::size_t i = 0; i < held_count_; ++i)
-    if (held_frees_[i].ptr == ptr) return true;
-  return false;
+std::size_t Router::held_index(pool::DevPtr ptr) const {
+  std::size_t i = 0;
+  while (i < held_count_ && held_frees_[i].ptr != ptr) ++i;
+  return i;
 }
 
 bool Router::is_held(pool::DevPtr ptr) {
   if (!any_held_.load(std::memory_order_acquire)) return false;
   Locked lock(&mutex_);
-  return held_locked(ptr);
+  return held_index(ptr) != held_count_;
 }
 
 void Router::end_free_wait() {
@@ -504,14 +504,10 @@ void Router::end_free_wait() {
 
 pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
   if (const auto answer = begin_free_wait(p, ptr)) return *answer;
-  const pool::Status sync = wait_for_device(p);
-  end_free_wait();
-  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
-  const pool::Status s = free_waited(p, ptr, sync == pool::Status::ok);
-  return sync != pool::Status::ok ? sync : s;
+  return wait_and_free(p, ptr);
 }
 
-pool::Status Router::wait_for_device(DevicePool* p) {
+pool::Status Router::wait_and_free(DevicePool* p, pool::DevPtr ptr) {
   const pool::Status sync = synchronize_device(p->device);
   // Devices granted access to this pool may have kernels on the block too: each one whose context is
   // alive (none runs work on a device without one, and retaining it would create one). Their errors
@@ -519,7 +515,10 @@ pool::Status Router::wait_for_device(DevicePool* p) {
   const std::uint64_t peers = peers_[p->device].load(std::memory_order_relaxed);
   for (int a = 0; a < kMaxDevices && (peers >> a) != 0; ++a)
     if (((peers >> a) & 1) != 0 && device_context_active(a)) (void)synchronize_device(a);
-  return sync;
+  end_free_wait();
+  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
+  const pool::Status s = free_waited(p, ptr, sync == pool::Status::ok);
+  return sync != pool::Status::ok ? sync : s;
 }
 
 pool::Status Router::free_waited(DevicePool* p, pool::DevPtr ptr, bool waited) {
@@ -638,16 +637,10 @@ void Router::flush_held() {
       h = held_frees_[held_count_ - 1];
       ++waiting_frees_;  // as begin_free_wait: a capture that begins now waits for this wait
     }
-    const pool::Status sync = wait_for_device(h.pool);
-    end_free_wait();
-    if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(h.ptr);
-    (void)free_waited(h.pool, h.ptr, sync == pool::Status::ok);
+    (void)wait_and_free(h.pool, h.ptr);
     Locked lock(&mutex_);
-    for (std::size_t k = 0; k < held_count_; ++k)
-      if (held_frees_[k].ptr == h.ptr) {
-        held_frees_[k] = held_frees_[--held_count_];
-        break;
-      }
+    held_frees_[held_index(h.ptr)] = held_frees_[held_count_ - 1];  // listed until now: only this thread removes
+    --held_count_;
     any_held_.store(held_count_ != 0, std::memory_order_release);
   }
 }

@@ -177,8 +177,9 @@ class Router {
   pool::Status allocate(DevicePool* p, std::size_t size, pool::StreamHandle stream, pool::DevPtr* out);
   // Synchronous free of a glake block: sync its device, then free. Returns the sync's error, if any.
   pool::Status free_sync(DevicePool* p, pool::DevPtr ptr);
-  // Waits for pool p's device and its peers (what free_sync waits for); their first error.
-  pool::Status wait_for_device(DevicePool* p);
+  // free_sync after begin_free_wait: waits for p's device and its peers, end_free_wait(), frees
+  // (free_waited). Returns the device's error, if any, else the free's.
+  pool::Status wait_and_free(DevicePool* p, pool::DevPtr ptr);
   // Frees a block whose wait is over: on the router's own stream if the wait succeeded (the block's
   // stream may have been destroyed since), else ordered on the block's stream as before.
   pool::Status free_waited(DevicePool* p, pool::DevPtr ptr, bool waited);
@@ -208,7 +209,7 @@ class Router {
   void end_free_wait();
   // ptr is in held_frees_ (held, or being freed by flush_held): a free of it is a second one.
   bool is_held(pool::DevPtr ptr);
-  bool held_locked(pool::DevPtr ptr) const;  // under mutex_
+  std::size_t held_index(pool::DevPtr ptr) const;  // in held_frees_, or held_count_ (under mutex_)
   // Does the held frees, one at a time, each listed until it is done; stops when a capture begins
   // (its end does the rest). Called by the one thread that set flushing_.
   void flush_held();
