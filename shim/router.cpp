@@ -504,10 +504,13 @@ void Router::end_free_wait() {
 
 pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
   if (const auto answer = begin_free_wait(p, ptr)) return *answer;
-  return wait_and_free(p, ptr);
+  const pool::Status sync = wait_for_device(p);
+  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
+  const pool::Status s = free_waited(p, ptr, sync == pool::Status::ok);
+  return sync != pool::Status::ok ? sync : s;
 }
 
-pool::Status Router::wait_and_free(DevicePool* p, pool::DevPtr ptr) {
+pool::Status Router::wait_for_device(DevicePool* p) {
   const pool::Status sync = synchronize_device(p->device);
   // Devices granted access to this pool may have kernels on the block too: each one whose context is
   // alive (none runs work on a device without one, and retaining it would create one). Their errors
@@ -516,9 +519,7 @@ pool::Status Router::wait_and_free(DevicePool* p, pool::DevPtr ptr) {
   for (int a = 0; a < kMaxDevices && (peers >> a) != 0; ++a)
     if (((peers >> a) & 1) != 0 && device_context_active(a)) (void)synchronize_device(a);
   end_free_wait();
-  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
-  const pool::Status s = free_waited(p, ptr, sync == pool::Status::ok);
-  return sync != pool::Status::ok ? sync : s;
+  return sync;
 }
 
 pool::Status Router::free_waited(DevicePool* p, pool::DevPtr ptr, bool waited) {
@@ -637,8 +638,12 @@ void Router::flush_held() {
       h = held_frees_[held_count_ - 1];
       ++waiting_frees_;  // as begin_free_wait: a capture that begins now waits for this wait
     }
-    (void)wait_and_free(h.pool, h.ptr);
+    const pool::Status sync = wait_for_device(h.pool);
+    if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(h.ptr);
+    // Freed and taken off the list in one step: a free of the block before it would be a second one,
+    // and the block may be handed out again (and freed by its new owner) right after.
     Locked lock(&mutex_);
+    (void)free_waited(h.pool, h.ptr, sync == pool::Status::ok);
     held_frees_[held_index(h.ptr)] = held_frees_[held_count_ - 1];  // listed until now: only this thread removes
     --held_count_;
     any_held_.store(held_count_ != 0, std::memory_order_release);

@@ -177,9 +177,8 @@ class Router {
   pool::Status allocate(DevicePool* p, std::size_t size, pool::StreamHandle stream, pool::DevPtr* out);
   // Synchronous free of a glake block: sync its device, then free. Returns the sync's error, if any.
   pool::Status free_sync(DevicePool* p, pool::DevPtr ptr);
-  // free_sync after begin_free_wait: waits for p's device and its peers, end_free_wait(), frees
-  // (free_waited). Returns the device's error, if any, else the free's.
-  pool::Status wait_and_free(DevicePool* p, pool::DevPtr ptr);
+  // After begin_free_wait: waits for p's device and its peers, then end_free_wait(). Their first error.
+  pool::Status wait_for_device(DevicePool* p);
   // Frees a block whose wait is over: on the router's own stream if the wait succeeded (the block's
   // stream may have been destroyed since), else ordered on the block's stream as before.
   pool::Status free_waited(DevicePool* p, pool::DevPtr ptr, bool waited);
