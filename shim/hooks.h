@@ -23,6 +23,10 @@ cudaError_t cudaGetDriverEntryPointByVersion_ptsz(const char* symbol, void** fn,
                                                   unsigned long long flags, cudaDriverEntryPointQueryResult* status);
 CUresult cuMemAllocAsync_ptsz(CUdeviceptr* ptr, size_t size, CUstream stream);
 CUresult cuMemFreeAsync_ptsz(CUdeviceptr ptr, CUstream stream);
+CUresult cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode);
+CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
+                                          const CUgraphEdgeData* edge_data, size_t count, CUstreamCaptureMode mode);
+CUresult cuStreamEndCapture_ptsz(CUstream stream, CUgraph* graph);
 // The pre-12.0 cuGetProcAddress (cuda.h maps the name to _v2).
 CUresult glake_cuGetProcAddress_v1(const char* symbol, void** fn, int version, cuuint64_t flags)
     __asm__("cuGetProcAddress");

@@ -56,14 +56,24 @@ GLAKE_HOOK CUresult cuCtxEnablePeerAccess(CUcontext peer, unsigned int flags) {
   return guard([&] { return router().cu_ctx_enable_peer_access(peer, flags); });
 }
 GLAKE_HOOK CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
-  return guard([&] { return router().cu_stream_begin_capture(s, mode); });
+  return guard([&] { return router().cu_stream_begin_capture(s, mode, false); });
+}
+GLAKE_HOOK CUresult cuStreamBeginCapture_v2_ptsz(CUstream s, CUstreamCaptureMode mode) {
+  return guard([&] { return router().cu_stream_begin_capture(s, mode, true); });
 }
 GLAKE_HOOK CUresult cuStreamBeginCaptureToGraph(CUstream s, CUgraph g, const CUgraphNode* deps, const CUgraphEdgeData* edges,
                                                 size_t n, CUstreamCaptureMode mode) {
-  return guard([&] { return router().cu_stream_begin_capture_to_graph(s, g, deps, edges, n, mode); });
+  return guard([&] { return router().cu_stream_begin_capture_to_graph(s, g, deps, edges, n, mode, false); });
+}
+GLAKE_HOOK CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream s, CUgraph g, const CUgraphNode* deps,
+                                                     const CUgraphEdgeData* edges, size_t n, CUstreamCaptureMode mode) {
+  return guard([&] { return router().cu_stream_begin_capture_to_graph(s, g, deps, edges, n, mode, true); });
 }
 GLAKE_HOOK CUresult cuStreamEndCapture(CUstream s, CUgraph* g) {
-  return guard([&] { return router().cu_stream_end_capture(s, g); });
+  return guard([&] { return router().cu_stream_end_capture(s, g, false); });
+}
+GLAKE_HOOK CUresult cuStreamEndCapture_ptsz(CUstream s, CUgraph* g) {
+  return guard([&] { return router().cu_stream_end_capture(s, g, true); });
 }
 GLAKE_HOOK CUresult cuGetProcAddress_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
                                         CUdriverProcAddressQueryResult* status) {

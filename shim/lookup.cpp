@@ -73,6 +73,9 @@ const Entry* entries(std::size_t* count) {
       {"cuStreamBeginCapture_v2", address_of(&::cuStreamBeginCapture_v2)},
       {"cuStreamBeginCaptureToGraph", address_of(&::cuStreamBeginCaptureToGraph)},
       {"cuStreamEndCapture", address_of(&::cuStreamEndCapture)},
+      {"cuStreamBeginCapture_v2_ptsz", address_of(&::cuStreamBeginCapture_v2_ptsz)},
+      {"cuStreamBeginCaptureToGraph_ptsz", address_of(&::cuStreamBeginCaptureToGraph_ptsz)},
+      {"cuStreamEndCapture_ptsz", address_of(&::cuStreamEndCapture_ptsz)},
       {"cuGetProcAddress", address_of(&::glake_cuGetProcAddress_v1)},
       {"cuGetProcAddress_v2", address_of(&::cuGetProcAddress_v2)},
   };
@@ -132,23 +135,24 @@ void* substitute_proc(const char* symbol, int version, cuuint64_t flags, void* r
     return real == address_of(d.stream_destroy) ? address_of(&::cuStreamDestroy_v2) : real;
   if (std::strcmp(symbol, "cuCtxEnablePeerAccess") == 0) return address_of(&::cuCtxEnablePeerAccess);
   // Graph capture through the driver (driver-API programs, a statically linked runtime): glake counts
-  // the captures under way (Router::cu_stream_begin_capture). Only the legacy-stream variants are
-  // glake's: the per-thread-default-stream ones (cuStreamBeginCapture_v2_ptsz, ...) and the
-  // cuStreamBeginCapture of CUDA 10.0, which takes no mode, stay the driver's.
-  auto capture = [&](void* real_legacy, void* real_ptsz, void* mine, int since) -> void* {
-    if (ptds || (real_ptsz != nullptr && real == real_ptsz)) return real;
+  // the captures under way (Router::cu_stream_begin_capture), on the legacy and the per-thread default
+  // stream alike. The cuStreamBeginCapture of CUDA 10.0, which takes no mode, stays the driver's.
+  auto capture = [&](void* real_legacy, void* real_ptsz, void* mine, void* mine_ptsz, int since) -> void* {
     if (real_legacy != nullptr && real == real_legacy) return mine;
-    return version >= since ? mine : real;
+    if (real_ptsz != nullptr && real == real_ptsz) return mine_ptsz;
+    if (version < since) return real;
+    return ptds ? mine_ptsz : mine;
   };
   if (std::strcmp(symbol, "cuStreamBeginCapture") == 0)
     return capture(address_of(d.stream_begin_capture), address_of(d.stream_begin_capture_ptsz),
-                   address_of(&::cuStreamBeginCapture_v2), 10010);
+                   address_of(&::cuStreamBeginCapture_v2), address_of(&::cuStreamBeginCapture_v2_ptsz), 10010);
   if (std::strcmp(symbol, "cuStreamBeginCaptureToGraph") == 0)
     return capture(address_of(d.stream_begin_capture_to_graph), address_of(d.stream_begin_capture_to_graph_ptsz),
-                   address_of(&::cuStreamBeginCaptureToGraph), 12030);
+                   address_of(&::cuStreamBeginCaptureToGraph), address_of(&::cuStreamBeginCaptureToGraph_ptsz),
+                   12030);
   if (std::strcmp(symbol, "cuStreamEndCapture") == 0)
     return capture(address_of(d.stream_end_capture), address_of(d.stream_end_capture_ptsz),
-                   address_of(&::cuStreamEndCapture), 0);
+                   address_of(&::cuStreamEndCapture), address_of(&::cuStreamEndCapture_ptsz), 0);
   if (std::strcmp(symbol, "cuGetProcAddress") == 0)
     return pick(real, address_of(d.get_proc_address_v2), address_of(d.get_proc_address),
                 address_of(&::cuGetProcAddress_v2), address_of(&::glake_cuGetProcAddress_v1), version >= 12000);

@@ -1327,32 +1327,33 @@ CUresult Router::cu_ctx_enable_peer_access(CUcontext peer, unsigned int flags) {
 
 // Inside a runtime hook (RealCall) the runtime is calling: that hook counts the capture. Counted
 // before it begins, as in stream_begin_capture.
-CUresult Router::cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode) {
-  const auto f = real_driver().stream_begin_capture;
+CUresult Router::cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, bool ptds) {
+  const auto f = ptds ? real_driver().stream_begin_capture_ptsz : real_driver().stream_begin_capture;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
   if (inside_real_call()) return f(stream, mode);
-  return counted_begin(normalize(stream, false), true, [&] { return f(stream, mode); });
+  return counted_begin(normalize(stream, ptds), true, [&] { return f(stream, mode); });
 }
 
 CUresult Router::cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
                                                   const CUgraphEdgeData* edge_data, std::size_t count,
-                                                  CUstreamCaptureMode mode) {
-  const auto f = real_driver().stream_begin_capture_to_graph;
+                                                  CUstreamCaptureMode mode, bool ptds) {
+  const auto f =
+      ptds ? real_driver().stream_begin_capture_to_graph_ptsz : real_driver().stream_begin_capture_to_graph;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
   if (inside_real_call()) return f(stream, graph, dependencies, edge_data, count, mode);
-  return counted_begin(normalize(stream, false), true,
+  return counted_begin(normalize(stream, ptds), true,
                        [&] { return f(stream, graph, dependencies, edge_data, count, mode); });
 }
 
-CUresult Router::cu_stream_end_capture(CUstream stream, CUgraph* graph) {
-  const auto f = real_driver().stream_end_capture;
+CUresult Router::cu_stream_end_capture(CUstream stream, CUgraph* graph, bool ptds) {
+  const auto f = ptds ? real_driver().stream_end_capture_ptsz : real_driver().stream_end_capture;
   if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
   const CUresult r = f(stream, graph);
   // As in stream_end_capture.
+  const pool::StreamHandle s = normalize(stream, ptds);
   if (!inside_real_call() && (r == CUDA_SUCCESS || r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED ||
-                              r == CUDA_ERROR_ILLEGAL_STATE ||
-                              !driver_stream_capturing(reinterpret_cast<CUstream>(normalize(stream, false)))))
-    capture_ended(capture_key(normalize(stream, false), true));
+                              r == CUDA_ERROR_ILLEGAL_STATE || !driver_stream_capturing(reinterpret_cast<CUstream>(s))))
+    capture_ended(capture_key(s, true));
   return r;
 }
 

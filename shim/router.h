@@ -130,11 +130,11 @@ class Router {
   CUresult cu_ctx_enable_peer_access(CUcontext peer, unsigned int flags);
   // Captures begun or ended through the driver (legacy-stream variants) are counted as the runtime's
   // are; the runtime's own calls to these (inside its hooks above) are not counted twice.
-  CUresult cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode);
+  CUresult cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, bool ptds);
   CUresult cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
                                             const CUgraphEdgeData* edge_data, std::size_t count,
-                                            CUstreamCaptureMode mode);
-  CUresult cu_stream_end_capture(CUstream stream, CUgraph* graph);
+                                            CUstreamCaptureMode mode, bool ptds);
+  CUresult cu_stream_end_capture(CUstream stream, CUgraph* graph, bool ptds);
   CUresult cu_get_proc_address(const char* symbol, void** fn, int version, cuuint64_t flags);
   CUresult cu_get_proc_address_v2(const char* symbol, void** fn, int version, cuuint64_t flags,
                                   CUdriverProcAddressQueryResult* status);

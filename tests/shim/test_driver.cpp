@@ -59,15 +59,15 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
                            "cuMemFreeAsync", "cuMemFreeAsync_ptsz", "cuMemGetInfo_v2", "cuGetProcAddress",
                            "cuGetProcAddress_v2", "cuIpcGetMemHandle", "cuIpcOpenMemHandle_v2",
                            "cuIpcCloseMemHandle", "cuStreamDestroy_v2", "cuStreamBeginCapture_v2",
-                           "cuStreamBeginCaptureToGraph", "cuStreamEndCapture", "cuCtxEnablePeerAccess"}) {
+                           "cuStreamBeginCaptureToGraph", "cuStreamEndCapture", "cuStreamBeginCapture_v2_ptsz",
+                           "cuStreamBeginCaptureToGraph_ptsz", "cuStreamEndCapture_ptsz", "cuCtxEnablePeerAccess"}) {
     void* p = dlsym(h, name);
     EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
     EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
   }
-  // The capture calls of the per-thread default stream, and CUDA 10.0's without a mode, are not watched.
+  // CUDA 10.0's capture calls, without a mode, are not watched.
   for (const char* name : {"cuMemCreate", "cuMemMap", "cuStreamCreate", "cuMemAlloc", "cuMemAllocPitch_v2",
-                           "cuStreamBeginCapture", "cuStreamBeginCapture_ptsz", "cuStreamBeginCapture_v2_ptsz",
-                           "cuStreamEndCapture_ptsz"})
+                           "cuStreamBeginCapture", "cuStreamBeginCapture_ptsz"})
     EXPECT_TRUE(is_driver(dlsym(h, name))) << name << " must pass through";
   EXPECT_EQ(nullptr, dlsym(h, "cuNoSuchFunction"));
   EXPECT_NE(nullptr, dlerror());
@@ -114,13 +114,14 @@ TEST_F(Driver, GetProcAddressSwapsOnlyWhatGlakeInterposes) {
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCaptureToGraph"), proc(get, "cuStreamBeginCaptureToGraph", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamEndCapture"), proc(get, "cuStreamEndCapture", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuCtxEnablePeerAccess"), proc(get, "cuCtxEnablePeerAccess", 13000));
-  // Not glake's: CUDA 10.0's cuStreamBeginCapture (no mode), and the per-thread default stream's.
-  for (void* p : {proc(get, "cuStreamBeginCapture", 10000),
-                  proc(get, "cuStreamBeginCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM),
-                  proc(get, "cuStreamEndCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM)})
+  constexpr cuuint64_t ptds = CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCapture_v2_ptsz"), proc(get, "cuStreamBeginCapture", 13000, ptds));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCaptureToGraph_ptsz"),
+            proc(get, "cuStreamBeginCaptureToGraph", 13000, ptds));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamEndCapture_ptsz"), proc(get, "cuStreamEndCapture", 13000, ptds));
+  // Not glake's: CUDA 10.0's cuStreamBeginCapture (no mode).
+  for (void* p : {proc(get, "cuStreamBeginCapture", 10000), proc(get, "cuStreamBeginCapture", 10000, ptds)})
     EXPECT_TRUE(is_driver(p)) << object_of(p);
-  void* ptds_begin = proc(get, "cuStreamBeginCapture", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
-  EXPECT_EQ(dlsym(libcuda(), "cuStreamBeginCapture_v2_ptsz"), ptds_begin) << "the per-thread one takes a mode";
   // The 32-bit cuMemAlloc of CUDA < 3.2 is not glake's.
   void* old = proc(get, "cuMemAlloc", 3000);
   EXPECT_TRUE(is_driver(old)) << object_of(old);
@@ -380,6 +381,64 @@ TEST_F(Driver, ACaptureBegunThroughTheDriverRoutesAsTheRuntimesDoes) {
   EXPECT_EQ(CUDA_SUCCESS, cuMemFree(sync));
   EXPECT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
   EXPECT_EQ(CUDA_SUCCESS, cuGraphDestroy(g));
+  EXPECT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
+}
+
+// The same through the driver's per-thread-default-stream variants, as a program built with
+// --default-stream per-thread and linked with the static runtime reaches them (cuGetProcAddress with
+// CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM): on a stream of its own, and on the thread's stream.
+TEST_F(Driver, ACaptureBegunThroughTheDriversPerThreadVariantsIsCounted) {
+  auto get = reinterpret_cast<GetProcV2>(dlsym(libcuda(), "cuGetProcAddress_v2"));
+  constexpr cuuint64_t ptds = CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
+  using Begin = CUresult (*)(CUstream, CUstreamCaptureMode);
+  using BeginToGraph = CUresult (*)(CUstream, CUgraph, const CUgraphNode*, const CUgraphEdgeData*, size_t,
+                                    CUstreamCaptureMode);
+  using End = CUresult (*)(CUstream, CUgraph*);
+  using AllocAsync = CUresult (*)(CUdeviceptr*, size_t, CUstream);
+  using FreeAsync = CUresult (*)(CUdeviceptr, CUstream);
+  auto begin = reinterpret_cast<Begin>(proc(get, "cuStreamBeginCapture", 13000, ptds));
+  auto begin_to_graph = reinterpret_cast<BeginToGraph>(proc(get, "cuStreamBeginCaptureToGraph", 13000, ptds));
+  auto end = reinterpret_cast<End>(proc(get, "cuStreamEndCapture", 13000, ptds));
+  auto alloc_async = reinterpret_cast<AllocAsync>(proc(get, "cuMemAllocAsync", 13000, ptds));
+  auto free_async = reinterpret_cast<FreeAsync>(proc(get, "cuMemFreeAsync", 13000, ptds));
+  ASSERT_TRUE(begin != nullptr && begin_to_graph != nullptr && end != nullptr && alloc_async != nullptr &&
+              free_async != nullptr);
+  CUstream s = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  CUdeviceptr eager = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAlloc(&eager, 4 * MiB));
+  ASSERT_TRUE(owns(reinterpret_cast<void*>(eager)));
+  CUgraph g = nullptr;  // the first round's graph; the second captures into it
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round == 0 ? "cuStreamBeginCapture_v2_ptsz" : "cuStreamBeginCaptureToGraph_ptsz");
+    if (round == 0)
+      ASSERT_EQ(CUDA_SUCCESS, begin(s, CU_STREAM_CAPTURE_MODE_RELAXED));
+    else
+      ASSERT_EQ(CUDA_SUCCESS, begin_to_graph(s, g, nullptr, nullptr, 0, CU_STREAM_CAPTURE_MODE_RELAXED));
+    CUdeviceptr p = 0;
+    ASSERT_EQ(CUDA_SUCCESS, alloc_async(&p, 4 * MiB, s));
+    EXPECT_FALSE(owns(reinterpret_cast<void*>(p))) << "glake served an allocation on a capturing stream";
+    ASSERT_EQ(CUDA_SUCCESS, free_async(p, s));
+    ASSERT_EQ(CUDA_SUCCESS, end(s, &g));
+    CUdeviceptr q = 0;
+    ASSERT_EQ(CUDA_SUCCESS, alloc_async(&q, 4 * MiB, s));
+    EXPECT_TRUE(owns(reinterpret_cast<void*>(q))) << "capture over: glake serves the stream again";
+    ASSERT_EQ(CUDA_SUCCESS, free_async(q, s));
+  }
+  EXPECT_EQ(CUDA_SUCCESS, cuGraphDestroy(g));
+  // The thread's own stream: a cuMemFree during its capture is held (a device synchronize would break
+  // the capture) and done when the capture ends.
+  ASSERT_EQ(CUDA_SUCCESS, begin(nullptr, CU_STREAM_CAPTURE_MODE_RELAXED));
+  CUdeviceptr sync = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAlloc(&sync, 4 * MiB));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(sync))) << "a synchronous allocation during a capture";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFree(eager));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(eager))) << "the free was not held";
+  ASSERT_EQ(CUDA_SUCCESS, end(nullptr, &g));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(eager))) << "the held free was not done when the capture ended";
+  EXPECT_EQ(CUDA_SUCCESS, cuMemFree(sync));
+  EXPECT_EQ(CUDA_SUCCESS, cuGraphDestroy(g));
+  EXPECT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
   EXPECT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
 }
 

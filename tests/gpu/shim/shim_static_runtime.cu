@@ -4,7 +4,8 @@
 // driver function from it, and glake answers those look-ups: its allocations are glake's all the same.
 // Its graph captures reach glake the same way (cuStreamBeginCapture, cuStreamEndCapture): an
 // allocation on a capturing stream is the graph's, and its memory is not handed out again while the
-// graph may replay.
+// graph may replay. Built a second time for the per-thread default stream (shim_static_runtime_ptds):
+// the static runtime then takes the driver's per-thread variants (cuStreamBeginCapture_v2_ptsz, ...).
 #include "shim_gpu.h"
 
 using namespace shim_gpu;

@@ -1263,6 +1263,11 @@ EXPORT CUresult cuStreamBeginCaptureToGraph(CUstream h, CUgraph graph, const CUg
   if (graph == nullptr) return CUDA_ERROR_INVALID_VALUE;
   return begin_capture(h, false, reinterpret_cast<Graph*>(graph));
 }
+EXPORT CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream h, CUgraph graph, const CUgraphNode*, const CUgraphEdgeData*,
+                                                 std::size_t, CUstreamCaptureMode) {
+  if (graph == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  return begin_capture(h, true, reinterpret_cast<Graph*>(graph));
+}
 
 std::atomic<CUresult> g_end_capture_error{CUDA_SUCCESS};  // standin_fail_next_end_capture
 
@@ -1370,7 +1375,8 @@ CUresult get_proc(const char* symbol, void** pfn, int version, cuuint64_t flags,
     if (std::strcmp(p.name, symbol) != 0) continue;
     void* f = p.fn;
     if (version < p.since) f = p.older;
-    if ((flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0 && p.ptsz != nullptr) f = p.ptsz;
+    if ((flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0 && p.ptsz != nullptr && version >= p.since)
+      f = p.ptsz;
     if (f == nullptr) {
       if (status != nullptr) *status = CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT;
       return CUDA_ERROR_NOT_FOUND;
@@ -1463,7 +1469,8 @@ const std::vector<Proc>& procs() {
       {"cuStreamWaitEvent", fp(&cuStreamWaitEvent)},
       {"cuStreamBeginCapture", fp(&cuStreamBeginCapture_v2), 10010, fp(&cuStreamBeginCapture),
        fp(&cuStreamBeginCapture_v2_ptsz)},
-      {"cuStreamBeginCaptureToGraph", fp(&cuStreamBeginCaptureToGraph), 12030},
+      {"cuStreamBeginCaptureToGraph", fp(&cuStreamBeginCaptureToGraph), 12030, nullptr,
+       fp(&cuStreamBeginCaptureToGraph_ptsz)},
       {"cuStreamEndCapture", fp(&cuStreamEndCapture), 0, nullptr, fp(&cuStreamEndCapture_ptsz)},
       {"cuStreamIsCapturing", fp(&cuStreamIsCapturing)},
       {"cuLaunchHostFunc", fp(&cuLaunchHostFunc)},
