@@ -26,7 +26,8 @@
 // under way are held (see capture_frees_held). A capture is counted from just before it begins, once
 // the frees already waiting for a device have finished (begin_free_wait): a capture's begin may so
 // wait for another thread's cudaFree. A failed end of capture on a stream whose capture another
-// thread is still beginning (a wrong program) takes that capture off the count.
+// thread is still beginning (a wrong program) takes that capture off the count, as does destroying
+// the capturing stream.
 //
 // Process life: nothing happens before the first CUDA call reaches a hook (then the GLAKE_* settings
 // are read, and with GLAKE_TRACE the tracer's session starts: tracer/session.h; pools are made per

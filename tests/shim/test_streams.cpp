@@ -541,4 +541,35 @@ TEST_F(Streams, FreesOfGlakeBlocksDuringACapture) {
   CUDA_OK(cudaStreamDestroy(other));
 }
 
+// A stream destroyed in the middle of its capture ends it: no graph comes of it. Counted on, the
+// capture would send every later cudaMalloc to the real API and hold every cudaFree for good.
+TEST_F(Streams, AStreamDestroyedMidCaptureEndsTheCapture) {
+  auto cu_stream_destroy = driver_proc<decltype(&cuStreamDestroy_v2)>("cuStreamDestroy");
+  ASSERT_NE(nullptr, cu_stream_destroy);
+  void* eager = nullptr;
+  CUDA_OK(cudaMalloc(&eager, MiB));
+  for (int api = 0; api < 2; ++api) {
+    SCOPED_TRACE(api == 0 ? "cudaStreamDestroy" : "cuStreamDestroy");
+    cudaStream_t s = nullptr;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    void* during = nullptr;
+    CUDA_OK(cudaMalloc(&during, MiB));
+    EXPECT_FALSE(owns(during)) << "a synchronous allocation during a capture";
+    CUDA_OK(cudaFree(during));
+    if (api == 0)
+      CUDA_OK(cudaStreamDestroy(s));
+    else
+      ASSERT_EQ(CUDA_SUCCESS, cu_stream_destroy(reinterpret_cast<CUstream>(s)));
+    void* after = nullptr;
+    CUDA_OK(cudaMalloc(&after, MiB));
+    EXPECT_TRUE(owns(after)) << "the destroyed stream's capture is still counted";
+    CUDA_OK(cudaFree(after));
+    EXPECT_FALSE(owns(after)) << "a cudaFree after the stream was destroyed was held";
+  }
+  CUDA_OK(cudaFree(eager));
+  EXPECT_FALSE(owns(eager));
+  EXPECT_EQ("", validate(0));
+}
+
 }  // namespace
