@@ -61,4 +61,34 @@ TEST(Graph, CaptureUsesTheRealAllocatorAndReplays) {
   EXPECT_EQ("", validate());
 }
 
+// What CUDA does with a stream destroyed in the middle of its capture, and glake after it: if the
+// destroy succeeds, the capture is over for glake too (its cudaMalloc serves again, its cudaFree frees).
+TEST(Graph, AStreamDestroyedMidCaptureEndsTheCapture) {
+  REQUIRE_GLAKE();
+  CUDA_OK(cudaSetDevice(device()));
+  void* eager = nullptr;
+  CUDA_OK(cudaMalloc(&eager, 4u << 20));
+  ASSERT_TRUE(owns(eager));
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  const cudaError_t destroyed = cudaStreamDestroy(s);
+  std::printf("cudaStreamDestroy of a capturing stream: %s\n", cudaGetErrorName(destroyed));
+  (void)cudaGetLastError();
+  if (destroyed != cudaSuccess) {
+    cudaGraph_t g = nullptr;
+    (void)cudaStreamEndCapture(s, &g);
+    if (g != nullptr) CUDA_OK(cudaGraphDestroy(g));
+    CUDA_OK(cudaStreamDestroy(s));
+  }
+  void* after = nullptr;
+  CUDA_OK(cudaMalloc(&after, 4u << 20));
+  EXPECT_TRUE(owns(after)) << "the destroyed stream's capture is still counted";
+  CUDA_OK(cudaFree(after));
+  CUDA_OK(cudaFree(eager));
+  EXPECT_FALSE(owns(eager)) << "a cudaFree after the capture's stream was destroyed was held";
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ("", validate());
+}
+
 }  // namespace
