@@ -466,7 +466,7 @@ pool::Status Router::synchronize_device(int device) {
 // counts as waiting until end_free_wait(), and no capture begins meanwhile (capture_started waits for
 // it). A held block is still live in its pool: a second free of it is refused here, as CUDA refuses
 // one, or at the flush it could free the block of whoever got the address next.
-std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr ptr) {
+std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr ptr, int stream_dev) {
   Locked lock(&mutex_);
   if (held_index(ptr) != held_count_) return pool::Status::invalid_value;
   if (captures_.load(std::memory_order_acquire) == 0) {
@@ -480,7 +480,7 @@ std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr 
     held_frees_ = grown;
     held_capacity_ = cap;
   }
-  held_frees_[held_count_++] = HeldFree{p, ptr};
+  held_frees_[held_count_++] = HeldFree{p, ptr, stream_dev};
   any_held_.store(true, std::memory_order_release);
   return pool::Status::ok;
 }
@@ -502,15 +502,17 @@ void Router::end_free_wait() {
   if (--waiting_frees_ == 0) pthread_cond_broadcast(&frees_waited_);
 }
 
-pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr) {
-  if (const auto answer = begin_free_wait(p, ptr)) return *answer;
-  const pool::Status sync = wait_for_device(p);
+pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr, int stream_dev) {
+  if (const auto answer = begin_free_wait(p, ptr, stream_dev)) return *answer;
+  const pool::Status sync = wait_for_device(p, stream_dev);
   if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
   const pool::Status s = free_waited(p, ptr, sync == pool::Status::ok);
   return sync != pool::Status::ok ? sync : s;
 }
 
-pool::Status Router::wait_for_device(DevicePool* p) {
+pool::Status Router::wait_for_device(DevicePool* p, int stream_dev) {
+  // The stream it was freed on, of another device: its work may still touch the block.
+  if (valid_device(stream_dev) && stream_dev != p->device) (void)synchronize_device(stream_dev);
   const pool::Status sync = synchronize_device(p->device);
   // Devices granted access to this pool may have kernels on the block too: each one whose context is
   // alive (none runs work on a device without one, and retaining it would create one). Their errors
@@ -538,16 +540,16 @@ bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev
   if (s == pool::Status::invalid_value) {  // not a block of the stream's device
     p = owner(ptr, -1);
     if (p == nullptr) return false;
-    s = free_after_stream(p, ptr, stream, runtime_sync);
+    s = free_after_stream(p, ptr, stream, dev, runtime_sync);
   }
   if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
   *st = s;
   return true;
 }
 
-pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream,
+pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream, int stream_dev,
                                        cudaError_t* runtime_sync) {
-  if (const auto answer = begin_free_wait(p, ptr)) return *answer;
+  if (const auto answer = begin_free_wait(p, ptr, stream_dev)) return *answer;
   pool::Status sync = pool::Status::ok;
   if (runtime_sync != nullptr) {  // the runtime's: it makes the current device's context current first
     if (const auto f = real_runtime().stream_synchronize; f != nullptr) {
@@ -638,7 +640,7 @@ void Router::flush_held() {
       h = held_frees_[held_count_ - 1];
       ++waiting_frees_;  // as begin_free_wait: a capture that begins now waits for this wait
     }
-    const pool::Status sync = wait_for_device(h.pool);
+    const pool::Status sync = wait_for_device(h.pool, h.stream_dev);
     if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(h.ptr);
     // Freed and taken off the list in one step: a free of the block before it would be a second one,
     // and the block may be handed out again (and freed by its new owner) right after.
@@ -723,12 +725,15 @@ cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds, int st
       // A free inside a capture would happen at each replay; the graph may touch the block before it.
       // The block is kept: never reused, never freed.
       if (DevicePool* p = owner(v, hint)) {
+        if (is_held(v)) return fail(cudaErrorInvalidValue);  // freed already, held for the capture
         held_[p->device].fetch_add(1, std::memory_order_relaxed);
         return cudaSuccess;
       }
     } else if (s == kPerThread) {
       if (DevicePool* p = owner(v, hint)) {
-        const pool::Status st = free_sync(p, v);
+        int cur = -1;  // the per-thread stream's device
+        (void)runtime_device(&cur);
+        const pool::Status st = free_sync(p, v, cur);
         return st == pool::Status::ok ? cudaSuccess : fail(to_runtime_error(st));
       }
     } else {
@@ -1217,11 +1222,16 @@ CUresult Router::cu_mem_free_async(CUdeviceptr ptr, CUstream stream, bool ptds) 
     } else if (captures_.load(std::memory_order_acquire) != 0 &&
                driver_stream_capturing(reinterpret_cast<CUstream>(s))) {
       if (DevicePool* p = owner(v, hint)) {
+        if (is_held(v)) return CUDA_ERROR_INVALID_VALUE;
         held_[p->device].fetch_add(1, std::memory_order_relaxed);
         return CUDA_SUCCESS;
       }
     } else if (s == kPerThread) {
-      if (DevicePool* p = owner(v, hint)) return to_driver_error(free_sync(p, v));
+      if (DevicePool* p = owner(v, hint)) {
+        int cur = -1;  // the per-thread stream's device
+        (void)driver_device(&cur);
+        return to_driver_error(free_sync(p, v, cur));
+      }
     } else {
       pool::Status st = pool::Status::ok;
       if (free_on_stream(v, s, -1, nullptr, &st)) return to_driver_error(st);

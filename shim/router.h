@@ -177,9 +177,11 @@ class Router {
   // The pool's allocate; an out-of-memory answer leaves the pool's snapshot in the trace (GLAKE_TRACE).
   pool::Status allocate(DevicePool* p, std::size_t size, pool::StreamHandle stream, pool::DevPtr* out);
   // Synchronous free of a glake block: sync its device, then free. Returns the sync's error, if any.
-  pool::Status free_sync(DevicePool* p, pool::DevPtr ptr);
-  // After begin_free_wait: waits for p's device and its peers, then end_free_wait(). Their first error.
-  pool::Status wait_for_device(DevicePool* p);
+  // stream_dev: the device of the stream it was freed on (cudaStreamPerThread), synchronized too.
+  pool::Status free_sync(DevicePool* p, pool::DevPtr ptr, int stream_dev = -1);
+  // After begin_free_wait: waits for stream_dev (if another device's), p's device and its peers,
+  // then end_free_wait(). The error of p's device, if any.
+  pool::Status wait_for_device(DevicePool* p, int stream_dev = -1);
   // Frees a block whose wait is over: on the router's own stream if the wait succeeded (the block's
   // stream may have been destroyed since), else ordered on the block's stream as before.
   pool::Status free_waited(DevicePool* p, pool::DevPtr ptr, bool waited);
@@ -195,7 +197,7 @@ class Router {
   // A block of pool p freed on a stream of another device. An event records only streams of its own
   // context, so the pool cannot order the block after that stream: the free waits for the stream
   // (blocking the calling thread), then frees the block on its own stream.
-  pool::Status free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream,
+  pool::Status free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream, int stream_dev,
                                  cudaError_t* runtime_sync);
   void forget_stream(const void* stream);
   // forget_stream, then destroy() (the real destroy), dropping the threads' cached stream devices.
@@ -205,7 +207,8 @@ class Router {
   bool driver_stream_capturing(CUstream stream);
   // Empty: the free may wait for the device now (end_free_wait() after); else the free's answer: held
   // until the captures end (ok), or already held (invalid_value: a second free of the block).
-  std::optional<pool::Status> begin_free_wait(DevicePool* p, pool::DevPtr ptr);
+  // stream_dev: the device of the stream it was freed on (-1: none), waited for too at the flush.
+  std::optional<pool::Status> begin_free_wait(DevicePool* p, pool::DevPtr ptr, int stream_dev = -1);
   void end_free_wait();
   // ptr is in held_frees_ (held, or being freed by flush_held): a free of it is a second one.
   bool is_held(pool::DevPtr ptr);
@@ -267,6 +270,7 @@ class Router {
   struct HeldFree {
     DevicePool* pool;
     pool::DevPtr ptr;
+    int stream_dev;  // the device of the stream it was freed on, or -1
   };
   HeldFree* held_frees_ = nullptr;  // frees of glake blocks during capture, done when captures end
   std::size_t held_count_ = 0;

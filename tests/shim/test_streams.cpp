@@ -572,4 +572,133 @@ TEST_F(Streams, AStreamDestroyedMidCaptureEndsTheCapture) {
   EXPECT_EQ("", validate(0));
 }
 
+
+// A stream-ordered free of another device's block, held because a capture (elsewhere) is
+// under way, must still wait for the stream it was freed on before the block is reused: the flush
+// waits only for the block's device (and its granted peers). Device 0's stream reads device 2's
+// block (a copy needs no peer access), no peer access is granted.
+TEST_F(Streams, AHeldCrossDeviceFreeStillWaitsForItsStream) {
+  const std::size_t n = 8 * MiB;
+  CUDA_OK(cudaSetDevice(2));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, n));
+  CUDA_OK(cudaMemset(p, 0x3c, n));
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaSetDevice(0));
+  cudaStream_t cap = nullptr, s0 = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(cap, cudaStreamCaptureModeRelaxed));
+  SlowReader reader{static_cast<unsigned char*>(p), n, 0x3c, 300};
+  CUDA_OK(cudaLaunchHostFunc(s0, SlowReader::run, &reader));
+  CUDA_OK(cudaFreeAsync(p, s0));  // held: the capture is under way
+  EXPECT_TRUE(owns(p));
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamEndCapture(cap, &graph));  // the flush
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaSetDevice(2));
+  void* q = nullptr;
+  CUDA_OK(cudaMalloc(&q, n));
+  EXPECT_EQ(p, q) << "glake did not reuse the block: the test proves nothing";
+  CUDA_OK(cudaMemset(q, 0x11, n));
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaStreamSynchronize(s0));
+  EXPECT_EQ(0, reader.bad.load()) << "reused while device 0's work before the free still read it";
+  CUDA_OK(cudaFree(q));
+  CUDA_OK(cudaStreamDestroy(cap));
+  CUDA_OK(cudaStreamDestroy(s0));
+  EXPECT_EQ("", validate(2));
+}
+
+// The same without any capture, on the per-thread default stream: cudaFreeAsync of device
+// 2's block on device 0's cudaStreamPerThread waits only for device 2, not for the stream it was
+// freed on (router.h: "A stream-ordered free of another device's block waits for its stream").
+TEST_F(Streams, APerThreadStreamFreeOfAnotherDevicesBlockWaitsForThatStream) {
+  const std::size_t n = 8 * MiB;
+  CUDA_OK(cudaSetDevice(2));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, n));
+  CUDA_OK(cudaMemset(p, 0x3d, n));
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaSetDevice(0));
+  SlowReader reader{static_cast<unsigned char*>(p), n, 0x3d, 300};
+  CUDA_OK(cudaLaunchHostFunc(cudaStreamPerThread, SlowReader::run, &reader));
+  CUDA_OK(cudaFreeAsync(p, cudaStreamPerThread));
+  CUDA_OK(cudaSetDevice(2));
+  void* q = nullptr;
+  CUDA_OK(cudaMalloc(&q, n));
+  EXPECT_EQ(p, q) << "glake did not reuse the block: the test proves nothing";
+  CUDA_OK(cudaMemset(q, 0x11, n));
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaSetDevice(0));
+  CUDA_OK(cudaStreamSynchronize(cudaStreamPerThread));
+  EXPECT_EQ(0, reader.bad.load()) << "reused while device 0's work before the free still read it";
+  CUDA_OK(cudaSetDevice(2));
+  CUDA_OK(cudaFree(q));
+  CUDA_OK(cudaSetDevice(0));
+  EXPECT_EQ("", validate(2));
+}
+
+// A free on the capturing stream of a block whose cudaFree is already held is a second
+// free: refused as on every other path, not accepted and counted as a kept block.
+TEST_F(Streams, AFreeOnTheCapturingStreamOfAHeldBlockIsRefused) {
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, MiB));
+  const auto held = stats().capture_frees_held;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  CUDA_OK(cudaFree(p));  // held until the capture ends
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFreeAsync(p, s));
+  (void)cudaGetLastError();
+  EXPECT_EQ(held, stats().capture_frees_held) << "the second free was counted as a block kept for the graph";
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  CUDA_OK(cudaGraphDestroy(graph));
+  EXPECT_FALSE(owns(p));
+  CUDA_OK(cudaStreamDestroy(s));
+}
+
+
+// A second free while another thread's capture end is flushing the held free
+// (the flush is held in its device wait by a gated stream of device 0).
+TEST_F(Streams, ASecondFreeDuringTheFlushIsRefused) {
+  cudaStream_t s = nullptr, other = nullptr, gated = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&gated, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, MiB));
+  Gate gate;
+  CUDA_OK(cudaLaunchHostFunc(gated, Gate::run, &gate));
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  CUDA_OK(cudaFree(p));  // held
+  cudaError_t end = cudaErrorUnknown;
+  std::thread ender([&] {
+    cudaGraph_t graph = nullptr;
+    end = cudaStreamEndCapture(s, &graph);
+    if (end == cudaSuccess) (void)cudaGraphDestroy(graph);
+  });
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusActive;
+  while (st != cudaStreamCaptureStatusNone) CUDA_OK(cudaStreamIsCapturing(s, &st));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the ender is in the flush's wait
+  EXPECT_TRUE(owns(p));
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFree(p));
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFreeAsync(p, other));
+  (void)cudaGetLastError();
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, MiB, other));
+  EXPECT_NE(p, q);
+  CUDA_OK(cudaFreeAsync(q, other));
+  gate.open = true;
+  ender.join();
+  EXPECT_EQ(cudaSuccess, end);
+  EXPECT_FALSE(gate.gave_up);
+  EXPECT_FALSE(owns(p));
+  CUDA_OK(cudaDeviceSynchronize());
+  for (cudaStream_t x : {s, other, gated}) CUDA_OK(cudaStreamDestroy(x));
+  EXPECT_EQ("", validate(0));
+}
+
 }  // namespace
