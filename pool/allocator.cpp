@@ -1122,13 +1122,17 @@ Stats Allocator::stats() const {
   return s;
 }
 
-void Allocator::reset_peaks() {
+void Allocator::reset_peaks(Peaks which) {
   std::lock_guard lock(impl_->mu);
   Stats& s = impl_->st;
-  s.requested.reset_peak();
-  s.blocks.reset_peak();
-  s.physical.reset_peak();
-  s.mapped.reset_peak();
+  if (which != Peaks::reserved) {
+    s.requested.reset_peak();
+    s.blocks.reset_peak();
+  }
+  if (which != Peaks::used) {
+    s.physical.reset_peak();
+    s.mapped.reset_peak();
+  }
 }
 
 void Allocator::set_observer(Observer* observer) { impl_->observer.store(observer, std::memory_order_release); }

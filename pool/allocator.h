@@ -96,7 +96,10 @@ class Allocator {
   std::size_t cached_bytes() const;
 
   Stats stats() const;
-  void reset_peaks();
+  // Resets peaks to the current values: every one, or only those of live bytes (requested, blocks:
+  // cudaMemPoolAttrUsedMemHigh) or of physical memory (physical, mapped: cudaMemPoolAttrReservedMemHigh).
+  enum class Peaks { all, used, reserved };
+  void reset_peaks(Peaks which = Peaks::all);
   const Config& config() const { return config_; }
   Driver& driver() const { return driver_; }
 

@@ -10,7 +10,8 @@
 namespace glake::pool {
 
 bool parse_bytes(const char* text, std::size_t* out) {
-  if (text == nullptr || *text == '\0' || *text == '-') return false;
+  // A digit first: strtoull would skip white space and take a sign (" -1" is 2^64-1).
+  if (text == nullptr || *text < '0' || *text > '9') return false;
   errno = 0;
   char* end = nullptr;
   unsigned long long v = std::strtoull(text, &end, 10);

@@ -103,7 +103,11 @@ void choose_backend() {
       return;
     }
   }
-  setenv(name, (conf + ",backend:cudaMallocAsync").c_str(), 1);
+  // PyTorch skips spaces and accepts one trailing comma; a comma before ours would then begin a key
+  // of its own (",": "Unrecognized key"), so drop them first.
+  std::string base = conf;
+  while (!base.empty() && (base.back() == ',' || base.back() == ' ')) base.pop_back();
+  setenv(name, (base.empty() ? std::string("backend:cudaMallocAsync") : base + ",backend:cudaMallocAsync").c_str(), 1);
 }
 
 __attribute__((constructor)) void select_pytorch_backend() {

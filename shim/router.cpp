@@ -897,7 +897,10 @@ cudaError_t Router::mem_pool_set_attribute(cudaMemPool_t mem_pool, cudaMemPoolAt
   }
   if (r != cudaSuccess || mode() != Mode::on || inside_real_call()) return r;
   if (attr != cudaMemPoolAttrReservedMemHigh && attr != cudaMemPoolAttrUsedMemHigh) return r;
-  if (DevicePool* p = existing_pool(default_pool_device(mem_pool))) p->alloc->reset_peaks();
+  // Each high-water mark resets only itself, as CUDA's do.
+  if (DevicePool* p = existing_pool(default_pool_device(mem_pool)))
+    p->alloc->reset_peaks(attr == cudaMemPoolAttrUsedMemHigh ? pool::Allocator::Peaks::used
+                                                             : pool::Allocator::Peaks::reserved);
   return r;
 }
 

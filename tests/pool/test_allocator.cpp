@@ -807,6 +807,14 @@ TEST(Config, ParsesBytes) {
     EXPECT_FALSE(parse_bytes(bad, &v)) << bad;
 }
 
+// strtoull skips leading white space and takes a sign: " -1" was read as 2^64-1 (GLAKE_LIMIT " -1":
+// no limit; GLAKE_VA_RESERVE " -1": a reservation that wraps to 0 bytes, so every cudaMalloc failed
+// with no line on stderr).
+TEST(Config, ByteCountsStartWithADigit) {
+  std::size_t v = 0;
+  for (const char* bad : {" -1", "\t-1", " -1K", "+5G", " 5G"}) EXPECT_FALSE(parse_bytes(bad, &v)) << "'" << bad << "'";
+}
+
 TEST(Config, BadValuesAreNamedAndDefaulted) {
   setenv("GLAKE_STITCH", "maybe", 1);
   setenv("GLAKE_LIMIT", "lots", 1);

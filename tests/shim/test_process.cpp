@@ -161,6 +161,35 @@ TEST_F(Process, PyTorchIsPointedAtCudaMallocAsync) {
   EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)")) << r.out;
 }
 
+// The backend is appended to what the user wrote: a value PyTorch accepts must stay one it accepts.
+// "k:v," and " " are valid (PyTorch's tokenizer skips spaces and one trailing comma), but "k:v,,backend:.."
+// and " ,backend:.." start a key with ',' ("Unrecognized key ','" / "Unrecognized CachingAllocator
+// option: ,"), so PyTorch failed at its first CUDA allocation.
+TEST_F(Process, PyTorchConfWithATrailingCommaOrOnlySpacesStaysValid) {
+  Outcome r = run({helper(), "no-cuda"}, {{"PYTORCH_CUDA_ALLOC_CONF", "pinned_use_cuda_host_register:True,"}},
+                  {"PYTORCH_ALLOC_CONF", "GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,backend:cudaMallocAsync\n"))
+      << r.out;
+  r = run({helper(), "no-cuda"}, {{"PYTORCH_CUDA_ALLOC_CONF", "pinned_use_cuda_host_register:True , "}},
+          {"PYTORCH_ALLOC_CONF", "GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,backend:cudaMallocAsync\n"))
+      << r.out;
+  r = run({helper(), "no-cuda"}, {{"PYTORCH_CUDA_ALLOC_CONF", " "}}, {"PYTORCH_ALLOC_CONF", "GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
+}
+
+// A negative byte count behind a space is a bad value like "-1": one line, and glake passes through.
+TEST_F(Process, ANegativeByteCountBehindASpaceIsABadValue) {
+  for (const char* var : {"GLAKE_LIMIT", "GLAKE_VA_RESERVE"}) {
+    const Outcome r = run({helper(), "alloc"}, {{var, " -1"}});
+    EXPECT_EQ(0, r.status) << var << ": " << r.out << r.err;
+    const auto lines = glake_lines(r.err);
+    ASSERT_EQ(1u, lines.size()) << var << ": " << r.err;
+    EXPECT_TRUE(has(lines[0], std::string(var) + "=' -1'")) << lines[0];
+    EXPECT_TRUE(has(r.out, "malloc=0\nowns=0\nstatus=2\n")) << var << ": " << r.out;
+  }
+}
+
 TEST_F(Process, PyTorchOptOutAndUserChoicesAreKept) {
   Outcome r = run({helper(), "no-cuda"}, {{"GLAKE_PYTORCH", "0"}}, {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"});
   EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)\nPYTORCH_CUDA_ALLOC_CONF=(unset)\n")) << r.out;
@@ -662,6 +691,20 @@ TEST_F(Process, GlakeRunSetsThePreloadAndTheSettings) {
   const Outcome off = run({script, "--lib", env_path("GLAKE_LIB"), "--disable", "--", helper(), "alloc"},
                           {{"LD_PRELOAD", preload_without_glake()}});
   EXPECT_TRUE(has(off.out, "owns=0\nstatus=2\n")) << off.out << off.err;
+}
+
+// glake-run cannot hand LD_PRELOAD a path with a space or a colon (the loader splits on both): it
+// must refuse such a --lib rather than run the command without glake.
+TEST_F(Process, GlakeRunRefusesALibraryPathTheLoaderWouldSplit) {
+  const std::string dir = "/tmp/glake run " + std::to_string(getpid());
+  ASSERT_EQ(0, run({"/bin/mkdir", "-p", dir}).status);
+  const std::string lib = dir + "/libglake.so";
+  ASSERT_EQ(0, run({"/bin/cp", env_path("GLAKE_LIB"), lib}).status);
+  const Outcome r = run({env_path("GLAKE_RUN"), "--lib", lib, "--", helper(), "alloc"},
+                        {{"LD_PRELOAD", preload_without_glake()}});
+  EXPECT_NE(0, r.status) << "ran without glake: " << r.out << r.err;
+  EXPECT_FALSE(has(r.out, "malloc=")) << r.out << r.err;
+  run({"/bin/rm", "-rf", dir});
 }
 
 }  // namespace

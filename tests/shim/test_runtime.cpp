@@ -266,6 +266,42 @@ TEST_F(Runtime, DefaultPoolAttributesReportGlakesFigures) {
   EXPECT_EQ(UINT64_MAX, get(cudaMemPoolAttrReleaseThreshold));
 }
 
+// CUDA: cudaMemPoolAttrReservedMemHigh and cudaMemPoolAttrUsedMemHigh are separate high-water marks;
+// setting one to 0 resets that one only. Programs reset UsedMemHigh alone to measure a phase's peak
+// use while keeping the run's reserved peak.
+TEST_F(Runtime, EachHighWaterMarkResetsOnlyItself) {
+  cudaMemPool_t pool = nullptr;
+  CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, 0));
+  auto get = [&](cudaMemPoolAttr a) {
+    cuuint64_t v = 0;
+    EXPECT_EQ(cudaSuccess, cudaMemPoolGetAttribute(pool, a, &v));
+    return v;
+  };
+  cuuint64_t zero = 0;
+  (void)api().trim(0, 0);  // -1 before the device's first allocation: no pool yet
+  CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero));
+  CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, 40 * MiB));
+  CUDA_OK(cudaFree(p));
+  ASSERT_EQ(0, api().trim(0, 0));  // reserved and used are both back down; their peaks are not
+  const cuuint64_t reserved_high = get(cudaMemPoolAttrReservedMemHigh);
+  const cuuint64_t used_high = get(cudaMemPoolAttrUsedMemHigh);
+  ASSERT_GE(reserved_high, 40 * MiB);
+  ASSERT_GE(used_high, 40 * MiB);
+  CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
+  EXPECT_EQ(get(cudaMemPoolAttrUsedMemCurrent), get(cudaMemPoolAttrUsedMemHigh));
+  EXPECT_EQ(reserved_high, get(cudaMemPoolAttrReservedMemHigh)) << "resetting UsedMemHigh reset ReservedMemHigh";
+  CUDA_OK(cudaMalloc(&p, 40 * MiB));
+  CUDA_OK(cudaFree(p));
+  ASSERT_EQ(0, api().trim(0, 0));
+  const cuuint64_t used_high2 = get(cudaMemPoolAttrUsedMemHigh);
+  ASSERT_GE(used_high2, 40 * MiB);
+  CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero));
+  EXPECT_EQ(get(cudaMemPoolAttrReservedMemCurrent), get(cudaMemPoolAttrReservedMemHigh));
+  EXPECT_EQ(used_high2, get(cudaMemPoolAttrUsedMemHigh)) << "resetting ReservedMemHigh reset UsedMemHigh";
+}
+
 TEST_F(Runtime, OutOfMemoryIsTheErrorCallersExpect) {
   const std::size_t before = standin::memory_in_use(0);
   void* p = reinterpret_cast<void*>(1);
