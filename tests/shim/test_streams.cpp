@@ -573,71 +573,51 @@ TEST_F(Streams, AStreamDestroyedMidCaptureEndsTheCapture) {
 }
 
 
-// A stream-ordered free of another device's block, held because a capture (elsewhere) is
-// under way, must still wait for the stream it was freed on before the block is reused: the flush
-// waits only for the block's device (and its granted peers). Device 0's stream reads device 2's
-// block (a copy needs no peer access), no peer access is granted.
-TEST_F(Streams, AHeldCrossDeviceFreeStillWaitsForItsStream) {
+// A stream-ordered free of another device's block waits for the stream it was freed on before the
+// block is reused (router.h), however the free is done: held because a capture (elsewhere) is under
+// way, the flush waited only for the block's device and its peers; on cudaStreamPerThread, the free
+// did too. Device 0's stream reads device 2's block (a copy needs no peer access).
+TEST_F(Streams, ACrossDeviceFreeWaitsForItsStreamHeldOrOnTheThreadsStream) {
   const std::size_t n = 8 * MiB;
-  CUDA_OK(cudaSetDevice(2));
-  void* p = nullptr;
-  CUDA_OK(cudaMalloc(&p, n));
-  CUDA_OK(cudaMemset(p, 0x3c, n));
-  CUDA_OK(cudaDeviceSynchronize());
-  CUDA_OK(cudaSetDevice(0));
-  cudaStream_t cap = nullptr, s0 = nullptr;
-  CUDA_OK(cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking));
-  CUDA_OK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
-  CUDA_OK(cudaStreamBeginCapture(cap, cudaStreamCaptureModeRelaxed));
-  SlowReader reader{static_cast<unsigned char*>(p), n, 0x3c, 300};
-  CUDA_OK(cudaLaunchHostFunc(s0, SlowReader::run, &reader));
-  CUDA_OK(cudaFreeAsync(p, s0));  // held: the capture is under way
-  EXPECT_TRUE(owns(p));
-  cudaGraph_t graph = nullptr;
-  CUDA_OK(cudaStreamEndCapture(cap, &graph));  // the flush
-  CUDA_OK(cudaGraphDestroy(graph));
-  CUDA_OK(cudaSetDevice(2));
-  void* q = nullptr;
-  CUDA_OK(cudaMalloc(&q, n));
-  EXPECT_EQ(p, q) << "glake did not reuse the block: the test proves nothing";
-  CUDA_OK(cudaMemset(q, 0x11, n));
-  CUDA_OK(cudaDeviceSynchronize());
-  CUDA_OK(cudaSetDevice(0));
-  CUDA_OK(cudaStreamSynchronize(s0));
-  EXPECT_EQ(0, reader.bad.load()) << "reused while device 0's work before the free still read it";
-  CUDA_OK(cudaFree(q));
-  CUDA_OK(cudaStreamDestroy(cap));
-  CUDA_OK(cudaStreamDestroy(s0));
-  EXPECT_EQ("", validate(2));
-}
-
-// The same without any capture, on the per-thread default stream: cudaFreeAsync of device
-// 2's block on device 0's cudaStreamPerThread waits only for device 2, not for the stream it was
-// freed on (router.h: "A stream-ordered free of another device's block waits for its stream").
-TEST_F(Streams, APerThreadStreamFreeOfAnotherDevicesBlockWaitsForThatStream) {
-  const std::size_t n = 8 * MiB;
-  CUDA_OK(cudaSetDevice(2));
-  void* p = nullptr;
-  CUDA_OK(cudaMalloc(&p, n));
-  CUDA_OK(cudaMemset(p, 0x3d, n));
-  CUDA_OK(cudaDeviceSynchronize());
-  CUDA_OK(cudaSetDevice(0));
-  SlowReader reader{static_cast<unsigned char*>(p), n, 0x3d, 300};
-  CUDA_OK(cudaLaunchHostFunc(cudaStreamPerThread, SlowReader::run, &reader));
-  CUDA_OK(cudaFreeAsync(p, cudaStreamPerThread));
-  CUDA_OK(cudaSetDevice(2));
-  void* q = nullptr;
-  CUDA_OK(cudaMalloc(&q, n));
-  EXPECT_EQ(p, q) << "glake did not reuse the block: the test proves nothing";
-  CUDA_OK(cudaMemset(q, 0x11, n));
-  CUDA_OK(cudaDeviceSynchronize());
-  CUDA_OK(cudaSetDevice(0));
-  CUDA_OK(cudaStreamSynchronize(cudaStreamPerThread));
-  EXPECT_EQ(0, reader.bad.load()) << "reused while device 0's work before the free still read it";
-  CUDA_OK(cudaSetDevice(2));
-  CUDA_OK(cudaFree(q));
-  CUDA_OK(cudaSetDevice(0));
-  EXPECT_EQ("", validate(2));
+  for (const bool held : {true, false}) {
+    SCOPED_TRACE(held ? "held for a capture" : "on cudaStreamPerThread");
+    CUDA_OK(cudaSetDevice(2));
+    void* p = nullptr;
+    CUDA_OK(cudaMalloc(&p, n));
+    CUDA_OK(cudaMemset(p, 0x3c, n));
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaSetDevice(0));
+    cudaStream_t cap = nullptr, s0 = cudaStreamPerThread;
+    if (held) {
+      CUDA_OK(cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking));
+      CUDA_OK(cudaStreamCreateWithFlags(&s0, cudaStreamNonBlocking));
+      CUDA_OK(cudaStreamBeginCapture(cap, cudaStreamCaptureModeRelaxed));
+    }
+    SlowReader reader{static_cast<unsigned char*>(p), n, 0x3c, 300};
+    CUDA_OK(cudaLaunchHostFunc(s0, SlowReader::run, &reader));
+    CUDA_OK(cudaFreeAsync(p, s0));
+    if (held) {
+      EXPECT_TRUE(owns(p));
+      cudaGraph_t graph = nullptr;
+      CUDA_OK(cudaStreamEndCapture(cap, &graph));  // the flush
+      CUDA_OK(cudaGraphDestroy(graph));
+    }
+    CUDA_OK(cudaSetDevice(2));
+    void* q = nullptr;
+    CUDA_OK(cudaMalloc(&q, n));
+    EXPECT_EQ(p, q) << "glake did not reuse the block: the test proves nothing";
+    CUDA_OK(cudaMemset(q, 0x11, n));
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaFree(q));
+    CUDA_OK(cudaSetDevice(0));
+    CUDA_OK(cudaStreamSynchronize(s0));
+    EXPECT_EQ(0, reader.bad.load()) << "reused while device 0's work before the free still read it";
+    if (held) {
+      CUDA_OK(cudaStreamDestroy(cap));
+      CUDA_OK(cudaStreamDestroy(s0));
+    }
+    EXPECT_EQ("", validate(2));
+  }
 }
 
 // A free on the capturing stream of a block whose cudaFree is already held is a second
