@@ -486,12 +486,27 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, int device
   imp->bytes = total;
   imp->ptr = reinterpret_cast<void*>(va + offset);
   imp->refs = 1;
+  Import* same = nullptr;  // another thread's open of the handle that finished first
   {
     Locked lock(&mutex_);
-    imp->next = import_list_;
-    import_list_ = imp;
+    for (Import* i = import_list_; i != nullptr && same == nullptr; i = i->next)
+      if (i->pid == imp->pid && i->nonce == imp->nonce && i->base == imp->base && i->id == imp->id &&
+          i->device == device)
+        same = i;
+    if (same != nullptr) {
+      ++same->refs;
+      *ptr = same->ptr;
+    } else {
+      imp->next = import_list_;
+      import_list_ = imp;
+      *ptr = imp->ptr;
+    }
   }
-  *ptr = imp->ptr;
+  if (same != nullptr) {  // one mapping per handle and device, as CUDA's count of opens
+    (void)d.mem_unmap(va, total);
+    (void)d.mem_address_free(va, total);
+    delete imp;
+  }
   return cudaSuccess;
 }
 

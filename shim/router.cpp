@@ -535,6 +535,9 @@ bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev
     *st = pool::Status::invalid_value;
     return true;
   }
+  // Before the free, as in free_sync: once freed, the block may be handed out and exported again by
+  // another thread (the same base and pages), and a forget after that would drop the new export.
+  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
   DevicePool* p = existing_pool(dev);
   pool::Status s = p != nullptr ? p->alloc->free(ptr, stream) : pool::Status::invalid_value;
   if (s == pool::Status::invalid_value) {  // not a block of the stream's device
@@ -542,7 +545,6 @@ bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev
     if (p == nullptr) return false;
     s = free_after_stream(p, ptr, stream, dev, runtime_sync);
   }
-  if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
   *st = s;
   return true;
 }

@@ -506,6 +506,54 @@ TEST_F(Process, IpcOfAnExporterThatGoesAwayMidAnswerClosesOnlyWhatCame) {
   expect_open(mine);
 }
 
+// CUDA: "If the memory handle has already been opened by the current context, the reference count on
+// the handle is incremented by 1 and the existing device pointer is returned." Two threads that open
+// the same handle at once must get the same pointer too, and close it once each (the fake exporter
+// answers only once both have asked, so both opens are past the look-up of the open handles).
+TEST_F(Process, IpcOpensOfOneHandleAtOnceShareOneMapping) {
+  using namespace fake_exporter;
+  CUDA_OK(cudaFree(nullptr));
+  const std::size_t page = 2 * MiB;
+  const std::uint64_t nonce = 0x0dd0000000000000ull ^ static_cast<std::uint64_t>(getpid());
+  const int lfd = listen_as(nonce);
+  ASSERT_GE(lfd, 0);
+  std::thread exporter([&] {
+    int conns[2] = {accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC), accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC)};
+    const int mem = memfd_create("page", MFD_CLOEXEC);
+    if (mem < 0 || ftruncate(mem, static_cast<off_t>(page)) != 0) return;
+    Reply r{};
+    r.count = 1;
+    r.bytes = page;
+    r.size = page;
+    r.sizes[0] = page;
+    for (int conn : conns) {
+      if (conn < 0) continue;
+      char req[64];
+      (void)recv(conn, req, sizeof req, 0);
+      send_one(conn, r, mem);
+    }
+    ::close(mem);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    for (int conn : conns) ::close(conn);
+  });
+  const cudaIpcMemHandle_t h = handle(nonce, page);
+  void* p[2] = {};
+  cudaError_t e[2] = {cudaErrorUnknown, cudaErrorUnknown};
+  std::thread second([&] { e[1] = cudaIpcOpenMemHandle(&p[1], h, cudaIpcMemLazyEnablePeerAccess); });
+  e[0] = cudaIpcOpenMemHandle(&p[0], h, cudaIpcMemLazyEnablePeerAccess);
+  second.join();
+  exporter.join();
+  ::close(lfd);
+  ASSERT_EQ(cudaSuccess, e[0]);
+  ASSERT_EQ(cudaSuccess, e[1]);
+  EXPECT_EQ(p[0], p[1]) << "two mappings of one handle in one context";
+  // The program closes what it opened, once per open, with the pointer CUDA promises.
+  EXPECT_EQ(cudaSuccess, cudaIpcCloseMemHandle(p[0]));
+  EXPECT_EQ(cudaSuccess, cudaIpcCloseMemHandle(p[0]));
+  if (p[0] != p[1]) (void)cudaIpcCloseMemHandle(p[1]);
+  (void)cudaGetLastError();
+}
+
 // Starts the helper's ipc-export-exit mode (cmd) and reads the handle it prints; null if it printed none.
 FILE* start_exporter(const std::string& cmd, cudaIpcMemHandle_t* h) {
   FILE* f = popen(cmd.c_str(), "r");
