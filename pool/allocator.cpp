@@ -904,49 +904,63 @@ Status Allocator::describe(DevPtr ptr, BlockInfo* info) const {
 void Allocator::forget_stream(StreamHandle stream) {
   Impl& m = *impl_;
   std::lock_guard grow(m.grow_mu);
-  EventHandle ev = 0;
-  std::uint64_t seq = 0;  // its frees so far; those after this (on a stream being destroyed) wait for the next settle
-  bool pending = false;
-  {
-    std::lock_guard lock(m.mu);
-    m.unpark_all();
-    auto it = m.streams.find(stream);
-    if (it == m.streams.end() || it->second.retired) return;
-    ev = it->second.event;
-    seq = it->second.free_seq;
-    pending = it->second.completed_seq < seq;
+  // Frees on the stream may still arrive while mu is released around the driver calls below (the
+  // stream is destroyed only after this returns): then record again, so that they settle too. A
+  // program that keeps freeing on it meanwhile gets a few rounds; what it frees after the last stays
+  // cached (never handed out early).
+  constexpr int kRounds = 4;
+  for (int round = 1;; ++round) {
+    EventHandle ev = 0;
+    std::uint64_t seq = 0;  // its frees so far
+    bool pending = false;
+    {
+      std::lock_guard lock(m.mu);
+      m.unpark_all();
+      auto it = m.streams.find(stream);
+      if (it == m.streams.end() || it->second.retired) return;
+      ev = it->second.event;
+      seq = it->second.free_seq;
+      pending = it->second.completed_seq < seq;
+    }
+    // A capturing stream gets neither a record (it would join the user's graph, and its completion
+    // would say nothing of the work before the capture) nor a synchronize (it would break the capture):
+    // its frees since the last record stay cached, never handed out early.
+    bool capturing = false;
+    if (pending && m.drv.stream_is_capturing(stream, &capturing) != Status::ok) capturing = true;  // unknown: as if
+    const bool record = pending && !capturing;
+    if (record && ev == 0 && m.drv.event_create(&ev) != Status::ok) ev = 0;
+    const bool recorded = record && ev != 0 && m.drv.event_record(ev, stream) == Status::ok;
+    // Without a record its frees could never settle: wait for the stream while it still exists.
+    const bool synced = record && !recorded && m.drv.stream_synchronize(stream) == Status::ok;
+    EventHandle dropped = 0;
+    {
+      std::lock_guard lock(m.mu);
+      StreamState& cur = m.streams.find(stream)->second;
+      cur.event = ev;
+      if (recorded) cur.event_seq = seq;
+      if (cur.free_seq != seq && round < kRounds) {  // freed on meanwhile: once more
+        if (synced) m.settle_stream(cur, seq);
+        continue;
+      }
+      m.unpark_all();  // frees parked meanwhile join the sets, which move with the state
+      // Re-key its state so that a new stream with the same handle starts afresh.
+      auto node = m.streams.extract(stream);
+      StreamHandle ghost = m.next_ghost++;
+      node.key() = ghost;
+      StreamState& ss = m.streams.insert(std::move(node)).position->second;
+      ss.retired = true;
+      m.last_state = nullptr;
+      for (FreeSet* set : {&ss.large, &ss.small})
+        for (Block* b : *set) b->stream = ghost;  // the sets order by size and address: still ordered
+      for (const auto& seg : m.segments)
+        for (Block* b = seg->head; b != nullptr; b = b->next)
+          if (b->state == State::stale && !b->settled && b->stream == stream) b->stream = ghost;
+      if (synced || !pending) m.settle_stream(ss, seq);
+      dropped = m.drop_retired(ghost);
+    }
+    if (dropped != 0) m.drv.event_destroy(dropped);
+    return;
   }
-  // A capturing stream gets neither a record (it would join the user's graph, and its completion
-  // would say nothing of the work before the capture) nor a synchronize (it would break the capture):
-  // its frees since the last record stay cached, never handed out early.
-  bool capturing = false;
-  if (pending && m.drv.stream_is_capturing(stream, &capturing) != Status::ok) capturing = true;  // unknown: as if
-  const bool record = pending && !capturing;
-  if (record && ev == 0 && m.drv.event_create(&ev) != Status::ok) ev = 0;
-  const bool recorded = record && ev != 0 && m.drv.event_record(ev, stream) == Status::ok;
-  // Without a record its frees could never settle: wait for the stream while it still exists.
-  const bool synced = record && !recorded && m.drv.stream_synchronize(stream) == Status::ok;
-  EventHandle dropped = 0;
-  {
-    std::lock_guard lock(m.mu);
-    // Re-key its state so that a new stream with the same handle starts afresh.
-    auto node = m.streams.extract(stream);
-    StreamHandle ghost = m.next_ghost++;
-    node.key() = ghost;
-    StreamState& ss = m.streams.insert(std::move(node)).position->second;
-    ss.event = ev;
-    if (recorded) ss.event_seq = seq;
-    ss.retired = true;
-    m.last_state = nullptr;
-    for (FreeSet* set : {&ss.large, &ss.small})
-      for (Block* b : *set) b->stream = ghost;  // the sets order by size and address: still ordered
-    for (const auto& seg : m.segments)
-      for (Block* b = seg->head; b != nullptr; b = b->next)
-        if (b->state == State::stale && !b->settled && b->stream == stream) b->stream = ghost;
-    if (synced || !pending) m.settle_stream(ss, seq);
-    dropped = m.drop_retired(ghost);
-  }
-  if (dropped != 0) m.drv.event_destroy(dropped);
 }
 
 EventHandle Allocator::Impl::drop_retired(StreamHandle ghost) {
