@@ -4,18 +4,19 @@
 // does that: it calls cudaMallocAsync/cudaFreeAsync per tensor on the tensor's stream, reads
 // torch.cuda.memory_stats() from the default memory pool's attributes and trims that pool in
 // empty_cache(), all of which glake answers (router.h). PyTorch picks its backend from
-// PYTORCH_ALLOC_CONF (PyTorch >= 2.9; read first) or PYTORCH_CUDA_ALLOC_CONF when libc10_cuda.so is
-// loaded, so a constructor of the preloaded library selects it first, at process start:
+// PYTORCH_ALLOC_CONF or PYTORCH_CUDA_ALLOC_CONF (which first depends on its version; before 2.9 only the
+// latter) when libc10_cuda.so is loaded, so a constructor of the preloaded library selects it first,
+// at process start:
 // - GLAKE_PYTORCH=0, GLAKE_DISABLE=1, a bad GLAKE_* value (glake will pass every call through),
 //   PYTORCH_NO_CUDA_MEMORY_CACHING set, or PyTorch already loaded (libglake.so dlopen'ed late):
 //   nothing is changed.
 // - Neither variable set: both are set to backend:cudaMallocAsync (the old name for PyTorch < 2.9;
 //   2.9+ reads the new one and so prints no deprecation warning).
-// - The variable in effect names a backend: kept (backend:native: glake serves PyTorch's segments only).
-// - It asks for expandable_segments, or for options of the native allocator (max_split_size_mb,
+// - Either variable names a backend: both kept (backend:native: glake serves PyTorch's segments only).
+// - Either asks for expandable_segments, or for options of the native allocator (max_split_size_mb,
 //   roundup_power2_divisions, garbage_collection_threshold, ...): the user chose the native allocator;
 //   kept, and one line on the first CUDA call says what glake can and cannot do then.
-// - Other options only: ",backend:cudaMallocAsync" is appended.
+// - Other options only: ",backend:cudaMallocAsync" is appended to each variable that is set.
 // Nothing is printed by a process that never makes a CUDA call.
 //
 // The same library exports glake_malloc / glake_free for torch.cuda.memory.CUDAPluggableAllocator.
@@ -72,42 +73,54 @@ void choose_backend() {
     dlclose(h);
     return;
   }
-  const char* name = nullptr;
-  for (const char* n : {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"}) {
-    const char* v = std::getenv(n);
+  // PyTorch versions differ in which of the two they read first (2.9: PYTORCH_ALLOC_CONF; later:
+  // PYTORCH_CUDA_ALLOC_CONF) and older ones read only PYTORCH_CUDA_ALLOC_CONF: a choice in either is
+  // the user's, and the backend goes into each one that is set.
+  const char* const names[] = {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"};
+  std::string confs[2];
+  bool any = false;
+  for (int i = 0; i < 2; ++i) {
+    const char* v = std::getenv(names[i]);
     if (v != nullptr && *v != '\0') {
-      name = n;
-      break;
+      confs[i] = v;
+      any = true;
     }
   }
-  if (name == nullptr) {
+  if (!any) {
     setenv("PYTORCH_ALLOC_CONF", "backend:cudaMallocAsync", 1);
     setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync", 1);
     return;
   }
-  const std::string conf = std::getenv(name);
-  const std::string backend = option(conf, "backend");
-  if (backend == "cudaMallocAsync") return;
-  if (!backend.empty()) {
-    g_note = Note::native_backend;
-    return;
-  }
-  if (option(conf, "expandable_segments") == "True") {
-    g_note = Note::expandable;
-    return;
-  }
-  for (const char* native_only : {"max_split_size_mb", "max_non_split_rounding_mb", "roundup_power2_divisions",
-                                  "garbage_collection_threshold", "expandable_segments", "release_lock_on_cudamalloc"}) {
-    if (has_key(conf, native_only)) {
-      g_note = Note::native_options;
+  for (const std::string& conf : confs) {
+    const std::string backend = option(conf, "backend");
+    if (backend == "cudaMallocAsync") return;
+    if (!backend.empty()) {
+      g_note = Note::native_backend;
       return;
     }
   }
-  // PyTorch skips spaces and accepts one trailing comma; a comma before ours would then begin a key
-  // of its own (",": "Unrecognized key"), so drop them first.
-  std::string base = conf;
-  while (!base.empty() && (base.back() == ',' || base.back() == ' ')) base.pop_back();
-  setenv(name, (base.empty() ? std::string("backend:cudaMallocAsync") : base + ",backend:cudaMallocAsync").c_str(), 1);
+  for (const std::string& conf : confs) {
+    if (option(conf, "expandable_segments") == "True") {
+      g_note = Note::expandable;
+      return;
+    }
+    for (const char* native_only : {"max_split_size_mb", "max_non_split_rounding_mb", "roundup_power2_divisions",
+                                    "garbage_collection_threshold", "expandable_segments",
+                                    "release_lock_on_cudamalloc"}) {
+      if (has_key(conf, native_only)) {
+        g_note = Note::native_options;
+        return;
+      }
+    }
+  }
+  for (int i = 0; i < 2; ++i) {
+    if (confs[i].empty()) continue;
+    // PyTorch skips spaces and accepts one trailing comma; a comma before ours would then begin a key
+    // of its own (",": "Unrecognized key"), so drop them first.
+    std::string base = confs[i];
+    while (!base.empty() && (base.back() == ',' || base.back() == ' ')) base.pop_back();
+    setenv(names[i], (base.empty() ? std::string("backend:cudaMallocAsync") : base + ",backend:cudaMallocAsync").c_str(), 1);
+  }
 }
 
 __attribute__((constructor)) void select_pytorch_backend() {

@@ -178,6 +178,24 @@ TEST_F(Process, PyTorchConfWithATrailingCommaOrOnlySpacesStaysValid) {
   EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
 }
 
+// PyTorch versions differ in which variable they read first (2.9: PYTORCH_ALLOC_CONF; later ones:
+// PYTORCH_CUDA_ALLOC_CONF): with both set, a choice in either is kept, and otherwise each gets the backend.
+TEST_F(Process, PyTorchsTwoVariablesAreReadAlike) {
+  Outcome r = run({helper(), "no-cuda"},
+                  {{"PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"},
+                   {"PYTORCH_ALLOC_CONF", "pinned_use_cuda_host_register:True"}},
+                  {"GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=pinned_use_cuda_host_register:True\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True\n")) << r.out;
+  r = run({helper(), "no-cuda"},
+          {{"PYTORCH_CUDA_ALLOC_CONF", "pinned_use_cuda_host_register:True"},
+           {"PYTORCH_ALLOC_CONF", "pinned_num_register_threads:4"}},
+          {"GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=pinned_num_register_threads:4,backend:cudaMallocAsync\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,backend:cudaMallocAsync\n"))
+      << r.out;
+}
+
 // A negative byte count behind a space is a bad value like "-1": one line, and glake passes through.
 TEST_F(Process, ANegativeByteCountBehindASpaceIsABadValue) {
   for (const char* var : {"GLAKE_LIMIT", "GLAKE_VA_RESERVE"}) {
