@@ -1100,8 +1100,9 @@ auto Router::destroy_stream(const void* stream, Destroy destroy) {
   stream_epoch_.fetch_add(1, std::memory_order_acq_rel);
   const auto r = destroy();
   stream_epoch_.fetch_add(1, std::memory_order_acq_rel);
-  // A capture of the stream is over with it: no graph comes of it.
-  if (r == decltype(r){} && reinterpret_cast<std::uintptr_t>(stream) > 2)
+  // A capture of the stream is over with it: no graph comes of it. (Inside the runtime's destroy, the
+  // runtime's hook does this once the runtime is done.)
+  if (r == decltype(r){} && reinterpret_cast<std::uintptr_t>(stream) > 2 && !inside_real_call())
     capture_ended(reinterpret_cast<cudaStream_t>(const_cast<void*>(stream)));
   return r;
 }
