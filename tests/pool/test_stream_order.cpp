@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -465,22 +466,13 @@ TEST(StreamOrder, CapturesAndEventFailuresNeverReuseEarly) {
   }
 }
 
+// Roomy (96 pages) and tight (40: stitches, waits and out-of-memory retries).
 TEST(StreamOrder, RandomStreamsNeverReuseEarly) {
-  std::uint32_t seed = 100;
-  for (const Variant& v : variants(kPage)) {
-    SCOPED_TRACE(v.name);
-    for (int i = 0; i < 6; ++i) {
-      ASSERT_NO_FATAL_FAILURE(run_streams(++seed, v.config, 1500, 96));
-    }
-  }
-}
-
-TEST(StreamOrder, RandomStreamsNeverReuseEarlyTight) {
-  std::uint32_t seed = 500;
-  for (const Variant& v : variants(kPage)) {
-    SCOPED_TRACE(v.name);
-    for (int i = 0; i < 6; ++i) {
-      ASSERT_NO_FATAL_FAILURE(run_streams(++seed, v.config, 1500, 40));
+  for (const std::size_t capacity : {96, 40}) {
+    std::uint32_t seed = capacity == 96 ? 100 : 500;
+    for (const Variant& v : variants(kPage)) {
+      SCOPED_TRACE(std::string(v.name) + " in " + std::to_string(capacity) + " pages");
+      for (int i = 0; i < 6; ++i) ASSERT_NO_FATAL_FAILURE(run_streams(++seed, v.config, 1500, capacity));
     }
   }
 }

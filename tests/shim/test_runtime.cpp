@@ -229,14 +229,16 @@ TEST_F(Runtime, MemGetInfoCountsWhatGlakeCaches) {
   EXPECT_LE(free, total);
 }
 
+cuuint64_t attribute(cudaMemPool_t pool, cudaMemPoolAttr a) {
+  cuuint64_t v = 0;
+  EXPECT_EQ(cudaSuccess, cudaMemPoolGetAttribute(pool, a, &v));
+  return v;
+}
+
 TEST_F(Runtime, DefaultPoolAttributesReportGlakesFigures) {
   cudaMemPool_t pool = nullptr;
   CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, 0));
-  auto get = [&](cudaMemPoolAttr a) {
-    cuuint64_t v = 0;
-    EXPECT_EQ(cudaSuccess, cudaMemPoolGetAttribute(pool, a, &v));
-    return v;
-  };
+  auto get = [&](cudaMemPoolAttr a) { return attribute(pool, a); };
   cuuint64_t zero = 0;
   CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero));
   CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero));
@@ -272,11 +274,7 @@ TEST_F(Runtime, DefaultPoolAttributesReportGlakesFigures) {
 TEST_F(Runtime, EachHighWaterMarkResetsOnlyItself) {
   cudaMemPool_t pool = nullptr;
   CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, 0));
-  auto get = [&](cudaMemPoolAttr a) {
-    cuuint64_t v = 0;
-    EXPECT_EQ(cudaSuccess, cudaMemPoolGetAttribute(pool, a, &v));
-    return v;
-  };
+  auto get = [&](cudaMemPoolAttr a) { return attribute(pool, a); };
   cuuint64_t zero = 0;
   (void)api().trim(0, 0);  // -1 before the device's first allocation: no pool yet
   CUDA_OK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero));
