@@ -130,7 +130,8 @@ class Router {
   // left to that hook.
   CUresult cu_ctx_enable_peer_access(CUcontext peer, unsigned int flags);
   // Captures begun or ended through the driver (legacy and per-thread default stream variants: ptds)
-  // are counted as the runtime's are; the runtime's own calls to these (inside its hooks above) are not counted twice.
+  // are counted as the runtime's are; the runtime's own calls to these (inside its hooks above) are
+  // not counted twice.
   CUresult cu_stream_begin_capture(CUstream stream, CUstreamCaptureMode mode, bool ptds);
   CUresult cu_stream_begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
                                             const CUgraphEdgeData* edge_data, std::size_t count,
