@@ -617,6 +617,22 @@ void Router::capture_started(cudaStream_t key) {
   while (waiting_frees_ != 0) pthread_cond_wait(&frees_waited_, &mutex_);
 }
 
+namespace {
+pthread_key_t g_own_captures_key;
+pthread_once_t g_own_captures_once = PTHREAD_ONCE_INIT;
+}  // namespace
+
+void Router::end_own_captures_at_exit() {
+  pthread_once(&g_own_captures_once, [] { (void)pthread_key_create(&g_own_captures_key, own_captures_over); });
+  (void)pthread_setspecific(g_own_captures_key, reinterpret_cast<void*>(1));
+}
+
+void Router::own_captures_over(void*) {
+  Router& r = router();
+  if (r.exiting_.load(std::memory_order_relaxed)) return;
+  for (char& key : tl_own_streams) r.capture_ended(reinterpret_cast<cudaStream_t>(&key));
+}
+
 void Router::capture_ended(cudaStream_t key) {
   {
     Locked lock(&mutex_);
@@ -1039,7 +1055,10 @@ auto Router::counted_begin(pool::StreamHandle stream, bool driver_api, Begin beg
   const cudaStream_t key = capture_key(stream, driver_api);
   capture_started(key);
   const auto r = begin();
-  if (r != decltype(r){}) capture_ended(key);  // cudaSuccess and CUDA_SUCCESS are 0
+  if (r != decltype(r){})  // cudaSuccess and CUDA_SUCCESS are 0
+    capture_ended(key);
+  else if (stream == kPerThread)
+    end_own_captures_at_exit();
   return r;
 }
 

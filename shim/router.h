@@ -222,6 +222,10 @@ class Router {
   cudaStream_t capture_key(pool::StreamHandle stream, bool driver_api);
   void capture_started(cudaStream_t key);
   void capture_ended(cudaStream_t key);
+  // A thread that exits in the middle of a capture of its own stream ends it (its stream goes with it):
+  // the calling thread's keys are taken off the count when it exits.
+  static void end_own_captures_at_exit();
+  static void own_captures_over(void*);
   // Runs begin(), the real begin of a capture of `stream`, with the capture counted from just before
   // it (so that no other thread's free synchronizes the device once it is under way) and no longer
   // if it fails.

@@ -146,6 +146,35 @@ TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatThreads) {
   EXPECT_EQ(cudaSuccess, cudaFree(p));
 }
 
+// A thread that exits in the middle of a capture of its own stream takes the capture with it (its stream
+// goes too): glake serves and frees again. Counted on, every later cudaMalloc went to the real API and
+// every cudaFree was held for good.
+TEST(Threads, AThreadExitingMidCaptureOfItsStreamEndsTheCapture) {
+  REQUIRE_GLAKE();
+  ASSERT_EQ(cudaSuccess, cudaSetDevice(0));
+  void* eager = nullptr;
+  ASSERT_EQ(cudaSuccess, cudaMalloc(&eager, 1 << 20));
+  ASSERT_TRUE(owns(eager));
+  bool begun = false;
+  void* during = nullptr;
+  std::thread other([&] {
+    begun = cudaSetDevice(0) == cudaSuccess &&
+            cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeRelaxed) == cudaSuccess &&
+            cudaMalloc(&during, 1 << 20) == cudaSuccess;
+  });
+  other.join();
+  ASSERT_TRUE(begun);
+  EXPECT_FALSE(owns(during)) << "a synchronous allocation during the capture";
+  EXPECT_EQ(cudaSuccess, cudaFree(during));
+  void* p = nullptr;
+  EXPECT_EQ(cudaSuccess, cudaMalloc(&p, 1 << 20));
+  EXPECT_TRUE(owns(p)) << "the exited thread's capture is still counted";
+  EXPECT_EQ(cudaSuccess, cudaFree(p));
+  EXPECT_EQ(cudaSuccess, cudaFree(eager));
+  EXPECT_FALSE(owns(eager)) << "a cudaFree after the capturing thread exited was held";
+  EXPECT_EQ("", validate(0));
+}
+
 // A thread has its own stream on each device: a failed end of capture of its stream on device 1 must
 // leave the capture of its stream on device 0 counted.
 TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatDevices) {

@@ -3,6 +3,10 @@
 // Allocations on a capturing stream go to the real API (they become the graph's own memory nodes);
 // glake memory allocated before the capture is used by the graph's kernels; the graph replays
 // correctly several times; glake serves the stream again once the capture has ended.
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
 #include "shim_gpu.h"
 
 using namespace shim_gpu;
@@ -89,6 +93,72 @@ TEST(Graph, AStreamDestroyedMidCaptureEndsTheCapture) {
   CUDA_OK(cudaFree(eager));
   EXPECT_FALSE(owns(eager)) << "a cudaFree after the capture's stream was destroyed was held";
   CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ("", validate());
+}
+
+// What CUDA does when a thread exits in the middle of a global-mode capture of its own stream, and glake
+// after it. First the control: while such a capture is under way, another thread's
+// cudaDeviceSynchronize is refused. Then a thread begins one and exits: if CUDA lets the device
+// synchronize again, the capture is over, and glake must serve and free again (counted on, every
+// cudaMalloc went to the real API and every cudaFree was held for good).
+TEST(Graph, AThreadExitingMidCaptureOfItsStreamEndsTheCapture) {
+  REQUIRE_GLAKE();
+  CUDA_OK(cudaSetDevice(device()));
+  void* eager = nullptr;
+  CUDA_OK(cudaMalloc(&eager, 4u << 20));
+  ASSERT_TRUE(owns(eager));
+
+  std::mutex m;
+  std::condition_variable cv;
+  int stage = 0;  // 1: the capture began; 2: the control is done
+  cudaError_t begun = cudaErrorUnknown, ended = cudaErrorUnknown;
+  std::thread live([&] {
+    (void)cudaSetDevice(device());
+    begun = cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeGlobal);
+    {
+      std::unique_lock lk(m);
+      stage = 1;
+      cv.notify_all();
+      cv.wait(lk, [&] { return stage == 2; });
+    }
+    cudaGraph_t g = nullptr;
+    ended = cudaStreamEndCapture(cudaStreamPerThread, &g);
+    if (g != nullptr) (void)cudaGraphDestroy(g);
+    (void)cudaGetLastError();
+  });
+  cudaError_t during = cudaErrorUnknown;
+  {
+    std::unique_lock lk(m);
+    cv.wait(lk, [&] { return stage == 1; });
+    during = cudaDeviceSynchronize();
+    (void)cudaGetLastError();
+    stage = 2;
+    cv.notify_all();
+  }
+  live.join();
+  std::printf("control: begin %s, cudaDeviceSynchronize during the capture %s, end %s\n", cudaGetErrorName(begun),
+              cudaGetErrorName(during), cudaGetErrorName(ended));
+  ASSERT_EQ(cudaSuccess, begun);
+
+  std::thread exits([&] {
+    (void)cudaSetDevice(device());
+    begun = cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeGlobal);
+    write_words<<<1, 32, 0, cudaStreamPerThread>>>(nullptr, 0, 1);
+  });
+  exits.join();
+  const cudaError_t after_exit = cudaDeviceSynchronize();
+  (void)cudaGetLastError();
+  std::printf("a thread began a capture of its stream (%s) and exited: cudaDeviceSynchronize %s\n",
+              cudaGetErrorName(begun), cudaGetErrorName(after_exit));
+  ASSERT_EQ(cudaSuccess, begun);
+  ASSERT_NE(cudaSuccess, during) << "the control shows nothing: CUDA lets the device synchronize during a capture";
+  ASSERT_EQ(cudaSuccess, after_exit) << "the exited thread's capture is still under way";
+  void* after = nullptr;
+  CUDA_OK(cudaMalloc(&after, 4u << 20));
+  EXPECT_TRUE(owns(after)) << "the exited thread's capture is still counted";
+  CUDA_OK(cudaFree(after));
+  CUDA_OK(cudaFree(eager));
+  EXPECT_FALSE(owns(eager)) << "a cudaFree after the capturing thread exited was held";
   EXPECT_EQ("", validate());
 }
 

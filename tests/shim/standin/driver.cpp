@@ -51,6 +51,7 @@ struct Stream {
   std::uint64_t completed = 0;
   bool capturing = false;
   Graph* graph = nullptr;
+  bool own_graph = false;  // the capture made `graph` (not cuStreamBeginCaptureToGraph's caller)
   bool destroyed = false;
   bool worker_done = false;  // destroyed, and its worker has ended: the handle may come back
   bool blocking() const { return !legacy && (flags & CU_STREAM_NON_BLOCKING) == 0; }
@@ -255,6 +256,25 @@ Stream* legacy_stream(int device) {  // mu held
   return d.legacy;
 }
 
+// As the real driver's (measured on an H100, CUDA 13): a capture of a thread's own stream that is under
+// way when the thread exits is over (another thread's cuCtxSynchronize then succeeds).
+pthread_key_t g_own_streams_key;
+pthread_once_t g_own_streams_once = PTHREAD_ONCE_INIT;
+void own_streams_over(void*) {
+  if (g_torn_down.load() || g == nullptr) return;
+  std::lock_guard lk(g->mu);
+  for (Stream* s : tl_ptds) {
+    if (s == nullptr || !s->capturing) continue;
+    s->capturing = false;
+    if (s->own_graph) delete s->graph;
+    s->graph = nullptr;
+  }
+}
+void end_own_captures_at_exit() {
+  pthread_once(&g_own_streams_once, [] { (void)pthread_key_create(&g_own_streams_key, own_streams_over); });
+  (void)pthread_setspecific(g_own_streams_key, reinterpret_cast<void*>(1));
+}
+
 // The stream a handle names, for the current context's device; null if invalid. mu held.
 Stream* resolve(CUstream h, bool ptds_api) {
   auto v = reinterpret_cast<std::uintptr_t>(h);
@@ -262,7 +282,10 @@ Stream* resolve(CUstream h, bool ptds_api) {
     const int dev = current_device();
     if (!valid_device(dev)) return nullptr;
     if (v == 2 || (v == 0 && ptds_api)) {
-      if (tl_ptds[dev] == nullptr) tl_ptds[dev] = new_stream(dev, 0, false);
+      if (tl_ptds[dev] == nullptr) {
+        tl_ptds[dev] = new_stream(dev, 0, false);
+        end_own_captures_at_exit();
+      }
       return tl_ptds[dev];
     }
     return legacy_stream(dev);
@@ -1247,6 +1270,7 @@ static CUresult begin_capture(CUstream h, bool ptds, Graph* into) {
     if (s->legacy) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     if (s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
     s->capturing = true;
+    s->own_graph = into == nullptr;
     s->graph = into != nullptr ? into : new Graph;
   }
   if (auto fn = g_after_begin_capture.exchange(nullptr)) fn(g_after_begin_capture_arg.load());
@@ -1279,7 +1303,7 @@ static CUresult end_capture(CUstream h, CUgraph* graph, bool ptds) {
   if (!s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
   s->capturing = false;
   if (const CUresult e = g_end_capture_error.exchange(CUDA_SUCCESS); e != CUDA_SUCCESS) {
-    delete s->graph;  // the capture is over, and no graph comes of it
+    if (s->own_graph) delete s->graph;  // the capture is over, and no graph comes of it
     s->graph = nullptr;
     if (graph != nullptr) *graph = nullptr;
     return e;
