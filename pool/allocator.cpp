@@ -11,6 +11,8 @@
 // address map; the pieces of a chunk cover it; the statistics match the blocks.
 #include "pool/allocator.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <iterator>
 
@@ -897,6 +899,22 @@ Status Allocator::describe(DevPtr ptr, BlockInfo* info) const {
     const Page& pg = m.page_at(seg, a);
     info->pages.push_back({pg.handle, m.bytes_of(pg)});
     a += m.bytes_of(pg);
+  }
+  return Status::ok;
+}
+
+Status Allocator::export_pages(DevPtr base, const std::vector<PhysPage>& pages, std::size_t first, std::size_t count,
+                               int* fds) const {
+  Impl& m = *impl_;
+  if (first > pages.size() || count > pages.size() - first) return Status::invalid_value;
+  std::lock_guard grow(m.grow_mu);  // pages go back to the driver (trim) and move (stitch) only under it
+  BlockInfo now;
+  if (describe(base, &now) != Status::ok || now.base != base || now.pages != pages) return Status::not_found;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (const Status s = m.drv.export_fd(pages[first + i].handle, &fds[i]); s != Status::ok) {
+      while (i > 0) ::close(fds[--i]);
+      return s;
+    }
   }
   return Status::ok;
 }

@@ -83,6 +83,12 @@ class Allocator {
   bool owns(DevPtr ptr) const;
   // The live block containing ptr (anywhere inside it); invalid_value if none.
   Status describe(DevPtr ptr, BlockInfo* info) const;
+  // IPC export: descriptors (Driver::export_fd) for pages[first, first + count) into fds, if the live
+  // block at `base` still lies on exactly `pages` (describe()); else not_found. Checked and
+  // exported under grow_mu, so that no trim releases those pages and no stitch moves them in between
+  // (a free of the block may come, but its pages stay the pool's). On an error no descriptor is left.
+  Status export_pages(DevPtr base, const std::vector<PhysPage>& pages, std::size_t first, std::size_t count,
+                      int* fds) const;
 
   // Before a stream is destroyed: records an event on it so that what was freed on it settles once its
   // last work completes; the pool never records on that stream again (its handle may be reused).

@@ -153,7 +153,6 @@ struct Ipc::Export {
   pool::DevPtr base = 0;
   int device = -1;
   pool::Allocator* alloc = nullptr;
-  pool::Driver* driver = nullptr;
   std::vector<pool::PhysPage> pages;
   std::size_t offset = 0;
   std::size_t size = 0;
@@ -215,7 +214,7 @@ bool Ipc::start_server_locked() {
   return true;
 }
 
-cudaError_t Ipc::export_block(int device, pool::Allocator& alloc, pool::Driver& driver, const pool::BlockInfo& info,
+cudaError_t Ipc::export_block(int device, pool::Allocator& alloc, const pool::BlockInfo& info,
                               cudaIpcMemHandle_t* handle) {
   if (info.pages.empty()) return cudaErrorInvalidValue;
   Wire w{};
@@ -237,7 +236,6 @@ cudaError_t Ipc::export_block(int device, pool::Allocator& alloc, pool::Driver& 
       e->base = info.base;
       e->device = device;
       e->alloc = &alloc;
-      e->driver = &driver;
       e->offset = info.offset_in_first_page;
       e->size = info.block_size;
       e->next = export_list_;
@@ -327,20 +325,11 @@ void Ipc::answer(int conn) {
     if (x != nullptr) {
       e.base = x->base;
       e.alloc = x->alloc;
-      e.driver = x->driver;
       e.offset = x->offset;
       e.size = x->size;
     }
   }
-  // Still the same live block, holding the same pages: then the pool holds those handles.
-  pool::BlockInfo now;
-  try {
-    if (e.alloc == nullptr || e.alloc->describe(e.base, &now) != pool::Status::ok || now.base != e.base ||
-        now.pages != e.pages) {
-      (void)send_reply(conn, reply, nullptr, 0);
-      return;
-    }
-  } catch (...) {
+  if (e.alloc == nullptr) {
     (void)send_reply(conn, reply, nullptr, 0);
     return;
   }
@@ -360,18 +349,22 @@ void Ipc::answer(int conn) {
       return;
     }
     const std::size_t k = std::min(kBatch, e.pages.size() - i);
-    std::size_t made = 0;
-    pool::Status s = pool::Status::ok;
-    for (; made < k; ++made) {
-      s = e.driver->export_fd(e.pages[i + made].handle, &fds[made]);
-      if (s != pool::Status::ok) break;
-      reply.sizes[made] = e.pages[i + made].size;
+    for (std::size_t j = 0; j < k; ++j) reply.sizes[j] = e.pages[i + j].size;
+    // Still the same live block on the same pages, checked with the export in one step: a free of the
+    // block and a trim in between would have the driver export handles the pool has released.
+    pool::Status s;
+    try {
+      s = e.alloc->export_pages(e.base, e.pages, i, k, fds);
+    } catch (...) {
+      s = pool::Status::out_of_memory;
     }
     exporting_.fetch_sub(1);
-    reply.status = s == pool::Status::ok ? cudaSuccess : cudaErrorMapBufferObjectFailed;
+    reply.status = s == pool::Status::ok          ? cudaSuccess
+                   : s == pool::Status::not_found ? cudaErrorInvalidResourceHandle
+                                                  : cudaErrorMapBufferObjectFailed;
     reply.count = s == pool::Status::ok ? static_cast<std::uint32_t>(k) : 0;
     const bool sent = send_reply(conn, reply, fds, reply.count);
-    for (std::size_t j = 0; j < made; ++j) ::close(fds[j]);
+    for (std::size_t j = 0; j < reply.count; ++j) ::close(fds[j]);
     if (!sent || s != pool::Status::ok) return;
   }
 }
@@ -381,6 +374,11 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, int device
   std::memcpy(&w, &handle, sizeof w);
   {
     Locked lock(&mutex_);
+    // A handle of this very process: CUDA refuses it (cudaErrorDeviceUninitialized; the driver's
+    // CUDA_ERROR_INVALID_CONTEXT, the same 201). Both the pid and the server's nonce: a process of
+    // another pid namespace may have this pid, and a forked child has a pid of its own (and draws a
+    // nonce of its own: after_fork_child), so it still opens its parent's handles.
+    if (server_started_ && w.pid == getpid() && w.nonce == nonce_) return cudaErrorDeviceUninitialized;
     for (Import* i = import_list_; i != nullptr; i = i->next) {
       if (i->pid == w.pid && i->nonce == w.nonce && i->base == w.base && i->id == w.id && i->device == device) {
         ++i->refs;

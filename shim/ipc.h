@@ -7,11 +7,13 @@
 //   on the abstract unix socket "\0glake-ipc-<pid>-<nonce>" (SOCK_SEQPACKET; only peers of the same
 //   uid are served).
 // - Import (cudaIpcOpenMemHandle on such a handle): the importer connects, the server checks that the
-//   block is still live with the same pages and sends one file descriptor per page, with its size
+//   block is still live with the same pages (with each batch's export, in one step against the pool's
+//   trims: Allocator::export_pages) and sends one file descriptor per page, with its size
 //   (a page may be several granules and reach beyond the block; it is mapped whole) (SCM_RIGHTS, in
 //   batches), and the importer maps them side by side into a reservation of its own with the real
 //   driver (cuMemImportFromShareableHandle, cuMemMap, cuMemSetAccess for its current device), then
-//   closes them. The pointer it returns is the block's address in that reservation.
+//   closes them. The pointer it returns is the block's address in that reservation. A handle of the
+//   importing process itself is refused, as CUDA refuses it.
 // - Close: unmaps and frees the reservation (the pages live on in the exporter).
 // The driver's cuIpcGetMemHandle / cuIpcOpenMemHandle / cuIpcCloseMemHandle do the same (router.cpp): a
 // program linked with the static runtime (NCCL's, when NCCL_CUMEM_ENABLE=0 makes it share cudaMalloc
@@ -20,7 +22,8 @@
 // while importers use it. Both processes must run under glake (children started by
 // torch.multiprocessing inherit LD_PRELOAD).
 //
-// Thread-safe: one mutex guards the tables; no lock is held across a driver call or socket I/O.
+// Thread-safe: one mutex guards the tables; no lock is held across socket I/O, and only the pool's
+// (Allocator::export_pages) across a driver call.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -42,14 +45,13 @@ class Ipc {
 
   static bool is_glake_handle(const cudaIpcMemHandle_t& handle);
 
-  cudaError_t export_block(int device, pool::Allocator& alloc, pool::Driver& driver, const pool::BlockInfo& info,
-                           cudaIpcMemHandle_t* handle);
+  cudaError_t export_block(int device, pool::Allocator& alloc, const pool::BlockInfo& info, cudaIpcMemHandle_t* handle);
   // The block at `base` was freed: its export (if any) goes.
   void forget(pool::DevPtr base);
   bool has_exports() const { return exports_.load(std::memory_order_relaxed) != 0; }
 
   // Maps the block that `handle` names for `device` (the importer's: the runtime's current device or
-  // the current context's).
+  // the current context's). A handle this process exported gives cudaErrorDeviceUninitialized, as CUDA.
   cudaError_t open(const cudaIpcMemHandle_t& handle, unsigned int flags, int device, void** ptr);
   // False if ptr is not an address open() returned; else closes it and sets *result.
   bool close(void* ptr, cudaError_t* result);

@@ -1002,7 +1002,7 @@ bool Router::ipc_export(pool::DevPtr ptr, int hint, cudaIpcMemHandle_t* handle, 
   if (found == nullptr) return false;
   Ipc* i = ipc();
   *result = i == nullptr ? cudaErrorMemoryAllocation
-                         : i->export_block(found->device, *found->alloc, *found->driver, info, handle);
+                         : i->export_block(found->device, *found->alloc, info, handle);
   return true;
 }
 
@@ -1290,6 +1290,7 @@ CUresult ipc_driver_error(cudaError_t e) {
     case cudaErrorMapBufferObjectFailed: return CUDA_ERROR_MAP_FAILED;
     case cudaErrorOperatingSystem: return CUDA_ERROR_OPERATING_SYSTEM;
     case cudaErrorNotSupported: return CUDA_ERROR_NOT_SUPPORTED;
+    case cudaErrorDeviceUninitialized: return CUDA_ERROR_INVALID_CONTEXT;  // a handle of this process
     default: return CUDA_ERROR_INVALID_HANDLE;  // what the exporter could not serve
   }
 }

@@ -2,6 +2,7 @@
 // input, out-of-memory, trim, a property test against a reference model and fault injection at every
 // driver call the pool makes.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <random>
@@ -648,6 +649,32 @@ TEST(Allocator, TrimReturnsFreeMemory) {
   m.free_all();
   m.pool.trim();
   EXPECT_EQ(m.driver.physical_in_use(), 0u);
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
+// IPC export: descriptors of a live block's pages, and none once the block no longer lies on them (the
+// check and the export are one step against trims: see the shim's
+// Process.IpcOfABlockFreedAndTrimmedMidExportSendsNoReleasedPage).
+TEST(Allocator, ExportPagesOnlyOfABlockStillOnThem) {
+  PoolModel m(small_pages(16 << 20), no_limit());
+  DevPtr p = 0;
+  ASSERT_EQ(m.alloc(3 * kPage, 0, &p), Status::ok);
+  BlockInfo info;
+  ASSERT_EQ(m.pool.describe(p, &info), Status::ok);
+  ASSERT_EQ(info.pages.size(), 3u);
+  int fds[2] = {-1, -1};
+  ASSERT_EQ(m.pool.export_pages(p, info.pages, 1, 2, fds), Status::ok);
+  for (int fd : fds) {
+    EXPECT_GE(fd, 0);
+    if (fd >= 0) ::close(fd);
+  }
+  EXPECT_EQ(m.pool.export_pages(p + kPage, info.pages, 0, 1, fds), Status::not_found) << "not the block's start";
+  std::vector<PhysPage> other = info.pages;
+  other.pop_back();
+  EXPECT_EQ(m.pool.export_pages(p, other, 0, 1, fds), Status::not_found) << "not the block's pages";
+  ASSERT_EQ(m.free(p, 0), Status::ok);
+  m.pool.trim(0);
+  EXPECT_EQ(m.pool.export_pages(p, info.pages, 0, 3, fds), Status::not_found) << "freed and given back";
   EXPECT_EQ(m.pool.validate(), "");
 }
 

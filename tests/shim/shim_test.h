@@ -55,6 +55,9 @@ inline void fail_next_end_capture(CUresult e) {
 inline void after_next_begin_capture(void (*fn)(void*), void* arg) {
   driver_fn<decltype(standin_after_next_begin_capture)>("standin_after_next_begin_capture")(fn, arg);
 }
+inline void before_next_export(void (*fn)(void*), void* arg) {
+  driver_fn<decltype(standin_before_next_export)>("standin_before_next_export")(fn, arg);
+}
 }  // namespace standin
 
 namespace glake_test {

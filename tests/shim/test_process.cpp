@@ -13,11 +13,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -435,20 +437,47 @@ int listen_as(std::uint64_t nonce) {
   return fd;
 }
 
-bool send_one(int conn, const Reply& r, int fd) {
+bool send_fds(int conn, const Reply& r, const int* fds, std::size_t n) {  // n: 1 to 64
   iovec iov{const_cast<Reply*>(&r), sizeof r};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
   msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
   cmsghdr* c = CMSG_FIRSTHDR(&msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+  std::memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
   return sendmsg(conn, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof r);
+}
+
+bool send_one(int conn, const Reply& r, int fd) { return send_fds(conn, r, &fd, 1); }
+
+// Answers one request on lfd with `n` fresh pages of `page` bytes in one message, then waits for the
+// importer to hang up: a successful import.
+void answer_with_pages(int lfd, std::size_t page, int n) {
+  const int conn = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+  if (conn < 0) return;
+  char req[64];
+  (void)recv(conn, req, sizeof req, 0);
+  Reply r{};
+  r.count = static_cast<std::uint32_t>(n);
+  r.bytes = n * page;
+  r.size = n * page;
+  std::vector<int> mem;
+  for (int i = 0; i < n; ++i) {
+    mem.push_back(memfd_create("page", MFD_CLOEXEC));
+    if (mem.back() < 0 || ftruncate(mem.back(), static_cast<off_t>(page)) != 0) break;
+    r.sizes[i] = page;
+  }
+  if (mem.size() == static_cast<std::size_t>(n) && mem.back() >= 0) (void)send_fds(conn, r, mem.data(), mem.size());
+  for (int fd : mem)
+    if (fd >= 0) ::close(fd);
+  char b;
+  (void)recv(conn, &b, 1, 0);
+  ::close(conn);
 }
 
 // Descriptors the process opened: each must still be open afterwards (then closed).
@@ -466,15 +495,20 @@ TEST_F(Process, IpcOfAnExporterThatGoesAwayBeforeAnsweringIsAnError) {
   CUDA_OK(cudaFree(nullptr));
   const std::size_t page = 2 * MiB;  // the stand-in's granularity
   for (int round = 0; round < 5; ++round) {
-    // A successful import first, whose last batch leaves its control data on the stack.
-    void* a = nullptr;
-    CUDA_OK(cudaMalloc(&a, 3 * page));
-    cudaIpcMemHandle_t ha;
-    CUDA_OK(cudaIpcGetMemHandle(&ha, a));
+    // A successful import first, whose last batch leaves its control data on the stack (from a fake
+    // exporter too: this process's own handles are refused).
+    const std::uint64_t ok_nonce = 0x0cc0000000000000ull + static_cast<std::uint64_t>(round);
+    const int ok_fd = listen_as(ok_nonce);
+    ASSERT_GE(ok_fd, 0);
+    std::thread ok_exporter([&] { answer_with_pages(ok_fd, page, 3); });
     void* pa = nullptr;
-    CUDA_OK(cudaIpcOpenMemHandle(&pa, ha, cudaIpcMemLazyEnablePeerAccess));
-    CUDA_OK(cudaIpcCloseMemHandle(pa));
-    CUDA_OK(cudaFree(a));
+    const cudaError_t ok = cudaIpcOpenMemHandle(&pa, handle(ok_nonce, 3 * page), cudaIpcMemLazyEnablePeerAccess);
+    if (ok == cudaSuccess) {
+      EXPECT_EQ(cudaSuccess, cudaIpcCloseMemHandle(pa));
+    }
+    ok_exporter.join();
+    ::close(ok_fd);
+    ASSERT_EQ(cudaSuccess, ok) << "round " << round;
     std::vector<int> mine;
     for (int i = 0; i < 16; ++i) mine.push_back(open("/dev/null", O_RDONLY | O_CLOEXEC));
     const std::uint64_t nonce = 0x5550000000000000ull + static_cast<std::uint64_t>(round);
@@ -667,6 +701,104 @@ TEST_F(Process, IpcThroughTheDriver) {
   r = run({helper(), "cu-ipc-import", hex(&h, sizeof h), std::to_string(MiB), "9"});
   EXPECT_TRUE(has(r.out, "open=0\nwrong=0\nclose=0\n")) << r.out << r.err;
   CUDA_OK(cudaFree(reinterpret_cast<void*>(d)));
+}
+
+// CUDA refuses to open a handle in the process that exported it: the runtime with
+// cudaErrorDeviceUninitialized, the driver with CUDA_ERROR_INVALID_CONTEXT (both 201; measured on an
+// H100, CUDA 13, driver 580). glake mapped the block a second time. A child forked after the export
+// has a pid of its own: it is not refused as the exporter (it gets what CUDA gives such a child).
+TEST_F(Process, IpcOfAHandleInTheProcessThatExportedItIsRefused) {
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, 3 * MiB));
+  ASSERT_TRUE(owns(p));
+  cudaIpcMemHandle_t h;
+  CUDA_OK(cudaIpcGetMemHandle(&h, p));
+  void* q = nullptr;
+  EXPECT_EQ(cudaErrorDeviceUninitialized, cudaIpcOpenMemHandle(&q, h, cudaIpcMemLazyEnablePeerAccess));
+  EXPECT_EQ(cudaErrorDeviceUninitialized, cudaGetLastError());
+  EXPECT_EQ(nullptr, q);
+  if (q != nullptr) (void)cudaIpcCloseMemHandle(q);
+  const auto open = driver_proc<decltype(&cuIpcOpenMemHandle_v2)>("cuIpcOpenMemHandle");
+  ASSERT_NE(nullptr, open);
+  CUipcMemHandle ch;
+  std::memcpy(&ch, &h, sizeof ch);
+  CUdeviceptr d = 0;
+  EXPECT_EQ(CUDA_ERROR_INVALID_CONTEXT, open(&d, ch, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+  if (d != 0) (void)cudaIpcCloseMemHandle(reinterpret_cast<void*>(d));
+  const pid_t pid = fork();
+  if (pid == 0) {
+    alarm(20);
+    void* c = nullptr;
+    const cudaError_t e = cudaIpcOpenMemHandle(&c, h, cudaIpcMemLazyEnablePeerAccess);
+    _exit(e == cudaErrorDeviceUninitialized ? 1 : 0);
+  }
+  int st = 0;
+  ASSERT_EQ(pid, waitpid(pid, &st, 0));
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the child was refused as the exporter: status " << st;
+  // Still exported: another process opens it.
+  const unsigned char head[4] = {5, 5 + 13, 5 + 26, 5 + 39};
+  CUDA_OK(cudaMemcpy(p, head, sizeof head, cudaMemcpyHostToDevice));
+  const Outcome r = run({helper(), "ipc-import", hex(&h, sizeof h), "4", "5"});
+  EXPECT_TRUE(has(r.out, "open=0\nwrong=0\n")) << r.out << r.err;
+  CUDA_OK(cudaFree(p));
+}
+
+// The exporter frees the block and trims its pool while its server is between the check that the
+// block is live and the export of its pages (the stand-in holds the server in its first export until
+// the trim is done, or 1 s): the server exported handles the pool had given back to the driver (the
+// importer got cudaErrorMapBufferObjectFailed; on CUDA a released handle, or one reused for another
+// block). Now the check and the export are one step against trims: the trim waits, and the importer
+// gets the block (freed under it: undefined, as with CUDA, but no released handle goes out).
+namespace export_race {
+struct Pause {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool exporting = false;
+  bool trimmed = false;
+};
+void hold(void* arg) {
+  auto* s = static_cast<Pause*>(arg);
+  std::unique_lock lock(s->mu);
+  s->exporting = true;
+  s->cv.notify_all();
+  s->cv.wait_for(lock, std::chrono::seconds(1), [&] { return s->trimmed; });
+}
+}  // namespace export_race
+
+TEST_F(Process, IpcOfABlockFreedAndTrimmedMidExportSendsNoReleasedPage) {
+  using namespace export_race;
+  const std::size_t n = 4 * MiB;
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, n));
+  ASSERT_TRUE(owns(p));
+  std::vector<unsigned char> data(n);
+  for (std::size_t i = 0; i < n; ++i) data[i] = static_cast<unsigned char>(11 + i * 13);
+  CUDA_OK(cudaMemcpy(p, data.data(), n, cudaMemcpyHostToDevice));
+  cudaIpcMemHandle_t h;
+  CUDA_OK(cudaIpcGetMemHandle(&h, p));
+  Pause pause;
+  standin::before_next_export(hold, &pause);
+  Outcome r;
+  std::thread importer([&] { r = run({helper(), "ipc-import", hex(&h, sizeof h), std::to_string(n), "11"}); });
+  bool exporting;
+  {
+    std::unique_lock lock(pause.mu);
+    exporting = pause.cv.wait_for(lock, std::chrono::seconds(20), [&] { return pause.exporting; });
+  }
+  const cudaError_t freed = cudaFree(p);
+  EXPECT_EQ(0, api().trim(0, 0));
+  {
+    std::lock_guard lock(pause.mu);
+    pause.trimmed = true;
+  }
+  pause.cv.notify_all();
+  importer.join();
+  standin::before_next_export(nullptr, nullptr);  // not reached: must not fire later
+  ASSERT_TRUE(exporting) << "the exporter's server never exported: " << r.out << r.err;
+  EXPECT_EQ(cudaSuccess, freed);
+  EXPECT_EQ(0, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "open=0\nwrong=0\n")) << r.out << r.err;
+  EXPECT_EQ("", validate(0));
 }
 
 // ---- GLAKE_TRACE and glake-run ------------------------------------------------------------------------

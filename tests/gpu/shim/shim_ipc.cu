@@ -113,6 +113,25 @@ TEST_F(Ipc, AStreamOrderedBlock) {
   CUDA_OK(cudaStreamDestroy(s));
 }
 
+// CUDA refuses to open a handle in the process that exported it (measured natively on an H100, CUDA 13:
+// cudaErrorDeviceUninitialized; the driver's CUDA_ERROR_INVALID_CONTEXT), and so does glake; the
+// block still travels to another process.
+TEST_F(Ipc, AHandleOpenedByItsOwnProcessIsRefused) {
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, 4u << 20));
+  ASSERT_TRUE(owns(p));
+  fill(p, 4u << 20, 41);
+  cudaIpcMemHandle_t h;
+  CUDA_OK(cudaIpcGetMemHandle(&h, p));
+  void* q = nullptr;
+  EXPECT_EQ(cudaErrorDeviceUninitialized, cudaIpcOpenMemHandle(&q, h, cudaIpcMemLazyEnablePeerAccess));
+  EXPECT_EQ(nullptr, q);
+  (void)cudaGetLastError();
+  EXPECT_EQ(0, run_child(h, 4u << 20, 41));
+  EXPECT_EQ(0u, mismatches(p, 4u << 20, 42));
+  CUDA_OK(cudaFree(p));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {

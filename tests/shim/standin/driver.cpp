@@ -746,11 +746,15 @@ EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, std::size_t size, const CUmemAcc
   return CUDA_SUCCESS;
 }
 
+std::atomic<void (*)(void*)> g_before_export{nullptr};  // standin_before_next_export
+std::atomic<void*> g_before_export_arg{nullptr};
+
 EXPORT CUresult cuMemExportToShareableHandle(void* out, CUmemGenericAllocationHandle handle, CUmemAllocationHandleType type,
                                              unsigned long long) {
   // GLAKE_STANDIN_EXPORT_DELAY_US: a slow export, checked after the wait (a process may begin to exit
   // meanwhile).
   if (const std::size_t us = g->export_delay_us) usleep(static_cast<useconds_t>(us));
+  if (auto fn = g_before_export.exchange(nullptr)) fn(g_before_export_arg.load());
   CHECK_ALIVE();
   if (out == nullptr || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) return CUDA_ERROR_INVALID_VALUE;
   std::lock_guard lk(g->mu);
@@ -1552,6 +1556,11 @@ EXPORT void standin_fail_next_end_capture(CUresult error) { g_end_capture_error.
 EXPORT void standin_after_next_begin_capture(void (*fn)(void*), void* arg) {
   g_after_begin_capture_arg.store(arg);
   g_after_begin_capture.store(fn);
+}
+
+EXPORT void standin_before_next_export(void (*fn)(void*), void* arg) {
+  g_before_export_arg.store(arg);
+  g_before_export.store(fn);
 }
 
 EXPORT int standin_streams_being_created(void) { return g_streams_being_created.load(); }

@@ -40,6 +40,9 @@ void standin_fail_next_end_capture(CUresult error);
 // The next capture that begins calls fn(arg) once it is under way, before its begin returns: what
 // another thread does in between.
 void standin_after_next_begin_capture(void (*fn)(void*), void* arg);
+// The next cuMemExportToShareableHandle calls fn(arg) first, before it looks at the handle: what
+// another thread does in between.
+void standin_before_next_export(void (*fn)(void*), void* arg);
 
 // Runtime (libcudart.so.13): the pointer the runtime's own driver table holds for `name` (e.g.
 // "cuMemAlloc_v2"), as it got it from cuGetProcAddress at initialisation.
