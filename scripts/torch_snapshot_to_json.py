@@ -130,9 +130,16 @@ class Stacks:
 
 
 def as_int(v, what):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise Fail(f'{what}: expected a non-negative integer, found {v!r}')
+    # Below 2^64: the trace's numbers are 64-bit (a larger one would only be refused by the reader).
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v >= 1 << 64:
+        raise Fail(f'{what}: expected a non-negative integer below 2^64, found {v!r}')
     return v
+
+
+def as_time(v, what):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float('inf'), float('-inf')):
+        raise Fail(f'{what}: expected a number of microseconds, found {v!r}')
+    return int(v)
 
 
 def convert(data, path, device=None, name=None, stack_depth=32):
@@ -141,7 +148,9 @@ def convert(data, path, device=None, name=None, stack_depth=32):
     if not isinstance(traces, list) or not isinstance(segments, list):
         raise Fail(f'{path}: "device_traces" and "segments" must be lists')
     devices = [d for d in range(len(traces)) if traces[d]]
-    devices += [s.get('device', 0) for s in segments if isinstance(s, dict) and s.get('device', 0) not in devices]
+    # A device is an index into device_traces: -1 would name the last one.
+    devices += [as_int(s.get('device', 0), f'{path}: segments[{k}] device') for k, s in enumerate(segments)
+                if isinstance(s, dict) and s.get('device', 0) not in devices]
     if device is not None:
         if device not in devices:
             raise Fail(f'{path}: device {device} has no history and no segments (devices here: '
@@ -155,6 +164,8 @@ def convert(data, path, device=None, name=None, stack_depth=32):
     has_time = True
     for d in devices:
         entries = traces[d] if d < len(traces) and traces[d] else []
+        if not isinstance(entries, list):
+            raise Fail(f'{path}: device_traces[{d}]: expected a list, found {type(entries).__name__}')
         for i, e in enumerate(entries):
             if not isinstance(e, dict):
                 raise Fail(f'{path}: device_traces[{d}][{i}]: expected a dict, found {type(e).__name__}')
@@ -169,7 +180,7 @@ def convert(data, path, device=None, name=None, stack_depth=32):
             if t is None:
                 has_time = False
                 t = i
-            t = int(t)
+            t = as_time(t, where + ' time_us')
             size = as_int(e.get('size', 0), where + ' size')
             addr = as_int(e.get('addr', 0), where + ' addr') if op != 'oom' else 0
             stream = e.get('stream', 0) or 0
@@ -356,7 +367,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         data = load(args.snapshot)
-        trace = convert(data, args.snapshot, args.device, args.name, max(1, args.stack_depth))
+        try:
+            trace = convert(data, args.snapshot, args.device, args.name, max(1, args.stack_depth))
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
+            # Content of a shape convert() does not check for (a dict where a list goes, ...): one line
+            # naming the file, not a traceback.
+            raise Fail(f'{args.snapshot}: unexpected content for a PyTorch memory snapshot '
+                       f'({type(e).__name__}: {e})')
         write(trace, args.output)
     except Fail as e:
         print(f'torch_snapshot_to_json: error: {e}', file=sys.stderr)

@@ -708,7 +708,9 @@ Trace Recorder::collect(const CollectOptions& co) {
   m["peak_live_bytes"] = t.peak_live_bytes;
   if (t.peak_physical_bytes) m["peak_physical_bytes"] = *t.peak_physical_bytes;
   for (const auto& [k, v] : co.extra_meta.items()) m[k] = v;
-  t.meta.json = m.dump();
+  // The name and the command line (extra_meta) are the program's bytes, not always UTF-8: replaced,
+  // not thrown (a throw here loses the whole trace).
+  t.meta.json = m.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   t.snapshots = co.snapshots;
   return t;
 }

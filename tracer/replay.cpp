@@ -646,7 +646,8 @@ std::string format_report_json(const ReplayReport& r) {
                       {"driver_fraction", num(p.driver_fraction())}});
   }
   j["passes"] = passes;
-  return j.dump();
+  // The path and meta.name may hold bytes that are not UTF-8 (a file name): replaced, not thrown.
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 namespace {
@@ -836,7 +837,9 @@ int replay_command(const std::vector<std::string>& args) {
       Trace trace = read_trace(path, read_progress);
       if (from_s) {
         const std::uint64_t t0 = trace.events.empty() ? 0 : trace.events.front().t_us;
-        const std::uint64_t from_us = t0 + static_cast<std::uint64_t>(std::llround(*from_s * 1e6));
+        // Saturated: t_us near 2^64 would wrap the sum to the trace's start and replay it all.
+        const auto after_us = static_cast<std::uint64_t>(std::llround(*from_s * 1e6));
+        const std::uint64_t from_us = after_us > UINT64_MAX - t0 ? UINT64_MAX : t0 + after_us;
         if (trace.events.empty() || from_us > trace.events.back().t_us)
           throw std::runtime_error(fmt::format(
               "{}: --from {} s is after its last event ({:.3f} s after the first)", path, *from_s,

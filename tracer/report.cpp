@@ -210,10 +210,17 @@ std::string block_map(const TraceSnapshot& snap, const std::string& caption) {
   std::set<std::uint64_t> small_pages;
   for (const SnapshotRegion& p : snap.small_blocks) small_pages.insert(p.base / page);
   // Pages per cell: at most ~24k cells.
+  // A snapshot read from a file may hold any sizes (snapshot_from_json only keeps base + size within
+  // 2^64): the sums saturate and a cell stays below 2^64 bytes, else cell_bytes could wrap to 0 (a
+  // division by zero) or the walk below could wrap around and never end.
   std::uint64_t pages = 0;
   for (const SnapshotRegion& r : regs)
-    if (r.state != "hole" || r.size < 32 * page) pages += (r.size + page - 1) / page;
-  const std::uint64_t per = std::max<std::uint64_t>(1, (pages + 23999) / 24000);
+    if (r.state != "hole" || r.size / 32 < page) {
+      const std::uint64_t n = r.size / page + (r.size % page != 0 ? 1 : 0);
+      pages = n > UINT64_MAX - pages ? UINT64_MAX : pages + n;
+    }
+  const std::uint64_t per =
+      std::clamp<std::uint64_t>(pages / 24000 + (pages % 24000 != 0 ? 1 : 0), 1, UINT64_MAX / page);
   const std::uint64_t cell_bytes = page * per;
   std::vector<Cell> cells;
   std::map<std::uint64_t, std::size_t> at;  // cell index by address / cell_bytes
@@ -222,7 +229,7 @@ std::string block_map(const TraceSnapshot& snap, const std::string& caption) {
   for (std::size_t ri = 0; ri < regs.size(); ++ri) {
     const SnapshotRegion& r = regs[ri];
     if (r.size == 0) continue;
-    if (r.state == "hole" && r.size >= 32 * page) {
+    if (r.state == "hole" && r.size / 32 >= page) {
       Cell g;
       g.gap = true;
       g.gap_bytes = r.size;
@@ -240,10 +247,11 @@ std::string block_map(const TraceSnapshot& snap, const std::string& caption) {
     }
     first = false;
     int kind = r.state == "allocated" ? 0 : r.state == "free" ? 2 : r.state == "stale" ? 3 : r.state == "busy" ? 4 : 5;
-    for (std::uint64_t a = r.base; a < r.base + r.size;) {
+    const std::uint64_t r_end = r.base + r.size;
+    for (std::uint64_t a = r.base; a < r_end;) {
       std::uint64_t ci = a / cell_bytes;
-      std::uint64_t cend = (ci + 1) * cell_bytes;
-      std::uint64_t n = std::min(cend, r.base + r.size) - a;
+      // To the cell's end, without (ci + 1) * cell_bytes (which wraps in the last cell below 2^64).
+      std::uint64_t n = std::min(cell_bytes - a % cell_bytes, r_end - a);
       auto it = at.find(ci);
       if (it == at.end()) {
         it = at.emplace(ci, cells.size()).first;

@@ -376,7 +376,7 @@ std::string TraceSession::on_snapshot(TraceSnapshot snap) noexcept {
       m["cmdline"] = cmdline_;
       m["trace"] = options_.path;
       m["note"] = "the pool's state when the snapshot was taken; the whole trace is written to \"trace\"";
-      t.meta.json = m.dump();
+      t.meta.json = m.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);  // cmdline: any bytes
       t.snapshots.push_back(snap);
       write_trace(t, options_.oom_path);
       written = options_.oom_path;
@@ -394,6 +394,11 @@ std::string TraceSession::on_snapshot(TraceSnapshot snap) noexcept {
     } catch (...) {
     }
     written.clear();
+    // One line, as dump() gives: callers (the shim) ignore the return value, so the snapshot file that
+    // GLAKE_TRACE_OOM asked for would otherwise be missing without a word.
+    std::string line = std::string("glake: cannot write the snapshot: ") + e.what() + "\n";
+    ssize_t n = ::write(STDERR_FILENO, line.data(), line.size());
+    (void)n;
   }
   if (snap.reason == "oom") request_dump();
   return written;

@@ -50,6 +50,9 @@ void regions_from_json(const nlohmann::json& j, const char* key, std::vector<Sna
     SnapshotRegion g;
     g.base = get_u64(r[0], where + " base");
     g.size = get_u64(r[1], where + " size");
+    // Past 2^64 the range wraps around: the block map would walk it forever.
+    if (g.size > UINT64_MAX - g.base)
+      throw std::invalid_argument(fmt::format("{}: base {} + size {} passes 2^64", where, g.base, g.size));
     if (!r[2].is_string() || !valid_state(r[2].get<std::string>()))
       throw std::invalid_argument(fmt::format("{} state: expected one of \"allocated\", \"free\", \"hole\", \"busy\", "
                                               "\"stale\", found {}", where, r[2].dump()));

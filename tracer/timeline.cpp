@@ -101,12 +101,14 @@ std::vector<Bucket> bucketize(const Trace& t, const Timeline& tl, int n) {
   std::vector<Bucket> out;
   if (t.events.empty() || n <= 0) return out;
   const std::uint64_t span = tl.t_last - tl.t_first;
-  const std::uint64_t width = std::max<std::uint64_t>(1, (span + static_cast<std::uint64_t>(n)) / static_cast<std::uint64_t>(n));
+  // span / n + 1, not (span + n) / n: a span near 2^64 (t_us 0 and 2^64 - 1 in one trace) would wrap
+  // to no buckets at all. width >= 2 whenever span >= n, so span / width + 1 cannot wrap either.
+  const std::uint64_t width = span / static_cast<std::uint64_t>(n) + 1;
   const std::uint64_t buckets = std::min<std::uint64_t>(static_cast<std::uint64_t>(n), span / width + 1);
   out.resize(static_cast<std::size_t>(buckets));
   for (std::size_t b = 0; b < out.size(); ++b) {
-    out[b].t0 = tl.t_first + b * width;
-    out[b].t1 = std::min(tl.t_last, out[b].t0 + width);
+    out[b].t0 = tl.t_first + b * width;  // b * width <= span: within [t_first, t_last]
+    out[b].t1 = out[b].t0 + std::min(width, tl.t_last - out[b].t0);
   }
   // Each bucket starts with the state at its start (the previous bucket's end).
   Sample prev = tl.samples[0];
@@ -280,12 +282,20 @@ Trace filter_device(const Trace& t, std::uint32_t device) {
   if (others) r.meta.physical_at_start_bytes.reset();
   if (others && r.meta.physical_at_start_bytes.value_or(0) == 0) {
     // Without the start value a device's releases could exceed its creates: start from what it needs.
-    std::int64_t p = 0, lo = 0;
+    // Unsigned and saturated: sizes near 2^63 overflowed a signed sum (undefined behaviour); a start
+    // that does not fit is then refused by check_trace() below.
+    std::uint64_t held = 0, need = 0;
     for (const TraceEvent& e : r.events) {
-      if (e.op == Op::create) p += static_cast<std::int64_t>(e.size);
-      else if (e.op == Op::release) p -= static_cast<std::int64_t>(e.size), lo = std::min(lo, p);
+      if (e.op == Op::create) {
+        held = e.size > UINT64_MAX - held ? UINT64_MAX : held + e.size;
+      } else if (e.op == Op::release && e.size > held) {
+        need = e.size - held > UINT64_MAX - need ? UINT64_MAX : need + (e.size - held);
+        held = 0;
+      } else if (e.op == Op::release) {
+        held -= e.size;
+      }
     }
-    if (lo < 0) r.meta.physical_at_start_bytes = static_cast<std::uint64_t>(-lo);
+    if (need > 0) r.meta.physical_at_start_bytes = need;
   }
   check_trace(r, t.path.empty() ? t.meta.name : t.path);
   return r;

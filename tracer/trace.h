@@ -15,6 +15,7 @@
 //   live_at_start) and carries the size it was allocated with;
 // - no allocation names an address that is live, and live_at_start names each address once;
 // - every stack id an event or block names is 0 (none) or a key of `stacks`;
+// - the live bytes and the physical bytes (below) never pass 2^64 - 1, so sums of sizes do not wrap;
 // - event_offsets has one entry per event (empty only for traces built in memory);
 // - peak_live_bytes is the largest sum of live sizes, live_at_start included; allocs and frees count
 //   the "a" and "f" events; the other ops never change the live set.

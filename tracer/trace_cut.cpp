@@ -16,7 +16,9 @@ Trace trace_from(const Trace& t, std::uint64_t from_us) {
   std::vector<bool> live(blocks.size(), true);
   std::unordered_map<std::uint64_t, std::size_t> index;  // live address -> its block
   for (std::size_t i = 0; i < blocks.size(); ++i) index[blocks[i].addr] = i;
-  std::int64_t physical_delta = 0;
+  // check_trace() keeps physical within [0, 2^64) after every event: unsigned arithmetic is exact here
+  // (sizes of 2^63 or more made a signed delta negative or overflow it).
+  std::uint64_t physical = t.meta.physical_at_start_bytes.value_or(0);
   std::size_t first = 0;  // the first event kept
   for (; first < t.events.size() && t.events[first].t_us < from_us; ++first) {
     const TraceEvent& e = t.events[first];
@@ -31,9 +33,9 @@ Trace trace_from(const Trace& t, std::uint64_t from_us) {
         index.erase(it);
       }
     } else if (e.op == Op::create) {
-      physical_delta += static_cast<std::int64_t>(e.size);
+      physical += e.size;
     } else if (e.op == Op::release) {
-      physical_delta -= static_cast<std::int64_t>(e.size);
+      physical -= e.size;
     }
   }
 
@@ -44,10 +46,7 @@ Trace trace_from(const Trace& t, std::uint64_t from_us) {
   out.meta = t.meta;
   out.meta.peak_live_bytes.reset();
   out.meta.name = fmt::format("{} (from t = {:.3f} s)", t.meta.name, static_cast<double>(from_us) * 1e-6);
-  if (t.peak_physical_bytes) {
-    const std::int64_t at = static_cast<std::int64_t>(t.meta.physical_at_start_bytes.value_or(0)) + physical_delta;
-    out.meta.physical_at_start_bytes = static_cast<std::uint64_t>(std::max<std::int64_t>(at, 0));
-  }
+  if (t.peak_physical_bytes) out.meta.physical_at_start_bytes = physical;
   for (std::size_t i = 0; i < blocks.size(); ++i)
     if (live[i]) out.live_at_start.push_back(blocks[i]);
   out.events.assign(t.events.begin() + static_cast<std::ptrdiff_t>(first), t.events.end());

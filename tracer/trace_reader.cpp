@@ -32,14 +32,18 @@ namespace {
 constexpr std::uint64_t kProgressStep = std::uint64_t{4} << 20;  // bytes between progress calls
 
 std::string read_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever; only regular files are read.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw TraceError(fmt::format("{}: cannot open: {}", path, std::strerror(errno)), {});
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    int err = errno;
+  const int err = ::fstat(fd, &st) != 0 ? errno : 0;
+  if (err != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
     throw TraceError(fmt::format("{}: cannot read: {}", path,
-                                 S_ISDIR(st.st_mode) ? "is a directory" : std::strerror(err)), {});
+                                 err != 0                ? std::strerror(err)
+                                 : S_ISDIR(st.st_mode) ? "is a directory"
+                                                       : "not a regular file (a trace is read from a file)"),
+                     {});
   }
   std::string bytes;
   bytes.resize(static_cast<std::size_t>(st.st_size));
@@ -375,6 +379,8 @@ class Parser {
       m = nlohmann::json::parse(text);
     } catch (const nlohmann::json::parse_error& e) {
       fail(fmt::format("bad JSON: {}", e.what()), start + (e.byte > 0 ? e.byte - 1 : 0));
+    } catch (const nlohmann::json::exception& e) {  // out_of_range: a number such as 1e400
+      fail(fmt::format("bad JSON: {}", e.what()), start);
     }
     try {
       if (auto it = m.find("name"); it != m.end() && !it->is_null()) {
@@ -620,6 +626,8 @@ class Parser {
         j = nlohmann::json::parse(text);
       } catch (const nlohmann::json::parse_error& e) {
         fail(fmt::format("bad JSON: {}", e.what()), start + (e.byte > 0 ? e.byte - 1 : 0));
+      } catch (const nlohmann::json::exception& e) {  // out_of_range: a number such as 1e400
+        fail(fmt::format("bad JSON: {}", e.what()), start);
       }
       TraceSnapshot snap;
       try {
@@ -744,6 +752,9 @@ void check_trace(Trace& t, const std::string& origin) {
       throw TraceError(fmt::format("{}: live_at_start[{}]: address {} is listed twice", origin, i, b.addr), {});
     if (!known_stack(b.stack))
       throw TraceError(fmt::format("{}: live_at_start[{}]: stack {} is not in \"stacks\"", origin, i, b.stack), {});
+    // Sums past 2^64 would wrap silently here and in every tool that adds sizes up after us.
+    if (b.size > UINT64_MAX - live_bytes)
+      throw TraceError(fmt::format("{}: live_at_start[{}]: the live bytes pass 2^64", origin, i), {});
     live_bytes += b.size;
   }
   std::uint64_t peak = live_bytes;
@@ -761,6 +772,8 @@ void check_trace(Trace& t, const std::string& origin) {
         ++t.allocs;
         auto [it, fresh] = live.emplace(e.addr, e.size);
         if (!fresh) event_fail(i, fmt::format("allocation of address {}, which is live already", e.addr));
+        if (e.size > UINT64_MAX - live_bytes)
+          event_fail(i, fmt::format("allocation of {} bytes: the live bytes ({} before it) pass 2^64", e.size, live_bytes));
         live_bytes += e.size;
         peak = std::max(peak, live_bytes);
         break;
@@ -779,6 +792,8 @@ void check_trace(Trace& t, const std::string& origin) {
       case Op::create:
         ++t.other_events;
         has_physical = true;
+        if (e.size > UINT64_MAX - physical)
+          event_fail(i, fmt::format("create of {} bytes: the physical bytes ({} before it) pass 2^64", e.size, physical));
         physical += e.size;
         peak_physical = std::max(peak_physical, physical);
         break;

@@ -189,6 +189,22 @@ TEST(Recorder, CollectDoesNotConsume) {
   EXPECT_EQ(r.collect().events.size(), 2u);
 }
 
+TEST(Recorder, NameAndCommandLineThatAreNotUtf8) {
+  // A program's name and command line are its bytes (a Latin-1 file name): dumping meta threw and the
+  // whole trace was lost.
+  Recorder r(RecorderOptions{});
+  r.record(ev(Op::alloc, 0x1000, 10));
+  CollectOptions co;
+  co.name = "job-\xe9";
+  co.extra_meta = {{"cmdline", "python train-\xe9.py"}};
+  Trace t = r.collect(co);
+  auto m = meta_of(t);
+  EXPECT_EQ(m["name"], "job-\xef\xbf\xbd");  // U+FFFD
+  std::string path = testing_util::temp_path("latin1.json");
+  write_trace(t, path);
+  EXPECT_EQ(read_trace(path).events.size(), 1u);
+}
+
 TEST(Recorder, WriteAndReadBack) {
   Recorder r(RecorderOptions{});
   r.record(ev(Op::create, 0, 2 << 20));

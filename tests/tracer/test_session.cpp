@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <thread>
@@ -232,6 +233,22 @@ TEST(Session, OutOfMemorySnapshot) {
   EXPECT_TRUE(oom_event);
   for (pool::DevPtr q : live)
     if (q != live[1]) alloc.free(q);
+}
+
+TEST(Session, UnwritableSnapshotPathGetsOneLine) {
+  // The shim ignores on_snapshot()'s result: a GLAKE_TRACE_OOM that cannot be written said nothing.
+  SessionOptions o = quiet_options(testing_util::temp_path("unused.json"));
+  o.oom_path = "/nonexistent-dir/x.oom.json";
+  TraceSession s(o);
+  TraceSnapshot snap;
+  snap.reason = "request";  // not "oom": no whole-trace write
+  snap.page_size = 4096;
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(s.on_snapshot(snap), "");
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("glake: cannot write the snapshot: /nonexistent-dir/x.oom.json"), std::string::npos) << err;
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+  EXPECT_NE(s.last_error().find("/nonexistent-dir/x.oom.json"), std::string::npos);
 }
 
 TEST(Session, WrappedRingStartsFromTheRegisteredPoolsTotals) {

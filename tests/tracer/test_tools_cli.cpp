@@ -251,5 +251,94 @@ TEST_F(Tools, ReportIsSelfContained) {
   EXPECT_NE(r.out.find("oom (device 0"), std::string::npos) << "the trace's own snapshot is drawn";
 }
 
+// Malformed and hostile traces: each gets an exit status and a message, never a signal or a hang
+// (`timeout` bounds a hang; a signal shows as status -1).
+TEST_F(Tools, HostileTracesEndWithAStatusNotASignal) {
+  // t_us 0 and 2^64 - 1 in one trace: the bucket width wrapped to no buckets at all, then buckets[0].
+  std::string span = write_file("span.json", R"({"events":[[0,"a",1,10,0],[18446744073709551615,"f",1,10,0]]})");
+  CmdResult r = glake_trace("summary " + quote(span));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("fragmentation over time"), std::string::npos) << r.out;
+  r = glake_trace("report --no-replay -o " + quote(temp_path("span.html")) + " " + quote(span));
+  EXPECT_EQ(r.status, 0) << r.err;
+
+  // A snapshot's block map: a region up to 2^64 - 1 in pages of 2^63 walked past 2^64 forever; 24001
+  // pages of 2^63 made a cell of 2^64 bytes, which wrapped to 0 (a division by zero).
+  const std::string head = R"({"format":"glake-trace","version":1,"events":[],"snapshots":[{"t_us":0,)";
+  std::string endless = write_file("endless.json", head + R"("page_size":9223372036854775808,)"
+                                                          R"("regions":[[0,18446744073709551615,"allocated"]]}]})");
+  r = run_shell("timeout 60 " + quote(trace_bin()) + " report --no-replay -o " + quote(temp_path("endless.html")) +
+                " " + quote(endless));
+  EXPECT_EQ(r.status, 0) << r.err;
+  std::string regions;
+  for (int i = 0; i < 24001; ++i) regions += std::string(i == 0 ? "" : ",") + R"([0,9223372036854775808,"free"])";
+  std::string wide = write_file("wide.json", head + R"("page_size":9223372036854775808,"regions":[)" + regions + "]}]}");
+  r = glake_trace("report --no-replay -o " + quote(temp_path("wide.html")) + " " + quote(wide));
+  EXPECT_EQ(r.status, 0) << r.err;
+  // A region past 2^64 is refused when read.
+  std::string past = write_file("past.json", head + R"("page_size":4096,"regions":[[18446744073709547520,8192,"free"]]}]})");
+  r = glake_trace("report --no-replay " + quote(past));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("passes 2^64"), std::string::npos) << r.err;
+}
+
+TEST_F(Tools, SizesAndTimesNear2To64) {
+  // Device 0's physical bytes alone, from a create of 2^63 + 5: the signed sum of filter_device() made
+  // it need a start of 2^63 (and overflowed, undefined behaviour, on the way).
+  std::string two = write_file("two.json", R"({"format":"glake-trace","version":1,"events":[)"
+                                           R"([0,"create",0,9223372036854775813,0],[1,"release",0,5,0],)"
+                                           R"([2,"a",1,10,0,1]]})");
+  CmdResult r = glake_trace("summary --json --device 0 " + quote(two));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["peak_physical_bytes"].get<std::uint64_t>(), 9223372036854775813ull);
+  // --from 1 s on a trace whose clock is near 2^64: the sum wrapped to the start and replayed it all.
+  std::string late = write_file("late.json", R"({"events":[[18446744073709551000,"a",1,10,0],)"
+                                             R"([18446744073709551615,"f",1,10,0]]})");
+  r = glake_trace("replay --reps 0 --from 1 " + quote(late));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("1 events (0 allocs, 1 frees), 1 blocks live at start"), std::string::npos) << r.out;
+}
+
+TEST_F(Tools, ReplayJsonOfAFileNameThatIsNotUtf8) {
+  // The name (and meta.name, taken from it) is not UTF-8: the JSON line threw and the report was lost.
+  std::string odd = write_file("latin1-\xe9.json", R"({"events":[[0,"a",1,10,0],[5,"f",1,10,0]]})");
+  CmdResult r = glake_trace("replay --json --reps 0 " + quote(odd));
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["allocs"], 1);
+}
+
+TEST_F(Tools, ImportOfASnapshotOfTheWrongShapeSaysWhy) {
+  // Builtin types only, but not where a snapshot has them: one line naming the file, no traceback.
+  struct Case {
+    const char* name;
+    const char* python;  // the pickled object
+    const char* expect;
+  } cases[] = {
+      {"time", "{'device_traces':[[{'action':'alloc','addr':1,'size':512,'time_us':'abc'}]],'segments':[]}",
+       "time_us"},
+      {"frames", "{'device_traces':[[{'action':'alloc','addr':1,'size':512,'frames':5}]],'segments':[]}",
+       "unexpected content"},
+      {"device", "{'device_traces':[],'segments':[{'device':[1],'total_size':10}]}", "segments[0] device"},
+      {"negative", "{'device_traces':[[{'action':'alloc','addr':1,'size':512}]],'segments':[{'device':-1}]}",
+       "segments[0] device"},
+      {"block", "{'device_traces':[],'segments':[{'device':0,'total_size':10,'blocks':[5]}]}", "unexpected content"},
+      {"huge", "{'device_traces':[[{'action':'alloc','addr':1,'size':2**70}]],'segments':[]}", "below 2^64"},
+  };
+  for (const Case& c : cases) {
+    std::string pickle = temp_path(std::string(c.name) + ".pickle"), out = temp_path(std::string(c.name) + ".json");
+    std::remove(out.c_str());
+    CmdResult gen = run_shell("python3 -c " + quote(std::string("import pickle,sys; pickle.dump(") + c.python +
+                                                    ", open(sys.argv[1], 'wb'))") + " " + quote(pickle));
+    if (gen.status != 0) GTEST_SKIP() << "python3 unavailable: " << gen.err;
+    CmdResult r = glake_trace("import --torch " + quote(pickle) + " -o " + quote(out));
+    EXPECT_EQ(r.status, 1) << c.name;
+    EXPECT_EQ(r.err.find("Traceback"), std::string::npos) << c.name << ": " << r.err;
+    EXPECT_NE(r.err.find("torch_snapshot_to_json: error: " + pickle), std::string::npos) << c.name << ": " << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.name << ": " << r.err;
+    EXPECT_FALSE(file_exists(out)) << c.name;
+  }
+}
+
 }  // namespace
 }  // namespace glake::tracer

@@ -25,6 +25,17 @@ Trace sample() {
                      "cut.json");
 }
 
+TEST(TraceFrom, PhysicalBytesOfCreatesOf2To63OrMore) {
+  // A signed sum made the create of 2^63 + 1 negative: the part started with 0 bytes held, and its
+  // release was refused ("release of ... but only 0 are held").
+  Trace t = parse_trace(R"({"format":"glake-trace","version":1,"events":[[0,"create",0,9223372036854775809,0],)"
+                        R"([1,"a",1,10,0],[2,"release",0,9223372036854775809,0],[3,"f",1,10,0]]})",
+                        "huge.json");
+  Trace c = trace_from(t, 2);
+  EXPECT_EQ(c.meta.physical_at_start_bytes, 9223372036854775809ull);
+  EXPECT_EQ(c.events.size(), 2u);
+}
+
 TEST(TraceFrom, LiveBlocksBecomeLiveAtStartInAllocationOrder) {
   Trace t = sample();
   Trace c = trace_from(t, 100);

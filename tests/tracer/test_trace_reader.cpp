@@ -1,6 +1,9 @@
 // tests/tracer/test_trace_reader.cpp: the trace reader on small inline traces, plain and gzip, and on
 // malformed and truncated input: every error must name the file and the position (byte offset in the
 // decompressed JSON, the event index and what was expected).
+#include <sys/stat.h>
+
+#include <cstdio>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -215,6 +218,34 @@ TEST(TraceReaderErrors, WrongTypes) {
     EXPECT_NE(msg.find(c.expect1), std::string::npos) << c.json << " -> " << msg;
     EXPECT_NE(msg.find(c.expect2), std::string::npos) << c.json << " -> " << msg;
   }
+}
+
+TEST(TraceReaderErrors, NumbersPastTheirRange) {
+  // nlohmann throws out_of_range, not parse_error, for 1e400: the message named neither file nor byte.
+  std::string msg = parse_error(R"({"meta":{"median_iter_s":1e400},"events":[]})");
+  EXPECT_NE(msg.find("inline.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("in meta"), std::string::npos) << msg;
+  // Live bytes past 2^64 wrapped: the peaks were silently wrong.
+  msg = parse_error(R"({"events":[[1,"a",5,18446744073709551615,0],[2,"a",6,1,0]]})");
+  EXPECT_NE(msg.find("events[1]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("pass 2^64"), std::string::npos) << msg;
+  msg = parse_error(R"({"live_at_start":[[1,9223372036854775808],[2,9223372036854775808]],"events":[]})");
+  EXPECT_NE(msg.find("live_at_start[1]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("pass 2^64"), std::string::npos) << msg;
+}
+
+TEST(TraceReaderErrors, NotARegularFile) {
+  // errno was stale ("cannot read: Success"); a FIFO without a writer blocked in open() forever.
+  std::string msg = error_of([] { read_trace("/dev/null"); });
+  EXPECT_NE(msg.find("/dev/null: cannot read: not a regular file"), std::string::npos) << msg;
+  std::string fifo = testing_util::temp_path("fifo.json");
+  std::remove(fifo.c_str());
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  msg = error_of([&] { read_trace(fifo); });
+  EXPECT_NE(msg.find("not a regular file"), std::string::npos) << msg;
+  std::remove(fifo.c_str());
+  msg = error_of([] { read_trace(::testing::TempDir()); });
+  EXPECT_NE(msg.find("is a directory"), std::string::npos) << msg;
 }
 
 TEST(TraceReaderErrors, MissingKeys) {

@@ -149,6 +149,11 @@ TEST(GlakeFormat, MalformedNamesPositionAndExpectation) {
        "regions[0] state"},
       {head + R"("events":[],"snapshots":[7]})", "snapshots[0]", "a snapshot object"},
       {head + R"("live_at_start":[[1,2,3,4,5,6]],"events":[]})", "live_at_start[0]", "at most 5 elements"},
+      // Physical bytes past 2^64 wrapped silently; a region past 2^64 made the report's block map loop.
+      {head + R"("events":[[1,"create",0,18446744073709551615,0],[2,"create",0,1,0]]})", "events[1]", "pass 2^64"},
+      {head + R"("events":[],"snapshots":[{"t_us":1,"page_size":4096,"regions":[[4096,18446744073709551615,"free"]]}]})",
+       "snapshots[0]", "regions[0]: base 4096 + size 18446744073709551615 passes 2^64"},
+      {head + R"("events":[],"snapshots":[{"t_us":1e400,"page_size":4096,"regions":[]}]})", "snapshots[0]", "bad JSON"},
   };
   for (const Case& c : cases) {
     std::string msg = parse_error(c.json);
