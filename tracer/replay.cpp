@@ -864,6 +864,13 @@ int replay_command(const std::vector<std::string>& args) {
       std::string text = json_out ? format_report_json(r) + "\n" : format_report_text(r);
       std::fputs(text.c_str(), stdout);
       std::fflush(stdout);
+    } catch (const std::bad_alloc&) {
+      // The emulated pool keeps one entry per page of its reservations (twice the capacity).
+      line.clear();
+      std::fflush(stdout);
+      fmt::print(stderr, "glake-trace: error: {}: out of host memory (the replay's pool keeps one entry per "
+                 "page of twice --capacity: lower --capacity or raise --granularity)\n", path);
+      status = 1;
     } catch (const std::exception& e) {
       line.clear();
       std::fflush(stdout);
