@@ -39,7 +39,7 @@ namespace {
 void read_bytes(const char* name, std::size_t* field, std::size_t min, std::vector<std::string>* errors,
                 const char* zero = "the default") {
   const char* v = std::getenv(name);
-  if (v == nullptr) return;
+  if (v == nullptr || *v == '\0') return;  // empty is unset, as for the shim's and the tracer's variables
   std::size_t parsed = 0;
   if (!parse_bytes(v, &parsed) || (parsed != 0 && parsed < min)) {
     errors->push_back(std::string(name) + "='" + v + "' is not a byte count (accepted: an integer with an " +
@@ -52,7 +52,7 @@ void read_bytes(const char* name, std::size_t* field, std::size_t min, std::vect
 
 void read_bool(const char* name, bool* field, std::vector<std::string>* errors) {
   const char* v = std::getenv(name);
-  if (v == nullptr) return;
+  if (v == nullptr || *v == '\0') return;  // empty is unset (GLAKE_STITCH= in a script turns nothing off)
   std::string s(v);
   if (s == "1" || s == "true" || s == "on" || s == "yes") {
     *field = true;

@@ -15,7 +15,8 @@
  *   backend:cudaMallocAsync reads for torch.cuda.memory_stats(): ReservedMemCurrent/High = physical
  *   memory glake holds (physical/physical_peak); UsedMemCurrent/High = bytes the callers asked for, of
  *   live allocations (requested/requested_peak). Each also includes what the real default pool holds
- *   (normally nothing). Setting ReservedMemHigh or UsedMemHigh (to 0) resets every peak of the pool.
+ *   (normally nothing). Setting ReservedMemHigh or UsedMemHigh (to 0) resets that mark only, as CUDA's
+ *   (ReservedMemHigh: physical_peak, mapped_peak; UsedMemHigh: requested_peak, blocks_peak).
  *   cudaMemPoolTrimTo(default pool, n) returns cached memory to the driver until glake holds at most
  *   max(n, in use) bytes, as CUDA's pool does. The release threshold is kept and reported, but glake
  *   does not give memory back on its own at synchronizations: it caches until trimmed.
@@ -72,7 +73,8 @@ const char* glake_version(void);
 /* One of GLAKE_STATUS_*. */
 int glake_status(void);
 /* Fills *out (out_size = sizeof(glake_stats_t) of the caller's header; a shorter struct gets the
-   leading fields). Returns 0, or -1 if the device has no glake pool (then *out is zeroed). */
+   leading fields, a longer one zeros after them). Returns 0, or -1 if the device has no glake pool
+   (then *out is zeroed). */
 int glake_stats(int device, glake_stats_t* out, size_t out_size);
 /* Returns cached memory of the device's pool to the driver until at most `keep` bytes stay cached.
    0 on success, -1 without a pool. Synchronizes with the pool's streams first. */
@@ -93,7 +95,8 @@ int glake_trace_dump(const char* path);
 /* PyTorch's CUDAPluggableAllocator entry points:
      torch.cuda.memory.CUDAPluggableAllocator("libglake.so", "glake_malloc", "glake_free")
    They work with or without LD_PRELOAD; `stream` is a cudaStream_t. glake_malloc returns NULL when out
-   of memory. */
+   of memory, for size <= 0, and for a device that does not exist (cudaGetLastError then says
+   cudaErrorInvalidDevice); glake_free(NULL, ...) does nothing. */
 void* glake_malloc(ssize_t size, int device, void* stream);
 void glake_free(void* ptr, ssize_t size, int device, void* stream);
 

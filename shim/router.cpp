@@ -1425,6 +1425,21 @@ CUresult Router::cu_get_proc_address_v2(const char* symbol, void** fn, int versi
 void* Router::pluggable_malloc(std::size_t size, int device, cudaStream_t stream) {
   if (size == 0) return nullptr;
   void* out = nullptr;
+  // A device that does not exist gets no memory (CUDA's cudaErrorInvalidDevice), not a pool that
+  // cannot be made (and a line on stderr blaming the driver) followed by the real cudaMallocAsync,
+  // which would allocate on the stream's device instead. Asked only until the device has a pool.
+  if (!valid_device(device) || pools_[device].load(std::memory_order_acquire) == nullptr) {
+    int count = 0;
+    const auto f = real_runtime().get_device_count;
+    if (f != nullptr) {
+      RealCall g;
+      if (f(&count) != cudaSuccess) count = 0;
+    }
+    if (device < 0 || (f != nullptr && device >= count)) {
+      (void)fail(cudaErrorInvalidDevice);
+      return nullptr;
+    }
+  }
   if (serving()) {
     const pool::StreamHandle s = normalize(stream, false);
     const bool capturing =
@@ -1445,6 +1460,10 @@ void* Router::pluggable_malloc(std::size_t size, int device, cudaStream_t stream
 }
 
 void Router::pluggable_free(void* ptr, int device, cudaStream_t stream) {
+  // PyTorch frees what glake_malloc gave it, NULL for a 0-byte tensor included: that is nothing to
+  // free, and the real cudaFreeAsync(NULL) would leave cudaErrorInvalidValue as the last error, which
+  // PyTorch's next kernel-launch check would report as its own.
+  if (ptr == nullptr) return;
   (void)free_async(ptr, stream, false, device);  // PyTorch's stream of that device (its legacy stream for 0)
 }
 
@@ -1461,7 +1480,9 @@ int Router::stats(int device, glake_stats_t* out, std::size_t out_size) {
   glake_stats_t s;
   std::memset(&s, 0, sizeof s);
   const std::size_t n = std::min(out_size, sizeof s);
-  std::memset(out, 0, n);
+  // All of the caller's struct: one built against a newer glake.h (larger) gets the fields this
+  // library does not know as zeros, not as whatever its memory held.
+  std::memset(out, 0, out_size);
   if (device == -1) {
     s.passthrough_allocs = passthrough_[kMaxDevices].load(std::memory_order_relaxed);
     std::memcpy(out, &s, n);

@@ -210,6 +210,18 @@ TEST_F(Process, ANegativeByteCountBehindASpaceIsABadValue) {
   }
 }
 
+// An empty GLAKE_* value is unset, for the pool's variables as for GLAKE_DISABLE, GLAKE_TRACE and the
+// rest (a script's GLAKE_LIMIT=${LIMIT:-}): glake serves, silently.
+TEST_F(Process, AnEmptyValueIsUnset) {
+  for (const char* var : {"GLAKE_LIMIT", "GLAKE_SMALL_LIMIT", "GLAKE_VA_RESERVE", "GLAKE_MAX_CREATE", "GLAKE_STITCH",
+                          "GLAKE_LEND", "GLAKE_DISABLE", "GLAKE_TRACE"}) {
+    const Outcome r = run({helper(), "alloc"}, {{var, ""}});
+    EXPECT_EQ(0, r.status) << var << ": " << r.out << r.err;
+    EXPECT_TRUE(glake_lines(r.err).empty()) << var << ": " << r.err;
+    EXPECT_TRUE(has(r.out, "malloc=0\nowns=1\nstatus=1\n")) << var << ": " << r.out;
+  }
+}
+
 TEST_F(Process, PyTorchOptOutAndUserChoicesAreKept) {
   Outcome r = run({helper(), "no-cuda"}, {{"GLAKE_PYTORCH", "0"}}, {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"});
   EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)\nPYTORCH_CUDA_ALLOC_CONF=(unset)\n")) << r.out;

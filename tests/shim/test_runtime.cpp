@@ -5,6 +5,7 @@
 #include <cuda.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "shim_test.h"
@@ -392,6 +393,60 @@ TEST_F(Runtime, PluggableAllocatorEntryPoints) {
   EXPECT_EQ(nullptr, api().malloc(std::int64_t{1} << 40, 0, s));
   CUDA_OK(cudaStreamSynchronize(s));
   CUDA_OK(cudaStreamDestroy(s));
+}
+
+// glake_stats' out_size is the caller's sizeof(glake_stats_t): a program built against a newer glake.h
+// (a larger struct) gets the fields this library does not know as zeros, as a pool-less device gets
+// every field.
+TEST_F(Runtime, StatsZeroTheFieldsOfALargerStruct) {
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, MiB));
+  struct Newer {
+    glake_stats_t known;
+    std::uint64_t later[4];
+  };
+  for (int device : {0, 2, -1, 99}) {
+    Newer n;
+    std::memset(&n, 0xab, sizeof n);
+    (void)api().stats(device, &n.known, sizeof n);
+    for (std::uint64_t v : n.later) EXPECT_EQ(0u, v) << "device " << device;
+  }
+  Newer n;
+  std::memset(&n, 0xab, sizeof n);
+  ASSERT_EQ(0, api().stats(0, &n.known, sizeof n));
+  EXPECT_EQ(stats().requested, n.known.requested);
+  CUDA_OK(cudaFree(p));
+}
+
+// PyTorch's pluggable allocator frees every pointer it got, the NULL of a 0-byte tensor included:
+// nothing to do, and no error left for cudaGetLastError (PyTorch checks it after each kernel launch).
+TEST_F(Runtime, PluggableFreeOfNullIsANoOp) {
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreate(&s));
+  CUDA_OK(cudaGetLastError());
+  void* p = api().malloc(0, 0, s);
+  ASSERT_EQ(nullptr, p);
+  api().free(p, 0, 0, s);
+  api().free(nullptr, 0, 0, nullptr);
+  EXPECT_EQ(cudaSuccess, cudaGetLastError());
+  CUDA_OK(cudaStreamDestroy(s));
+}
+
+// A device PyTorch names that does not exist (the stand-in has 3) gets no memory and CUDA's error,
+// not memory of the stream's device (glake used to try to make it a pool, then pass the call through).
+TEST_F(Runtime, PluggableMallocOnADeviceThatDoesNotExist) {
+  const int live = standin::live_allocations();
+  for (int device : {3, 7, 63, 64, -1}) {
+    EXPECT_EQ(nullptr, api().malloc(MiB, device, nullptr)) << device;
+    EXPECT_EQ(cudaErrorInvalidDevice, cudaGetLastError()) << device;
+  }
+  EXPECT_EQ(live, standin::live_allocations());
+  // The devices that exist are served as before.
+  void* p = api().malloc(MiB, 2, nullptr);
+  ASSERT_NE(nullptr, p);
+  EXPECT_EQ(2, api().device_of(p));
+  api().free(p, MiB, 2, nullptr);
+  EXPECT_EQ("", validate(2));
 }
 
 }  // namespace
