@@ -27,10 +27,10 @@ class GlakeStats(ctypes.Structure):
 
 
 class Glake:
-    """glake.h through the preloaded library; `available` is False without it."""
+    """glake.h through the preloaded library (or the one at `path`); `available` is False without it."""
 
-    def __init__(self):
-        lib = ctypes.CDLL(None)
+    def __init__(self, path=None):
+        lib = ctypes.CDLL(path)
         self.available = hasattr(lib, "glake_stats")
         if not self.available:
             return

@@ -17,6 +17,9 @@ Jobs (small models built from configs, random weights, no downloads):
                            empty_cache and mem_get_info under glake
   graphs                   CUDA graph capture and replay: replays equal eager results
   multiprocessing          torch.multiprocessing shares a CUDA tensor with a child process
+  pluggable                without LD_PRELOAD: PyTorch's CUDAPluggableAllocator loads libglake.so
+                           (glake_malloc / glake_free) and a model trains on its memory, 0-byte tensors
+                           included: losses equal native's, the tensors are glake's
   torchrun_nccl            torchrun with NCCL, one process per GPU (at most 2; GLAKE_TEST_GPUS sets
                            the number): collectives, and DistributedDataParallel training steps
 Results and logs go to $OUT/torch when OUT is set. Exits 1 if a comparison fails.
@@ -233,6 +236,39 @@ def job_multiprocessing(_):
             "backend": torch.cuda.get_allocator_backend(), "glake_allocs": g["allocs"] if g else None}
 
 
+def job_pluggable(args):
+    import torch
+    glake = None
+    if args.mode == "glake":  # no preload (see run_child): the opt-in from Python
+        path = gt.glake_lib()
+        torch.cuda.memory.change_current_allocator(
+            torch.cuda.memory.CUDAPluggableAllocator(path, "glake_malloc", "glake_free"))
+        glake = gt.Glake(path)
+    deterministic()
+    torch.manual_seed(SEED)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 512)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    gen = torch.Generator(device="cuda").manual_seed(SEED)
+    losses, empties = [], 0
+    for step in range(8):
+        x = torch.randn(16 + 40 * step, 512, device="cuda", generator=gen)
+        # A 0-byte tensor: glake_malloc(0) gives NULL, which PyTorch hands back to glake_free; an error
+        # left behind would surface at the next launch check.
+        empties += torch.empty(0, device="cuda").numel() == 0
+        loss = (model(x) - x).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    torch.cuda.synchronize()
+    result = {"losses": losses, "empties": empties}
+    if glake is not None:
+        g = glake.stats()
+        result.update({"glake": glake.status(), "glake_allocs": g["allocs"] if g else None,
+                       "owns_weight": glake.owns(model[0].weight.data_ptr()), "validate": glake.validate()})
+    return result
+
+
 def job_torchrun_worker(_):
     import torch
     import torch.distributed as dist
@@ -286,6 +322,7 @@ JOBS = {
     "memory_stats": job_memory_stats,
     "graphs": job_graphs,
     "multiprocessing": job_multiprocessing,
+    "pluggable": job_pluggable,
     "torchrun_worker": job_torchrun_worker,
 }
 
@@ -399,6 +436,19 @@ def compare_multiprocessing(native, glake):
     return fails
 
 
+def compare_pluggable(native, glake):
+    fails = []
+    for i, (a, b) in enumerate(zip(native["losses"], glake["losses"])):
+        if not close(a, b, rel=1e-3, abs_=1e-4):
+            fails.append(f"step {i}: loss {b} through glake_malloc, {a} natively")
+    if glake.get("glake") != "on" or not glake.get("glake_allocs") or not glake.get("owns_weight"):
+        fails.append(f"status {glake.get('glake')}, allocations {glake.get('glake_allocs')}, "
+                     f"weight owned {glake.get('owns_weight')}")
+    if glake.get("validate"):
+        fails.append("pool invariant: " + glake["validate"])
+    return fails
+
+
 def compare_torchrun(native, glake):
     fails = []
     for run, r in (("native", native), ("glake", glake)):
@@ -420,7 +470,7 @@ def compare_torchrun(native, glake):
 COMPARE = {
     "gpt2_train": compare_train, "llama_train": compare_train, "lora": compare_train,
     "generate": compare_generate, "memory_stats": compare_memory_stats, "graphs": compare_graphs,
-    "multiprocessing": compare_multiprocessing, "torchrun_nccl": compare_torchrun,
+    "multiprocessing": compare_multiprocessing, "pluggable": compare_pluggable, "torchrun_nccl": compare_torchrun,
 }
 
 
@@ -443,7 +493,9 @@ def run_child(job, mode, outdir):
         cmd = [sys.executable, me, job, "--mode", mode, "--result", result]
     t0 = time.time()
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, env=gt.child_env(mode, JOB_ENV.get(job)), stdout=f, stderr=subprocess.STDOUT,
+        # The pluggable job loads glake itself, from Python: never preloaded.
+        env = gt.child_env("native" if job == "pluggable" else mode, JOB_ENV.get(job))
+        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,
                             timeout=540).returncode
     print(f"{job} [{mode}]: exit {rc} in {time.time() - t0:.1f} s (log {log})")
     if rc != 0 or not os.path.exists(result):
