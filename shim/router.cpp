@@ -619,17 +619,25 @@ void Router::capture_started(cudaStream_t key) {
 
 namespace {
 pthread_key_t g_own_captures_key;
+// pthread_key_create failed (the process's keys all taken): g_own_captures_key names no key of glake's
+// (0 is another library's), so it is never set. Written once inside pthread_once, read after it.
+bool g_own_captures_key_made = false;
 pthread_once_t g_own_captures_once = PTHREAD_ONCE_INIT;
 }  // namespace
 
 void Router::end_own_captures_at_exit() {
-  pthread_once(&g_own_captures_once, [] { (void)pthread_key_create(&g_own_captures_key, own_captures_over); });
-  (void)pthread_setspecific(g_own_captures_key, reinterpret_cast<void*>(1));
+  pthread_once(&g_own_captures_once,
+               [] { g_own_captures_key_made = pthread_key_create(&g_own_captures_key, own_captures_over) == 0; });
+  // Without a key, a thread that exits mid-capture of its stream leaves the capture counted (frees held,
+  // allocations passed through): setting another library's key would hand its destructor our value.
+  if (g_own_captures_key_made) (void)pthread_setspecific(g_own_captures_key, reinterpret_cast<void*>(1));
 }
 
 void Router::own_captures_over(void*) {
   Router& r = router();
-  if (r.exiting_.load(std::memory_order_relaxed)) return;
+  // Not at exit, and not in a forked child (a thread there that began a capture in the parent): the
+  // child leaves the parent's pools alone, and a flush would call the driver and take their locks.
+  if (r.exiting_.load(std::memory_order_relaxed) || r.forked_.load(std::memory_order_relaxed)) return;
   for (char& key : tl_own_streams) r.capture_ended(reinterpret_cast<cudaStream_t>(&key));
 }
 

@@ -4,6 +4,8 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
+#include <limits.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -242,6 +244,49 @@ int mode_trace_oom(int argc, char** argv) {
   return 0;
 }
 
+// Every pthread key of the process taken (as by a program that leaks keys) before glake's first
+// capture of a thread's own stream: glake cannot make the key that ends such a capture at the thread's
+// exit, and must set no other key instead. Prints how many keys' values the begin changed.
+int mode_keys_taken() {
+  if (cudaSetDevice(0) != cudaSuccess) return 1;
+  void* p = nullptr;
+  if (cudaMalloc(&p, MiB) != cudaSuccess) return 1;
+  // The stand-in driver's own key, made at a thread's first use of its stream, exists before the keys
+  // run out, as the real driver's does.
+  std::thread([] {
+    (void)cudaSetDevice(0);
+    (void)cudaStreamSynchronize(cudaStreamPerThread);
+  }).join();
+  int taken = 0;
+  for (pthread_key_t k; pthread_key_create(&k, nullptr) == 0;) ++taken;
+  cudaError_t begun = cudaErrorUnknown, ended = cudaErrorUnknown;
+  int changed = -1;
+  std::thread([&] {
+    (void)cudaSetDevice(0);
+    (void)cudaStreamSynchronize(cudaStreamPerThread);  // the stand-in's key is set for this thread now
+    // Each key holds a value of its own for the begin (a value already equal to what glake would
+    // set shows nothing), and gets its own back after it.
+    std::vector<void*> own(PTHREAD_KEYS_MAX);
+    std::vector<char> marks(PTHREAD_KEYS_MAX);
+    for (unsigned k = 0; k < PTHREAD_KEYS_MAX; ++k) {
+      own[k] = pthread_getspecific(k);
+      (void)pthread_setspecific(k, &marks[k]);
+    }
+    begun = cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeRelaxed);
+    changed = 0;
+    for (unsigned k = 0; k < PTHREAD_KEYS_MAX; ++k) {
+      changed += pthread_getspecific(k) != &marks[k];
+      (void)pthread_setspecific(k, own[k]);  // its owner's destructor would get a value not its own
+    }
+    cudaGraph_t g = nullptr;
+    ended = cudaStreamEndCapture(cudaStreamPerThread, &g);
+    if (g != nullptr) (void)cudaGraphDestroy(g);
+  }).join();
+  std::printf("taken=%d\nbegin=%d\nend=%d\nchanged=%d\n", taken, static_cast<int>(begun), static_cast<int>(ended),
+              changed);
+  return cudaFree(p) == cudaSuccess ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -257,5 +302,6 @@ int main(int argc, char** argv) {
   if (mode == "ipc-export-exit") return mode_ipc_export_exit(argc, argv);
   if (mode == "fork-while-creating") return mode_fork_while_creating();
   if (mode == "trace-oom") return mode_trace_oom(argc, argv);
+  if (mode == "keys-taken") return mode_keys_taken();
   return 2;
 }

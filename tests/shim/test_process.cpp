@@ -348,6 +348,18 @@ TEST_F(Process, FreesAfterTheDriversTeardownAtExitAreHarmless) {
   EXPECT_TRUE(has(r.err, "exit-free: cudaFree=0 cudaFreeAsync=0")) << r.err;
 }
 
+// ---- thread exit --------------------------------------------------------------------------------------
+
+// glake ends a capture of a thread's own stream at the thread's exit through a pthread key made at the
+// first such capture. With every key of the process taken it gets none: its begin must then set no
+// key at all (the unmade key's variable reads 0, another library's key, whose destructor would get
+// glake's value at the thread's exit).
+TEST_F(Process, ACaptureOfAThreadsStreamWithNoKeyLeftSetsNoOtherLibrarysKey) {
+  const Outcome r = run({helper(), "keys-taken"});
+  EXPECT_EQ(0, r.status) << r.err;
+  EXPECT_TRUE(has(r.out, "begin=0\nend=0\nchanged=0\n")) << r.out;
+}
+
 // ---- IPC ----------------------------------------------------------------------------------------------
 
 void ipc_roundtrip(std::size_t n, int seed) {

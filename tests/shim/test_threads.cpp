@@ -175,6 +175,32 @@ TEST(Threads, AThreadExitingMidCaptureOfItsStreamEndsTheCapture) {
   EXPECT_EQ("", validate(0));
 }
 
+// A cudaFree made during such a capture is held (no device synchronization under way), and the
+// capturing thread's exit frees it: held, it stayed glake's for good.
+TEST(Threads, AFreeHeldDuringACaptureIsDoneWhenTheCapturingThreadExits) {
+  REQUIRE_GLAKE();
+  ASSERT_EQ(cudaSuccess, cudaSetDevice(0));
+  void* held = nullptr;
+  ASSERT_EQ(cudaSuccess, cudaMalloc(&held, 1 << 20));
+  ASSERT_TRUE(owns(held));
+  std::atomic<int> stage{0};
+  bool begun = false;
+  std::thread other([&] {
+    begun = cudaSetDevice(0) == cudaSuccess &&
+            cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeGlobal) == cudaSuccess;
+    stage = 1;
+    while (stage.load() != 2) std::this_thread::yield();
+  });
+  while (stage.load() != 1) std::this_thread::yield();
+  EXPECT_EQ(cudaSuccess, cudaFree(held));
+  EXPECT_TRUE(owns(held)) << "a free during another thread's global capture is held";
+  stage = 2;
+  other.join();
+  ASSERT_TRUE(begun);
+  EXPECT_FALSE(owns(held)) << "the held free was not done when the capturing thread exited";
+  EXPECT_EQ("", validate(0));
+}
+
 // A thread has its own stream on each device: a failed end of capture of its stream on device 1 must
 // leave the capture of its stream on device 0 counted.
 TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatDevices) {

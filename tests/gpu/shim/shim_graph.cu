@@ -140,12 +140,32 @@ TEST(Graph, AThreadExitingMidCaptureOfItsStreamEndsTheCapture) {
               cudaGetErrorName(during), cudaGetErrorName(ended));
   ASSERT_EQ(cudaSuccess, begun);
 
+  // A cudaFree made during that capture is held; the thread's exit frees it (glake's end of the count
+  // flushes it from the exiting thread).
+  void* held = nullptr;
+  CUDA_OK(cudaMalloc(&held, 4u << 20));
+  ASSERT_TRUE(owns(held));
+  stage = 0;
+  cudaError_t held_free = cudaErrorUnknown;
   std::thread exits([&] {
     (void)cudaSetDevice(device());
     begun = cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeGlobal);
     write_words<<<1, 32, 0, cudaStreamPerThread>>>(nullptr, 0, 1);
+    std::unique_lock lk(m);
+    stage = 1;
+    cv.notify_all();
+    cv.wait(lk, [&] { return stage == 2; });
   });
+  {
+    std::unique_lock lk(m);
+    cv.wait(lk, [&] { return stage == 1; });
+    held_free = cudaFree(held);
+    stage = 2;
+    cv.notify_all();
+  }
   exits.join();
+  EXPECT_EQ(cudaSuccess, held_free);
+  EXPECT_FALSE(owns(held)) << "the free held during the exited thread's capture was not done";
   const cudaError_t after_exit = cudaDeviceSynchronize();
   (void)cudaGetLastError();
   std::printf("a thread began a capture of its stream (%s) and exited: cudaDeviceSynchronize %s\n",

@@ -259,6 +259,7 @@ Stream* legacy_stream(int device) {  // mu held
 // As the real driver's (measured on an H100, CUDA 13): a capture of a thread's own stream that is under
 // way when the thread exits is over (another thread's cuCtxSynchronize then succeeds).
 pthread_key_t g_own_streams_key;
+bool g_own_streams_key_made = false;  // pthread_key_create failed: g_own_streams_key is another library's
 pthread_once_t g_own_streams_once = PTHREAD_ONCE_INIT;
 void own_streams_over(void*) {
   if (g_torn_down.load() || g == nullptr) return;
@@ -271,8 +272,9 @@ void own_streams_over(void*) {
   }
 }
 void end_own_captures_at_exit() {
-  pthread_once(&g_own_streams_once, [] { (void)pthread_key_create(&g_own_streams_key, own_streams_over); });
-  (void)pthread_setspecific(g_own_streams_key, reinterpret_cast<void*>(1));
+  pthread_once(&g_own_streams_once,
+               [] { g_own_streams_key_made = pthread_key_create(&g_own_streams_key, own_streams_over) == 0; });
+  if (g_own_streams_key_made) (void)pthread_setspecific(g_own_streams_key, reinterpret_cast<void*>(1));
 }
 
 // The stream a handle names, for the current context's device; null if invalid. mu held.
