@@ -372,6 +372,13 @@ void Ipc::answer(int conn) {
 cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, int device, void** ptr) {
   Wire w;
   std::memcpy(&w, &handle, sizeof w);
+  // This device's open of the same handle, if any (mutex_ held).
+  auto opened = [&]() -> Import* {
+    for (Import* i = import_list_; i != nullptr; i = i->next)
+      if (i->pid == w.pid && i->nonce == w.nonce && i->base == w.base && i->id == w.id && i->device == device)
+        return i;
+    return nullptr;
+  };
   {
     Locked lock(&mutex_);
     // A handle of this very process: CUDA refuses it (cudaErrorDeviceUninitialized; the driver's
@@ -379,12 +386,10 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, int device
     // another pid namespace may have this pid, and a forked child has a pid of its own (and draws a
     // nonce of its own: after_fork_child), so it still opens its parent's handles.
     if (server_started_ && w.pid == getpid() && w.nonce == nonce_) return cudaErrorDeviceUninitialized;
-    for (Import* i = import_list_; i != nullptr; i = i->next) {
-      if (i->pid == w.pid && i->nonce == w.nonce && i->base == w.base && i->id == w.id && i->device == device) {
-        ++i->refs;
-        *ptr = i->ptr;
-        return cudaSuccess;
-      }
+    if (Import* i = opened()) {
+      ++i->refs;
+      *ptr = i->ptr;
+      return cudaSuccess;
     }
   }
   const DriverApi& d = real_driver();
@@ -487,10 +492,7 @@ cudaError_t Ipc::open(const cudaIpcMemHandle_t& handle, unsigned int, int device
   Import* same = nullptr;  // another thread's open of the handle that finished first
   {
     Locked lock(&mutex_);
-    for (Import* i = import_list_; i != nullptr && same == nullptr; i = i->next)
-      if (i->pid == imp->pid && i->nonce == imp->nonce && i->base == imp->base && i->id == imp->id &&
-          i->device == device)
-        same = i;
+    same = opened();
     if (same != nullptr) {
       ++same->refs;
       *ptr = same->ptr;
