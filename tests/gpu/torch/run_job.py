@@ -20,6 +20,9 @@ Jobs (small models built from configs, random weights, no downloads):
   pluggable                without LD_PRELOAD: PyTorch's CUDAPluggableAllocator loads libglake.so
                            (glake_malloc / glake_free) and a model trains on its memory, 0-byte tensors
                            included: losses equal native's, the tensors are glake's
+  compile                  torch.compile(mode="reduce-overhead"): training and inference through
+                           Inductor's CUDA graphs; losses and outputs equal native's
+  dataloader               DataLoader workers forked after CUDA is up, pinned batches: losses equal
   torchrun_nccl            torchrun with NCCL, one process per GPU (at most 2; GLAKE_TEST_GPUS sets
                            the number): collectives, and DistributedDataParallel training steps
 Results and logs go to $OUT/torch when OUT is set. Exits 1 if a comparison fails.
@@ -206,6 +209,69 @@ def job_graphs(_):
             "capture_passthrough": (after["passthrough_allocs"] - before["passthrough_allocs"]) if before else None}
 
 
+def job_compile(_):
+    """torch.compile(mode="reduce-overhead"): Inductor's kernels run inside CUDA graphs (CUDA graph trees),
+    whose captures allocate through PyTorch's allocator while glake serves the eager tensors around them."""
+    import torch
+    import torch.nn.functional as F
+    torch.backends.cuda.matmul.allow_tf32 = False
+    glake = gt.Glake()
+    torch.manual_seed(SEED)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 512)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    compiled = torch.compile(model, mode="reduce-overhead")
+    gen = torch.Generator(device="cuda").manual_seed(SEED)
+    before = glake.stats()
+    losses, diffs = [], []
+    for _ in range(8):  # training through the compiled module (forward and backward graphs)
+        x = torch.randn(64, 512, device="cuda", generator=gen)
+        y = torch.randn(64, 512, device="cuda", generator=gen)
+        torch.compiler.cudagraph_mark_step_begin()
+        loss = F.mse_loss(compiled(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    with torch.no_grad():
+        infer = torch.compile(model, mode="reduce-overhead")
+        for _ in range(4):
+            x = torch.randn(32, 512, device="cuda", generator=gen)
+            torch.compiler.cudagraph_mark_step_begin()
+            out = infer(x).clone()
+            diffs.append(float((out - model(x)).abs().max()))
+    torch.cuda.synchronize()
+    after = glake.stats()
+    return {"losses": losses, "diffs": diffs, "glake": glake.status(), "validate": glake.validate(),
+            "backend": torch.cuda.get_allocator_backend(),
+            "glake_allocs": (after["allocs"] - before["allocs"]) if before else None,
+            "capture_passthrough": (after["passthrough_allocs"] - before["passthrough_allocs"]) if before else None}
+
+
+def job_dataloader(_):
+    """A DataLoader whose workers are forked after CUDA is up (Linux's default start method), with pinned
+    batches: the workers inherit the preload and never touch CUDA."""
+    import torch
+    import torch.nn.functional as F
+    deterministic()
+    glake = gt.Glake()
+    torch.manual_seed(SEED)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 1)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    data = torch.utils.data.TensorDataset(torch.randn(4096, 256), torch.randn(4096, 1))
+    loader = torch.utils.data.DataLoader(data, batch_size=256, num_workers=2, pin_memory=True,
+                                         multiprocessing_context="fork")
+    losses = []
+    for epoch in range(2):
+        for x, y in loader:
+            loss = F.mse_loss(model(x.cuda(non_blocking=True)), y.cuda(non_blocking=True))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+    return {"losses": losses, "glake": glake.status(), "validate": glake.validate(),
+            "owns_weight": glake.owns(model[0].weight.data_ptr())}
+
+
 def mp_child(q_in, q_out):
     import torch
     t = q_in.get()
@@ -323,6 +389,8 @@ JOBS = {
     "graphs": job_graphs,
     "multiprocessing": job_multiprocessing,
     "pluggable": job_pluggable,
+    "compile": job_compile,
+    "dataloader": job_dataloader,
     "torchrun_worker": job_torchrun_worker,
 }
 
@@ -424,6 +492,35 @@ def compare_graphs(native, glake):
     return fails
 
 
+def compare_compile(native, glake):
+    fails = []
+    common(native, glake, fails)
+    for i, (a, b) in enumerate(zip(native["losses"], glake["losses"])):
+        if not close(a, b, rel=1e-3, abs_=1e-4):
+            fails.append(f"step {i}: loss {a} natively, {b} under glake")
+    for run, r in (("native", native), ("glake", glake)):
+        if max(r["diffs"]) > 1e-3:
+            fails.append(f"{run}: the compiled graph's output differs from eager by {max(r['diffs'])}")
+    if not glake.get("glake_allocs"):
+        fails.append("no tensor of the compiled job came from glake")
+    print(f"compile: backend {glake.get('backend')}, {glake.get('glake_allocs')} allocations by glake, "
+          f"{glake.get('capture_passthrough')} passed through (captures)")
+    return fails
+
+
+def compare_dataloader(native, glake):
+    fails = []
+    common(native, glake, fails)
+    if len(native["losses"]) != len(glake["losses"]):
+        fails.append(f"{len(glake['losses'])} steps under glake, {len(native['losses'])} natively")
+    for i, (a, b) in enumerate(zip(native["losses"], glake["losses"])):
+        if not close(a, b, rel=1e-3, abs_=1e-4):
+            fails.append(f"step {i}: loss {a} natively, {b} under glake")
+    if not glake.get("owns_weight"):
+        fails.append("the model's weights are not glake's")
+    return fails
+
+
 def compare_multiprocessing(native, glake):
     fails = []
     if glake.get("glake") != "on":
@@ -471,6 +568,7 @@ COMPARE = {
     "gpt2_train": compare_train, "llama_train": compare_train, "lora": compare_train,
     "generate": compare_generate, "memory_stats": compare_memory_stats, "graphs": compare_graphs,
     "multiprocessing": compare_multiprocessing, "pluggable": compare_pluggable, "torchrun_nccl": compare_torchrun,
+    "compile": compare_compile, "dataloader": compare_dataloader,
 }
 
 
