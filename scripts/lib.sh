@@ -1,7 +1,7 @@
 # scripts/lib.sh: set-up shared by scripts/test and scripts/demo. Installs what is missing (Debian
 # packages through apt) and configures + builds a build folder. Sourced, not run.
 
-GLAKE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+GLAKE_ROOT=$(CDPATH= cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)  # CDPATH= : else cd may print the folder
 GLAKE_PACKAGES=(meson ninja-build pkg-config g++ libfmt-dev nlohmann-json3-dev libgtest-dev libgmock-dev
                 libunwind-dev zlib1g-dev python3 binutils chromium fonts-dejavu-core)
 

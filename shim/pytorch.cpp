@@ -16,7 +16,8 @@
 // - Either asks for expandable_segments, or for options of the native allocator (max_split_size_mb,
 //   roundup_power2_divisions, garbage_collection_threshold, ...): the user chose the native allocator;
 //   kept, and one line on the first CUDA call says what glake can and cannot do then.
-// - Other options only: ",backend:cudaMallocAsync" is appended to each variable that is set.
+// - Other options only: ",backend:cudaMallocAsync" is appended to each variable that is set, and
+//   one set but empty gets "backend:cudaMallocAsync".
 // Nothing is printed by a process that never makes a CUDA call.
 //
 // The same library exports glake_malloc / glake_free for torch.cuda.memory.CUDAPluggableAllocator.
@@ -114,7 +115,9 @@ void choose_backend() {
     }
   }
   for (int i = 0; i < 2; ++i) {
-    if (confs[i].empty()) continue;
+    // Set but empty counts as set for PyTorch (a version that reads this one first stops here, and
+    // gets the native allocator): it gets the backend too. Unset stays unset.
+    if (confs[i].empty() && std::getenv(names[i]) == nullptr) continue;
     // PyTorch skips spaces and accepts one trailing comma; a comma before ours would then begin a key
     // of its own (",": "Unrecognized key"), so drop them first.
     std::string base = confs[i];

@@ -21,6 +21,7 @@
 #include <fstream>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "shim_test.h"
@@ -196,6 +197,21 @@ TEST_F(Process, PyTorchsTwoVariablesAreReadAlike) {
   EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=pinned_num_register_threads:4,backend:cudaMallocAsync\n")) << r.out;
   EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,backend:cudaMallocAsync\n"))
       << r.out;
+}
+
+// A variable set but empty is set for PyTorch: a version that reads it first stops there and takes the
+// native allocator, so it gets the backend as the other, non-empty one does.
+TEST_F(Process, PyTorchsEmptyButSetVariableGetsTheBackendToo) {
+  Outcome r = run({helper(), "no-cuda"},
+                  {{"PYTORCH_ALLOC_CONF", ""}, {"PYTORCH_CUDA_ALLOC_CONF", "pinned_use_cuda_host_register:True"}},
+                  {"GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,backend:cudaMallocAsync\n"))
+      << r.out;
+  r = run({helper(), "no-cuda"}, {{"PYTORCH_ALLOC_CONF", "pinned_num_register_threads:4"}, {"PYTORCH_CUDA_ALLOC_CONF", ""}},
+          {"GLAKE_PYTORCH"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=pinned_num_register_threads:4,backend:cudaMallocAsync\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
 }
 
 // A negative byte count behind a space is a bad value like "-1": one line, and glake passes through.
@@ -927,6 +943,117 @@ TEST_F(Process, GlakeRunRefusesALibraryPathTheLoaderWouldSplit) {
   EXPECT_NE(0, r.status) << "ran without glake: " << r.out << r.err;
   EXPECT_FALSE(has(r.out, "malloc=")) << r.out << r.err;
   run({"/bin/rm", "-rf", dir});
+}
+
+// glake-run checks a size as the library reads it: every spelling the library takes runs ("512Mi"
+// was refused), and every one it refuses (which would run the job without glake) is a usage error.
+TEST_F(Process, GlakeRunTakesTheSizesTheLibraryTakes) {
+  const std::string script = env_path("GLAKE_RUN");
+  const Outcome mi = run({script, "--lib", env_path("GLAKE_LIB"), "--limit", "512Mi", "--", "/usr/bin/printenv",
+                          "GLAKE_LIMIT"});
+  EXPECT_EQ(0, mi.status) << mi.err;
+  EXPECT_EQ("512Mi\n", mi.out);
+  const std::pair<const char*, const char*> flags[] = {{"--limit", "GLAKE_LIMIT"}, {"--small-limit", "GLAKE_SMALL_LIMIT"},
+                                                       {"--max-create", "GLAKE_MAX_CREATE"},
+                                                       {"--va-reserve", "GLAKE_VA_RESERVE"}};
+  for (const char* value : {"0", "1", "511", "512", "64k", "512Mi", "512mib", "512MB", "70GiB", "1T", "512B", "512i",
+                            "1023M", "1024M", "16777215T", "16777216T", "17179869184G", "18446744073709551615",
+                            "18446744073709551616", "000000000000000000000000001", "12XB", "1.5G", "-1", " 1"}) {
+    for (const auto& [flag, var] : flags) {
+      const Outcome lib = run({helper(), "alloc"}, {{var, value}});
+      const bool lib_takes = has(lib.out, "\nstatus=1\n");  // on (some of these leave it no memory)
+      const Outcome launcher = run({script, "--lib", env_path("GLAKE_LIB"), flag, value, "--", "/bin/true"});
+      EXPECT_EQ(lib_takes ? 0 : 2, launcher.status)
+          << flag << " '" << value << "': the library " << (lib_takes ? "takes" : "refuses") << " it; " << lib.err
+          << launcher.err;
+    }
+  }
+}
+
+// LD_PRELOAD, as the loader reads it: entries split at spaces and colons. glake-run keeps every other
+// entry, in order, and leaves one libglake.so, last; it added a second when the list already had it
+// after a colon, or by another path.
+TEST_F(Process, GlakeRunPreloadsTheLibraryOnceAndKeepsTheOthers) {
+  const std::string lib = env_path("GLAKE_LIB");
+  const std::string other = "/nonexistent/libother.so", other2 = "/nonexistent/libother2.so";
+  const std::string shim_dir = lib.substr(0, lib.rfind('/'));
+  const std::string same_lib = shim_dir + "/../" + shim_dir.substr(shim_dir.rfind('/') + 1) + "/libglake.so";
+  const std::string link = "/tmp/glake-preload-link-" + std::to_string(getpid()) + ".so";  // the same file
+  ASSERT_EQ(0, run({"/bin/ln", "-sf", lib, link}).status);
+  const std::pair<std::string, std::string> cases[] = {
+      {"", lib},
+      {lib, lib},
+      {other + ":" + lib, other + " " + lib},
+      {other + " " + lib, other + " " + lib},
+      {lib + ":" + other, other + " " + lib},
+      {other + "::" + other2 + " ", other + " " + other2 + " " + lib},
+      {same_lib + ":" + other, other + " " + lib},
+      {"/elsewhere/libglake.so " + other, other + " " + lib},
+      {link + " " + other, other + " " + lib},
+  };
+  for (const auto& [before, after] : cases) {
+    const Outcome r = run({env_path("GLAKE_RUN"), "--lib", lib, "--", "/usr/bin/printenv", "LD_PRELOAD"},
+                          {{"LD_PRELOAD", before}});
+    EXPECT_EQ(0, r.status) << before << ": " << r.err;
+    EXPECT_EQ(after + "\n", r.out) << "LD_PRELOAD was '" << before << "'";
+  }
+  std::remove(link.c_str());
+}
+
+// --help is asked for: on stdout (glake-run --help | less), exit 0. A usage error: on stderr, exit 2.
+TEST_F(Process, GlakeRunHelpGoesToStdout) {
+  const Outcome r = run({env_path("GLAKE_RUN"), "--help"});
+  EXPECT_EQ(0, r.status);
+  EXPECT_TRUE(has(r.out, "usage: glake-run")) << r.out;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  const Outcome bad = run({env_path("GLAKE_RUN"), "--limit", "lots", "--", "/bin/true"});
+  EXPECT_EQ(2, bad.status);
+  EXPECT_TRUE(bad.out.empty()) << bad.out;
+  EXPECT_TRUE(has(bad.err, "--limit") && has(bad.err, "usage: glake-run")) << bad.err;
+}
+
+// With CDPATH set (export CDPATH=.:~ is common), `cd dir` searches it and prints where it went, which
+// went into the path of a relative --lib (and of the script's own folder): glake-run refused to run.
+TEST_F(Process, GlakeRunTakesARelativeLibraryUnderCdpath) {
+  const std::string lib = env_path("GLAKE_LIB");
+  const std::string shim_dir = lib.substr(0, lib.rfind('/'));
+  const std::string build_dir = shim_dir.substr(0, shim_dir.rfind('/'));
+  const std::string relative = shim_dir.substr(build_dir.size() + 1) + "/libglake.so";
+  const Outcome r = run({"/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", build_dir, env_path("GLAKE_RUN"), "--lib",
+                         relative, "--", "/usr/bin/printenv", "LD_PRELOAD"},
+                        {{"CDPATH", ".:/"}, {"LD_PRELOAD", ""}});
+  EXPECT_EQ(0, r.status) << r.err;
+  EXPECT_EQ(lib + "\n", r.out) << r.err;
+}
+
+// Run through a link (~/bin/glake-run -> checkout/scripts/glake-run), it finds the library next to the
+// script itself, as run directly; it looked next to the link.
+TEST_F(Process, GlakeRunThroughALinkFindsTheLibraryOfItsCheckout) {
+  const std::vector<std::string> unset = {"GLAKE_LIB"};
+  const Outcome direct = run({env_path("GLAKE_RUN"), "--", "/usr/bin/printenv", "LD_PRELOAD"}, {{"LD_PRELOAD", ""}}, unset);
+  if (direct.status != 0) GTEST_SKIP() << "no libglake.so next to the script (a build folder other than build/)";
+  const std::string dir = "/tmp/glake-run-link-" + std::to_string(getpid());
+  ASSERT_EQ(0, run({"/bin/mkdir", "-p", dir}).status);
+  ASSERT_EQ(0, run({"/bin/ln", "-sf", env_path("GLAKE_RUN"), dir + "/glake-run"}).status);
+  const Outcome linked = run({dir + "/glake-run", "--", "/usr/bin/printenv", "LD_PRELOAD"}, {{"LD_PRELOAD", ""}}, unset);
+  EXPECT_EQ(0, linked.status) << linked.err;
+  EXPECT_EQ(direct.out, linked.out) << linked.err;
+  run({"/bin/rm", "-rf", dir});
+}
+
+// --trace names a file from where glake-run runs; the job's processes open it at exit, after any chdir
+// of theirs (Hydra runs a job in its output folder): glake-run hands them an absolute path.
+TEST_F(Process, GlakeRunMakesTheTracePathAbsolute) {
+  char cwd[4096];
+  ASSERT_NE(nullptr, getcwd(cwd, sizeof cwd));
+  const std::string script = env_path("GLAKE_RUN"), lib = env_path("GLAKE_LIB");
+  Outcome r = run({script, "--lib", lib, "--trace", "t-%p.json", "--", "/usr/bin/printenv", "GLAKE_TRACE"});
+  EXPECT_EQ(0, r.status) << r.err;
+  EXPECT_EQ(std::string(cwd) + "/t-%p.json\n", r.out);
+  r = run({script, "--lib", lib, "--trace", "/tmp/t.json", "--", "/usr/bin/printenv", "GLAKE_TRACE"});
+  EXPECT_EQ("/tmp/t.json\n", r.out);
+  r = run({script, "--lib", lib, "--trace", "", "--", "/bin/true"});
+  EXPECT_EQ(2, r.status) << "an empty --trace would trace nothing";
 }
 
 }  // namespace
