@@ -562,8 +562,8 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
   return result == Status::ok ? Status::unknown : result;
 }
 
-void Allocator::Impl::collect_stale() {
-  settle(true, true);
+void Allocator::Impl::collect_stale(bool may_wait) {
+  if (may_wait) settle(true, true);
   std::vector<Block*> blocks;
   {
     std::lock_guard lock(mu);
@@ -1018,40 +1018,47 @@ Status Allocator::refresh_access() {
   return result;
 }
 
-void Allocator::trim(std::size_t keep) {
+void Allocator::trim(std::size_t keep, bool may_wait) {
   std::lock_guard grow(impl_->grow_mu);
-  impl_->trim(keep);
+  impl_->trim(keep, may_wait);
 }
 
-void Allocator::Impl::trim(std::size_t keep) {
+void Allocator::Impl::trim(std::size_t keep, bool may_wait) {
   Impl& m = *this;
   {
     std::lock_guard lock(m.mu);
     m.unpark_all();
   }
-  m.collect_stale();  // waits for every stream's work, so every free block is settled after it
+  // Waits for every stream's work, so every free block is settled after it; without waiting, the
+  // blocks not yet known free stay unsettled and are not released below.
+  m.collect_stale(may_wait);
   m.return_lent();
   std::vector<Block*> victims;
   std::vector<std::int32_t> spare;
   {
     std::lock_guard lock(m.mu);
     m.release_empty_chunks();
+    // A page goes only if at least `keep` bytes stay cached after it (cudaMemPoolTrimTo guarantees
+    // its minBytesToKeep): what goes is rounded down to whole pages.
     std::size_t cached = m.st.physical.current - m.large_in_use;
-    while (cached > keep && !m.spare.empty()) {
+    while (!m.spare.empty() && cached > keep &&
+           cached - keep >= m.bytes_of(m.pages[static_cast<std::size_t>(m.spare.back())])) {
       spare.push_back(m.spare.back());
       m.spare.pop_back();
-      cached -= std::min(cached, m.bytes_of(m.pages[static_cast<std::size_t>(spare.back())]));
+      cached -= m.bytes_of(m.pages[static_cast<std::size_t>(spare.back())]);
     }
     // Largest free blocks first: fewer calls for the same bytes. Only the pages a block holds alone and
     // whole go (own_pages, whole_pages_mapped); its partial pages at either end stay.
     std::vector<Block*> order(m.settled_large.rbegin(), m.settled_large.rend());
     for (Block* v : order) {
-      if (cached <= keep) break;
+      if (cached <= keep || cached - keep < m.page) break;
       auto [olo, ohi] = m.own_pages(v);
       auto [plo, phi] = m.whole_pages_mapped(v->segment, olo, ohi);
       if (plo == phi) continue;
-      DevPtr from = phi - std::min<std::size_t>(phi - plo, round_up(cached - keep, m.page));
-      if (m.page_at(v->segment, from).va != from) from = m.page_at(v->segment, from).va;  // a page goes whole
+      DevPtr from = phi - std::min<std::size_t>(phi - plo, (cached - keep) / m.page * m.page);
+      // A page goes whole: one that `from` cuts stays.
+      if (const Page& pg = m.page_at(v->segment, from); pg.va != from) from = pg.va + m.bytes_of(pg);
+      if (from >= phi) continue;
       m.settled_large.erase(v);
       if (v->base < from) {
         Block* t = m.split(v, from - v->base);

@@ -96,8 +96,11 @@ class Allocator {
   // Grants access again over every mapping (after a peer was added: see Driver::set_access).
   Status refresh_access();
 
-  // Returns free physical memory to the driver until the pool holds at most `keep` bytes of free pages.
-  void trim(std::size_t keep = 0);
+  // Returns free physical memory to the driver, whole pages, as long as at least `keep` bytes of free
+  // pages stay (as cudaMemPoolTrimTo keeps at least its minBytesToKeep).
+  // may_wait false (a graph capture is under way, which a query of or wait for a stream or event would
+  // invalidate): no event is recorded, queried or waited for; only blocks already known free go.
+  void trim(std::size_t keep = 0, bool may_wait = true);
   // Bytes of physical memory the pool holds but no live block uses (cached).
   std::size_t cached_bytes() const;
 

@@ -391,8 +391,9 @@ struct Allocator::Impl {
   bool stale_done(const Block* b) {
     return b->settled || b->free_seq <= stream_state(b->stream).completed_seq;
   }
-  // Unmaps the stale slots whose work has completed; they become holes.
-  void collect_stale();
+  // Unmaps the stale slots whose work has completed; they become holes. may_wait: settle every stream
+  // first (waiting for its work); else only slots already known done go.
+  void collect_stale(bool may_wait = true);
   bool has_stale = false;  // a stitch left stale slots since the last collect_stale()
 
   // ---- large requests ----
@@ -478,7 +479,7 @@ struct Allocator::Impl {
   Status execute(Plan& plan);
   Status finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out);
   Status add_segment(std::size_t n);
-  void trim(std::size_t keep);  // grow_mu held (Allocator::trim)
+  void trim(std::size_t keep, bool may_wait = true);  // grow_mu held (Allocator::trim)
 
   std::string validate() const;
 };

@@ -17,8 +17,9 @@
  *   live allocations (requested/requested_peak). Each also includes what the real default pool holds
  *   (normally nothing). Setting ReservedMemHigh or UsedMemHigh (to 0) resets that mark only, as CUDA's
  *   (ReservedMemHigh: physical_peak, mapped_peak; UsedMemHigh: requested_peak, blocks_peak).
- *   cudaMemPoolTrimTo(default pool, n) returns cached memory to the driver until glake holds at most
- *   max(n, in use) bytes, as CUDA's pool does. The release threshold is kept and reported, but glake
+ *   cudaMemPoolTrimTo(default pool, n) returns cached memory to the driver, whole pages, as long as
+ *   glake still holds at least n bytes, as CUDA's pool keeps at least n (during a graph capture, only
+ *   memory already known free: glake_trim). The release threshold is kept and reported, but glake
  *   does not give memory back on its own at synchronizations: it caches until trimmed.
  * - PyTorch: unless GLAKE_PYTORCH=0 or PYTORCH_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF already choose the
  *   allocator, libglake.so selects backend:cudaMallocAsync at process start (shim/pytorch.cpp), so every
@@ -76,8 +77,10 @@ int glake_status(void);
    leading fields, a longer one zeros after them). Returns 0, or -1 if the device has no glake pool
    (then *out is zeroed). */
 int glake_stats(int device, glake_stats_t* out, size_t out_size);
-/* Returns cached memory of the device's pool to the driver until at most `keep` bytes stay cached.
-   0 on success, -1 without a pool. Synchronizes with the pool's streams first. */
+/* Returns cached memory of the device's pool to the driver, whole pages, as long as at least `keep`
+   bytes stay cached. 0 on success, -1 without a pool. Synchronizes with the pool's streams first,
+   unless a graph capture is under way (which that would invalidate): then only memory already known
+   free goes. */
 int glake_trim(int device, size_t keep);
 /* Resets every peak of the device's pool to its current value. 0, or -1 without a pool. */
 int glake_reset_peaks(int device);

@@ -44,6 +44,9 @@ GLAKE_HOOK CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s) {
 GLAKE_HOOK CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
   return guard([&] { return router().cu_mem_get_info(free, total); });
 }
+GLAKE_HOOK CUresult cuDeviceSetMemPool(CUdevice d, CUmemoryPool pool) {
+  return guard([&] { return router().cu_device_set_mem_pool(d, pool); });
+}
 GLAKE_HOOK CUresult cuIpcGetMemHandle(CUipcMemHandle* h, CUdeviceptr p) {
   return guard([&] { return router().cu_ipc_get_mem_handle(h, p); });
 }

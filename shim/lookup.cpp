@@ -65,6 +65,7 @@ const Entry* entries(std::size_t* count) {
       {"cuMemFreeAsync", address_of(&::cuMemFreeAsync)},
       {"cuMemFreeAsync_ptsz", address_of(&::cuMemFreeAsync_ptsz)},
       {"cuMemGetInfo_v2", address_of(&::cuMemGetInfo_v2)},
+      {"cuDeviceSetMemPool", address_of(&::cuDeviceSetMemPool)},
       {"cuIpcGetMemHandle", address_of(&::cuIpcGetMemHandle)},
       {"cuIpcOpenMemHandle_v2", address_of(&::cuIpcOpenMemHandle_v2)},
       {"cuIpcCloseMemHandle", address_of(&::cuIpcCloseMemHandle)},
@@ -134,6 +135,8 @@ void* substitute_proc(const char* symbol, int version, cuuint64_t flags, void* r
   if (std::strcmp(symbol, "cuStreamDestroy") == 0)
     return real == address_of(d.stream_destroy) ? address_of(&::cuStreamDestroy_v2) : real;
   if (std::strcmp(symbol, "cuCtxEnablePeerAccess") == 0) return address_of(&::cuCtxEnablePeerAccess);
+  // Another pool made current: cuMemAllocAsync (and the runtime's cudaMallocAsync) allocate from it.
+  if (std::strcmp(symbol, "cuDeviceSetMemPool") == 0) return address_of(&::cuDeviceSetMemPool);
   // Graph capture through the driver (driver-API programs, a statically linked runtime): glake counts
   // the captures under way (Router::cu_stream_begin_capture), on the legacy and the per-thread default
   // stream alike. The cuStreamBeginCapture of CUDA 10.0, which takes no mode, stays the driver's.

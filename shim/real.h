@@ -83,6 +83,8 @@ using DlsymFn = void* (*)(void*, const char*);
   X(mem_alloc_v1, "cuMemAlloc", void*)                                                              \
   X(mem_free_v1, "cuMemFree", void*)                                                                \
   X(mem_get_info_v1, "cuMemGetInfo", void*)                                                         \
+  X(device_get_default_mem_pool, "cuDeviceGetDefaultMemPool", decltype(&::cuDeviceGetDefaultMemPool)) \
+  X(device_set_mem_pool, "cuDeviceSetMemPool", decltype(&::cuDeviceSetMemPool))                     \
   X(ipc_get_mem_handle, "cuIpcGetMemHandle", decltype(&::cuIpcGetMemHandle))                        \
   X(ipc_open_mem_handle, "cuIpcOpenMemHandle_v2", decltype(&::cuIpcOpenMemHandle_v2))               \
   X(ipc_close_mem_handle, "cuIpcCloseMemHandle", decltype(&::cuIpcCloseMemHandle))                  \

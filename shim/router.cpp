@@ -502,6 +502,24 @@ void Router::end_free_wait() {
   if (--waiting_frees_ == 0) pthread_cond_broadcast(&frees_waited_);
 }
 
+void Router::trim_pool(DevicePool* p, std::size_t keep) {
+  bool may_wait = false;
+  {
+    Locked lock(&mutex_);
+    if (captures_.load(std::memory_order_acquire) == 0) {
+      ++waiting_frees_;
+      may_wait = true;
+    }
+  }
+  struct Waited {  // ends the wait even if the trim throws (out of host memory): captures wait for it
+    Router* r;
+    ~Waited() {
+      if (r != nullptr) r->end_free_wait();
+    }
+  } waited{may_wait ? this : nullptr};
+  p->alloc->trim(keep, may_wait);
+}
+
 pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr, int stream_dev) {
   if (const auto answer = begin_free_wait(p, ptr, stream_dev)) return *answer;
   const pool::Status sync = wait_for_device(p, stream_dev);
@@ -945,7 +963,7 @@ cudaError_t Router::mem_pool_trim_to(cudaMemPool_t mem_pool, std::size_t keep) {
     const std::size_t cached = p->alloc->cached_bytes();
     const std::size_t physical = p->alloc->stats().physical.current;
     const std::size_t in_use = physical > cached ? physical - cached : 0;
-    p->alloc->trim(keep > in_use ? keep - in_use : 0);
+    trim_pool(p, keep > in_use ? keep - in_use : 0);
   }
   return r;
 }
@@ -1285,6 +1303,18 @@ CUresult Router::cu_mem_get_info(std::size_t* free, std::size_t* total) {
   return r;
 }
 
+CUresult Router::cu_device_set_mem_pool(CUdevice device, CUmemoryPool mem_pool) {
+  const DriverApi& d = real_driver();
+  if (d.device_set_mem_pool == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = d.device_set_mem_pool(device, mem_pool);
+  if (r != CUDA_SUCCESS || !valid_device(device) || inside_real_call()) return r;
+  CUmemoryPool def = nullptr;
+  const bool is_default = d.device_get_default_mem_pool != nullptr &&
+                          d.device_get_default_mem_pool(&def, device) == CUDA_SUCCESS && def == mem_pool;
+  custom_pool_[device].store(!is_default, std::memory_order_relaxed);
+  return r;
+}
+
 // The driver's IPC calls, for programs that reach the driver without glake's runtime hooks (the
 // static runtime, driver-API programs): glake's blocks and handles as in ipc_*_mem_handle, with Ipc's
 // runtime codes turned into the driver's.
@@ -1532,7 +1562,7 @@ int Router::stats(int device, glake_stats_t* out, std::size_t out_size) {
 int Router::trim(int device, std::size_t keep) {
   DevicePool* p = forked_.load(std::memory_order_relaxed) ? nullptr : existing_pool(device);
   if (p == nullptr) return -1;
-  if (!exiting_.load(std::memory_order_relaxed)) p->alloc->trim(keep);
+  if (!exiting_.load(std::memory_order_relaxed)) trim_pool(p, keep);
   return 0;
 }
 

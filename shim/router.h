@@ -121,6 +121,10 @@ class Router {
   CUresult cu_mem_alloc_async(CUdeviceptr* ptr, std::size_t size, CUstream stream, bool ptds);
   CUresult cu_mem_free_async(CUdeviceptr ptr, CUstream stream, bool ptds);
   CUresult cu_mem_get_info(std::size_t* free, std::size_t* total);
+  // Another pool made current through the driver (a driver-API program, the static runtime) takes the
+  // device's stream-ordered allocations, as cudaDeviceSetMemPool's does; the runtime's own call (inside
+  // its hook) is left to that hook.
+  CUresult cu_device_set_mem_pool(CUdevice device, CUmemoryPool pool);
   CUresult cu_ipc_get_mem_handle(CUipcMemHandle* handle, CUdeviceptr ptr);
   CUresult cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags);
   CUresult cu_ipc_close_mem_handle(CUdeviceptr ptr);
@@ -231,6 +235,10 @@ class Router {
   // if it fails.
   template <class Begin>
   auto counted_begin(pool::StreamHandle stream, bool driver_api, Begin begin);
+  // The pool's trim. It may wait for the pool's streams only while no capture is under way (a wait
+  // would invalidate one begun in global mode), and then counts as a waiting free (begin_free_wait)
+  // so that no capture begins before it is done; during a capture it releases only what is known free.
+  void trim_pool(DevicePool* p, std::size_t keep);
   pool::Status synchronize_device(int device);
   static bool device_context_active(int device);  // its primary context exists (is retained)
 
@@ -262,7 +270,7 @@ class Router {
 
   std::atomic<DevicePool*> pools_[kMaxDevices] = {};
   std::atomic<std::uintptr_t> default_pools_[kMaxDevices] = {};  // cudaMemPool_t of each device, once known
-  std::atomic<bool> custom_pool_[kMaxDevices] = {};             // cudaDeviceSetMemPool chose another pool
+  std::atomic<bool> custom_pool_[kMaxDevices] = {};  // cudaDeviceSetMemPool/cuDeviceSetMemPool chose another pool
   std::atomic<std::uint64_t> peers_[kMaxDevices] = {};          // devices granted access to this one's pool
   std::atomic<std::uint64_t> passthrough_[kMaxDevices + 1] = {};  // [kMaxDevices]: device unknown
   std::atomic<std::uint64_t> held_[kMaxDevices] = {};

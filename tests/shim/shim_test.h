@@ -49,6 +49,9 @@ inline unsigned long long device_syncs() { return driver_fn<decltype(standin_dev
 inline unsigned long long device_syncs_in_capture() {
   return driver_fn<decltype(standin_device_syncs_in_capture)>("standin_device_syncs_in_capture")();
 }
+inline unsigned long long waits_in_capture() {
+  return driver_fn<decltype(standin_waits_in_capture)>("standin_waits_in_capture")();
+}
 inline void fail_next_end_capture(CUresult e) {
   driver_fn<decltype(standin_fail_next_end_capture)>("standin_fail_next_end_capture")(e);
 }

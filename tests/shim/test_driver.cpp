@@ -60,7 +60,8 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
                            "cuGetProcAddress_v2", "cuIpcGetMemHandle", "cuIpcOpenMemHandle_v2",
                            "cuIpcCloseMemHandle", "cuStreamDestroy_v2", "cuStreamBeginCapture_v2",
                            "cuStreamBeginCaptureToGraph", "cuStreamEndCapture", "cuStreamBeginCapture_v2_ptsz",
-                           "cuStreamBeginCaptureToGraph_ptsz", "cuStreamEndCapture_ptsz", "cuCtxEnablePeerAccess"}) {
+                           "cuStreamBeginCaptureToGraph_ptsz", "cuStreamEndCapture_ptsz", "cuCtxEnablePeerAccess",
+                           "cuDeviceSetMemPool"}) {
     void* p = dlsym(h, name);
     EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
     EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
@@ -295,6 +296,36 @@ TEST_F(Driver, AsyncAllocationComesFromTheStreamsDevice) {
   ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(q, s1));
   ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s1));
   EXPECT_EQ("", validate(1));
+}
+
+// CUDA: cuMemAllocAsync allocates from the device's current pool. A program (driver API, or the
+// static runtime) that makes a pool of its own current with cuDeviceSetMemPool gets its allocations
+// from that pool, not from glake's, until it makes the default pool current again.
+TEST_F(Driver, APoolMadeCurrentThroughTheDriverTakesAsyncAllocations) {
+  CUmemPoolProps props{};
+  props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  props.location.id = 0;
+  CUmemoryPool mine = nullptr, def = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemPoolCreate(&mine, &props));
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceGetDefaultMemPool(&def, 0));
+  CUstream s = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceSetMemPool(0, mine));
+  CUdeviceptr p = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(p))) << "served by glake while another pool is current";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, MiB, reinterpret_cast<cudaStream_t>(s)));
+  EXPECT_FALSE(owns(q)) << "the runtime's call, served by glake while another pool is current";
+  CUDA_OK(cudaFreeAsync(q, reinterpret_cast<cudaStream_t>(s)));
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceSetMemPool(0, def));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(p))) << "the default pool is current again";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
 }
 
 TEST_F(Driver, DirectlyLinkedDriverCallsReachGlake) {

@@ -269,6 +269,29 @@ TEST_F(Runtime, DefaultPoolAttributesReportGlakesFigures) {
   EXPECT_EQ(UINT64_MAX, get(cudaMemPoolAttrReleaseThreshold));
 }
 
+// CUDA: after cudaMemPoolTrimTo(pool, n) a pool that held at least n bytes still holds at least n
+// ("guaranteed to have at least minBytesToKeep bytes reserved after the operation"). glake gives
+// pages back whole: it keeps a page that would take it below n.
+TEST_F(Runtime, TrimToKeepsAtLeastWhatItIsTold) {
+  cudaMemPool_t pool = nullptr;
+  CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, 0));
+  auto get = [&](cudaMemPoolAttr a) { return attribute(pool, a); };
+  void* live = nullptr;
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&live, 4 * MiB));
+  CUDA_OK(cudaMalloc(&p, 16 * MiB));
+  CUDA_OK(cudaFree(p));
+  const cuuint64_t reserved = get(cudaMemPoolAttrReservedMemCurrent);
+  ASSERT_GE(stats().cached, 16 * MiB);
+  const cuuint64_t keep = reserved - 5 * MiB;  // 2.5 pages less
+  CUDA_OK(cudaMemPoolTrimTo(pool, keep));
+  EXPECT_GE(get(cudaMemPoolAttrReservedMemCurrent), keep) << "trimmed below minBytesToKeep";
+  EXPECT_LE(get(cudaMemPoolAttrReservedMemCurrent), reserved - 4 * MiB) << "kept more than whole pages need";
+  CUDA_OK(cudaMemPoolTrimTo(pool, 0));
+  EXPECT_EQ(0u, stats().cached);
+  CUDA_OK(cudaFree(live));
+}
+
 // CUDA: cudaMemPoolAttrReservedMemHigh and cudaMemPoolAttrUsedMemHigh are separate high-water marks;
 // setting one to 0 resets that one only. Programs reset UsedMemHigh alone to measure a phase's peak
 // use while keeping the run's reserved peak.

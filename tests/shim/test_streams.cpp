@@ -541,6 +541,47 @@ TEST_F(Streams, FreesOfGlakeBlocksDuringACapture) {
   CUDA_OK(cudaStreamDestroy(other));
 }
 
+// cudaMemPoolTrimTo (PyTorch's empty_cache()) or glake_trim while a capture is under way (another
+// thread's, in CUDA's default global mode) must not query or wait for any event or stream: in CUDA that
+// invalidates the capture. Such a trim gives back only what is already known free; what was freed on a
+// stream whose work may still run stays cached until a trim after the capture.
+TEST_F(Streams, ATrimDuringACaptureWaitsForNothing) {
+  cudaMemPool_t pool = nullptr;
+  CUDA_OK(cudaDeviceGetDefaultMemPool(&pool, 0));
+  cudaStream_t s = nullptr, cap = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking));
+  void* known = nullptr;
+  void* pending = nullptr;
+  CUDA_OK(cudaMallocAsync(&known, 16 * MiB, s));
+  CUDA_OK(cudaMallocAsync(&pending, 8 * MiB, s));
+  CUDA_OK(cudaMemsetAsync(pending, 0x5a, 8 * MiB, s));
+  CUDA_OK(cudaFreeAsync(known, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  ASSERT_EQ(0, api().trim(0, 8 * MiB));  // settles every free: what stays cached is known free
+  ASSERT_GT(stats().cached, 0u);
+  SlowReader reader{static_cast<unsigned char*>(pending), 8 * MiB, 0x5a, 300};
+  CUDA_OK(cudaLaunchHostFunc(s, SlowReader::run, &reader));
+  CUDA_OK(cudaFreeAsync(pending, s));  // its work still runs
+  const glake_stats_t before = stats();
+  CUDA_OK(cudaStreamBeginCapture(cap, cudaStreamCaptureModeGlobal));
+  const unsigned long long waits = standin::waits_in_capture();
+  CUDA_OK(cudaMemPoolTrimTo(pool, 0));
+  EXPECT_EQ(0, api().trim(0, 0));
+  EXPECT_EQ(waits, standin::waits_in_capture()) << "a trim waited for a stream or an event during a capture";
+  const glake_stats_t during = stats();
+  EXPECT_LT(during.physical, before.physical) << "what was known free stayed";
+  EXPECT_GE(during.cached, 8 * MiB) << "a block whose stream's work may still run went back";
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamEndCapture(cap, &graph));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaMemPoolTrimTo(pool, 0));  // no capture: waits for the stream, then gives the block back
+  EXPECT_LE(stats().physical + 8 * MiB, during.physical);
+  EXPECT_EQ(0, reader.bad.load());
+  CUDA_OK(cudaStreamDestroy(s));
+  CUDA_OK(cudaStreamDestroy(cap));
+}
+
 // A stream destroyed in the middle of its capture ends it: no graph comes of it. Counted on, the
 // capture would send every later cudaMalloc to the real API and hold every cudaFree for good.
 TEST_F(Streams, AStreamDestroyedMidCaptureEndsTheCapture) {

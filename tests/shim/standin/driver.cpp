@@ -131,9 +131,20 @@ struct State {
   CUmemGenericAllocationHandle next_handle = 1;
   std::uint64_t syncs = 0;
   std::uint64_t syncs_in_capture = 0;  // cuCtxSynchronize calls made while a stream of the device was capturing
+  std::uint64_t waits_in_capture = 0;  // event/stream queries and waits made while any stream was capturing
 };
 
 State* g = nullptr;
+
+// A query of or wait for an event or stream while a capture is under way (g->mu held): in CUDA's
+// default capture mode (global) such a call from any thread may be refused and invalidate the capture.
+void note_wait_in_capture() {
+  for (Stream* s : g->streams)
+    if (s->capturing && !s->destroyed) {
+      ++g->waits_in_capture;
+      return;
+    }
+}
 std::atomic<bool> g_initialized{false};
 std::atomic<bool> g_torn_down{false};
 std::atomic<bool> g_poisoned{false};
@@ -1135,6 +1146,7 @@ EXPORT CUresult cuStreamSynchronize(CUstream h) {
   std::unique_lock lk(g->mu);
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  note_wait_in_capture();
   wait_stream(lk, s);
   return CUDA_SUCCESS;
 }
@@ -1144,6 +1156,7 @@ EXPORT CUresult cuStreamQuery(CUstream h) {
   std::lock_guard lk(g->mu);
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  note_wait_in_capture();
   return s->completed >= s->submitted ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 
@@ -1236,6 +1249,7 @@ EXPORT CUresult cuEventQuery(CUevent e) {
   CHECK_ALIVE();
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   std::lock_guard lk(g->mu);
+  note_wait_in_capture();
   auto* ev = reinterpret_cast<Event*>(e);
   return ev->stream == nullptr || ev->stream->completed >= ev->seq ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
@@ -1244,6 +1258,7 @@ EXPORT CUresult cuEventSynchronize(CUevent e) {
   CHECK_ALIVE();
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   std::unique_lock lk(g->mu);
+  note_wait_in_capture();
   auto* ev = reinterpret_cast<Event*>(e);
   if (ev->stream != nullptr) g->cv.wait(lk, [&] { return ev->stream->completed >= ev->seq; });
   return CUDA_SUCCESS;
@@ -1574,4 +1589,8 @@ EXPORT unsigned long long standin_device_syncs(void) {
 EXPORT unsigned long long standin_device_syncs_in_capture(void) {
   std::lock_guard lk(g->mu);
   return g->syncs_in_capture;
+}
+EXPORT unsigned long long standin_waits_in_capture(void) {
+  std::lock_guard lk(g->mu);
+  return g->waits_in_capture;
 }

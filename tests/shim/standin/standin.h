@@ -34,6 +34,9 @@ int standin_streams_being_created(void);
 unsigned long long standin_device_syncs(void);
 // cuCtxSynchronize calls made while a stream of the device was capturing (which break a real capture).
 unsigned long long standin_device_syncs_in_capture(void);
+// cuEventQuery, cuEventSynchronize, cuStreamQuery and cuStreamSynchronize calls made while any stream
+// was capturing: in CUDA's default capture mode (global) one from any thread may invalidate the capture.
+unsigned long long standin_waits_in_capture(void);
 // The next cuStreamEndCapture ends its capture but fails with `error` and returns no graph, as the
 // driver does when a fork of the capture was never joined back (CUDA_ERROR_STREAM_CAPTURE_UNJOINED).
 void standin_fail_next_end_capture(CUresult error);
