@@ -115,6 +115,7 @@ TEST_F(Driver, GetProcAddressSwapsOnlyWhatGlakeInterposes) {
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCaptureToGraph"), proc(get, "cuStreamBeginCaptureToGraph", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamEndCapture"), proc(get, "cuStreamEndCapture", 13000));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuCtxEnablePeerAccess"), proc(get, "cuCtxEnablePeerAccess", 13000));
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuDeviceSetMemPool"), proc(get, "cuDeviceSetMemPool", 13000));
   constexpr cuuint64_t ptds = CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCapture_v2_ptsz"), proc(get, "cuStreamBeginCapture", 13000, ptds));
   EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuStreamBeginCaptureToGraph_ptsz"),
@@ -324,6 +325,20 @@ TEST_F(Driver, APoolMadeCurrentThroughTheDriverTakesAsyncAllocations) {
   ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
   EXPECT_TRUE(owns(reinterpret_cast<void*>(p))) << "the default pool is current again";
   ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  // Through cuGetProcAddress (the static runtime's cudaDeviceSetMemPool), and chosen through the
+  // runtime, undone through the driver.
+  auto get = reinterpret_cast<GetProcV2>(dlsym(libcuda(), "cuGetProcAddress_v2"));
+  const auto set_pool = reinterpret_cast<decltype(&cuDeviceSetMemPool)>(proc(get, "cuDeviceSetMemPool", 13000));
+  ASSERT_NE(nullptr, set_pool);
+  ASSERT_EQ(CUDA_SUCCESS, set_pool(0, mine));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(p))) << "served by glake while another pool is current";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  CUDA_OK(cudaDeviceSetMemPool(0, reinterpret_cast<cudaMemPool_t>(mine)));
+  ASSERT_EQ(CUDA_SUCCESS, set_pool(0, def));
+  CUDA_OK(cudaMallocAsync(&q, MiB, reinterpret_cast<cudaStream_t>(s)));
+  EXPECT_TRUE(owns(q)) << "the default pool is current again: glake serves";
+  CUDA_OK(cudaFreeAsync(q, reinterpret_cast<cudaStream_t>(s)));
   ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
   ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
 }
