@@ -28,6 +28,9 @@ class AtomicFile {
   AtomicFile& operator=(const AtomicFile&) = delete;
 
   void write(std::string_view bytes);
+  // Before commit(): the destination becomes `path`, in the same directory (the temporary file there
+  // is what is renamed).
+  void set_path(std::string path) { path_ = std::move(path); }
   void commit();
   // Drops the temporary file (the destructor does it too).
   void abort() noexcept;

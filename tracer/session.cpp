@@ -27,6 +27,11 @@ namespace glake::tracer {
 namespace {
 
 std::atomic<int> g_signal_pipe{-1};  // the write end of the signal-owning session's pipe
+std::atomic<int> g_term_pipe{-1};    // the same for SIGTERM/SIGINT (the session that handles them)
+std::atomic<int> g_term_signal{0};   // the termination signal that came
+// The process whose watcher reads those pipes. A forked child inherits the handlers and the pipes but
+// not the watcher: its signals must not make its parent write (or, for SIGTERM, die).
+std::atomic<pid_t> g_signal_owner{0};
 struct sigaction g_chained {};       // the handler before ours (set before ours is installed)
 std::atomic<TraceSession*> g_process_session{nullptr};
 std::mutex g_start_mu;
@@ -34,7 +39,7 @@ std::mutex g_start_mu;
 void on_signal(int sig, siginfo_t* info, void* ctx) {
   int saved = errno;
   int fd = g_signal_pipe.load(std::memory_order_relaxed);
-  if (fd >= 0) {
+  if (fd >= 0 && ::getpid() == g_signal_owner.load(std::memory_order_relaxed)) {
     char c = 'd';
     ssize_t n = ::write(fd, &c, 1);
     (void)n;
@@ -45,6 +50,29 @@ void on_signal(int sig, siginfo_t* info, void* ctx) {
   } else if (g_chained.sa_handler != SIG_DFL && g_chained.sa_handler != SIG_IGN && g_chained.sa_handler != nullptr) {
     g_chained.sa_handler(sig);
   }
+}
+
+// SIGTERM or SIGINT where the program left the default action (the process ends): a scheduler's
+// SIGTERM (or ^C) would otherwise end it without the trace. The watcher writes the trace, then ends
+// the process by the same signal with the default action (watch()).
+void on_terminate(int sig) {
+  int saved = errno;
+  int fd = g_term_pipe.load(std::memory_order_relaxed);
+  if (fd >= 0 && ::getpid() == g_signal_owner.load(std::memory_order_relaxed)) {
+    g_term_signal.store(sig, std::memory_order_relaxed);
+    char c = 't';
+    ssize_t n = ::write(fd, &c, 1);
+    (void)n;
+  } else {
+    // Not the recording process (a forked child): the default action, as without glake. The signal is
+    // blocked while this handler runs, so it ends the process as the handler returns.
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    ::sigaction(sig, &dfl, nullptr);
+    ::raise(sig);
+  }
+  errno = saved;
 }
 
 void at_exit() {
@@ -116,6 +144,14 @@ std::string expand_trace_path(const std::string& pattern, int pid) {
     out += pattern[i];
   }
   return out;
+}
+
+std::string pid_trace_path(const std::string& p, int pid) {
+  for (std::string_view suffix : {".json.gz", ".json", ".gz"}) {
+    if (p.size() > suffix.size() && std::string_view(p).substr(p.size() - suffix.size()) == suffix)
+      return fmt::format("{}.{}{}", p.substr(0, p.size() - suffix.size()), pid, suffix);
+  }
+  return fmt::format("{}.{}", p, pid);
 }
 
 std::string default_oom_path(const std::string& p) {
@@ -192,6 +228,8 @@ bool SessionOptions::from_env(SessionOptions* o, std::vector<std::string>* error
 TraceSession::TraceSession(SessionOptions options)
     : options_(std::move(options)), recorder_(options_.recorder), pid_(::getpid()), cmdline_(read_cmdline()) {
   if (options_.name.empty()) options_.name = program_invocation_short_name;
+  path_ = options_.path;
+  ::clock_gettime(CLOCK_REALTIME_COARSE, &started_);
   char host[256] = {};
   if (::gethostname(host, sizeof host - 1) == 0) host_ = host;
   if (::pipe2(pipe_, O_CLOEXEC) != 0) throw std::runtime_error(fmt::format("pipe: {}", std::strerror(errno)));
@@ -206,10 +244,31 @@ TraceSession::TraceSession(SessionOptions options)
       sigemptyset(&sa.sa_mask);
       ::sigaction(options_.signal, nullptr, &g_chained);
       if (g_chained.sa_sigaction == on_signal) g_chained = {};  // never chain to ourselves
+      g_signal_owner.store(pid_, std::memory_order_relaxed);
       if (::sigaction(options_.signal, &sa, &old_action_) == 0) {
         signal_installed_ = true;
       } else {
         g_signal_pipe.store(-1);
+      }
+    }
+  }
+  if (options_.write_on_termination) {
+    int expected = -1;
+    if (g_term_pipe.compare_exchange_strong(expected, pipe_[1])) {
+      g_signal_owner.store(pid_, std::memory_order_relaxed);
+      const int signals[2] = {SIGTERM, SIGINT};
+      for (int k = 0; k < 2; ++k) {
+        struct sigaction now {};
+        // Only where the signal would end the process as it is: a program's own handler (Python's for
+        // SIGINT) or SIG_IGN stays.
+        if (signals[k] == options_.signal || ::sigaction(signals[k], nullptr, &now) != 0 ||
+            (now.sa_flags & SA_SIGINFO) != 0 || now.sa_handler != SIG_DFL)
+          continue;
+        struct sigaction sa {};
+        sa.sa_handler = on_terminate;
+        sa.sa_flags = SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        if (::sigaction(signals[k], &sa, &term_old_[k]) == 0) term_installed_[k] = signals[k];
       }
     }
   }
@@ -221,6 +280,15 @@ TraceSession::~TraceSession() {
     g_signal_pipe.store(-1);
     g_chained = {};
   }
+  for (int k = 0; k < 2; ++k) {
+    if (term_installed_[k] == 0) continue;
+    struct sigaction now {};
+    // Unless the program has replaced ours since.
+    if (::sigaction(term_installed_[k], nullptr, &now) == 0 && now.sa_handler == on_terminate)
+      ::sigaction(term_installed_[k], &term_old_[k], nullptr);
+  }
+  int mine = pipe_[1];
+  g_term_pipe.compare_exchange_strong(mine, -1);
   char q = 'q';
   int flags = ::fcntl(pipe_[1], F_GETFL);
   ::fcntl(pipe_[1], F_SETFL, flags & ~O_NONBLOCK);
@@ -267,16 +335,26 @@ void TraceSession::watch() {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0 || c == 'q') return;
     // Coalesce requests that came meanwhile.
-    bool quit = false;
+    bool quit = false, terminate = c == 't';
     for (;;) {
       pollfd p{pipe_[0], POLLIN, 0};
       if (::poll(&p, 1, 0) != 1) break;
       char more = 0;
       if (::read(pipe_[0], &more, 1) != 1) break;
       if (more == 'q') quit = true;
+      if (more == 't') terminate = true;
     }
     dump_pending_.store(false, std::memory_order_release);
     (void)dump();
+    if (terminate) {
+      // The trace is written: now what the signal would have done (on_terminate).
+      const int sig = g_term_signal.load(std::memory_order_relaxed);
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      sigemptyset(&dfl.sa_mask);
+      ::sigaction(sig, &dfl, nullptr);
+      ::kill(::getpid(), sig);  // to the process: this thread blocks every signal
+    }
     if (quit) return;
   }
 }
@@ -291,7 +369,7 @@ std::string TraceSession::last_error() const {
   return last_error_;
 }
 
-std::string TraceSession::write_trace_file(const std::string& path) {
+std::string TraceSession::write_trace_file(const std::string& path, bool own) {
   auto t0 = std::chrono::steady_clock::now();
   CollectOptions co;
   co.name = options_.name;
@@ -313,12 +391,36 @@ std::string TraceSession::write_trace_file(const std::string& path) {
     co.totals = sum;
   }
   Trace t = recorder_.collect(co);
-  write_trace(t, path);
+  std::string written = path;
+  {
+    AtomicFile f(path, gz_suffix(path));
+    write_trace_json(t, [&](std::string_view s) { f.write(s); });
+    // Checked just before the rename, which takes microseconds, where writing took up to seconds.
+    struct stat st {};
+    if (own && ::stat(path.c_str(), &st) == 0 && !(wrote_ && st.st_dev == wrote_dev_ && st.st_ino == wrote_ino_) &&
+        (st.st_mtim.tv_sec > started_.tv_sec ||
+         (st.st_mtim.tv_sec == started_.tv_sec && st.st_mtim.tv_nsec >= started_.tv_nsec))) {
+      written = pid_trace_path(options_.path, pid_);
+      std::string line = fmt::format("glake: {} was written by another process while this one ran (GLAKE_TRACE "
+                                     "without %p?): this process's trace goes to {}\n", path, written);
+      ssize_t n = ::write(STDERR_FILENO, line.data(), line.size());
+      (void)n;
+      f.set_path(written);
+      path_ = written;
+    }
+    f.commit();
+  }
+  if (own) {
+    struct stat st {};
+    wrote_ = ::stat(written.c_str(), &st) == 0;
+    wrote_dev_ = st.st_dev;
+    wrote_ino_ = st.st_ino;
+  }
   dumps_.fetch_add(1, std::memory_order_acq_rel);
   if (!options_.quiet) {
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::string line = fmt::format("glake: trace written to {}: {} events ({} dropped), {} stacks, {} snapshots ({:.2f} s)\n",
-                                   path, t.events.size(), t.meta.events_dropped.value_or(0), t.stacks.size(),
+                                   written, t.events.size(), t.meta.events_dropped.value_or(0), t.stacks.size(),
                                    t.snapshots.size(), s);
     ssize_t n = ::write(STDERR_FILENO, line.data(), line.size());
     (void)n;
@@ -331,7 +433,7 @@ std::string TraceSession::dump(const std::string& path) noexcept {
   try {
     std::lock_guard lock(dump_mu_);
     if (::getpid() != pid_) return "not the recording process (a forked child writes no trace)";
-    return write_trace_file(path.empty() ? options_.path : path);
+    return path.empty() ? write_trace_file(path_, true) : write_trace_file(path, false);
   } catch (const std::exception& e) {
     err = e.what();
   } catch (...) {

@@ -2,12 +2,17 @@
 //
 // GLAKE_TRACE=PATH turns it on (start_from_env); the trace is written to PATH
 //   - when the process exits (atexit; not in a forked child, which never writes its parent's trace),
+//     and when SIGTERM or SIGINT ends it (where the program left their default action: the watcher
+//     writes the trace, then the process ends by the signal, as it would have),
 //   - on request: dump() (the shim's C API calls it), or the signal GLAKE_TRACE_SIGNAL (default SIGUSR2:
 //     `kill -USR2 PID`): the handler only writes a byte to a pipe; a watcher thread does the writing,
 //   - after an out-of-memory snapshot (on_oom_snapshot), by the watcher thread.
 // Every write is atomic (temporary file, fsync, rename): a reader never sees half a trace. Each write
 // is every ring as it is then; the last one (normally at exit) is the most complete. A path ending
 // in .gz is gzip-compressed; "%p" in the path becomes the process id (several processes, one setting).
+// Without "%p", processes that share the setting (a launcher's workers inheriting GLAKE_TRACE) would
+// replace one another's trace: a session that finds its path written by another process since it
+// started writes to PATH with ".PID" before its ".json"/".json.gz" instead, and says so on stderr.
 //
 // Out of memory: the caller (the shim, after pool::Allocator::allocate() returned out_of_memory, with no
 // pool lock held) hands over the pool's snapshot (tracer/pool_trace.h makes it); the session keeps it
@@ -33,6 +38,8 @@
 #pragma once
 
 #include <signal.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include <atomic>
 #include <cstdint>
@@ -54,6 +61,9 @@ struct SessionOptions {
   std::size_t max_snapshots = 16;
   bool quiet = false;
   std::string name;      // meta.name (default: the program's name)
+  // SIGTERM and SIGINT, where their action is the default (ending the process): write the trace first,
+  // then end the process by the signal (one session per process does; a forked child is unaffected).
+  bool write_on_termination = true;
 
   // Reads GLAKE_TRACE and the settings above. Returns false if GLAKE_TRACE is unset or empty.
   static bool from_env(SessionOptions* out, std::vector<std::string>* errors);
@@ -102,7 +112,8 @@ class TraceSession {
 
  private:
   void watch();
-  std::string write_trace_file(const std::string& path);
+  // own: the session's path (path_), which another process may have written meanwhile (dump()).
+  std::string write_trace_file(const std::string& path, bool own);
 
   SessionOptions options_;
   Recorder recorder_;
@@ -113,7 +124,17 @@ class TraceSession {
   std::thread watcher_;
   bool signal_installed_ = false;
   struct sigaction old_action_ {};
+  int term_installed_[2] = {0, 0};  // SIGTERM, SIGINT if this session handles them (write_on_termination)
+  struct sigaction term_old_[2] {};
   std::mutex dump_mu_;
+  // Under dump_mu_: where the session's trace goes (options_.path, or its ".PID" variant once another
+  // process wrote there while this one ran: a subprocess that inherited GLAKE_TRACE without "%p"), and
+  // the file this session last put there.
+  std::string path_;
+  timespec started_{};  // CLOCK_REALTIME_COARSE, the clock of file times
+  bool wrote_ = false;
+  dev_t wrote_dev_ = 0;
+  ino_t wrote_ino_ = 0;
   mutable std::mutex state_mu_;  // snapshots_, snapshots_dropped_, last_error_, totals_sources_
   std::vector<TraceSnapshot> snapshots_;
   std::vector<std::function<Totals()>> totals_sources_;
@@ -126,5 +147,7 @@ class TraceSession {
 std::string expand_trace_path(const std::string& pattern, int pid);
 // The default out-of-memory snapshot path for a trace path: "x.json.gz" / "x.json" / "x" -> "x.oom.json".
 std::string default_oom_path(const std::string& trace_path);
+// Where a trace goes when another process wrote trace_path first: "x.json.gz" -> "x.PID.json.gz".
+std::string pid_trace_path(const std::string& trace_path, int pid);
 
 }  // namespace glake::tracer

@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -287,6 +288,17 @@ int mode_keys_taken() {
   return cudaFree(p) == cudaSuccess ? 0 : 1;
 }
 
+// Allocates, then is sent SIGTERM (a scheduler ending the job) while the block is live.
+int mode_trace_sigterm() {
+  void* p = nullptr;
+  if (cudaMalloc(&p, 3 * MiB) != cudaSuccess) return 1;
+  std::printf("owns=%d\n", glake_owns_now(p));
+  std::fflush(stdout);
+  ::kill(::getpid(), SIGTERM);
+  ::sleep(20);
+  return 9;  // the signal did not end it
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -302,6 +314,7 @@ int main(int argc, char** argv) {
   if (mode == "ipc-export-exit") return mode_ipc_export_exit(argc, argv);
   if (mode == "fork-while-creating") return mode_fork_while_creating();
   if (mode == "trace-oom") return mode_trace_oom(argc, argv);
+  if (mode == "trace-sigterm") return mode_trace_sigterm();
   if (mode == "keys-taken") return mode_keys_taken();
   return 2;
 }

@@ -903,6 +903,25 @@ TEST_F(Process, OutOfMemoryLeavesASnapshotAndTheTraceCanBeWrittenOnRequest) {
   std::remove((base + ".oom.json").c_str());
 }
 
+// A job ended by SIGTERM (a scheduler's) lost its whole trace: the trace is written, then the job
+// still ends by the signal.
+TEST_F(Process, SigtermWritesTheTraceAndStillEndsTheJob) {
+  const std::string path = "/tmp/glake-shim-term-" + std::to_string(getpid()) + ".json";
+  std::remove(path.c_str());
+  const Outcome r = run({helper(), "trace-sigterm"}, {{"GLAKE_TRACE", path}});
+  EXPECT_EQ(128 + SIGTERM, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "owns=1")) << r.out << r.err;
+  EXPECT_TRUE(has(r.err, "glake: trace written to " + path)) << r.err;
+  try {
+    const glake::tracer::Trace t = glake::tracer::read_trace(path);
+    EXPECT_EQ(1u, t.allocs);
+    EXPECT_EQ(3 * MiB, t.peak_live_bytes);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+  }
+  std::remove(path.c_str());
+}
+
 TEST_F(Process, GlakeRunSetsThePreloadAndTheSettings) {
   const std::string script = env_path("GLAKE_RUN");
   ASSERT_FALSE(script.empty());

@@ -22,6 +22,7 @@
 #include "tracer/session.h"
 #include "tracer/snapshot.h"
 #include "tracer/trace_reader.h"
+#include "tracer/trace_writer.h"
 
 namespace glake::tracer {
 namespace {
@@ -180,6 +181,138 @@ TEST(Session, WritesAtExitAndNotInAForkedChild) {
   Trace t = read_trace(path);
   EXPECT_EQ(t.events.size(), 2u);
   EXPECT_EQ(nlohmann::json::parse(t.meta.json)["pid"], child);
+}
+
+// A scheduler's SIGTERM (or ^C) where the program left the default action ended the process with no
+// trace at all: the trace is written first, and the process still ends by the signal.
+TEST(Session, SigtermWritesTheTraceThenEndsTheProcessByIt) {
+  for (int sig : {SIGTERM, SIGINT}) {
+    std::string path = testing_util::temp_path("term.json");
+    std::remove(path.c_str());
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      ::signal(sig, SIG_DFL);
+      ::setenv("GLAKE_TRACE", path.c_str(), 1);
+      ::setenv("GLAKE_TRACE_SIGNAL", "0", 1);
+      ::setenv("GLAKE_TRACE_QUIET", "1", 1);
+      std::vector<std::string> errors;
+      TraceSession* s = TraceSession::start_from_env(&errors);
+      if (s == nullptr || !errors.empty()) ::_exit(3);
+      s->record(ev(Op::alloc, 0x1000, 10));
+      // A forked child (a DataLoader worker) ended by the signal just ends: its parent writes nothing.
+      pid_t worker = ::fork();
+      if (worker == 0) {
+        ::kill(::getpid(), sig);
+        ::_exit(4);
+      }
+      int st = 0;
+      ::waitpid(worker, &st, 0);
+      if (!WIFSIGNALED(st) || WTERMSIG(st) != sig) ::_exit(5);
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      if (testing_util::file_exists(path) || s->dumps() != 0) ::_exit(6);
+      ::kill(::getpid(), sig);
+      std::this_thread::sleep_for(std::chrono::seconds(20));
+      ::_exit(7);  // not ended by the signal
+    }
+    int st = 0;
+    ::waitpid(child, &st, 0);
+    ASSERT_TRUE(WIFSIGNALED(st)) << "signal " << sig << ": exit status " << WEXITSTATUS(st);
+    EXPECT_EQ(WTERMSIG(st), sig);
+    Trace t = read_trace(path);
+    EXPECT_EQ(t.events.size(), 1u);
+    EXPECT_EQ(nlohmann::json::parse(t.meta.json)["pid"], child);
+  }
+}
+
+// A program's own handler stays: its SIGTERM is its business (it may exit, and the atexit writer runs).
+TEST(Session, AProgramsOwnSigtermHandlerIsKept) {
+  struct sigaction mine {}, saved {};
+  mine.sa_handler = previous_handler;
+  sigemptyset(&mine.sa_mask);
+  ASSERT_EQ(::sigaction(SIGTERM, &mine, &saved), 0);
+  {
+    TraceSession s(quiet_options(testing_util::temp_path("own-term.json")));
+    struct sigaction now {};
+    ::sigaction(SIGTERM, nullptr, &now);
+    EXPECT_EQ(now.sa_handler, previous_handler);
+  }
+  ::sigaction(SIGTERM, &saved, nullptr);
+}
+
+// The signal that writes the trace, sent to a forked child (which has no watcher), made the parent
+// write its trace: the child inherited the handler and the parent's pipe.
+TEST(Session, TheDumpSignalOfAForkedChildIsNotItsParents) {
+  std::string path = testing_util::temp_path("child-usr2.json");
+  std::remove(path.c_str());
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::setenv("GLAKE_TRACE", path.c_str(), 1);
+    ::setenv("GLAKE_TRACE_SIGNAL", "USR2", 1);
+    ::setenv("GLAKE_TRACE_QUIET", "1", 1);
+    std::vector<std::string> errors;
+    TraceSession* s = TraceSession::start_from_env(&errors);
+    if (s == nullptr || !errors.empty() || s->signal() != SIGUSR2) ::_exit(3);
+    s->record(ev(Op::alloc, 0x1000, 10));
+    pid_t worker = ::fork();
+    if (worker == 0) {
+      ::raise(SIGUSR2);
+      ::_exit(0);
+    }
+    int st = 0;
+    ::waitpid(worker, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) ::_exit(4);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    if (testing_util::file_exists(path) || s->dumps() != 0) ::_exit(5);
+    ::raise(SIGUSR2);  // its own: written
+    if (!wait_for([&] { return s->dumps() == 1; })) ::_exit(6);
+    ::_exit(0);
+  }
+  int st = 0;
+  ::waitpid(child, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 0);
+  std::remove(path.c_str());
+}
+
+// Two processes with one GLAKE_TRACE (no "%p": a launcher and its workers) each renamed its trace over
+// the other's: all but the last were lost without a word. A session whose path another process wrote
+// since it started writes to PATH.PID instead and says so; a file from before it started (an earlier
+// run) and its own earlier writes are replaced as before.
+TEST(Session, APathAnotherProcessWroteMeanwhileIsNotReplaced) {
+  EXPECT_EQ(pid_trace_path("/a/t.json.gz", 7), "/a/t.7.json.gz");
+  EXPECT_EQ(pid_trace_path("/a/t.json", 7), "/a/t.7.json");
+  EXPECT_EQ(pid_trace_path("/a/t", 7), "/a/t.7");
+  std::string path = testing_util::temp_path("shared.json");
+  std::string mine = pid_trace_path(path, ::getpid());
+  std::remove(mine.c_str());
+  Trace other;
+  other.meta.json = R"({"pid": 1})";
+  write_trace(other, path);  // an earlier run's
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  TraceSession s(quiet_options(path));
+  s.record(ev(Op::alloc, 0x1000, 10));
+  EXPECT_EQ(s.dump(), "");
+  EXPECT_EQ(read_trace(path).events.size(), 1u) << "an earlier run's file is replaced";
+  EXPECT_EQ(s.dump(), "");
+  EXPECT_EQ(read_trace(path).events.size(), 1u) << "and so is the session's own";
+  EXPECT_FALSE(testing_util::file_exists(mine));
+  write_trace(other, path);  // another process, now
+  s.record(ev(Op::free, 0x1000, 10));
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(s.dump(), "");
+  std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(read_trace(path).events.size(), 0u) << "the other process's trace stays";
+  EXPECT_EQ(read_trace(mine).events.size(), 2u);
+  EXPECT_NE(err.find(path + " was written by another process"), std::string::npos) << err;
+  EXPECT_NE(err.find(mine), std::string::npos) << err;
+  s.record(ev(Op::alloc, 0x2000, 10));
+  EXPECT_EQ(s.dump(), "");
+  EXPECT_EQ(read_trace(mine).events.size(), 3u) << "later writes go to the same place";
+  EXPECT_EQ(read_trace(path).events.size(), 0u);
+  std::remove(path.c_str());
+  std::remove(mine.c_str());
 }
 
 TEST(Session, OutOfMemorySnapshot) {
