@@ -21,7 +21,8 @@ Jobs (small models built from configs, random weights, no downloads):
                            (glake_malloc / glake_free) and a model trains on its memory, 0-byte tensors
                            included: losses equal native's, the tensors are glake's
   compile                  torch.compile(mode="reduce-overhead"): training and inference through
-                           Inductor's CUDA graphs; losses and outputs equal native's
+                           Inductor's CUDA graph trees (backend:native, which they need): losses and
+                           outputs equal native's
   dataloader               DataLoader workers forked after CUDA is up, pinned batches: losses equal
   torchrun_nccl            torchrun with NCCL, one process per GPU (at most 2; GLAKE_TEST_GPUS sets
                            the number): collectives, and DistributedDataParallel training steps
@@ -211,7 +212,7 @@ def job_graphs(_):
 
 def job_compile(_):
     """torch.compile(mode="reduce-overhead"): Inductor's kernels run inside CUDA graphs (CUDA graph trees),
-    whose captures allocate through PyTorch's allocator while glake serves the eager tensors around them."""
+    whose captures allocate from PyTorch's graph pools, in segments that glake serves (JOB_ENV)."""
     import torch
     import torch.nn.functional as F
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -397,7 +398,11 @@ JOBS = {
 # PyTorch refuses to share CUDA tensors between processes under backend:cudaMallocAsync ("does not
 # yet support shareIpcHandle"), natively as under glake: this job runs with the native backend, whose
 # segments come from cudaMalloc, i.e. from glake, and travel through glake's IPC.
-JOB_ENV = {"multiprocessing": {"PYTORCH_ALLOC_CONF": "backend:native", "PYTORCH_CUDA_ALLOC_CONF": "backend:native"}}
+# Likewise CUDA graph trees (torch.compile's mode="reduce-overhead"): under backend:cudaMallocAsync
+# PyTorch raises "cudaMallocAsync does not yet support checkPoolLiveAllocations", natively as under
+# glake (README, "Using it"): the compile job runs with the native backend too.
+NATIVE_BACKEND = {"PYTORCH_ALLOC_CONF": "backend:native", "PYTORCH_CUDA_ALLOC_CONF": "backend:native"}
+JOB_ENV = {"multiprocessing": NATIVE_BACKEND, "compile": NATIVE_BACKEND}
 
 
 # ---- comparisons (in the parent) ---------------------------------------------------------------------
