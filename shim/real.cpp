@@ -86,55 +86,70 @@ bool in_glake(const void* address) {
   return a >= g_text_lo.load(std::memory_order_relaxed) && a < g_text_hi.load(std::memory_order_relaxed);
 }
 
+// The lookups run with no lock of glake's held: dlopen and dlsym take the dynamic loader's lock, which a
+// thread running a library's constructor holds while that constructor's CUDA call comes here, and
+// waiting for it while holding g_mutex hung such a call (tests: dlopen-ctor). Threads that race find
+// the same table; the first publishes it, under g_mutex (a fork never copies half of one).
+namespace {
+
+RuntimeApi look_up_runtime() {
+  void* handle = nullptr;
+  for (const char* soname : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
+    handle = dlopen(soname, RTLD_LAZY | RTLD_NOLOAD);
+    if (handle != nullptr) break;
+  }
+  const DlsymFn sym = real_dlsym();
+  auto look = [&](const char* name) -> void* {
+    void* p = handle != nullptr ? sym(handle, name) : nullptr;
+    if (p == nullptr) p = sym(RTLD_NEXT, name);
+    return p != nullptr && !in_glake(p) ? p : nullptr;
+  };
+  RuntimeApi t;
+#define GLAKE_LOOK(field, name, type) t.field = as_function<type>(look(name));
+  GLAKE_REAL_RUNTIME(GLAKE_LOOK)
+#undef GLAKE_LOOK
+  return t;
+}
+
+DriverApi look_up_driver() {
+  DriverApi t;
+  void* handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+  if (handle == nullptr) handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) return t;  // a missing driver: the empty table
+  const DlsymFn sym = real_dlsym();
+  auto look = [&](const char* name) -> void* {
+    void* p = sym(handle, name);
+    return p != nullptr && !in_glake(p) ? p : nullptr;
+  };
+#define GLAKE_LOOK(field, name, type) t.field = as_function<type>(look(name));
+  GLAKE_REAL_DRIVER(GLAKE_LOOK)
+#undef GLAKE_LOOK
+  return t;
+}
+
+}  // namespace
+
 const RuntimeApi& real_runtime() {
   if (g_runtime_done.load(std::memory_order_acquire)) return g_runtime;
+  const RuntimeApi t = look_up_runtime();
+  // Without cudaGetDevice no runtime is loaded yet: publish nothing and look again next time.
+  if (t.get_device == nullptr) return g_no_runtime;
   pthread_mutex_lock(&g_mutex);
   if (!g_runtime_done.load(std::memory_order_relaxed)) {
-    void* handle = nullptr;
-    for (const char* soname : {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}) {
-      handle = dlopen(soname, RTLD_LAZY | RTLD_NOLOAD);
-      if (handle != nullptr) break;
-    }
-    const DlsymFn sym = real_dlsym();
-    auto look = [&](const char* name) -> void* {
-      void* p = handle != nullptr ? sym(handle, name) : nullptr;
-      if (p == nullptr) p = sym(RTLD_NEXT, name);
-      return p != nullptr && !in_glake(p) ? p : nullptr;
-    };
-    RuntimeApi t;
-#define GLAKE_LOOK(field, name, type) t.field = as_function<type>(look(name));
-    GLAKE_REAL_RUNTIME(GLAKE_LOOK)
-#undef GLAKE_LOOK
-    // Without cudaGetDevice no runtime is loaded yet: publish nothing and look again next time.
-    if (t.get_device != nullptr) {
-      g_runtime = t;
-      g_runtime_done.store(true, std::memory_order_release);
-    }
+    g_runtime = t;
+    g_runtime_done.store(true, std::memory_order_release);
   }
-  const bool done = g_runtime_done.load(std::memory_order_relaxed);
   pthread_mutex_unlock(&g_mutex);
-  return done ? g_runtime : g_no_runtime;
+  return g_runtime;
 }
 
 const DriverApi& real_driver() {
   if (g_driver_done.load(std::memory_order_acquire)) return g_driver;
+  const DriverApi t = look_up_driver();
   pthread_mutex_lock(&g_mutex);
+  // A missing driver stays missing: an empty table, published, so it is not searched for again.
   if (!g_driver_done.load(std::memory_order_relaxed)) {
-    void* handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
-    if (handle == nullptr) handle = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (handle != nullptr) {
-      const DlsymFn sym = real_dlsym();
-      auto look = [&](const char* name) -> void* {
-        void* p = sym(handle, name);
-        return p != nullptr && !in_glake(p) ? p : nullptr;
-      };
-      DriverApi t;
-#define GLAKE_LOOK(field, name, type) t.field = as_function<type>(look(name));
-      GLAKE_REAL_DRIVER(GLAKE_LOOK)
-#undef GLAKE_LOOK
-      g_driver = t;
-    }
-    // A missing driver stays missing: an empty table, published, so it is not searched for again.
+    g_driver = t;
     g_driver_done.store(true, std::memory_order_release);
   }
   pthread_mutex_unlock(&g_mutex);

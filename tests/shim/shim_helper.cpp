@@ -299,6 +299,16 @@ int mode_trace_sigterm() {
   return 9;  // the signal did not end it
 }
 
+// Loads a library whose constructor makes a CUDA call while another thread makes the process's first
+// (ctor_cuda.cpp); a hang there ends by the alarm.
+int mode_dlopen_ctor() {
+  alarm(20);
+  const char* lib = std::getenv("GLAKE_TEST_CTOR_LIB");
+  if (lib == nullptr || dlopen(lib, RTLD_NOW) == nullptr) return 3;
+  std::printf("loaded\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -316,5 +326,6 @@ int main(int argc, char** argv) {
   if (mode == "trace-oom") return mode_trace_oom(argc, argv);
   if (mode == "trace-sigterm") return mode_trace_sigterm();
   if (mode == "keys-taken") return mode_keys_taken();
+  if (mode == "dlopen-ctor") return mode_dlopen_ctor();
   return 2;
 }

@@ -922,6 +922,15 @@ TEST_F(Process, SigtermWritesTheTraceAndStillEndsTheJob) {
   std::remove(path.c_str());
 }
 
+// A library's constructor (inside dlopen, holding the loader's lock) makes a CUDA call while another
+// thread's first CUDA call looks up the real entry points (dlopen, dlsym): the lookup must not hold
+// glake's lock while it waits for the loader's, or the constructor's call waits for it: a hang.
+TEST_F(Process, AConstructorsCudaCallDuringAnotherThreadsFirstDoesNotHang) {
+  const Outcome r = run({helper(), "dlopen-ctor"});
+  EXPECT_EQ(0, r.status) << "killed by signal " << (r.status - 128) << " (14: the alarm; a hang)\n" << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "loaded")) << r.out << r.err;
+}
+
 TEST_F(Process, GlakeRunSetsThePreloadAndTheSettings) {
   const std::string script = env_path("GLAKE_RUN");
   ASSERT_FALSE(script.empty());
