@@ -981,6 +981,11 @@ TEST_F(Process, GlakeRunTakesTheSizesTheLibraryTakes) {
                           "GLAKE_LIMIT"});
   EXPECT_EQ(0, mi.status) << mi.err;
   EXPECT_EQ("512Mi\n", mi.out);
+  const Outcome eq = run({script, "--lib=" + env_path("GLAKE_LIB"), "--limit=70G", "--", "/usr/bin/printenv",
+                          "GLAKE_LIMIT"});
+  EXPECT_EQ(0, eq.status) << "--limit=70G, as --limit 70G: " << eq.err;
+  EXPECT_EQ("70G\n", eq.out);
+  EXPECT_EQ(2, run({script, "--limit=", "--", "/bin/true"}).status) << "an empty value is no byte count";
   const std::pair<const char*, const char*> flags[] = {{"--limit", "GLAKE_LIMIT"}, {"--small-limit", "GLAKE_SMALL_LIMIT"},
                                                        {"--max-create", "GLAKE_MAX_CREATE"},
                                                        {"--va-reserve", "GLAKE_VA_RESERVE"}};
