@@ -50,6 +50,9 @@ struct Stream {
   std::uint64_t submitted = 0;
   std::uint64_t completed = 0;
   bool capturing = false;
+  bool invalidated = false;  // the capture goes on, but its end fails (CUDA_ERROR_STREAM_CAPTURE_INVALIDATED)
+  CUstreamCaptureMode capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+  const void* capture_thread = nullptr;  // the thread that began the capture (thread_id())
   Graph* graph = nullptr;
   bool own_graph = false;  // the capture made `graph` (not cuStreamBeginCaptureToGraph's caller)
   bool destroyed = false;
@@ -66,6 +69,7 @@ struct Event {
   int device = 0;  // its context's: it records only streams of that context (cuEventRecord)
   Stream* stream = nullptr;
   std::uint64_t seq = 0;
+  bool captured = false;  // last recorded in a capture: not to be queried or waited for (CUDA_ERROR_CAPTURED_EVENT)
 };
 
 struct Context {
@@ -136,14 +140,57 @@ struct State {
 
 State* g = nullptr;
 
-// A query of or wait for an event or stream while a capture is under way (g->mu held): in CUDA's
-// default capture mode (global) such a call from any thread may be refused and invalidate the capture.
+// A query of or wait for an event or stream while a capture is under way (g->mu held): counted for
+// standin_waits_in_capture (whether CUDA refuses it is potentially_unsafe's business).
 void note_wait_in_capture() {
   for (Stream* s : g->streams)
     if (s->capturing && !s->destroyed) {
       ++g->waits_in_capture;
       return;
     }
+}
+
+// This thread's stream capture interaction mode (cuThreadExchangeStreamCaptureMode), global at first.
+thread_local CUstreamCaptureMode tl_capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+thread_local char tl_thread_tag;
+const void* thread_id() { return &tl_thread_tag; }
+
+// A potentially unsafe call (a synchronization, a query, an allocation that no capture sees) made on
+// this thread: as CUDA documents for the capture modes (cuThreadExchangeStreamCaptureMode), and as
+// measured on an H100 (CUDA 13), it is refused with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and
+// invalidates the captures that forbid it: this thread's own non-relaxed ones (unless the thread is
+// relaxed) and, for a thread in global mode, every other thread's global one. mu held.
+CUresult potentially_unsafe() {
+  if (tl_capture_mode == CU_STREAM_CAPTURE_MODE_RELAXED) return CUDA_SUCCESS;
+  bool refused = false;
+  for (Stream* s : g->streams) {
+    if (!s->capturing || s->destroyed) continue;
+    const bool own = s->capture_thread == thread_id();
+    if ((own && s->capture_mode != CU_STREAM_CAPTURE_MODE_RELAXED) ||
+        (!own && tl_capture_mode == CU_STREAM_CAPTURE_MODE_GLOBAL && s->capture_mode == CU_STREAM_CAPTURE_MODE_GLOBAL)) {
+      s->invalidated = true;
+      refused = true;
+    }
+  }
+  return refused ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+}
+
+// A query of or wait for a stream that is capturing conflicts with the capture in any mode: refused, and
+// the capture is invalidated. A use of the legacy stream while a blocking stream of its device captures
+// would take that stream in (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT), and invalidates its capture. mu held.
+CUresult wait_conflicts(Stream* s) {
+  if (s->capturing) {
+    s->invalidated = true;
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+  }
+  if (!s->legacy) return CUDA_SUCCESS;
+  bool implicit = false;
+  for (Stream* t : g->streams)
+    if (t->capturing && !t->destroyed && t->device == s->device && t->blocking()) {
+      t->invalidated = true;
+      implicit = true;
+    }
+  return implicit ? CUDA_ERROR_STREAM_CAPTURE_IMPLICIT : CUDA_SUCCESS;
 }
 std::atomic<bool> g_initialized{false};
 std::atomic<bool> g_torn_down{false};
@@ -254,7 +301,7 @@ Stream* new_stream(int device, unsigned flags, bool legacy) {  // mu held
   s->device = device;
   s->flags = flags;
   s->legacy = legacy;
-  s->capturing = false;
+  s->capturing = s->invalidated = false;
   s->graph = nullptr;
   s->destroyed = s->worker_done = false;
   std::thread(worker, s).detach();
@@ -277,7 +324,7 @@ void own_streams_over(void*) {
   std::lock_guard lk(g->mu);
   for (Stream* s : tl_ptds) {
     if (s == nullptr || !s->capturing) continue;
-    s->capturing = false;
+    s->capturing = s->invalidated = false;
     if (s->own_graph) delete s->graph;
     s->graph = nullptr;
   }
@@ -307,12 +354,16 @@ Stream* resolve(CUstream h, bool ptds_api) {
   return g->streams.count(s) != 0 && !s->destroyed ? s : nullptr;
 }
 
-// Submits fn on s with the legacy stream's implicit synchronization. mu held.
-void enqueue(Stream* s, std::function<void()> fn, std::vector<std::pair<Stream*, std::uint64_t>> waits = {}) {
+// Submits fn on s with the legacy stream's implicit synchronization. mu held. Work for a capture whose
+// capture was invalidated is refused (CUDA_ERROR_STREAM_CAPTURE_INVALIDATED), as is work for the legacy
+// stream while a blocking stream of its device captures (wait_conflicts).
+CUresult enqueue(Stream* s, std::function<void()> fn, std::vector<std::pair<Stream*, std::uint64_t>> waits = {}) {
   if (s->capturing) {
+    if (s->invalidated) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     if (fn) s->graph->ops.push_back(std::move(fn));
-    return;
+    return CUDA_SUCCESS;
   }
+  if (const CUresult r = wait_conflicts(s)) return r;
   if (s->legacy) {
     for (Stream* t : g->streams)
       if (t != s && t->device == s->device && t->blocking() && !t->destroyed) waits.push_back({t, t->submitted});
@@ -326,6 +377,7 @@ void enqueue(Stream* s, std::function<void()> fn, std::vector<std::pair<Stream*,
   op.seq = ++s->submitted;
   s->queue.push_back(std::move(op));
   g->cv.notify_all();
+  return CUDA_SUCCESS;
 }
 
 void wait_stream(std::unique_lock<std::mutex>& lk, Stream* s) {
@@ -428,8 +480,15 @@ CUresult alloc_async(CUdeviceptr* out, std::size_t size, MemPool* pool, CUstream
   std::unique_lock lk(g->mu);
   Stream* s = resolve(h, ptds);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
+  if (s->capturing && s->invalidated) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+  // On a stream that is not capturing, no capture sees the allocation (measured on an H100: refused
+  // during another thread's global capture, which it invalidates).
+  if (!s->capturing)
+    if (const CUresult e = potentially_unsafe()) return e;
+  if (s->legacy)
+    if (const CUresult e = wait_conflicts(s)) return e;
   if (pool == nullptr) pool = g->dev[s->device].current_pool;
-  const CUresult r = allocate(s->device, size, out, pool);
+  const CUresult r = allocate(pool->device, size, out, pool);  // the pool's memory, wherever the stream
   if (r == CUDA_SUCCESS && s->capturing && *out != 0) s->graph->allocations.push_back(*out);
   return r;
 }
@@ -442,14 +501,14 @@ CUresult free_async(CUdeviceptr v, CUstream h, bool ptds) {
   if (s->capturing) {
     // A free node: memory made in the capture goes with the graph; older memory is freed at replay.
     Graph* gr = s->graph;
+    if (s->invalidated) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     for (CUdeviceptr a : gr->allocations)
       if (a == v) return CUDA_SUCCESS;
   }
-  enqueue(s, [v] {
+  return enqueue(s, [v] {
     std::lock_guard l(g->mu);
     if (g->allocations.count(v) != 0) release_allocation(v);
   });
-  return CUDA_SUCCESS;
 }
 
 }  // namespace
@@ -596,9 +655,12 @@ EXPORT CUresult cuCtxSynchronize() {
   std::unique_lock lk(g->mu);
   for (Stream* s : g->streams)
     if (s->device == cur && s->capturing && !s->destroyed) {
-      ++g->syncs_in_capture;  // the real driver would break the capture
+      ++g->syncs_in_capture;
       break;
     }
+  if (const CUresult e = potentially_unsafe()) return e;
+  // It synchronizes the legacy stream too: a blocking stream of the device that captures conflicts.
+  if (const CUresult e = wait_conflicts(legacy_stream(cur))) return e;
   sync_device(lk, cur);
   return CUDA_SUCCESS;
 }
@@ -697,6 +759,8 @@ EXPORT CUresult cuMemMap(CUdeviceptr ptr, std::size_t size, std::size_t offset, 
   std::lock_guard lk(g->mu);
   auto h = g->handles.find(handle);
   if (h == g->handles.end() || offset + size > h->second->size) return CUDA_ERROR_INVALID_VALUE;
+  // A physical allocation is mapped whole: part of one is refused, as on the H100 (CUDA 13).
+  if (offset != 0 || size != h->second->size) return CUDA_ERROR_NOT_SUPPORTED;
   auto r = g->reservations.upper_bound(ptr);
   if (r == g->reservations.begin()) return CUDA_ERROR_INVALID_VALUE;
   --r;
@@ -831,6 +895,8 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* ptr, std::size_t size) {
   const int cur = current_device();
   if (cur < 0) return CUDA_ERROR_INVALID_CONTEXT;
   std::lock_guard lk(g->mu);
+  // cudaMalloc is CUDA's own example of a potentially unsafe call during a capture (no capture sees it).
+  if (const CUresult e = potentially_unsafe()) return e;
   return allocate(cur, size, ptr, nullptr);
 }
 
@@ -865,6 +931,7 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr ptr) {
   std::unique_lock lk(g->mu);
   auto it = g->allocations.find(ptr);
   if (it == g->allocations.end()) return CUDA_ERROR_INVALID_VALUE;
+  if (const CUresult e = potentially_unsafe()) return e;  // it synchronizes the device, as a capture cannot
   sync_device(lk, it->second.device);  // as the real cuMemFree does
   if (g->allocations.count(ptr) != 0) release_allocation(ptr);
   return CUDA_SUCCESS;
@@ -951,7 +1018,9 @@ EXPORT CUresult cuDeviceSetMemPool(CUdevice d, CUmemoryPool pool) {
   CHECK_ALIVE();
   if (pool == nullptr || !valid_device(d)) return CUDA_ERROR_INVALID_VALUE;
   std::lock_guard lk(g->mu);
-  g->dev[d].current_pool = as_pool(pool);
+  MemPool* mp = as_pool(pool);
+  if (mp->device != d) return CUDA_ERROR_INVALID_VALUE;  // "The memory pool must be local to the specified device"
+  g->dev[d].current_pool = mp;
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {
@@ -965,6 +1034,12 @@ EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props)
 EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
   CHECK_ALIVE();
   if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard lk(g->mu);
+  MemPool* mp = as_pool(pool);
+  if (mp->is_default) return CUDA_ERROR_INVALID_VALUE;  // "A device's default memory pool cannot be destroyed"
+  // "Destroying the current mempool of a device sets the default mempool of that device as the current".
+  Device& d = g->dev[mp->device];
+  if (d.current_pool == mp) d.current_pool = &d.default_pool;
   return CUDA_SUCCESS;  // kept: allocations may still name it
 }
 EXPORT CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void* value) {
@@ -1054,6 +1129,8 @@ EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr* ptr, CUipcMemHandle handle, u
   IpcWire w;
   std::memcpy(&w, &handle, sizeof w);
   if (std::memcmp(w.magic, "STANDIN", 8) != 0) return CUDA_ERROR_INVALID_HANDLE;
+  // A handle of this process's own memory: refused, as on the H100 (CUDA 13).
+  if (w.pid == getpid()) return CUDA_ERROR_INVALID_CONTEXT;
   const std::string path = "/proc/" + std::to_string(w.pid) + "/fd/" + std::to_string(w.fd);
   const int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) return CUDA_ERROR_INVALID_HANDLE;
@@ -1147,6 +1224,8 @@ EXPORT CUresult cuStreamSynchronize(CUstream h) {
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   note_wait_in_capture();
+  if (const CUresult e = wait_conflicts(s)) return e;
+  if (const CUresult e = potentially_unsafe()) return e;
   wait_stream(lk, s);
   return CUDA_SUCCESS;
 }
@@ -1157,6 +1236,8 @@ EXPORT CUresult cuStreamQuery(CUstream h) {
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   note_wait_in_capture();
+  if (const CUresult e = wait_conflicts(s)) return e;
+  if (const CUresult e = potentially_unsafe()) return e;
   return s->completed >= s->submitted ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 
@@ -1165,8 +1246,7 @@ EXPORT CUresult cuLaunchHostFunc(CUstream h, CUhostFn fn, void* data) {
   std::lock_guard lk(g->mu);
   Stream* s = resolve(h, false);
   if (s == nullptr || fn == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  enqueue(s, [fn, data] { fn(data); });
-  return CUDA_SUCCESS;
+  return enqueue(s, [fn, data] { fn(data); });
 }
 
 EXPORT CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, std::size_t n, CUstream h) {
@@ -1174,8 +1254,7 @@ EXPORT CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, std::size_t n, C
   std::lock_guard lk(g->mu);
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-  enqueue(s, [dst, src, n] { std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n); });
-  return CUDA_SUCCESS;
+  return enqueue(s, [dst, src, n] { std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n); });
 }
 
 EXPORT CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, std::size_t n) {
@@ -1183,7 +1262,10 @@ EXPORT CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, std::size_t n) {
   std::unique_lock lk(g->mu);
   Stream* s = resolve(nullptr, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
-  enqueue(s, [dst, src, n] { std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n); });
+  if (const CUresult e = potentially_unsafe()) return e;  // synchronous
+  if (const CUresult e =
+          enqueue(s, [dst, src, n] { std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n); }))
+    return e;
   wait_stream(lk, s);
   return CUDA_SUCCESS;
 }
@@ -1193,8 +1275,7 @@ EXPORT CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, std::size_t n,
   std::lock_guard lk(g->mu);
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-  enqueue(s, [dst, v, n] { std::memset(reinterpret_cast<void*>(dst), v, n); });
-  return CUDA_SUCCESS;
+  return enqueue(s, [dst, v, n] { std::memset(reinterpret_cast<void*>(dst), v, n); });
 }
 
 EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, std::size_t n) {
@@ -1202,7 +1283,8 @@ EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, std::size_t n) {
   std::unique_lock lk(g->mu);
   Stream* s = resolve(nullptr, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_CONTEXT;
-  enqueue(s, [dst, v, n] { std::memset(reinterpret_cast<void*>(dst), v, n); });
+  if (const CUresult e = potentially_unsafe()) return e;  // synchronous
+  if (const CUresult e = enqueue(s, [dst, v, n] { std::memset(reinterpret_cast<void*>(dst), v, n); })) return e;
   wait_stream(lk, s);
   return CUDA_SUCCESS;
 }
@@ -1235,12 +1317,15 @@ EXPORT CUresult cuEventRecord(CUevent e, CUstream h) {
   auto* ev = reinterpret_cast<Event*>(e);
   if (ev->device != s->device) return CUDA_ERROR_INVALID_HANDLE;  // "must be from the same context"
   if (s->capturing) {
-    ev->stream = nullptr;  // a node of the graph; complete as far as eager work is concerned
+    if (s->invalidated) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    ev->stream = nullptr;  // a node of the graph
+    ev->captured = true;
     return CUDA_SUCCESS;
   }
-  enqueue(s, {});
+  if (const CUresult r = enqueue(s, {})) return r;
   ev->stream = s;
   ev->seq = s->submitted;
+  ev->captured = false;
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventRecordWithFlags(CUevent e, CUstream h, unsigned int) { return cuEventRecord(e, h); }
@@ -1251,6 +1336,8 @@ EXPORT CUresult cuEventQuery(CUevent e) {
   std::lock_guard lk(g->mu);
   note_wait_in_capture();
   auto* ev = reinterpret_cast<Event*>(e);
+  if (ev->captured) return CUDA_ERROR_CAPTURED_EVENT;  // "last recorded in a capturing stream"
+  if (const CUresult r = potentially_unsafe()) return r;
   return ev->stream == nullptr || ev->stream->completed >= ev->seq ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 
@@ -1260,6 +1347,8 @@ EXPORT CUresult cuEventSynchronize(CUevent e) {
   std::unique_lock lk(g->mu);
   note_wait_in_capture();
   auto* ev = reinterpret_cast<Event*>(e);
+  if (ev->captured) return CUDA_ERROR_CAPTURED_EVENT;
+  if (const CUresult r = potentially_unsafe()) return r;
   if (ev->stream != nullptr) g->cv.wait(lk, [&] { return ev->stream->completed >= ev->seq; });
   return CUDA_SUCCESS;
 }
@@ -1271,19 +1360,22 @@ EXPORT CUresult cuStreamWaitEvent(CUstream h, CUevent e, unsigned int) {
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   auto* ev = reinterpret_cast<Event*>(e);
-  if (s->capturing) return CUDA_SUCCESS;
+  if (s->capturing) return s->invalidated ? CUDA_ERROR_STREAM_CAPTURE_INVALIDATED : CUDA_SUCCESS;
+  // An event of a capture joins a stream into that capture: not modelled (the stand-in waits for nothing).
   std::vector<std::pair<Stream*, std::uint64_t>> waits;
   if (ev->stream != nullptr) waits.push_back({ev->stream, ev->seq});
-  enqueue(s, {}, std::move(waits));
-  return CUDA_SUCCESS;
+  return enqueue(s, {}, std::move(waits));
 }
 
 std::atomic<void (*)(void*)> g_after_begin_capture{nullptr};  // standin_after_next_begin_capture
 std::atomic<void*> g_after_begin_capture_arg{nullptr};
 
 // Captures into `into` (ToGraph) or a new graph.
-static CUresult begin_capture(CUstream h, bool ptds, Graph* into) {
+static CUresult begin_capture(CUstream h, bool ptds, Graph* into, CUstreamCaptureMode mode) {
   CHECK_ALIVE();
+  if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
+      mode != CU_STREAM_CAPTURE_MODE_RELAXED)
+    return CUDA_ERROR_INVALID_VALUE;
   {
     std::lock_guard lk(g->mu);
     Stream* s = resolve(h, ptds);
@@ -1291,27 +1383,43 @@ static CUresult begin_capture(CUstream h, bool ptds, Graph* into) {
     if (s->legacy) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     if (s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
     s->capturing = true;
+    s->invalidated = false;
+    s->capture_mode = mode;
+    s->capture_thread = thread_id();
     s->own_graph = into == nullptr;
     s->graph = into != nullptr ? into : new Graph;
   }
   if (auto fn = g_after_begin_capture.exchange(nullptr)) fn(g_after_begin_capture_arg.load());
   return CUDA_SUCCESS;
 }
-EXPORT CUresult cuStreamBeginCapture_v2(CUstream h, CUstreamCaptureMode) { return begin_capture(h, false, nullptr); }
-EXPORT CUresult cuStreamBeginCapture_v2_ptsz(CUstream h, CUstreamCaptureMode) { return begin_capture(h, true, nullptr); }
-// CUDA 10.0's, which take no mode.
+EXPORT CUresult cuStreamBeginCapture_v2(CUstream h, CUstreamCaptureMode mode) { return begin_capture(h, false, nullptr, mode); }
+EXPORT CUresult cuStreamBeginCapture_v2_ptsz(CUstream h, CUstreamCaptureMode mode) {
+  return begin_capture(h, true, nullptr, mode);
+}
+// CUDA 10.0's, which take no mode: global, as CUDA documents for them.
 #undef cuStreamBeginCapture
-EXPORT CUresult cuStreamBeginCapture(CUstream h) { return begin_capture(h, false, nullptr); }
-EXPORT CUresult cuStreamBeginCapture_ptsz(CUstream h) { return begin_capture(h, true, nullptr); }
+EXPORT CUresult cuStreamBeginCapture(CUstream h) { return begin_capture(h, false, nullptr, CU_STREAM_CAPTURE_MODE_GLOBAL); }
+EXPORT CUresult cuStreamBeginCapture_ptsz(CUstream h) {
+  return begin_capture(h, true, nullptr, CU_STREAM_CAPTURE_MODE_GLOBAL);
+}
 EXPORT CUresult cuStreamBeginCaptureToGraph(CUstream h, CUgraph graph, const CUgraphNode*, const CUgraphEdgeData*,
-                                            std::size_t, CUstreamCaptureMode) {
+                                            std::size_t, CUstreamCaptureMode mode) {
   if (graph == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  return begin_capture(h, false, reinterpret_cast<Graph*>(graph));
+  return begin_capture(h, false, reinterpret_cast<Graph*>(graph), mode);
 }
 EXPORT CUresult cuStreamBeginCaptureToGraph_ptsz(CUstream h, CUgraph graph, const CUgraphNode*, const CUgraphEdgeData*,
-                                                 std::size_t, CUstreamCaptureMode) {
+                                                 std::size_t, CUstreamCaptureMode mode) {
   if (graph == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  return begin_capture(h, true, reinterpret_cast<Graph*>(graph));
+  return begin_capture(h, true, reinterpret_cast<Graph*>(graph), mode);
+}
+
+EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode* mode) {
+  CHECK_ALIVE();
+  if (mode == nullptr || (*mode != CU_STREAM_CAPTURE_MODE_GLOBAL && *mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
+                          *mode != CU_STREAM_CAPTURE_MODE_RELAXED))
+    return CUDA_ERROR_INVALID_VALUE;
+  std::swap(*mode, tl_capture_mode);
+  return CUDA_SUCCESS;
 }
 
 std::atomic<CUresult> g_end_capture_error{CUDA_SUCCESS};  // standin_fail_next_end_capture
@@ -1322,7 +1430,18 @@ static CUresult end_capture(CUstream h, CUgraph* graph, bool ptds) {
   Stream* s = resolve(h, ptds);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   if (!s->capturing) return CUDA_ERROR_ILLEGAL_STATE;
+  // Outside relaxed mode a capture ends on the thread that began it; elsewhere the end is refused and
+  // the capture goes on (cuStreamEndCapture: CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD).
+  if (s->capture_mode != CU_STREAM_CAPTURE_MODE_RELAXED && s->capture_thread != thread_id())
+    return CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
   s->capturing = false;
+  if (s->invalidated) {  // over, and no graph comes of it
+    s->invalidated = false;
+    if (s->own_graph) delete s->graph;
+    s->graph = nullptr;
+    if (graph != nullptr) *graph = nullptr;
+    return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+  }
   if (const CUresult e = g_end_capture_error.exchange(CUDA_SUCCESS); e != CUDA_SUCCESS) {
     if (s->own_graph) delete s->graph;  // the capture is over, and no graph comes of it
     s->graph = nullptr;
@@ -1342,7 +1461,14 @@ EXPORT CUresult cuStreamIsCapturing(CUstream h, CUstreamCaptureStatus* status) {
   std::lock_guard lk(g->mu);
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-  *status = s->capturing ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+  // The legacy stream while a blocking stream of its context captures: an error, which (unlike a use of
+  // that stream) leaves the capture valid (cuStreamIsCapturing).
+  if (s->legacy)
+    for (Stream* t : g->streams)
+      if (t->capturing && !t->destroyed && t->device == s->device && t->blocking()) return CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+  *status = !s->capturing     ? CU_STREAM_CAPTURE_STATUS_NONE
+            : s->invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED
+                             : CU_STREAM_CAPTURE_STATUS_ACTIVE;
   return CUDA_SUCCESS;
 }
 
@@ -1359,7 +1485,10 @@ EXPORT CUresult cuGraphLaunch(CUgraphExec exec, CUstream h) {
   std::lock_guard lk(g->mu);
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
-  for (const auto& fn : reinterpret_cast<Graph*>(exec)->ops) enqueue(s, fn);
+  if (s->capturing && s->invalidated) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+  if (!s->capturing)
+    if (const CUresult r = wait_conflicts(s)) return r;
+  for (const auto& fn : reinterpret_cast<Graph*>(exec)->ops) (void)enqueue(s, fn);
   return CUDA_SUCCESS;
 }
 
@@ -1518,6 +1647,7 @@ const std::vector<Proc>& procs() {
        fp(&cuStreamBeginCaptureToGraph_ptsz)},
       {"cuStreamEndCapture", fp(&cuStreamEndCapture), 0, nullptr, fp(&cuStreamEndCapture_ptsz)},
       {"cuStreamIsCapturing", fp(&cuStreamIsCapturing)},
+      {"cuThreadExchangeStreamCaptureMode", fp(&cuThreadExchangeStreamCaptureMode)},
       {"cuLaunchHostFunc", fp(&cuLaunchHostFunc)},
       {"cuMemcpy", fp(&cuMemcpy)},
       {"cuMemcpyAsync", fp(&cuMemcpyAsync)},

@@ -58,6 +58,7 @@ namespace {
   X(stream_begin_capture, "cuStreamBeginCapture", decltype(&::cuStreamBeginCapture_v2)) \
   X(stream_end_capture, "cuStreamEndCapture", decltype(&::cuStreamEndCapture))      \
   X(stream_is_capturing, "cuStreamIsCapturing", decltype(&::cuStreamIsCapturing))   \
+  X(thread_exchange_capture_mode, "cuThreadExchangeStreamCaptureMode", decltype(&::cuThreadExchangeStreamCaptureMode)) \
   X(launch_host_func, "cuLaunchHostFunc", decltype(&::cuLaunchHostFunc))            \
   X(memcpy, "cuMemcpy", decltype(&::cuMemcpy))                                      \
   X(memcpy_async, "cuMemcpyAsync", decltype(&::cuMemcpyAsync))                      \
@@ -415,6 +416,10 @@ EXPORT cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus
   const CUresult r = drv.stream_is_capturing(st(s), &cs);
   if (r == CUDA_SUCCESS && status != nullptr) *status = static_cast<cudaStreamCaptureStatus>(cs);
   return call(r);
+}
+EXPORT cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode* mode) {
+  READY();
+  return call(drv.thread_exchange_capture_mode(reinterpret_cast<CUstreamCaptureMode*>(mode)));
 }
 static cudaError_t begin_capture(cudaStream_t s, cudaStreamCaptureMode mode) {
   READY();

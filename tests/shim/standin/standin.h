@@ -5,7 +5,11 @@
 // at a reserved address with no access until cuMemSetAccess), every stream is a worker thread that
 // runs its work in order (host functions from cuLaunchHostFunc play the kernels), the legacy default
 // stream synchronizes with blocking streams, events complete when their stream reaches them, and graph
-// capture records a stream's work for replay. Devices: GLAKE_STANDIN_DEVICES (2), each with
+// capture records a stream's work for replay. Captures follow CUDA's rules: in the capture modes'
+// terms a potentially unsafe call (a query of or wait for an event, a stream or the device, an
+// allocation no capture sees) is refused with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the
+// captures that forbid it, the legacy stream conflicts with a capturing blocking stream
+// (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT), and a capture not in relaxed mode ends on its own thread. Devices: GLAKE_STANDIN_DEVICES (2), each with
 // GLAKE_STANDIN_MEMORY bytes (1G); VMM granularity 2 MiB.
 //
 // It behaves like the real driver where glake depends on it: cuGetProcAddress by base name and
@@ -35,7 +39,8 @@ unsigned long long standin_device_syncs(void);
 // cuCtxSynchronize calls made while a stream of the device was capturing (which break a real capture).
 unsigned long long standin_device_syncs_in_capture(void);
 // cuEventQuery, cuEventSynchronize, cuStreamQuery and cuStreamSynchronize calls made while any stream
-// was capturing: in CUDA's default capture mode (global) one from any thread may invalidate the capture.
+// was capturing, refused or not (in CUDA's default capture mode, global, one from any thread is refused
+// and invalidates the capture).
 unsigned long long standin_waits_in_capture(void);
 // The next cuStreamEndCapture ends its capture but fails with `error` and returns no graph, as the
 // driver does when a fork of the capture was never joined back (CUDA_ERROR_STREAM_CAPTURE_UNJOINED).
