@@ -55,6 +55,9 @@ GLAKE_HOOK cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int devi
 GLAKE_HOOK cudaError_t cudaDeviceSetMemPool(int device, cudaMemPool_t pool) {
   return guard([&] { return router().device_set_mem_pool(device, pool); });
 }
+GLAKE_HOOK cudaError_t cudaMemPoolDestroy(cudaMemPool_t pool) {
+  return guard([&] { return router().mem_pool_destroy(pool); });
+}
 GLAKE_HOOK cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
   return guard([&] { return router().mem_pool_get_attribute(pool, attr, value); });
 }

@@ -37,6 +37,7 @@ const Entry* entries(std::size_t* count) {
       {"cudaMemGetInfo", address_of(&::cudaMemGetInfo)},
       {"cudaDeviceGetDefaultMemPool", address_of(&::cudaDeviceGetDefaultMemPool)},
       {"cudaDeviceSetMemPool", address_of(&::cudaDeviceSetMemPool)},
+      {"cudaMemPoolDestroy", address_of(&::cudaMemPoolDestroy)},
       {"cudaMemPoolGetAttribute", address_of(&::cudaMemPoolGetAttribute)},
       {"cudaMemPoolSetAttribute", address_of(&::cudaMemPoolSetAttribute)},
       {"cudaMemPoolTrimTo", address_of(&::cudaMemPoolTrimTo)},
@@ -66,6 +67,7 @@ const Entry* entries(std::size_t* count) {
       {"cuMemFreeAsync_ptsz", address_of(&::cuMemFreeAsync_ptsz)},
       {"cuMemGetInfo_v2", address_of(&::cuMemGetInfo_v2)},
       {"cuDeviceSetMemPool", address_of(&::cuDeviceSetMemPool)},
+      {"cuMemPoolDestroy", address_of(&::cuMemPoolDestroy)},
       {"cuIpcGetMemHandle", address_of(&::cuIpcGetMemHandle)},
       {"cuIpcOpenMemHandle_v2", address_of(&::cuIpcOpenMemHandle_v2)},
       {"cuIpcCloseMemHandle", address_of(&::cuIpcCloseMemHandle)},
@@ -137,6 +139,7 @@ void* substitute_proc(const char* symbol, int version, cuuint64_t flags, void* r
   if (std::strcmp(symbol, "cuCtxEnablePeerAccess") == 0) return address_of(&::cuCtxEnablePeerAccess);
   // Another pool made current: cuMemAllocAsync (and the runtime's cudaMallocAsync) allocate from it.
   if (std::strcmp(symbol, "cuDeviceSetMemPool") == 0) return address_of(&::cuDeviceSetMemPool);
+  if (std::strcmp(symbol, "cuMemPoolDestroy") == 0) return address_of(&::cuMemPoolDestroy);
   // Graph capture through the driver (driver-API programs, a statically linked runtime): glake counts
   // the captures under way (Router::cu_stream_begin_capture), on the legacy and the per-thread default
   // stream alike. The cuStreamBeginCapture of CUDA 10.0, which takes no mode, stays the driver's.

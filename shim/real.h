@@ -42,6 +42,7 @@ using DlsymFn = void* (*)(void*, const char*);
   X(mem_get_info, "cudaMemGetInfo", decltype(&::cudaMemGetInfo))                                    \
   X(device_get_default_mem_pool, "cudaDeviceGetDefaultMemPool", decltype(&::cudaDeviceGetDefaultMemPool)) \
   X(device_set_mem_pool, "cudaDeviceSetMemPool", decltype(&::cudaDeviceSetMemPool))                 \
+  X(mem_pool_destroy, "cudaMemPoolDestroy", decltype(&::cudaMemPoolDestroy))                        \
   X(mem_pool_get_attribute, "cudaMemPoolGetAttribute", decltype(&::cudaMemPoolGetAttribute))        \
   X(mem_pool_set_attribute, "cudaMemPoolSetAttribute", decltype(&::cudaMemPoolSetAttribute))        \
   X(mem_pool_trim_to, "cudaMemPoolTrimTo", decltype(&::cudaMemPoolTrimTo))                          \
@@ -85,6 +86,8 @@ using DlsymFn = void* (*)(void*, const char*);
   X(mem_get_info_v1, "cuMemGetInfo", void*)                                                         \
   X(device_get_default_mem_pool, "cuDeviceGetDefaultMemPool", decltype(&::cuDeviceGetDefaultMemPool)) \
   X(device_set_mem_pool, "cuDeviceSetMemPool", decltype(&::cuDeviceSetMemPool))                     \
+  X(device_get_mem_pool, "cuDeviceGetMemPool", decltype(&::cuDeviceGetMemPool))                     \
+  X(mem_pool_destroy, "cuMemPoolDestroy", decltype(&::cuMemPoolDestroy))                            \
   X(ipc_get_mem_handle, "cuIpcGetMemHandle", decltype(&::cuIpcGetMemHandle))                        \
   X(ipc_open_mem_handle, "cuIpcOpenMemHandle_v2", decltype(&::cuIpcOpenMemHandle_v2))               \
   X(ipc_close_mem_handle, "cuIpcCloseMemHandle", decltype(&::cuIpcCloseMemHandle))                  \

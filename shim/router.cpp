@@ -907,6 +907,18 @@ cudaError_t Router::device_set_mem_pool(int device, cudaMemPool_t mem_pool) {
   return r;
 }
 
+cudaError_t Router::mem_pool_destroy(cudaMemPool_t mem_pool) {
+  const auto f = real_runtime().mem_pool_destroy;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(mem_pool);
+  }
+  if (r == cudaSuccess) recheck_custom_pools();
+  return r;
+}
+
 cudaError_t Router::mem_pool_get_attribute(cudaMemPool_t mem_pool, cudaMemPoolAttr attr, void* value) {
   const auto f = real_runtime().mem_pool_get_attribute;
   if (f == nullptr) return cudaErrorNotSupported;
@@ -1313,6 +1325,28 @@ CUresult Router::cu_device_set_mem_pool(CUdevice device, CUmemoryPool mem_pool) 
                           d.device_get_default_mem_pool(&def, device) == CUDA_SUCCESS && def == mem_pool;
   custom_pool_[device].store(!is_default, std::memory_order_relaxed);
   return r;
+}
+
+CUresult Router::cu_mem_pool_destroy(CUmemoryPool mem_pool) {
+  const DriverApi& d = real_driver();
+  if (d.mem_pool_destroy == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = d.mem_pool_destroy(mem_pool);
+  if (r == CUDA_SUCCESS && !inside_real_call()) recheck_custom_pools();
+  return r;
+}
+
+// A destroyed pool that was a device's current one leaves the default pool current (CUDA): the
+// driver says which pool each device that had another one current now has.
+void Router::recheck_custom_pools() {
+  const DriverApi& d = real_driver();
+  if (d.device_get_mem_pool == nullptr || d.device_get_default_mem_pool == nullptr) return;
+  for (int dev = 0; dev < kMaxDevices; ++dev) {
+    if (!custom_pool_[dev].load(std::memory_order_relaxed)) continue;
+    CUmemoryPool cur = nullptr, def = nullptr;
+    if (d.device_get_mem_pool(&cur, dev) == CUDA_SUCCESS && d.device_get_default_mem_pool(&def, dev) == CUDA_SUCCESS &&
+        cur == def)
+      custom_pool_[dev].store(false, std::memory_order_relaxed);
+  }
 }
 
 // The driver's IPC calls, for programs that reach the driver without glake's runtime hooks (the

@@ -90,6 +90,8 @@ class Router {
   cudaError_t mem_get_info(std::size_t* free, std::size_t* total);
   cudaError_t device_get_default_mem_pool(cudaMemPool_t* pool, int device);
   cudaError_t device_set_mem_pool(int device, cudaMemPool_t pool);
+  // Destroying a device's current pool makes its default pool current again (CUDA): glake serves again.
+  cudaError_t mem_pool_destroy(cudaMemPool_t pool);
   cudaError_t mem_pool_get_attribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value);
   cudaError_t mem_pool_set_attribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value);
   cudaError_t mem_pool_trim_to(cudaMemPool_t pool, std::size_t keep);
@@ -125,6 +127,7 @@ class Router {
   // device's stream-ordered allocations, as cudaDeviceSetMemPool's does; the runtime's own call (inside
   // its hook) is left to that hook.
   CUresult cu_device_set_mem_pool(CUdevice device, CUmemoryPool pool);
+  CUresult cu_mem_pool_destroy(CUmemoryPool pool);
   CUresult cu_ipc_get_mem_handle(CUipcMemHandle* handle, CUdeviceptr ptr);
   CUresult cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags);
   CUresult cu_ipc_close_mem_handle(CUdeviceptr ptr);
@@ -250,6 +253,8 @@ class Router {
   Ipc* ipc();
   // If a pool serves the block at ptr: exports it into *handle, sets *result and returns true.
   bool ipc_export(pool::DevPtr ptr, int device_hint, cudaIpcMemHandle_t* handle, cudaError_t* result);
+  // After a pool's destruction: clears custom_pool_ of each device whose default pool is current again.
+  void recheck_custom_pools();
 
   std::atomic<int> mode_{static_cast<int>(Mode::not_started)};
   std::atomic<bool> exiting_{false};

@@ -61,7 +61,7 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
                            "cuIpcCloseMemHandle", "cuStreamDestroy_v2", "cuStreamBeginCapture_v2",
                            "cuStreamBeginCaptureToGraph", "cuStreamEndCapture", "cuStreamBeginCapture_v2_ptsz",
                            "cuStreamBeginCaptureToGraph_ptsz", "cuStreamEndCapture_ptsz", "cuCtxEnablePeerAccess",
-                           "cuDeviceSetMemPool"}) {
+                           "cuDeviceSetMemPool", "cuMemPoolDestroy"}) {
     void* p = dlsym(h, name);
     EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
     EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
@@ -339,6 +339,15 @@ TEST_F(Driver, APoolMadeCurrentThroughTheDriverTakesAsyncAllocations) {
   CUDA_OK(cudaMallocAsync(&q, MiB, reinterpret_cast<cudaStream_t>(s)));
   EXPECT_TRUE(owns(q)) << "the default pool is current again: glake serves";
   CUDA_OK(cudaFreeAsync(q, reinterpret_cast<cudaStream_t>(s)));
+  // Destroying the current pool makes the default one current again (CUDA): glake serves again,
+  // also when the destroy comes through cuGetProcAddress (a statically linked runtime).
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceSetMemPool(0, mine));
+  const auto destroy = reinterpret_cast<decltype(&cuMemPoolDestroy)>(proc(get, "cuMemPoolDestroy", 11020));
+  ASSERT_NE(nullptr, destroy);
+  ASSERT_EQ(CUDA_SUCCESS, destroy(mine));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(p))) << "the current pool was destroyed: glake serves";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
   ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
   ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
 }

@@ -177,6 +177,17 @@ TEST_F(Runtime, DefaultPoolGoesToGlakeUserPoolsPassThrough) {
   CUDA_OK(cudaMallocAsync(&p, MiB, s));
   EXPECT_TRUE(owns(p));
   CUDA_OK(cudaFreeAsync(p, s));
+
+  // CUDA: "Destroying the current mempool of a device sets the default mempool of that device as the
+  // current mempool": glake serves cudaMallocAsync again.
+  CUDA_OK(cudaDeviceSetMemPool(0, mine));
+  CUDA_OK(cudaMemPoolDestroy(mine));
+  cudaMemPool_t now = nullptr;
+  CUDA_OK(cudaDeviceGetMemPool(&now, 0));
+  ASSERT_EQ(def, now);
+  CUDA_OK(cudaMallocAsync(&p, MiB, s));
+  EXPECT_TRUE(owns(p)) << "the current pool was destroyed: the default one is current again";
+  CUDA_OK(cudaFreeAsync(p, s));
   CUDA_OK(cudaStreamSynchronize(s));
   CUDA_OK(cudaStreamDestroy(s));
 }
