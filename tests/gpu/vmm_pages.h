@@ -1,6 +1,7 @@
 // tests/gpu/vmm_pages.h: what the hand-run VMM benchmarks (bench_set_access, bench_grant_overlap)
 // share: a check that exits on a driver error, and n one-granule pages of device 0 with a virtual
-// range to map them side by side (its primary context current on this thread).
+// range to map them side by side (its primary context current on this thread; n = 0: the context,
+// the granularity and the access descriptor only).
 #pragma once
 
 #include <cuda.h>
@@ -41,7 +42,7 @@ inline VmmPages vmm_pages(int n) {
   p.h.resize(static_cast<std::size_t>(n));
   for (auto& x : p.h) check(cuMemCreate(&x, p.g, &p.prop, 0), "cuMemCreate");
   p.bytes = p.g * static_cast<std::size_t>(n);
-  check(cuMemAddressReserve(&p.va, p.bytes, 0, 0, 0), "cuMemAddressReserve");
+  if (n > 0) check(cuMemAddressReserve(&p.va, p.bytes, 0, 0, 0), "cuMemAddressReserve");
   p.desc.location = p.prop.location;
   p.desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
   return p;
