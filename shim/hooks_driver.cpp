@@ -50,6 +50,24 @@ GLAKE_HOOK CUresult cuDeviceSetMemPool(CUdevice d, CUmemoryPool pool) {
 GLAKE_HOOK CUresult cuMemPoolDestroy(CUmemoryPool pool) {
   return guard([&] { return router().cu_mem_pool_destroy(pool); });
 }
+GLAKE_HOOK CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void* value) {
+  return guard([&] { return router().cu_mem_pool_get_attribute(pool, attr, value); });
+}
+GLAKE_HOOK CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void* value) {
+  return guard([&] { return router().cu_mem_pool_set_attribute(pool, attr, value); });
+}
+GLAKE_HOOK CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
+  return guard([&] { return router().cu_mem_pool_trim_to(pool, keep); });
+}
+GLAKE_HOOK CUresult cuMemPoolSetAccess(CUmemoryPool pool, const CUmemAccessDesc* desc, size_t count) {
+  return guard([&] { return router().cu_mem_pool_set_access(pool, desc, count); });
+}
+GLAKE_HOOK CUresult cuMemAllocFromPoolAsync(CUdeviceptr* p, size_t n, CUmemoryPool pool, CUstream s) {
+  return guard([&] { return router().cu_mem_alloc_from_pool_async(p, n, pool, s, false); });
+}
+GLAKE_HOOK CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr* p, size_t n, CUmemoryPool pool, CUstream s) {
+  return guard([&] { return router().cu_mem_alloc_from_pool_async(p, n, pool, s, true); });
+}
 GLAKE_HOOK CUresult cuIpcGetMemHandle(CUipcMemHandle* h, CUdeviceptr p) {
   return guard([&] { return router().cu_ipc_get_mem_handle(h, p); });
 }

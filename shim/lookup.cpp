@@ -68,6 +68,12 @@ const Entry* entries(std::size_t* count) {
       {"cuMemGetInfo_v2", address_of(&::cuMemGetInfo_v2)},
       {"cuDeviceSetMemPool", address_of(&::cuDeviceSetMemPool)},
       {"cuMemPoolDestroy", address_of(&::cuMemPoolDestroy)},
+      {"cuMemPoolGetAttribute", address_of(&::cuMemPoolGetAttribute)},
+      {"cuMemPoolSetAttribute", address_of(&::cuMemPoolSetAttribute)},
+      {"cuMemPoolTrimTo", address_of(&::cuMemPoolTrimTo)},
+      {"cuMemPoolSetAccess", address_of(&::cuMemPoolSetAccess)},
+      {"cuMemAllocFromPoolAsync", address_of(&::cuMemAllocFromPoolAsync)},
+      {"cuMemAllocFromPoolAsync_ptsz", address_of(&::cuMemAllocFromPoolAsync_ptsz)},
       {"cuIpcGetMemHandle", address_of(&::cuIpcGetMemHandle)},
       {"cuIpcOpenMemHandle_v2", address_of(&::cuIpcOpenMemHandle_v2)},
       {"cuIpcCloseMemHandle", address_of(&::cuIpcCloseMemHandle)},
@@ -140,6 +146,14 @@ void* substitute_proc(const char* symbol, int version, cuuint64_t flags, void* r
   // Another pool made current: cuMemAllocAsync (and the runtime's cudaMallocAsync) allocate from it.
   if (std::strcmp(symbol, "cuDeviceSetMemPool") == 0) return address_of(&::cuDeviceSetMemPool);
   if (std::strcmp(symbol, "cuMemPoolDestroy") == 0) return address_of(&::cuMemPoolDestroy);
+  // The default pool through the driver (a statically linked runtime's cudaMemPool* calls).
+  if (std::strcmp(symbol, "cuMemPoolGetAttribute") == 0) return address_of(&::cuMemPoolGetAttribute);
+  if (std::strcmp(symbol, "cuMemPoolSetAttribute") == 0) return address_of(&::cuMemPoolSetAttribute);
+  if (std::strcmp(symbol, "cuMemPoolTrimTo") == 0) return address_of(&::cuMemPoolTrimTo);
+  if (std::strcmp(symbol, "cuMemPoolSetAccess") == 0) return address_of(&::cuMemPoolSetAccess);
+  if (std::strcmp(symbol, "cuMemAllocFromPoolAsync") == 0)
+    return pick(real, address_of(d.mem_alloc_from_pool_async), address_of(d.mem_alloc_from_pool_async_ptsz),
+                address_of(&::cuMemAllocFromPoolAsync), address_of(&::cuMemAllocFromPoolAsync_ptsz), !ptds);
   // Graph capture through the driver (driver-API programs, a statically linked runtime): glake counts
   // the captures under way (Router::cu_stream_begin_capture), on the legacy and the per-thread default
   // stream alike. The cuStreamBeginCapture of CUDA 10.0, which takes no mode, stays the driver's.

@@ -88,6 +88,13 @@ using DlsymFn = void* (*)(void*, const char*);
   X(device_set_mem_pool, "cuDeviceSetMemPool", decltype(&::cuDeviceSetMemPool))                     \
   X(device_get_mem_pool, "cuDeviceGetMemPool", decltype(&::cuDeviceGetMemPool))                     \
   X(mem_pool_destroy, "cuMemPoolDestroy", decltype(&::cuMemPoolDestroy))                            \
+  X(mem_pool_get_attribute, "cuMemPoolGetAttribute", decltype(&::cuMemPoolGetAttribute))            \
+  X(mem_pool_set_attribute, "cuMemPoolSetAttribute", decltype(&::cuMemPoolSetAttribute))            \
+  X(mem_pool_trim_to, "cuMemPoolTrimTo", decltype(&::cuMemPoolTrimTo))                              \
+  X(mem_pool_set_access, "cuMemPoolSetAccess", decltype(&::cuMemPoolSetAccess))                     \
+  X(mem_alloc_from_pool_async, "cuMemAllocFromPoolAsync", decltype(&::cuMemAllocFromPoolAsync))     \
+  X(mem_alloc_from_pool_async_ptsz, "cuMemAllocFromPoolAsync_ptsz", decltype(&::cuMemAllocFromPoolAsync)) \
+  X(device_get_count, "cuDeviceGetCount", decltype(&::cuDeviceGetCount))                            \
   X(ipc_get_mem_handle, "cuIpcGetMemHandle", decltype(&::cuIpcGetMemHandle))                        \
   X(ipc_open_mem_handle, "cuIpcOpenMemHandle_v2", decltype(&::cuIpcOpenMemHandle_v2))               \
   X(ipc_close_mem_handle, "cuIpcCloseMemHandle", decltype(&::cuIpcCloseMemHandle))                  \

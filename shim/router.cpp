@@ -845,11 +845,36 @@ cudaError_t Router::mem_get_info(std::size_t* free, std::size_t* total) {
   return r;
 }
 
+int Router::known_default_pool_device(std::uintptr_t v) const {
+  for (int d = 0; d < kMaxDevices; ++d)
+    if (default_pools_[d].load(std::memory_order_relaxed) == v) return d;
+  return -1;
+}
+
+int Router::driver_default_pool_device(CUmemoryPool mem_pool) {
+  const auto v = reinterpret_cast<std::uintptr_t>(mem_pool);
+  if (v == 0) return -1;
+  if (const int d = known_default_pool_device(v); d >= 0) return d;
+  // Not known yet: ask the driver for every device's default pool (cheap; no context needed).
+  const DriverApi& dr = real_driver();
+  int count = 0;
+  if (dr.device_get_default_mem_pool == nullptr || dr.device_get_count == nullptr ||
+      dr.device_get_count(&count) != CUDA_SUCCESS)
+    return -1;
+  int found = -1;
+  for (int d = 0; d < std::min(count, kMaxDevices); ++d) {
+    CUmemoryPool p = nullptr;
+    if (dr.device_get_default_mem_pool(&p, d) != CUDA_SUCCESS) continue;
+    default_pools_[d].store(reinterpret_cast<std::uintptr_t>(p), std::memory_order_relaxed);
+    if (p == mem_pool) found = d;
+  }
+  return found;
+}
+
 int Router::default_pool_device(cudaMemPool_t mem_pool) {
   const auto v = reinterpret_cast<std::uintptr_t>(mem_pool);
   if (v == 0) return -1;
-  for (int d = 0; d < kMaxDevices; ++d)
-    if (default_pools_[d].load(std::memory_order_relaxed) == v) return d;
+  if (const int d = known_default_pool_device(v); d >= 0) return d;
   // Not known yet: learn the current device's default pool, then every device's, once.
   const RuntimeApi& rt = real_runtime();
   if (rt.device_get_default_mem_pool == nullptr) return -1;
@@ -928,19 +953,52 @@ cudaError_t Router::mem_pool_get_attribute(cudaMemPool_t mem_pool, cudaMemPoolAt
     r = f(mem_pool, attr, value);
   }
   if (r != cudaSuccess || value == nullptr || mode() != Mode::on || inside_real_call()) return r;
-  const int dev = default_pool_device(mem_pool);
+  add_pool_figures(default_pool_device(mem_pool), static_cast<CUmemPool_attribute>(attr), value);
+  return r;
+}
+
+// The runtime's and the driver's pool attributes are the same values (cudaMemPoolAttr mirrors
+// CUmemPool_attribute).
+void Router::add_pool_figures(int dev, CUmemPool_attribute attr, void* value) {
   DevicePool* p = existing_pool(dev);
-  if (p == nullptr) return r;
+  if (p == nullptr) return;
   const pool::Stats st = p->alloc->stats();
   auto* v = static_cast<cuuint64_t*>(value);
   switch (attr) {
-    case cudaMemPoolAttrReservedMemCurrent: *v += st.physical.current; break;
-    case cudaMemPoolAttrReservedMemHigh: *v += st.physical.peak; break;
-    case cudaMemPoolAttrUsedMemCurrent: *v += st.requested.current; break;
-    case cudaMemPoolAttrUsedMemHigh: *v += st.requested.peak; break;
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT: *v += st.physical.current; break;
+    case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH: *v += st.physical.peak; break;
+    case CU_MEMPOOL_ATTR_USED_MEM_CURRENT: *v += st.requested.current; break;
+    case CU_MEMPOOL_ATTR_USED_MEM_HIGH: *v += st.requested.peak; break;
     default: break;
   }
-  return r;
+}
+
+void Router::reset_pool_peak(int dev, CUmemPool_attribute attr) {
+  if (attr != CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH && attr != CU_MEMPOOL_ATTR_USED_MEM_HIGH) return;
+  // Each high-water mark resets only itself, as CUDA's do.
+  if (DevicePool* p = existing_pool(dev))
+    p->alloc->reset_peaks(attr == CU_MEMPOOL_ATTR_USED_MEM_HIGH ? pool::Allocator::Peaks::used
+                                                                : pool::Allocator::Peaks::reserved);
+}
+
+void Router::trim_default_pool(int dev, std::size_t keep) {
+  DevicePool* p = existing_pool(dev);
+  if (p == nullptr) return;
+  // CUDA keeps at least `keep` bytes reserved (all of it in use, if more is); glake's trim counts
+  // the free bytes it keeps.
+  const std::size_t cached = p->alloc->cached_bytes();
+  const std::size_t physical = p->alloc->stats().physical.current;
+  const std::size_t in_use = physical > cached ? physical - cached : 0;
+  trim_pool(p, keep > in_use ? keep - in_use : 0);
+}
+
+void Router::grant_pool_peers(int dev, const CUmemAccessDesc* desc, std::size_t count) {
+  if (dev < 0) return;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (desc[i].location.type == CU_MEM_LOCATION_TYPE_DEVICE && desc[i].location.id != dev &&
+        (desc[i].flags & CU_MEM_ACCESS_FLAGS_PROT_READWRITE) == CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+      grant_peer(dev, desc[i].location.id);
+  }
 }
 
 cudaError_t Router::mem_pool_set_attribute(cudaMemPool_t mem_pool, cudaMemPoolAttr attr, void* value) {
@@ -952,11 +1010,7 @@ cudaError_t Router::mem_pool_set_attribute(cudaMemPool_t mem_pool, cudaMemPoolAt
     r = f(mem_pool, attr, value);
   }
   if (r != cudaSuccess || mode() != Mode::on || inside_real_call()) return r;
-  if (attr != cudaMemPoolAttrReservedMemHigh && attr != cudaMemPoolAttrUsedMemHigh) return r;
-  // Each high-water mark resets only itself, as CUDA's do.
-  if (DevicePool* p = existing_pool(default_pool_device(mem_pool)))
-    p->alloc->reset_peaks(attr == cudaMemPoolAttrUsedMemHigh ? pool::Allocator::Peaks::used
-                                                             : pool::Allocator::Peaks::reserved);
+  reset_pool_peak(default_pool_device(mem_pool), static_cast<CUmemPool_attribute>(attr));
   return r;
 }
 
@@ -969,14 +1023,7 @@ cudaError_t Router::mem_pool_trim_to(cudaMemPool_t mem_pool, std::size_t keep) {
     r = f(mem_pool, keep);
   }
   if (r != cudaSuccess || !serving()) return r;
-  if (DevicePool* p = existing_pool(default_pool_device(mem_pool))) {
-    // CUDA keeps at least `keep` bytes reserved (all of it in use, if more is); glake's trim counts
-    // the free bytes it keeps.
-    const std::size_t cached = p->alloc->cached_bytes();
-    const std::size_t physical = p->alloc->stats().physical.current;
-    const std::size_t in_use = physical > cached ? physical - cached : 0;
-    trim_pool(p, keep > in_use ? keep - in_use : 0);
-  }
+  trim_default_pool(default_pool_device(mem_pool), keep);
   return r;
 }
 
@@ -989,13 +1036,9 @@ cudaError_t Router::mem_pool_set_access(cudaMemPool_t mem_pool, const cudaMemAcc
     r = f(mem_pool, desc, count);
   }
   if (r != cudaSuccess || desc == nullptr || !serving()) return r;
-  const int dev = default_pool_device(mem_pool);
-  if (dev < 0) return r;
-  for (std::size_t i = 0; i < count; ++i) {
-    if (desc[i].location.type == cudaMemLocationTypeDevice && desc[i].location.id != dev &&
-        (desc[i].flags & cudaMemAccessFlagsProtReadWrite) == cudaMemAccessFlagsProtReadWrite)
-      grant_peer(dev, desc[i].location.id);
-  }
+  // cudaMemAccessDesc mirrors CUmemAccessDesc.
+  static_assert(sizeof(cudaMemAccessDesc) == sizeof(CUmemAccessDesc));
+  grant_pool_peers(default_pool_device(mem_pool), reinterpret_cast<const CUmemAccessDesc*>(desc), count);
   return r;
 }
 
@@ -1333,6 +1376,63 @@ CUresult Router::cu_mem_pool_destroy(CUmemoryPool mem_pool) {
   const CUresult r = d.mem_pool_destroy(mem_pool);
   if (r == CUDA_SUCCESS && !inside_real_call()) recheck_custom_pools();
   return r;
+}
+
+CUresult Router::cu_mem_pool_get_attribute(CUmemoryPool mem_pool, CUmemPool_attribute attr, void* value) {
+  const auto f = real_driver().mem_pool_get_attribute;
+  if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = f(mem_pool, attr, value);
+  if (r == CUDA_SUCCESS && value != nullptr && mode() == Mode::on && !inside_real_call())
+    add_pool_figures(driver_default_pool_device(mem_pool), attr, value);
+  return r;
+}
+
+CUresult Router::cu_mem_pool_set_attribute(CUmemoryPool mem_pool, CUmemPool_attribute attr, void* value) {
+  const auto f = real_driver().mem_pool_set_attribute;
+  if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = f(mem_pool, attr, value);
+  if (r == CUDA_SUCCESS && mode() == Mode::on && !inside_real_call()) reset_pool_peak(driver_default_pool_device(mem_pool), attr);
+  return r;
+}
+
+CUresult Router::cu_mem_pool_trim_to(CUmemoryPool mem_pool, std::size_t keep) {
+  const auto f = real_driver().mem_pool_trim_to;
+  if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = f(mem_pool, keep);
+  if (r == CUDA_SUCCESS && serving()) trim_default_pool(driver_default_pool_device(mem_pool), keep);
+  return r;
+}
+
+CUresult Router::cu_mem_pool_set_access(CUmemoryPool mem_pool, const CUmemAccessDesc* desc, std::size_t count) {
+  const auto f = real_driver().mem_pool_set_access;
+  if (f == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = f(mem_pool, desc, count);
+  if (r == CUDA_SUCCESS && desc != nullptr && serving()) grant_pool_peers(driver_default_pool_device(mem_pool), desc, count);
+  return r;
+}
+
+CUresult Router::cu_mem_alloc_from_pool_async(CUdeviceptr* ptr, std::size_t size, CUmemoryPool mem_pool,
+                                              CUstream stream, bool ptds) {
+  int dev = -1;
+  if (ptr != nullptr && size != 0 && serving() && (dev = driver_default_pool_device(mem_pool)) >= 0) {
+    const pool::StreamHandle s = normalize(stream, ptds);
+    const bool capturing =
+        captures_.load(std::memory_order_acquire) != 0 && driver_stream_capturing(reinterpret_cast<CUstream>(s));
+    // A stream of another device goes to the real API: the pool keeps only its own device's streams.
+    int stream_dev = -1;
+    if (!capturing && s != kPerThread && stream_device(s, true, &stream_dev) && stream_dev == dev) {
+      if (DevicePool* p = pool_for(dev, false)) {
+        tl_device_hint = dev;
+        pool::DevPtr v = 0;
+        const pool::Status st = allocate(p, size, s, &v);
+        if (st == pool::Status::ok) *ptr = static_cast<CUdeviceptr>(v);
+        return to_driver_error(st);
+      }
+    }
+  }
+  count_passthrough(dev, true);
+  const auto f = ptds ? real_driver().mem_alloc_from_pool_async_ptsz : real_driver().mem_alloc_from_pool_async;
+  return f != nullptr ? f(ptr, size, mem_pool, stream) : CUDA_ERROR_NOT_FOUND;
 }
 
 // A destroyed pool that was a device's current one leaves the default pool current (CUDA): the

@@ -128,6 +128,15 @@ class Router {
   // its hook) is left to that hook.
   CUresult cu_device_set_mem_pool(CUdevice device, CUmemoryPool pool);
   CUresult cu_mem_pool_destroy(CUmemoryPool pool);
+  // The default pool through the driver (a statically linked runtime's cudaMemPool* and
+  // cudaMallocFromPoolAsync, driver-API programs): as the runtime's calls above; the runtime's own
+  // calls (inside its hooks) are left to those hooks.
+  CUresult cu_mem_pool_get_attribute(CUmemoryPool pool, CUmemPool_attribute attr, void* value);
+  CUresult cu_mem_pool_set_attribute(CUmemoryPool pool, CUmemPool_attribute attr, void* value);
+  CUresult cu_mem_pool_trim_to(CUmemoryPool pool, std::size_t keep);
+  CUresult cu_mem_pool_set_access(CUmemoryPool pool, const CUmemAccessDesc* desc, std::size_t count);
+  CUresult cu_mem_alloc_from_pool_async(CUdeviceptr* ptr, std::size_t size, CUmemoryPool pool, CUstream stream,
+                                        bool ptds);
   CUresult cu_ipc_get_mem_handle(CUipcMemHandle* handle, CUdeviceptr ptr);
   CUresult cu_ipc_open_mem_handle(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags);
   CUresult cu_ipc_close_mem_handle(CUdeviceptr ptr);
@@ -246,6 +255,14 @@ class Router {
   static bool device_context_active(int device);  // its primary context exists (is retained)
 
   int default_pool_device(cudaMemPool_t pool);
+  int driver_default_pool_device(CUmemoryPool pool);  // learns the default pools from the driver
+  int known_default_pool_device(std::uintptr_t pool) const;
+  // The default pool's attributes, high-water marks, trim and peers, for the runtime's and the
+  // driver's calls alike (dev: the pool's device, or -1 for another pool: nothing to do).
+  void add_pool_figures(int dev, CUmemPool_attribute attr, void* value);
+  void reset_pool_peak(int dev, CUmemPool_attribute attr);
+  void trim_default_pool(int dev, std::size_t keep);
+  void grant_pool_peers(int dev, const CUmemAccessDesc* desc, std::size_t count);
   void grant_peer(int owner_device, int accessor_device);
   void refresh_access(DevicePool* p);
   void count_passthrough(int device, bool driver_api = false);

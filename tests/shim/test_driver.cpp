@@ -61,7 +61,9 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
                            "cuIpcCloseMemHandle", "cuStreamDestroy_v2", "cuStreamBeginCapture_v2",
                            "cuStreamBeginCaptureToGraph", "cuStreamEndCapture", "cuStreamBeginCapture_v2_ptsz",
                            "cuStreamBeginCaptureToGraph_ptsz", "cuStreamEndCapture_ptsz", "cuCtxEnablePeerAccess",
-                           "cuDeviceSetMemPool", "cuMemPoolDestroy"}) {
+                           "cuDeviceSetMemPool", "cuMemPoolDestroy", "cuMemPoolGetAttribute",
+                           "cuMemPoolSetAttribute", "cuMemPoolTrimTo", "cuMemPoolSetAccess",
+                           "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz"}) {
     void* p = dlsym(h, name);
     EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
     EXPECT_EQ(dlsym(RTLD_DEFAULT, name), p) << name;
@@ -349,6 +351,71 @@ TEST_F(Driver, APoolMadeCurrentThroughTheDriverTakesAsyncAllocations) {
   EXPECT_TRUE(owns(reinterpret_cast<void*>(p))) << "the current pool was destroyed: glake serves";
   ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
   ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
+}
+
+// A statically linked runtime's cudaMemPool* calls and cudaMallocFromPoolAsync reach the driver's
+// through cuGetProcAddress: on the device's default pool they report, reset, trim and allocate
+// glake's memory, as the runtime's do; another pool's stay the driver's. And the runtime's own calls,
+// which reach the driver's inside glake's runtime hooks, count glake's figures once.
+TEST_F(Driver, TheDefaultPoolThroughTheDriverIsGlakes) {
+  auto get = reinterpret_cast<GetProcV2>(dlsym(libcuda(), "cuGetProcAddress_v2"));
+  auto fn = [&](const char* name, cuuint64_t flags = CU_GET_PROC_ADDRESS_DEFAULT) {
+    void* p = proc(get, name, 12000, flags);
+    EXPECT_TRUE(is_glake(p)) << name << " came from " << object_of(p);
+    return p;
+  };
+  const auto get_attr = reinterpret_cast<decltype(&cuMemPoolGetAttribute)>(fn("cuMemPoolGetAttribute"));
+  const auto set_attr = reinterpret_cast<decltype(&cuMemPoolSetAttribute)>(fn("cuMemPoolSetAttribute"));
+  const auto trim_to = reinterpret_cast<decltype(&cuMemPoolTrimTo)>(fn("cuMemPoolTrimTo"));
+  const auto alloc_from = reinterpret_cast<decltype(&cuMemAllocFromPoolAsync)>(fn("cuMemAllocFromPoolAsync"));
+  ASSERT_TRUE(get_attr && set_attr && trim_to && alloc_from);
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "cuMemAllocFromPoolAsync_ptsz"),
+            fn("cuMemAllocFromPoolAsync", CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM));
+  EXPECT_TRUE(is_glake(fn("cuMemPoolSetAccess")));
+  CUmemoryPool def = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceGetDefaultMemPool(&def, 0));
+  auto attr = [&](CUmemPool_attribute a) {
+    cuuint64_t v = 0;
+    EXPECT_EQ(CUDA_SUCCESS, get_attr(def, a, &v));
+    return v;
+  };
+  CUstream s = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  CUdeviceptr p = 0;
+  ASSERT_EQ(CUDA_SUCCESS, alloc_from(&p, 40 * MiB + 3, def, s));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(p))) << "the default pool's allocation";
+  EXPECT_EQ(stats().physical, attr(CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT));
+  EXPECT_EQ(stats().requested, attr(CU_MEMPOOL_ATTR_USED_MEM_CURRENT));
+  EXPECT_GE(attr(CU_MEMPOOL_ATTR_USED_MEM_HIGH), 40 * MiB + 3);
+  cuuint64_t runtime_used = 0;
+  CUDA_OK(cudaMemPoolGetAttribute(reinterpret_cast<cudaMemPool_t>(def), cudaMemPoolAttrUsedMemCurrent, &runtime_used));
+  EXPECT_EQ(stats().requested, runtime_used) << "the runtime's call counts glake's figures once";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  cuuint64_t zero = 0;
+  ASSERT_EQ(CUDA_SUCCESS, set_attr(def, CU_MEMPOOL_ATTR_USED_MEM_HIGH, &zero));
+  EXPECT_EQ(attr(CU_MEMPOOL_ATTR_USED_MEM_CURRENT), attr(CU_MEMPOOL_ATTR_USED_MEM_HIGH)) << "the peak was reset";
+  ASSERT_GE(stats().cached, 40 * MiB);
+  ASSERT_EQ(CUDA_SUCCESS, trim_to(def, 0));
+  EXPECT_EQ(0u, stats().cached) << "the trim gave glake's cache back";
+  EXPECT_EQ(stats().physical, attr(CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT));
+
+  // Another pool: the driver's, untouched.
+  CUmemPoolProps props{};
+  props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  props.location.id = 0;
+  CUmemoryPool mine = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemPoolCreate(&mine, &props));
+  ASSERT_EQ(CUDA_SUCCESS, alloc_from(&p, MiB, mine, s));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(p)));
+  cuuint64_t used = 0;
+  ASSERT_EQ(CUDA_SUCCESS, get_attr(mine, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used));
+  EXPECT_EQ(MiB, used) << "another pool reports its own figures only";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemPoolDestroy(mine));
   ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
 }
 

@@ -35,6 +35,57 @@ TEST(StaticRuntime, AllocationsReachGlakeThroughTheDriver) {
   EXPECT_EQ("", validate());
 }
 
+// The static runtime's memory-pool calls reach the driver's (cuMemPoolGetAttribute, cuMemPoolTrimTo,
+// cuMemAllocFromPoolAsync, cuMemPoolDestroy) through cuGetProcAddress: the default pool reports and
+// trims glake's memory, allocates from glake, and destroying another pool that was made current makes
+// glake serve cudaMallocAsync again.
+TEST(StaticRuntime, TheDefaultPoolIsGlakesThroughTheDriver) {
+  REQUIRE_GLAKE();
+  constexpr std::size_t kMiB = 1u << 20;
+  CUDA_OK(cudaSetDevice(device()));
+  cudaStream_t s = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaMemPool_t def = nullptr;
+  CUDA_OK(cudaDeviceGetDefaultMemPool(&def, device()));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocFromPoolAsync(&p, 40 * kMiB, def, s));
+  EXPECT_TRUE(owns(p)) << "cudaMallocFromPoolAsync on the default pool";
+  fill(p, 40 * kMiB, 9, s);
+  EXPECT_EQ(0u, mismatches(p, 40 * kMiB, 9, s));
+  std::uint64_t reserved = 0, used = 0;
+  CUDA_OK(cudaMemPoolGetAttribute(def, cudaMemPoolAttrReservedMemCurrent, &reserved));
+  CUDA_OK(cudaMemPoolGetAttribute(def, cudaMemPoolAttrUsedMemCurrent, &used));
+  EXPECT_EQ(stats().physical, reserved);
+  EXPECT_EQ(stats().requested, used);
+  CUDA_OK(cudaFreeAsync(p, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  ASSERT_GE(stats().cached, 40 * kMiB);
+  CUDA_OK(cudaMemPoolTrimTo(def, 0));
+  EXPECT_LT(stats().cached, 40 * kMiB) << "cudaMemPoolTrimTo gave glake's cache back";
+
+  cudaMemPoolProps props{};
+  props.allocType = cudaMemAllocationTypePinned;
+  props.location.type = cudaMemLocationTypeDevice;
+  props.location.id = device();
+  cudaMemPool_t user = nullptr;
+  CUDA_OK(cudaMemPoolCreate(&user, &props));
+  CUDA_OK(cudaDeviceSetMemPool(device(), user));
+  CUDA_OK(cudaMallocAsync(&p, 3 * kMiB, s));
+  EXPECT_FALSE(owns(p)) << "another pool is current";
+  CUDA_OK(cudaFreeAsync(p, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  CUDA_OK(cudaMemPoolDestroy(user));
+  cudaMemPool_t now = nullptr;
+  CUDA_OK(cudaDeviceGetMemPool(&now, device()));
+  EXPECT_EQ(def, now) << "CUDA makes the default pool current when the current one is destroyed";
+  CUDA_OK(cudaMallocAsync(&p, 3 * kMiB, s));
+  EXPECT_TRUE(owns(p)) << "the default pool is current again";
+  CUDA_OK(cudaFreeAsync(p, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  CUDA_OK(cudaStreamDestroy(s));
+  EXPECT_EQ("", validate());
+}
+
 // Before glake counted captures begun through the driver, the capture's cudaMallocAsync was glake's,
 // its cudaFreeAsync was done at capture time, and the next allocation got the graph's memory: every
 // replay then wrote into it.

@@ -958,6 +958,16 @@ EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr* ptr, std::size_t size, CUme
   }
   return alloc_async(ptr, size, mp, s, false);
 }
+EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr* ptr, std::size_t size, CUmemoryPool pool, CUstream s) {
+  CHECK_ALIVE();
+  if (pool == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  MemPool* mp;
+  {
+    std::lock_guard lk(g->mu);
+    mp = as_pool(pool);
+  }
+  return alloc_async(ptr, size, mp, s, true);
+}
 EXPORT CUresult cuMemFreeAsync(CUdeviceptr ptr, CUstream s) {
   CHECK_ALIVE();
   return free_async(ptr, s, false);
@@ -1612,7 +1622,7 @@ const std::vector<Proc>& procs() {
       {"cuMemAllocManaged", fp(&cuMemAllocManaged)},
       {"cuMemFree", fp(&cuMemFree_v2), 3020, fp(&cuMemFree)},
       {"cuMemAllocAsync", fp(&cuMemAllocAsync), 11020, nullptr, fp(&cuMemAllocAsync_ptsz)},
-      {"cuMemAllocFromPoolAsync", fp(&cuMemAllocFromPoolAsync), 11020},
+      {"cuMemAllocFromPoolAsync", fp(&cuMemAllocFromPoolAsync), 11020, nullptr, fp(&cuMemAllocFromPoolAsync_ptsz)},
       {"cuMemFreeAsync", fp(&cuMemFreeAsync), 11020, nullptr, fp(&cuMemFreeAsync_ptsz)},
       {"cuMemHostAlloc", fp(&cuMemHostAlloc)},
       {"cuMemAllocHost", fp(&cuMemAllocHost_v2), 3020},
