@@ -391,7 +391,36 @@ cudaError_t Router::fail(cudaError_t e) {
   return e;
 }
 
+namespace {
+
+// While a capture is under way (any thread's), the pool's own driver calls on this thread (a query of
+// or a wait for another stream's free, none of them capturing; VMM calls) are made in relaxed mode: in
+// the thread's default global mode CUDA refuses such "potentially unsafe" calls and invalidates every
+// global capture under way (tests/gpu/probe_capture_neighbours). PyTorch's allocator does the same
+// around its cudaMalloc.
+class RelaxedCaptureMode {
+ public:
+  explicit RelaxedCaptureMode(bool capture_under_way) {
+    const auto f = real_driver().thread_exchange_stream_capture_mode;
+    if (!capture_under_way || f == nullptr) return;
+    mode_ = CU_STREAM_CAPTURE_MODE_RELAXED;
+    exchanged_ = f(&mode_) == CUDA_SUCCESS;
+  }
+  ~RelaxedCaptureMode() {
+    if (exchanged_) (void)real_driver().thread_exchange_stream_capture_mode(&mode_);
+  }
+  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
+  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
+
+ private:
+  CUstreamCaptureMode mode_ = CU_STREAM_CAPTURE_MODE_GLOBAL;  // the thread's own, while exchanged
+  bool exchanged_ = false;
+};
+
+}  // namespace
+
 pool::Status Router::allocate(DevicePool* p, std::size_t size, pool::StreamHandle stream, pool::DevPtr* out) {
+  RelaxedCaptureMode relaxed(captures_.load(std::memory_order_acquire) != 0);
   const pool::Status s = p->alloc->allocate(size, stream, out);
   tracer::TraceSession* session = nullptr;
   if (s == pool::Status::out_of_memory && (session = session_.load(std::memory_order_acquire)) != nullptr) [[unlikely]] {

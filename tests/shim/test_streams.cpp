@@ -582,6 +582,50 @@ TEST_F(Streams, ATrimDuringACaptureWaitsForNothing) {
   CUDA_OK(cudaStreamDestroy(cap));
 }
 
+// An allocation by another thread, on a stream that is not capturing, while a capture in CUDA's
+// default global mode is under way: where the pool must find out whether another stream's free is done
+// (an event query) or wait for it, those calls are "potentially unsafe" in CUDA's terms, and made from
+// a thread in global mode they are refused and invalidate the capture. glake makes its own calls in
+// relaxed mode (as PyTorch's allocator does around cudaMalloc): the capture survives and the block
+// still waits for the work before it.
+TEST_F(Streams, AnAllocationDuringAnotherThreadsCaptureLeavesTheCaptureIntact) {
+  cudaStream_t s = nullptr, other = nullptr, cap = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking));
+  void* pending = nullptr;
+  CUDA_OK(cudaMallocAsync(&pending, 8 * MiB, s));
+  CUDA_OK(cudaMemsetAsync(pending, 0x5a, 8 * MiB, s));
+  SlowReader reader{static_cast<unsigned char*>(pending), 8 * MiB, 0x5a, 100};
+  CUDA_OK(cudaLaunchHostFunc(s, SlowReader::run, &reader));
+  CUDA_OK(cudaFreeAsync(pending, s));  // its work still runs
+  CUDA_OK(cudaStreamBeginCapture(cap, cudaStreamCaptureModeGlobal));
+  cudaError_t alloc = cudaErrorUnknown;
+  void* p = nullptr;
+  std::thread t([&] {
+    alloc = cudaMallocAsync(&p, 8 * MiB, other);
+    if (alloc == cudaSuccess) alloc = cudaMemsetAsync(p, 0x11, 8 * MiB, other);
+  });
+  t.join();
+  EXPECT_EQ(cudaSuccess, alloc);
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaSuccess, cudaStreamEndCapture(cap, &graph)) << "glake's calls invalidated the capture";
+  if (graph != nullptr) {
+    CUDA_OK(cudaGraphDestroy(graph));
+  }
+  (void)cudaGetLastError();
+  CUDA_OK(cudaStreamSynchronize(other));
+  CUDA_OK(cudaStreamSynchronize(s));
+  EXPECT_EQ(0, reader.bad.load()) << "the block was handed out while the work before its free ran";
+  if (p != nullptr) {
+    CUDA_OK(cudaFreeAsync(p, other));
+  }
+  CUDA_OK(cudaStreamSynchronize(other));
+  CUDA_OK(cudaStreamDestroy(s));
+  CUDA_OK(cudaStreamDestroy(other));
+  CUDA_OK(cudaStreamDestroy(cap));
+}
+
 // A stream destroyed in the middle of its capture ends it: no graph comes of it. Counted on, the
 // capture would send every later cudaMalloc to the real API and hold every cudaFree for good.
 TEST_F(Streams, AStreamDestroyedMidCaptureEndsTheCapture) {
