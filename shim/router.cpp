@@ -768,7 +768,7 @@ cudaError_t Router::malloc_async(void** ptr, std::size_t size, cudaStream_t stre
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
-    if (!capturing && s != kPerThread && stream_device(s, false, &dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
+    if (!capturing && s != kPerThread && stream_device(s, false, &dev) && !custom_pool(dev)) {
       if (DevicePool* p = pool_for(dev)) {
         tl_device_hint = dev;
         pool::DevPtr v = 0;
@@ -884,19 +884,27 @@ int Router::driver_default_pool_device(CUmemoryPool mem_pool) {
   const auto v = reinterpret_cast<std::uintptr_t>(mem_pool);
   if (v == 0) return -1;
   if (const int d = known_default_pool_device(v); d >= 0) return d;
-  // Not known yet: ask the driver for every device's default pool (cheap; no context needed).
+  // Every device's default pool known: another pool (a user pool's calls are a hot path: no driver
+  // calls for them, call after call).
+  if (driver_pools_known_.load(std::memory_order_acquire)) return -1;
+  // Not known yet: ask the driver for every device's default pool (no context needed).
   const DriverApi& dr = real_driver();
   int count = 0;
   if (dr.device_get_default_mem_pool == nullptr || dr.device_get_count == nullptr ||
       dr.device_get_count(&count) != CUDA_SUCCESS)
     return -1;
   int found = -1;
+  bool all = true;
   for (int d = 0; d < std::min(count, kMaxDevices); ++d) {
     CUmemoryPool p = nullptr;
-    if (dr.device_get_default_mem_pool(&p, d) != CUDA_SUCCESS) continue;
+    if (dr.device_get_default_mem_pool(&p, d) != CUDA_SUCCESS) {
+      all = false;
+      continue;
+    }
     default_pools_[d].store(reinterpret_cast<std::uintptr_t>(p), std::memory_order_relaxed);
     if (p == mem_pool) found = d;
   }
+  if (all) driver_pools_known_.store(true, std::memory_order_release);
   return found;
 }
 
@@ -957,7 +965,7 @@ cudaError_t Router::device_set_mem_pool(int device, cudaMemPool_t mem_pool) {
     r = f(device, mem_pool);
   }
   if (r == cudaSuccess && valid_device(device))
-    custom_pool_[device].store(default_pool_device(mem_pool) != device, std::memory_order_relaxed);
+    set_custom_pool(device, default_pool_device(mem_pool) != device);
   return r;
 }
 
@@ -1332,7 +1340,7 @@ CUresult Router::cu_mem_alloc_async(CUdeviceptr* ptr, std::size_t size, CUstream
     const pool::StreamHandle s = normalize(stream, ptds);
     const bool capturing =
         captures_.load(std::memory_order_acquire) != 0 && driver_stream_capturing(reinterpret_cast<CUstream>(s));
-    if (!capturing && s != kPerThread && stream_device(s, true, &dev) && !custom_pool_[dev].load(std::memory_order_relaxed)) {
+    if (!capturing && s != kPerThread && stream_device(s, true, &dev) && !custom_pool(dev)) {
       if (DevicePool* p = pool_for(dev, false)) {
         tl_device_hint = dev;
         pool::DevPtr v = 0;
@@ -1395,7 +1403,7 @@ CUresult Router::cu_device_set_mem_pool(CUdevice device, CUmemoryPool mem_pool) 
   CUmemoryPool def = nullptr;
   const bool is_default = d.device_get_default_mem_pool != nullptr &&
                           d.device_get_default_mem_pool(&def, device) == CUDA_SUCCESS && def == mem_pool;
-  custom_pool_[device].store(!is_default, std::memory_order_relaxed);
+  set_custom_pool(device, !is_default);
   return r;
 }
 
@@ -1464,17 +1472,27 @@ CUresult Router::cu_mem_alloc_from_pool_async(CUdeviceptr* ptr, std::size_t size
   return f != nullptr ? f(ptr, size, mem_pool, stream) : CUDA_ERROR_NOT_FOUND;
 }
 
+void Router::set_custom_pool(int device, bool custom) {
+  std::uint32_t v = custom_pool_[device].load(std::memory_order_relaxed);
+  while (!custom_pool_[device].compare_exchange_weak(v, (((v >> 1) + 1) << 1) | (custom ? 1u : 0u),
+                                                     std::memory_order_acq_rel)) {
+  }
+}
+
 // A destroyed pool that was a device's current one leaves the default pool current (CUDA): the
 // driver says which pool each device that had another one current now has.
 void Router::recheck_custom_pools() {
   const DriverApi& d = real_driver();
   if (d.device_get_mem_pool == nullptr || d.device_get_default_mem_pool == nullptr) return;
   for (int dev = 0; dev < kMaxDevices; ++dev) {
-    if (!custom_pool_[dev].load(std::memory_order_relaxed)) continue;
+    // Seen before the look: a pool chosen since (another thread's cudaDeviceSetMemPool, which sets the
+    // flag after the driver's call) changes the word, and the clear below then leaves its choice be.
+    std::uint32_t seen = custom_pool_[dev].load(std::memory_order_acquire);
+    if ((seen & 1) == 0) continue;
     CUmemoryPool cur = nullptr, def = nullptr;
     if (d.device_get_mem_pool(&cur, dev) == CUDA_SUCCESS && d.device_get_default_mem_pool(&def, dev) == CUDA_SUCCESS &&
         cur == def)
-      custom_pool_[dev].store(false, std::memory_order_relaxed);
+      (void)custom_pool_[dev].compare_exchange_strong(seen, seen & ~1u, std::memory_order_acq_rel);
   }
 }
 

@@ -272,6 +272,8 @@ class Router {
   bool ipc_export(pool::DevPtr ptr, int device_hint, cudaIpcMemHandle_t* handle, cudaError_t* result);
   // After a pool's destruction: clears custom_pool_ of each device whose default pool is current again.
   void recheck_custom_pools();
+  bool custom_pool(int device) const { return (custom_pool_[device].load(std::memory_order_relaxed) & 1) != 0; }
+  void set_custom_pool(int device, bool custom);
 
   std::atomic<int> mode_{static_cast<int>(Mode::not_started)};
   std::atomic<bool> exiting_{false};
@@ -292,7 +294,10 @@ class Router {
 
   std::atomic<DevicePool*> pools_[kMaxDevices] = {};
   std::atomic<std::uintptr_t> default_pools_[kMaxDevices] = {};  // cudaMemPool_t of each device, once known
-  std::atomic<bool> custom_pool_[kMaxDevices] = {};  // cudaDeviceSetMemPool/cuDeviceSetMemPool chose another pool
+  std::atomic<bool> driver_pools_known_{false};  // every device's default pool is in default_pools_ (driver)
+  // cudaDeviceSetMemPool/cuDeviceSetMemPool chose another pool: bit 0; above it, how many times a pool
+  // was chosen (recheck_custom_pools clears the bit only if no choice came since it looked).
+  std::atomic<std::uint32_t> custom_pool_[kMaxDevices] = {};
   std::atomic<std::uint64_t> peers_[kMaxDevices] = {};          // devices granted access to this one's pool
   std::atomic<std::uint64_t> passthrough_[kMaxDevices + 1] = {};  // [kMaxDevices]: device unknown
   std::atomic<std::uint64_t> held_[kMaxDevices] = {};

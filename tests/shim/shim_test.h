@@ -46,6 +46,9 @@ inline int mapping_access(const void* p, int d) {
 }
 inline CUresult raw_alloc(CUdeviceptr* p, size_t n) { return driver_fn<decltype(standin_raw_alloc)>("standin_raw_alloc")(p, n); }
 inline unsigned long long device_syncs() { return driver_fn<decltype(standin_device_syncs)>("standin_device_syncs")(); }
+inline unsigned long long default_pool_queries() {
+  return driver_fn<decltype(standin_default_pool_queries)>("standin_default_pool_queries")();
+}
 inline unsigned long long device_syncs_in_capture() {
   return driver_fn<decltype(standin_device_syncs_in_capture)>("standin_device_syncs_in_capture")();
 }
@@ -54,6 +57,9 @@ inline unsigned long long waits_in_capture() {
 }
 inline void fail_next_end_capture(CUresult e) {
   driver_fn<decltype(standin_fail_next_end_capture)>("standin_fail_next_end_capture")(e);
+}
+inline void after_next_get_mem_pool(void (*fn)(void*), void* arg) {
+  driver_fn<decltype(standin_after_next_get_mem_pool)>("standin_after_next_get_mem_pool")(fn, arg);
 }
 inline void after_next_begin_capture(void (*fn)(void*), void* arg) {
   driver_fn<decltype(standin_after_next_begin_capture)>("standin_after_next_begin_capture")(fn, arg);

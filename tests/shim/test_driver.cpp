@@ -419,6 +419,93 @@ TEST_F(Driver, TheDefaultPoolThroughTheDriverIsGlakes) {
   ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
 }
 
+// The pool API came with CUDA 11.2: asked for at an older version, the driver has none of it, and
+// neither has glake (a caller must not get glake's function where CUDA answers NOT_FOUND).
+TEST_F(Driver, PoolCallsAskedForBeforeCuda112AreNotFound) {
+  auto get = reinterpret_cast<GetProcV2>(dlsym(libcuda(), "cuGetProcAddress_v2"));
+  for (const char* name : {"cuMemPoolDestroy", "cuMemPoolGetAttribute", "cuMemPoolSetAttribute", "cuMemPoolTrimTo",
+                           "cuMemPoolSetAccess", "cuMemAllocFromPoolAsync", "cuDeviceSetMemPool"}) {
+    for (cuuint64_t flags : {CU_GET_PROC_ADDRESS_DEFAULT, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM}) {
+      void* p = reinterpret_cast<void*>(1);
+      CUdriverProcAddressQueryResult st = CU_GET_PROC_ADDRESS_SUCCESS;
+      EXPECT_EQ(CUDA_ERROR_NOT_FOUND, get(name, &p, 11010, flags, &st)) << name;
+      EXPECT_EQ(nullptr, p) << name;
+      EXPECT_EQ(CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT, st) << name;
+      EXPECT_TRUE(is_glake(proc(get, name, 11020, flags))) << name;
+    }
+  }
+}
+
+// A user pool's calls through the driver (a statically linked runtime's cudaMallocFromPoolAsync on a
+// pool of its own) are the hot path of such a program: once glake knows every device's default pool,
+// telling that a pool is none of them must not ask the driver for them again, call after call.
+TEST_F(Driver, AUserPoolsCallsDoNotAskTheDriverForTheDefaultPoolsEachTime) {
+  CUmemPoolProps props{};
+  props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  props.location.id = 0;
+  CUmemoryPool mine = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemPoolCreate(&mine, &props));
+  CUstream s = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  CUdeviceptr p = 0;
+  cuuint64_t used = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocFromPoolAsync(&p, MiB, mine, s));  // glake learns the default pools
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  const auto asked = standin::default_pool_queries();
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_EQ(CUDA_SUCCESS, cuMemAllocFromPoolAsync(&p, MiB, mine, s));
+    EXPECT_FALSE(owns(reinterpret_cast<void*>(p)));
+    ASSERT_EQ(CUDA_SUCCESS, cuMemPoolGetAttribute(mine, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used));
+    ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  }
+  EXPECT_EQ(asked, standin::default_pool_queries()) << "each call on a user pool asked the driver for every device's default pool";
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  CUmemoryPool def = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceGetDefaultMemPool(&def, 0));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocFromPoolAsync(&p, MiB, def, s));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(p))) << "the default pool is still glake's";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemPoolDestroy(mine));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
+}
+
+// A destroy's recheck looks at the device's current pool, then clears glake's flag: a pool made current
+// by another thread in between (its cuDeviceSetMemPool done, its flag set) must stay in charge of
+// cuMemAllocAsync, not be forgotten by the late clear.
+TEST_F(Driver, APoolMadeCurrentWhileADestroyRechecksStaysCurrent) {
+  CUmemPoolProps props{};
+  props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  props.location.id = 0;
+  CUmemoryPool first = nullptr, second = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemPoolCreate(&first, &props));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemPoolCreate(&second, &props));
+  CUstream s = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceSetMemPool(0, first));
+  // The destroy makes the default pool current; as glake's recheck sees that, "another thread" makes
+  // `second` current.
+  standin::after_next_get_mem_pool([](void* pool) { (void)cuDeviceSetMemPool(0, static_cast<CUmemoryPool>(pool)); },
+                          second);
+  ASSERT_EQ(CUDA_SUCCESS, cuMemPoolDestroy(first));
+  CUmemoryPool now = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceGetMemPool(&now, 0));
+  ASSERT_EQ(second, now);
+  CUdeviceptr p = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(p))) << "served by glake while another pool is current";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemPoolDestroy(second));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(p))) << "the default pool is current again";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
+}
+
 TEST_F(Driver, DirectlyLinkedDriverCallsReachGlake) {
   // This program links libcuda.so.1: these calls go through the dynamic linker to the preload.
   CUdeviceptr d = 0;

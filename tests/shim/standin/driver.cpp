@@ -134,6 +134,7 @@ struct State {
   std::map<CUdeviceptr, Allocation> ipc_imports;
   CUmemGenericAllocationHandle next_handle = 1;
   std::uint64_t syncs = 0;
+  std::atomic<std::uint64_t> default_pool_queries{0};  // cuDeviceGetDefaultMemPool calls
   std::uint64_t syncs_in_capture = 0;  // cuCtxSynchronize calls made while a stream of the device was capturing
   std::uint64_t waits_in_capture = 0;  // event/stream queries and waits made while any stream was capturing
 };
@@ -1014,14 +1015,20 @@ EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr* base, std::size_t* size, CU
 EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice d) {
   CHECK_ALIVE();
   if (pool == nullptr || !valid_device(d)) return CUDA_ERROR_INVALID_VALUE;
+  g->default_pool_queries.fetch_add(1);
   *pool = reinterpret_cast<CUmemoryPool>(&g->dev[d].default_pool);
   return CUDA_SUCCESS;
 }
+std::atomic<void (*)(void*)> g_after_get_mem_pool{nullptr};  // standin_after_next_get_mem_pool
+std::atomic<void*> g_after_get_mem_pool_arg{nullptr};
 EXPORT CUresult cuDeviceGetMemPool(CUmemoryPool* pool, CUdevice d) {
   CHECK_ALIVE();
   if (pool == nullptr || !valid_device(d)) return CUDA_ERROR_INVALID_VALUE;
-  std::lock_guard lk(g->mu);
-  *pool = reinterpret_cast<CUmemoryPool>(g->dev[d].current_pool);
+  {
+    std::lock_guard lk(g->mu);
+    *pool = reinterpret_cast<CUmemoryPool>(g->dev[d].current_pool);
+  }
+  if (auto fn = g_after_get_mem_pool.exchange(nullptr)) fn(g_after_get_mem_pool_arg.load());
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuDeviceSetMemPool(CUdevice d, CUmemoryPool pool) {
@@ -1628,15 +1635,15 @@ const std::vector<Proc>& procs() {
       {"cuMemAllocHost", fp(&cuMemAllocHost_v2), 3020},
       {"cuMemFreeHost", fp(&cuMemFreeHost)},
       {"cuMemGetAddressRange", fp(&cuMemGetAddressRange_v2), 3020},
-      {"cuDeviceGetDefaultMemPool", fp(&cuDeviceGetDefaultMemPool)},
-      {"cuDeviceGetMemPool", fp(&cuDeviceGetMemPool)},
-      {"cuDeviceSetMemPool", fp(&cuDeviceSetMemPool)},
-      {"cuMemPoolCreate", fp(&cuMemPoolCreate)},
-      {"cuMemPoolDestroy", fp(&cuMemPoolDestroy)},
-      {"cuMemPoolGetAttribute", fp(&cuMemPoolGetAttribute)},
-      {"cuMemPoolSetAttribute", fp(&cuMemPoolSetAttribute)},
-      {"cuMemPoolTrimTo", fp(&cuMemPoolTrimTo)},
-      {"cuMemPoolSetAccess", fp(&cuMemPoolSetAccess)},
+      {"cuDeviceGetDefaultMemPool", fp(&cuDeviceGetDefaultMemPool), 11020},
+      {"cuDeviceGetMemPool", fp(&cuDeviceGetMemPool), 11020},
+      {"cuDeviceSetMemPool", fp(&cuDeviceSetMemPool), 11020},
+      {"cuMemPoolCreate", fp(&cuMemPoolCreate), 11020},
+      {"cuMemPoolDestroy", fp(&cuMemPoolDestroy), 11020},
+      {"cuMemPoolGetAttribute", fp(&cuMemPoolGetAttribute), 11020},
+      {"cuMemPoolSetAttribute", fp(&cuMemPoolSetAttribute), 11020},
+      {"cuMemPoolTrimTo", fp(&cuMemPoolTrimTo), 11020},
+      {"cuMemPoolSetAccess", fp(&cuMemPoolSetAccess), 11020},
       {"cuIpcGetMemHandle", fp(&cuIpcGetMemHandle)},
       {"cuIpcOpenMemHandle", fp(&cuIpcOpenMemHandle_v2), 11000},
       {"cuIpcCloseMemHandle", fp(&cuIpcCloseMemHandle)},
@@ -1710,6 +1717,10 @@ EXPORT CUresult standin_raw_alloc(CUdeviceptr* ptr, size_t size) {
 }
 
 EXPORT void standin_fail_next_end_capture(CUresult error) { g_end_capture_error.store(error); }
+EXPORT void standin_after_next_get_mem_pool(void (*fn)(void*), void* arg) {
+  g_after_get_mem_pool_arg.store(arg);
+  g_after_get_mem_pool.store(fn);
+}
 EXPORT void standin_after_next_begin_capture(void (*fn)(void*), void* arg) {
   g_after_begin_capture_arg.store(arg);
   g_after_begin_capture.store(fn);
@@ -1726,6 +1737,7 @@ EXPORT unsigned long long standin_device_syncs(void) {
   std::lock_guard lk(g->mu);
   return g->syncs;
 }
+EXPORT unsigned long long standin_default_pool_queries(void) { return g->default_pool_queries.load(); }
 EXPORT unsigned long long standin_device_syncs_in_capture(void) {
   std::lock_guard lk(g->mu);
   return g->syncs_in_capture;

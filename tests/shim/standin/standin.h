@@ -36,6 +36,8 @@ CUresult standin_raw_alloc(CUdeviceptr* ptr, size_t size);
 int standin_streams_being_created(void);
 // Device synchronizations (cuCtxSynchronize, and the one cuMemFree does) so far.
 unsigned long long standin_device_syncs(void);
+// cuDeviceGetDefaultMemPool calls so far (whoever made them: the program, the runtime or glake).
+unsigned long long standin_default_pool_queries(void);
 // cuCtxSynchronize calls made while a stream of the device was capturing (which break a real capture).
 unsigned long long standin_device_syncs_in_capture(void);
 // cuEventQuery, cuEventSynchronize, cuStreamQuery and cuStreamSynchronize calls made while any stream
@@ -48,6 +50,9 @@ void standin_fail_next_end_capture(CUresult error);
 // The next capture that begins calls fn(arg) once it is under way, before its begin returns: what
 // another thread does in between.
 void standin_after_next_begin_capture(void (*fn)(void*), void* arg);
+// The next cuDeviceGetMemPool calls fn(arg) once it has its answer, before it returns (another
+// thread's work landing between a caller's look and what it does with what it saw).
+void standin_after_next_get_mem_pool(void (*fn)(void*), void* arg);
 // The next cuMemExportToShareableHandle calls fn(arg) first, before it looks at the handle: what
 // another thread does in between.
 void standin_before_next_export(void (*fn)(void*), void* arg);
