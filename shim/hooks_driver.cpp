@@ -47,6 +47,9 @@ GLAKE_HOOK CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
 GLAKE_HOOK CUresult cuDeviceSetMemPool(CUdevice d, CUmemoryPool pool) {
   return guard([&] { return router().cu_device_set_mem_pool(d, pool); });
 }
+GLAKE_HOOK CUresult cuMemSetMemPool(CUmemLocation* location, CUmemAllocationType type, CUmemoryPool pool) {
+  return guard([&] { return router().cu_mem_set_mem_pool(location, type, pool); });
+}
 GLAKE_HOOK CUresult cuMemPoolDestroy(CUmemoryPool pool) {
   return guard([&] { return router().cu_mem_pool_destroy(pool); });
 }

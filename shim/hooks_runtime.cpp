@@ -55,6 +55,9 @@ GLAKE_HOOK cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int devi
 GLAKE_HOOK cudaError_t cudaDeviceSetMemPool(int device, cudaMemPool_t pool) {
   return guard([&] { return router().device_set_mem_pool(device, pool); });
 }
+GLAKE_HOOK cudaError_t cudaMemSetMemPool(cudaMemLocation* location, cudaMemAllocationType type, cudaMemPool_t pool) {
+  return guard([&] { return router().mem_set_mem_pool(location, type, pool); });
+}
 GLAKE_HOOK cudaError_t cudaMemPoolDestroy(cudaMemPool_t pool) {
   return guard([&] { return router().mem_pool_destroy(pool); });
 }

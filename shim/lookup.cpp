@@ -38,6 +38,7 @@ const Entry* entries(std::size_t* count) {
       {"cudaDeviceGetDefaultMemPool", address_of(&::cudaDeviceGetDefaultMemPool)},
       {"cudaDeviceSetMemPool", address_of(&::cudaDeviceSetMemPool)},
       {"cudaMemPoolDestroy", address_of(&::cudaMemPoolDestroy)},
+      {"cudaMemSetMemPool", address_of(&::cudaMemSetMemPool)},
       {"cudaMemPoolGetAttribute", address_of(&::cudaMemPoolGetAttribute)},
       {"cudaMemPoolSetAttribute", address_of(&::cudaMemPoolSetAttribute)},
       {"cudaMemPoolTrimTo", address_of(&::cudaMemPoolTrimTo)},
@@ -68,6 +69,7 @@ const Entry* entries(std::size_t* count) {
       {"cuMemGetInfo_v2", address_of(&::cuMemGetInfo_v2)},
       {"cuDeviceSetMemPool", address_of(&::cuDeviceSetMemPool)},
       {"cuMemPoolDestroy", address_of(&::cuMemPoolDestroy)},
+      {"cuMemSetMemPool", address_of(&::cuMemSetMemPool)},
       {"cuMemPoolGetAttribute", address_of(&::cuMemPoolGetAttribute)},
       {"cuMemPoolSetAttribute", address_of(&::cuMemPoolSetAttribute)},
       {"cuMemPoolTrimTo", address_of(&::cuMemPoolTrimTo)},
@@ -145,6 +147,7 @@ void* substitute_proc(const char* symbol, int version, cuuint64_t flags, void* r
   if (std::strcmp(symbol, "cuCtxEnablePeerAccess") == 0) return address_of(&::cuCtxEnablePeerAccess);
   // Another pool made current: cuMemAllocAsync (and the runtime's cudaMallocAsync) allocate from it.
   if (std::strcmp(symbol, "cuDeviceSetMemPool") == 0) return address_of(&::cuDeviceSetMemPool);
+  if (std::strcmp(symbol, "cuMemSetMemPool") == 0) return address_of(&::cuMemSetMemPool);
   if (std::strcmp(symbol, "cuMemPoolDestroy") == 0) return address_of(&::cuMemPoolDestroy);
   // The default pool through the driver (a statically linked runtime's cudaMemPool* calls).
   if (std::strcmp(symbol, "cuMemPoolGetAttribute") == 0) return address_of(&::cuMemPoolGetAttribute);

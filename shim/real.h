@@ -42,6 +42,7 @@ using DlsymFn = void* (*)(void*, const char*);
   X(mem_get_info, "cudaMemGetInfo", decltype(&::cudaMemGetInfo))                                    \
   X(device_get_default_mem_pool, "cudaDeviceGetDefaultMemPool", decltype(&::cudaDeviceGetDefaultMemPool)) \
   X(device_set_mem_pool, "cudaDeviceSetMemPool", decltype(&::cudaDeviceSetMemPool))                 \
+  X(mem_set_mem_pool, "cudaMemSetMemPool", decltype(&::cudaMemSetMemPool))                         \
   X(mem_pool_destroy, "cudaMemPoolDestroy", decltype(&::cudaMemPoolDestroy))                        \
   X(mem_pool_get_attribute, "cudaMemPoolGetAttribute", decltype(&::cudaMemPoolGetAttribute))        \
   X(mem_pool_set_attribute, "cudaMemPoolSetAttribute", decltype(&::cudaMemPoolSetAttribute))        \
@@ -86,6 +87,7 @@ using DlsymFn = void* (*)(void*, const char*);
   X(mem_get_info_v1, "cuMemGetInfo", void*)                                                         \
   X(device_get_default_mem_pool, "cuDeviceGetDefaultMemPool", decltype(&::cuDeviceGetDefaultMemPool)) \
   X(device_set_mem_pool, "cuDeviceSetMemPool", decltype(&::cuDeviceSetMemPool))                     \
+  X(mem_set_mem_pool, "cuMemSetMemPool", decltype(&::cuMemSetMemPool))                             \
   X(device_get_mem_pool, "cuDeviceGetMemPool", decltype(&::cuDeviceGetMemPool))                     \
   X(mem_pool_destroy, "cuMemPoolDestroy", decltype(&::cuMemPoolDestroy))                            \
   X(mem_pool_get_attribute, "cuMemPoolGetAttribute", decltype(&::cuMemPoolGetAttribute))            \

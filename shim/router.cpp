@@ -969,6 +969,20 @@ cudaError_t Router::device_set_mem_pool(int device, cudaMemPool_t mem_pool) {
   return r;
 }
 
+cudaError_t Router::mem_set_mem_pool(cudaMemLocation* location, cudaMemAllocationType type, cudaMemPool_t mem_pool) {
+  const auto f = real_runtime().mem_set_mem_pool;
+  if (f == nullptr) return cudaErrorNotSupported;
+  cudaError_t r;
+  {
+    RealCall g;
+    r = f(location, type, mem_pool);
+  }
+  if (r == cudaSuccess && location != nullptr && location->type == cudaMemLocationTypeDevice &&
+      type == cudaMemAllocationTypePinned && valid_device(location->id))
+    set_custom_pool(location->id, default_pool_device(mem_pool) != location->id);
+  return r;
+}
+
 cudaError_t Router::mem_pool_destroy(cudaMemPool_t mem_pool) {
   const auto f = real_runtime().mem_pool_destroy;
   if (f == nullptr) return cudaErrorNotSupported;
@@ -1404,6 +1418,17 @@ CUresult Router::cu_device_set_mem_pool(CUdevice device, CUmemoryPool mem_pool) 
   const bool is_default = d.device_get_default_mem_pool != nullptr &&
                           d.device_get_default_mem_pool(&def, device) == CUDA_SUCCESS && def == mem_pool;
   set_custom_pool(device, !is_default);
+  return r;
+}
+
+CUresult Router::cu_mem_set_mem_pool(CUmemLocation* location, CUmemAllocationType type, CUmemoryPool mem_pool) {
+  const DriverApi& d = real_driver();
+  if (d.mem_set_mem_pool == nullptr) return CUDA_ERROR_NOT_FOUND;
+  const CUresult r = d.mem_set_mem_pool(location, type, mem_pool);
+  if (r != CUDA_SUCCESS || location == nullptr || location->type != CU_MEM_LOCATION_TYPE_DEVICE ||
+      type != CU_MEM_ALLOCATION_TYPE_PINNED || !valid_device(location->id) || inside_real_call())
+    return r;
+  set_custom_pool(location->id, driver_default_pool_device(mem_pool) != location->id);
   return r;
 }
 

@@ -90,6 +90,8 @@ class Router {
   cudaError_t mem_get_info(std::size_t* free, std::size_t* total);
   cudaError_t device_get_default_mem_pool(cudaMemPool_t* pool, int device);
   cudaError_t device_set_mem_pool(int device, cudaMemPool_t pool);
+  // CUDA 13's way to choose a location's pool: for a device and pinned memory, device_set_mem_pool's.
+  cudaError_t mem_set_mem_pool(cudaMemLocation* location, cudaMemAllocationType type, cudaMemPool_t pool);
   // Destroying a device's current pool makes its default pool current again (CUDA): glake serves again.
   cudaError_t mem_pool_destroy(cudaMemPool_t pool);
   cudaError_t mem_pool_get_attribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value);
@@ -128,6 +130,7 @@ class Router {
   // its hook) is left to that hook.
   CUresult cu_device_set_mem_pool(CUdevice device, CUmemoryPool pool);
   CUresult cu_mem_pool_destroy(CUmemoryPool pool);
+  CUresult cu_mem_set_mem_pool(CUmemLocation* location, CUmemAllocationType type, CUmemoryPool pool);
   // The default pool through the driver (a statically linked runtime's cudaMemPool* and
   // cudaMallocFromPoolAsync, driver-API programs): as the runtime's calls above; the runtime's own
   // calls (inside its hooks) are left to those hooks.

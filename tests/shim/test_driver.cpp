@@ -61,7 +61,7 @@ TEST_F(Driver, DlsymOnTheDriverHandleAnswersGlakesFunctions) {
                            "cuIpcCloseMemHandle", "cuStreamDestroy_v2", "cuStreamBeginCapture_v2",
                            "cuStreamBeginCaptureToGraph", "cuStreamEndCapture", "cuStreamBeginCapture_v2_ptsz",
                            "cuStreamBeginCaptureToGraph_ptsz", "cuStreamEndCapture_ptsz", "cuCtxEnablePeerAccess",
-                           "cuDeviceSetMemPool", "cuMemPoolDestroy", "cuMemPoolGetAttribute",
+                           "cuDeviceSetMemPool", "cuMemSetMemPool", "cuMemPoolDestroy", "cuMemPoolGetAttribute",
                            "cuMemPoolSetAttribute", "cuMemPoolTrimTo", "cuMemPoolSetAccess",
                            "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync_ptsz"}) {
     void* p = dlsym(h, name);
@@ -341,6 +341,21 @@ TEST_F(Driver, APoolMadeCurrentThroughTheDriverTakesAsyncAllocations) {
   CUDA_OK(cudaMallocAsync(&q, MiB, reinterpret_cast<cudaStream_t>(s)));
   EXPECT_TRUE(owns(q)) << "the default pool is current again: glake serves";
   CUDA_OK(cudaFreeAsync(q, reinterpret_cast<cudaStream_t>(s)));
+  // CUDA 13's cuMemSetMemPool for a device and pinned memory is cuDeviceSetMemPool, through every door.
+  const auto set_mem_pool = reinterpret_cast<decltype(&cuMemSetMemPool)>(proc(get, "cuMemSetMemPool", 13000));
+  ASSERT_NE(nullptr, set_mem_pool);
+  EXPECT_TRUE(is_glake(reinterpret_cast<void*>(set_mem_pool)));
+  CUmemLocation loc{};
+  loc.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  loc.id = 0;
+  ASSERT_EQ(CUDA_SUCCESS, set_mem_pool(&loc, CU_MEM_ALLOCATION_TYPE_PINNED, mine));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(p))) << "served by glake while cuMemSetMemPool made another pool current";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemSetMemPool(&loc, CU_MEM_ALLOCATION_TYPE_PINNED, def));
+  ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
+  EXPECT_TRUE(owns(reinterpret_cast<void*>(p))) << "cuMemSetMemPool made the default pool current again";
+  ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
   // Destroying the current pool makes the default one current again (CUDA): glake serves again,
   // also when the destroy comes through cuGetProcAddress (a statically linked runtime).
   ASSERT_EQ(CUDA_SUCCESS, cuDeviceSetMemPool(0, mine));

@@ -178,6 +178,19 @@ TEST_F(Runtime, DefaultPoolGoesToGlakeUserPoolsPassThrough) {
   EXPECT_TRUE(owns(p));
   CUDA_OK(cudaFreeAsync(p, s));
 
+  // CUDA 13's cudaMemSetMemPool for a device and pinned memory is cudaDeviceSetMemPool.
+  cudaMemLocation loc{};
+  loc.type = cudaMemLocationTypeDevice;
+  loc.id = 0;
+  CUDA_OK(cudaMemSetMemPool(&loc, cudaMemAllocationTypePinned, mine));
+  CUDA_OK(cudaMallocAsync(&p, MiB, s));
+  EXPECT_FALSE(owns(p)) << "served by glake while cudaMemSetMemPool made another pool current";
+  CUDA_OK(cudaFreeAsync(p, s));
+  CUDA_OK(cudaMemSetMemPool(&loc, cudaMemAllocationTypePinned, def));
+  CUDA_OK(cudaMallocAsync(&p, MiB, s));
+  EXPECT_TRUE(owns(p)) << "cudaMemSetMemPool made the default pool current again";
+  CUDA_OK(cudaFreeAsync(p, s));
+
   // CUDA: "Destroying the current mempool of a device sets the default mempool of that device as the
   // current mempool": glake serves cudaMallocAsync again.
   CUDA_OK(cudaDeviceSetMemPool(0, mine));

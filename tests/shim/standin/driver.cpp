@@ -1040,6 +1040,14 @@ EXPORT CUresult cuDeviceSetMemPool(CUdevice d, CUmemoryPool pool) {
   g->dev[d].current_pool = mp;
   return CUDA_SUCCESS;
 }
+// CUDA 13: for a device location and pinned memory, cuDeviceSetMemPool's equivalent; the stand-in has
+// no host or managed pools.
+EXPORT CUresult cuMemSetMemPool(CUmemLocation* location, CUmemAllocationType type, CUmemoryPool pool) {
+  CHECK_ALIVE();
+  if (location == nullptr || location->type != CU_MEM_LOCATION_TYPE_DEVICE || type != CU_MEM_ALLOCATION_TYPE_PINNED)
+    return CUDA_ERROR_INVALID_VALUE;
+  return cuDeviceSetMemPool(location->id, pool);
+}
 EXPORT CUresult cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {
   CHECK_ALIVE();
   if (pool == nullptr || props == nullptr || !valid_device(props->location.id)) return CUDA_ERROR_INVALID_VALUE;
@@ -1638,6 +1646,7 @@ const std::vector<Proc>& procs() {
       {"cuDeviceGetDefaultMemPool", fp(&cuDeviceGetDefaultMemPool), 11020},
       {"cuDeviceGetMemPool", fp(&cuDeviceGetMemPool), 11020},
       {"cuDeviceSetMemPool", fp(&cuDeviceSetMemPool), 11020},
+      {"cuMemSetMemPool", fp(&cuMemSetMemPool), 13000},
       {"cuMemPoolCreate", fp(&cuMemPoolCreate), 11020},
       {"cuMemPoolDestroy", fp(&cuMemPoolDestroy), 11020},
       {"cuMemPoolGetAttribute", fp(&cuMemPoolGetAttribute), 11020},

@@ -41,6 +41,7 @@ namespace {
   X(device_get_default_mem_pool, "cuDeviceGetDefaultMemPool", decltype(&::cuDeviceGetDefaultMemPool)) \
   X(device_get_mem_pool, "cuDeviceGetMemPool", decltype(&::cuDeviceGetMemPool))     \
   X(device_set_mem_pool, "cuDeviceSetMemPool", decltype(&::cuDeviceSetMemPool))     \
+  X(mem_set_mem_pool, "cuMemSetMemPool", decltype(&::cuMemSetMemPool))              \
   X(mem_pool_create, "cuMemPoolCreate", decltype(&::cuMemPoolCreate))               \
   X(mem_pool_destroy, "cuMemPoolDestroy", decltype(&::cuMemPoolDestroy))            \
   X(mem_pool_get_attribute, "cuMemPoolGetAttribute", decltype(&::cuMemPoolGetAttribute)) \
@@ -335,6 +336,14 @@ EXPORT cudaError_t cudaDeviceGetMemPool(cudaMemPool_t* pool, int d) {
 EXPORT cudaError_t cudaDeviceSetMemPool(int d, cudaMemPool_t pool) {
   READY();
   return call(drv.device_set_mem_pool(d, reinterpret_cast<CUmemoryPool>(pool)));
+}
+EXPORT cudaError_t cudaMemSetMemPool(cudaMemLocation* location, cudaMemAllocationType type, cudaMemPool_t pool) {
+  READY();
+  if (location == nullptr) return record(cudaErrorInvalidValue);
+  CUmemLocation l{};
+  l.type = static_cast<CUmemLocationType>(location->type);
+  l.id = location->id;
+  return call(drv.mem_set_mem_pool(&l, static_cast<CUmemAllocationType>(type), reinterpret_cast<CUmemoryPool>(pool)));
 }
 EXPORT cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps* props) {
   READY();
