@@ -36,9 +36,9 @@ TEST(StaticRuntime, AllocationsReachGlakeThroughTheDriver) {
 }
 
 // The static runtime's memory-pool calls reach the driver's (cuMemPoolGetAttribute, cuMemPoolTrimTo,
-// cuMemAllocFromPoolAsync, cuMemPoolDestroy) through cuGetProcAddress: the default pool reports and
-// trims glake's memory, allocates from glake, and destroying another pool that was made current makes
-// glake serve cudaMallocAsync again.
+// cuMemAllocFromPoolAsync, cuMemSetMemPool, cuMemPoolDestroy) through cuGetProcAddress: the default
+// pool reports and trims glake's memory, allocates from glake, and destroying another pool that was
+// made current makes glake serve cudaMallocAsync again.
 TEST(StaticRuntime, TheDefaultPoolIsGlakesThroughTheDriver) {
   REQUIRE_GLAKE();
   constexpr std::size_t kMiB = 1u << 20;
@@ -72,6 +72,19 @@ TEST(StaticRuntime, TheDefaultPoolIsGlakesThroughTheDriver) {
   CUDA_OK(cudaDeviceSetMemPool(device(), user));
   CUDA_OK(cudaMallocAsync(&p, 3 * kMiB, s));
   EXPECT_FALSE(owns(p)) << "another pool is current";
+  CUDA_OK(cudaFreeAsync(p, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  // CUDA 13's cudaMemSetMemPool, for a device and pinned memory, chooses the same way.
+  cudaMemLocation loc{};
+  loc.type = cudaMemLocationTypeDevice;
+  loc.id = device();
+  CUDA_OK(cudaMemSetMemPool(&loc, cudaMemAllocationTypePinned, def));
+  CUDA_OK(cudaMallocAsync(&p, 3 * kMiB, s));
+  EXPECT_TRUE(owns(p)) << "cudaMemSetMemPool made the default pool current";
+  CUDA_OK(cudaFreeAsync(p, s));
+  CUDA_OK(cudaMemSetMemPool(&loc, cudaMemAllocationTypePinned, user));
+  CUDA_OK(cudaMallocAsync(&p, 3 * kMiB, s));
+  EXPECT_FALSE(owns(p)) << "cudaMemSetMemPool made another pool current";
   CUDA_OK(cudaFreeAsync(p, s));
   CUDA_OK(cudaStreamSynchronize(s));
   CUDA_OK(cudaMemPoolDestroy(user));
