@@ -204,12 +204,11 @@ class CudaDriver::ContextScope {
     CUcontext current = nullptr;
     result_ = a.ctx_get_current(&current);
     if (result_ != CUDA_SUCCESS || current == d.primary_) return;
-    if (current == nullptr) {
-      result_ = a.ctx_set_current(d.primary_);
-      return;
-    }
+    // None current: pushed for the call and popped after, as for another device's. Left current, it
+    // would become the runtime's current device on this thread (the runtime uses a context it finds
+    // current), e.g. device 1's after a free on one of its streams by a thread still on device 0.
     CUdevice dev = 0;
-    if (a.ctx_get_device(&dev) == CUDA_SUCCESS && dev == d.cu_device_) return;
+    if (current != nullptr && a.ctx_get_device(&dev) == CUDA_SUCCESS && dev == d.cu_device_) return;
     result_ = a.ctx_push_current(d.primary_);
     pushed_ = result_ == CUDA_SUCCESS;
   }

@@ -10,9 +10,9 @@
 // and to every peer registered with add_peer().
 //
 // Contexts: VMM calls need none. Calls that do (events, streams, copies, host memory, mem_info) run in a
-// context of this device: the caller's current one if it is on this device; if none is current, the
-// device's primary context is made current on the calling thread (and stays so, as the runtime does);
-// if the current one is on another device, the primary context is pushed for the call and popped after.
+// context of this device: the caller's current one if it is on this device; else (none current, or
+// one of another device) the primary context is pushed for the call and popped after. None is left
+// current: the runtime takes a context it finds current as the thread's device.
 // The primary context is retained from open() until destruction; a driver destroyed after exit() has
 // begun (process_exiting()) makes no driver call at all.
 //

@@ -778,6 +778,8 @@ cudaError_t Router::malloc_async(void** ptr, std::size_t size, cudaStream_t stre
         return cudaSuccess;
       }
     }
+    // Counted for the stream's device (the per-thread stream's is the current one).
+    if (capturing && s != kPerThread && !stream_device(s, false, &dev)) dev = -1;
   }
   count_passthrough(dev);
   const auto f = ptds ? real_runtime().malloc_async_ptsz : real_runtime().malloc_async;
@@ -1363,6 +1365,7 @@ CUresult Router::cu_mem_alloc_async(CUdeviceptr* ptr, std::size_t size, CUstream
         return to_driver_error(st);
       }
     }
+    if (capturing && s != kPerThread && !stream_device(s, true, &dev)) dev = -1;  // as in malloc_async
   }
   count_passthrough(dev, true);
   const auto f = ptds ? real_driver().mem_alloc_async_ptsz : real_driver().mem_alloc_async;

@@ -225,6 +225,44 @@ TEST_F(Streams, CrossDeviceFreeOnAFreshThreadSucceeds) {
   EXPECT_EQ("", validate(1));
 }
 
+// A thread whose first CUDA calls are stream-ordered ones on a stream of device 1 (a worker handed
+// that stream) is still on device 0 afterwards, as under CUDA: what glake does in device 1's context
+// for them must not leave that context current on the thread, which the runtime would then take as
+// the thread's device (so its next cudaMalloc would land on device 1).
+TEST_F(Streams, StreamOrderedCallsOnAnotherDevicesStreamLeaveAFreshThreadOnItsDevice) {
+  CUDA_OK(cudaSetDevice(1));
+  cudaStream_t s1 = nullptr, s1b = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&s1b, cudaStreamNonBlocking));
+  CUDA_OK(cudaSetDevice(0));
+  int device = -1, p_device = -1, q_device = -1;
+  cudaError_t e = cudaErrorUnknown;
+  std::thread([&] {
+    // The second stream's allocation makes the pool settle what was freed on the first (an event
+    // of device 1's context recorded on s1 and queried).
+    void* p = nullptr;
+    if ((e = cudaMallocAsync(&p, 8 * MiB, s1)) != cudaSuccess) return;
+    p_device = api().device_of(p);
+    if ((e = cudaFreeAsync(p, s1)) != cudaSuccess) return;
+    if ((e = cudaMallocAsync(&p, 8 * MiB, s1b)) != cudaSuccess) return;
+    if ((e = cudaFreeAsync(p, s1b)) != cudaSuccess) return;
+    if ((e = cudaGetDevice(&device)) != cudaSuccess) return;
+    void* q = nullptr;
+    if ((e = cudaMalloc(&q, MiB)) != cudaSuccess) return;
+    q_device = api().device_of(q);
+    e = cudaFree(q);
+  }).join();
+  EXPECT_EQ(cudaSuccess, e) << cudaGetErrorName(e);
+  EXPECT_EQ(1, p_device);
+  EXPECT_EQ(0, device) << "glake left device 1's context current on the thread";
+  EXPECT_EQ(0, q_device) << "the thread's cudaMalloc went to device 1";
+  for (cudaStream_t x : {s1, s1b}) {
+    CUDA_OK(cudaStreamSynchronize(x));
+    CUDA_OK(cudaStreamDestroy(x));
+  }
+  EXPECT_EQ("", validate(1));
+}
+
 // A destroyed stream's handle may come back for a stream of another device: what glake remembered of
 // the old stream's device must not send the new one's allocations to the old device's pool.
 TEST_F(Streams, ARecycledStreamHandleIsAskedAgain) {
@@ -453,6 +491,34 @@ TEST_F(Streams, AllocationsOnACapturingStreamGoToTheRealApi) {
   CUDA_OK(cudaStreamSynchronize(s));
   CUDA_OK(cudaStreamDestroy(s));
   EXPECT_EQ(live, standin::live_allocations());
+}
+
+// What passes through is counted for the device it was asked of: an allocation on a capturing stream of
+// device 1, made while device 0 is current (runtime and driver), is device 1's, as one on device 1's
+// stream that glake serves would have been.
+TEST_F(Streams, AnAllocationOnACapturingStreamIsCountedForTheStreamsDevice) {
+  auto cu_alloc_async = driver_proc<decltype(&cuMemAllocAsync)>("cuMemAllocAsync");
+  ASSERT_NE(nullptr, cu_alloc_async);
+  CUDA_OK(cudaSetDevice(1));
+  cudaStream_t s1 = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CUDA_OK(cudaSetDevice(0));
+  const auto passed0 = stats(0).passthrough_allocs, passed1 = stats(1).passthrough_allocs;
+  CUDA_OK(cudaStreamBeginCapture(s1, cudaStreamCaptureModeRelaxed));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocAsync(&p, MiB, s1));
+  EXPECT_FALSE(owns(p));
+  CUdeviceptr q = 0;
+  ASSERT_EQ(CUDA_SUCCESS, cu_alloc_async(&q, MiB, reinterpret_cast<CUstream>(s1)));
+  EXPECT_FALSE(owns(reinterpret_cast<void*>(q)));
+  CUDA_OK(cudaFreeAsync(p, s1));
+  CUDA_OK(cudaFreeAsync(reinterpret_cast<void*>(q), s1));
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamEndCapture(s1, &graph));
+  CUDA_OK(cudaGraphDestroy(graph));
+  EXPECT_EQ(passed1 + 2, stats(1).passthrough_allocs);
+  EXPECT_EQ(passed0, stats(0).passthrough_allocs) << "device 1's stream's allocations were counted for device 0";
+  CUDA_OK(cudaStreamDestroy(s1));
 }
 
 // However many captures ran at once, once they have all ended glake serves and frees again.

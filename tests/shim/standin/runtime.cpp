@@ -5,11 +5,14 @@
 // under libglake.so its table holds whatever glake answered (standin.h lets tests read it). The real
 // libcudart.so.13 cannot run on the stand-in driver (it needs the driver's private export tables).
 // Exported names carry the version libcudart.so.13 (cudart.map), as the real library's do.
-// Each thread has a current device (0 at first) whose primary context it makes current.
+// Each thread has a current device (0 at first) whose primary context it makes current, unless a
+// context is already current on the thread (made so through the driver): as the real runtime, it then
+// uses that one, and cudaGetDevice names that context's device.
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -26,6 +29,8 @@ namespace {
   X(device_can_access_peer, "cuDeviceCanAccessPeer", decltype(&::cuDeviceCanAccessPeer)) \
   X(primary_ctx_retain, "cuDevicePrimaryCtxRetain", decltype(&::cuDevicePrimaryCtxRetain)) \
   X(ctx_set_current, "cuCtxSetCurrent", decltype(&::cuCtxSetCurrent))               \
+  X(ctx_get_current, "cuCtxGetCurrent", decltype(&::cuCtxGetCurrent))               \
+  X(ctx_get_device, "cuCtxGetDevice", decltype(&::cuCtxGetDevice))                  \
   X(ctx_synchronize, "cuCtxSynchronize", decltype(&::cuCtxSynchronize))             \
   X(ctx_enable_peer_access, "cuCtxEnablePeerAccess", decltype(&::cuCtxEnablePeerAccess)) \
   X(mem_get_info, "cuMemGetInfo", decltype(&::cuMemGetInfo))                        \
@@ -88,6 +93,7 @@ struct Driver {
 
 Driver drv;
 std::once_flag once;
+std::atomic<bool> loaded{false};  // load() has run
 cudaError_t init_error = cudaSuccess;
 thread_local int tl_device = 0;
 thread_local cudaError_t tl_last = cudaSuccess;
@@ -132,6 +138,20 @@ void load() {
   drv.mem_alloc_async_ptsz = get("cuMemAllocAsync", CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
   drv.mem_free_async_ptsz = get("cuMemFreeAsync", CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
   if (drv.init == nullptr || drv.init(0) != CUDA_SUCCESS) init_error = cudaErrorInitializationError;
+  loaded.store(true);
+}
+
+// As the real runtime ("Interactions with the CUDA Driver API"): a context current on the thread,
+// made so through the driver, is the one runtime calls use, and its device is the current device.
+bool adopt_current_context() {
+  if (!loaded.load() || init_error != cudaSuccess || drv.ctx_get_current == nullptr || drv.ctx_get_device == nullptr)
+    return false;
+  CUcontext ctx = nullptr;
+  CUdevice dev = 0;
+  if (drv.ctx_get_current(&ctx) != CUDA_SUCCESS || ctx == nullptr || drv.ctx_get_device(&dev) != CUDA_SUCCESS)
+    return false;
+  tl_device = static_cast<int>(dev);
+  return true;
 }
 
 cudaError_t to_rt(CUresult r) {
@@ -151,14 +171,20 @@ cudaError_t record(cudaError_t e) {
   return e;
 }
 
-// Loads the driver once and makes the current device's primary context current on this thread.
-cudaError_t ready() {
-  std::call_once(once, load);
-  if (init_error != cudaSuccess) return record(init_error);
+// Makes the current device's primary context current on this thread (the driver is loaded).
+cudaError_t make_primary_current() {
   CUcontext ctx = nullptr;
   CUresult r = drv.primary_ctx_retain(&ctx, tl_device);
   if (r == CUDA_SUCCESS) r = drv.ctx_set_current(ctx);
   return record(to_rt(r));
+}
+
+// Loads the driver once and makes the current device's primary context current on this thread.
+cudaError_t ready() {
+  std::call_once(once, load);
+  if (init_error != cudaSuccess) return record(init_error);
+  if (adopt_current_context()) return cudaSuccess;
+  return make_primary_current();
 }
 
 #define READY()                           \
@@ -181,6 +207,7 @@ EXPORT cudaError_t cudaGetDeviceCount(int* n) {
 }
 EXPORT cudaError_t cudaGetDevice(int* d) {
   if (d == nullptr) return record(cudaErrorInvalidValue);
+  (void)adopt_current_context();
   *d = tl_device;
   return cudaSuccess;
 }
@@ -189,7 +216,7 @@ EXPORT cudaError_t cudaSetDevice(int d) {
   if (cudaError_t e = cudaGetDeviceCount(&n)) return e;
   if (d < 0 || d >= n) return record(cudaErrorInvalidDevice);
   tl_device = d;
-  return ready();
+  return make_primary_current();
 }
 EXPORT cudaError_t cudaDeviceSynchronize() {
   READY();
