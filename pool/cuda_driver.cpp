@@ -62,6 +62,7 @@ struct Api {
   decltype(&::cuStreamWaitEvent) stream_wait_event = nullptr;
   decltype(&::cuStreamIsCapturing) stream_is_capturing = nullptr;
   decltype(&::cuStreamSynchronize) stream_synchronize = nullptr;
+  decltype(&::cuThreadExchangeStreamCaptureMode) thread_exchange_stream_capture_mode = nullptr;  // optional
   decltype(&::cuMemcpyAsync) memcpy_async = nullptr;
   decltype(&::cuMemHostAlloc) mem_host_alloc = nullptr;
   decltype(&::cuMemFreeHost) mem_free_host = nullptr;
@@ -154,6 +155,7 @@ void resolve(Api* api) {
   get("cuMemHostAlloc", &api->mem_host_alloc);
   get("cuMemFreeHost", &api->mem_free_host);
   api->ok = all;
+  get("cuThreadExchangeStreamCaptureMode", &api->thread_exchange_stream_capture_mode);  // not required
 }
 
 const Api& api() {
@@ -193,6 +195,29 @@ CUmemAllocationProp chunk_prop(int cu_device, bool rdma, bool fd_handles) {
 
 // Most devices set_access grants at once: this device and its peers.
 constexpr std::size_t kMaxAccessors = 128;
+
+// The pool's queries of and waits for events and streams are made in relaxed capture mode. They are
+// "potentially unsafe" in CUDA's terms: made in a thread's default global mode while any thread
+// captures in global mode (or while the calling thread itself captures another stream), CUDA refuses
+// them and invalidates the capture. The pool makes them only for streams it has seen are not
+// capturing (and events recorded on such streams), which no capture depends on; a capture may begin
+// at any moment, also in the middle of one of the pool's slow paths.
+class RelaxedCapture {
+ public:
+  RelaxedCapture() {
+    const auto f = api().thread_exchange_stream_capture_mode;
+    exchanged_ = f != nullptr && f(&mode_) == CUDA_SUCCESS;
+  }
+  ~RelaxedCapture() {
+    if (exchanged_) (void)api().thread_exchange_stream_capture_mode(&mode_);
+  }
+  RelaxedCapture(const RelaxedCapture&) = delete;
+  RelaxedCapture& operator=(const RelaxedCapture&) = delete;
+
+ private:
+  CUstreamCaptureMode mode_ = CU_STREAM_CAPTURE_MODE_RELAXED;  // the thread's own, while exchanged
+  bool exchanged_ = false;
+};
 
 }  // namespace
 
@@ -425,6 +450,7 @@ Status CudaDriver::event_query(EventHandle event) {
   if (event == 0) return finish(Call::event_query, Status::invalid_handle, t0);
   ContextScope scope(*this);
   if (!scope.ok()) return finish(Call::event_query, scope.status(), t0);
+  RelaxedCapture relaxed;
   const Status s = to_status(api().event_query(reinterpret_cast<CUevent>(event)));
   // not_ready is an answer, not a failure.
   stats_.record(Call::event_query, now_ns() - t0, s == Status::ok || s == Status::not_ready);
@@ -436,6 +462,7 @@ Status CudaDriver::event_synchronize(EventHandle event) {
   if (event == 0) return finish(Call::event_synchronize, Status::invalid_handle, t0);
   ContextScope scope(*this);
   if (!scope.ok()) return finish(Call::event_synchronize, scope.status(), t0);
+  RelaxedCapture relaxed;
   return finish(Call::event_synchronize, to_status(api().event_synchronize(reinterpret_cast<CUevent>(event))), t0);
 }
 
@@ -465,6 +492,7 @@ Status CudaDriver::stream_synchronize(StreamHandle stream) {
   const std::uint64_t t0 = now_ns();
   ContextScope scope(*this);
   if (!scope.ok()) return finish(Call::stream_synchronize, scope.status(), t0);
+  RelaxedCapture relaxed;
   return finish(Call::stream_synchronize, to_status(api().stream_synchronize(reinterpret_cast<CUstream>(stream))), t0);
 }
 

@@ -64,6 +64,9 @@ inline void after_next_get_mem_pool(void (*fn)(void*), void* arg) {
 inline void after_next_begin_capture(void (*fn)(void*), void* arg) {
   driver_fn<decltype(standin_after_next_begin_capture)>("standin_after_next_begin_capture")(fn, arg);
 }
+inline void before_next_event_wait(void (*fn)(void*), void* arg) {
+  driver_fn<decltype(standin_before_next_event_wait)>("standin_before_next_event_wait")(fn, arg);
+}
 inline void before_next_export(void (*fn)(void*), void* arg) {
   driver_fn<decltype(standin_before_next_export)>("standin_before_next_export")(fn, arg);
 }

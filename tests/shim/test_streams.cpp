@@ -7,7 +7,9 @@
 // to the real API.
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -689,6 +691,124 @@ TEST_F(Streams, AnAllocationDuringAnotherThreadsCaptureLeavesTheCaptureIntact) {
   CUDA_OK(cudaStreamSynchronize(other));
   CUDA_OK(cudaStreamDestroy(s));
   CUDA_OK(cudaStreamDestroy(other));
+  CUDA_OK(cudaStreamDestroy(cap));
+}
+
+// The same, for an allocation that began before the capture: glake saw no capture under way when the
+// allocation came in, and another thread began one before the pool's slow path asked whether another
+// stream's free was done. That query, made in the thread's global mode, invalidated the capture.
+TEST_F(Streams, AnAllocationUnderWayWhenACaptureBeginsLeavesTheCaptureIntact) {
+  cudaStream_t s = nullptr, other = nullptr, cap = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking));
+  ASSERT_EQ(0, api().trim(0, 0));  // nothing cached: the allocation below takes the slow path
+  void* pending = nullptr;
+  CUDA_OK(cudaMallocAsync(&pending, 8 * MiB, s));
+  CUDA_OK(cudaMemsetAsync(pending, 0x5a, 8 * MiB, s));
+  SlowReader reader{static_cast<unsigned char*>(pending), 8 * MiB, 0x5a, 100};
+  CUDA_OK(cudaLaunchHostFunc(s, SlowReader::run, &reader));
+  CUDA_OK(cudaFreeAsync(pending, s));  // its work still runs
+  // The capturing thread: begins when the pool first queries or waits for an event, ends when told.
+  struct Capturer {
+    cudaStream_t cap = nullptr;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool begun = false, end = false;
+    cudaError_t begin_result = cudaErrorUnknown, end_result = cudaErrorUnknown;
+    std::thread t;
+    static void start(void* self) {
+      auto* c = static_cast<Capturer*>(self);
+      c->t = std::thread([c] {
+        const cudaError_t b = cudaStreamBeginCapture(c->cap, cudaStreamCaptureModeGlobal);
+        std::unique_lock lk(c->mu);
+        c->begin_result = b;
+        c->begun = true;
+        c->cv.notify_all();
+        c->cv.wait(lk, [c] { return c->end; });
+        cudaGraph_t graph = nullptr;
+        if (b == cudaSuccess) c->end_result = cudaStreamEndCapture(c->cap, &graph);
+        if (graph != nullptr) (void)cudaGraphDestroy(graph);
+      });
+      std::unique_lock lk(c->mu);
+      c->cv.wait(lk, [c] { return c->begun; });
+    }
+  } capturer;
+  capturer.cap = cap;
+  standin::before_next_event_wait(Capturer::start, &capturer);
+  void* p = nullptr;
+  EXPECT_EQ(cudaSuccess, cudaMallocAsync(&p, 8 * MiB, other));
+  standin::before_next_event_wait(nullptr, nullptr);
+  ASSERT_TRUE(capturer.t.joinable()) << "the pool queried no event: the test proves nothing";
+  {
+    std::lock_guard lk(capturer.mu);
+    capturer.end = true;
+    capturer.cv.notify_all();
+  }
+  capturer.t.join();
+  EXPECT_EQ(cudaSuccess, capturer.begin_result);
+  EXPECT_EQ(cudaSuccess, capturer.end_result) << "glake's calls invalidated the capture";
+  (void)cudaGetLastError();
+  if (p != nullptr) {
+    CUDA_OK(cudaMemsetAsync(p, 0x11, 8 * MiB, other));
+    CUDA_OK(cudaStreamSynchronize(other));
+  }
+  CUDA_OK(cudaStreamSynchronize(s));
+  EXPECT_EQ(0, reader.bad.load()) << "the block was handed out while the work before its free ran";
+  if (p != nullptr) {
+    CUDA_OK(cudaFreeAsync(p, other));
+  }
+  CUDA_OK(cudaStreamSynchronize(other));
+  CUDA_OK(cudaStreamDestroy(s));
+  CUDA_OK(cudaStreamDestroy(other));
+  CUDA_OK(cudaStreamDestroy(cap));
+}
+
+// Destroying a stream of another context (cuCtxCreate) on which glake blocks were freed, while another
+// thread captures in global mode: no event of the pool's context records on it, so the pool waits for
+// the stream itself before it forgets it (README, "Streams of another context"). That wait, made in
+// the thread's global mode, was refused and invalidated the capture; the destroy alone does not.
+TEST_F(Streams, DestroyingAnotherContextsStreamDuringACaptureLeavesTheCaptureIntact) {
+  // CUDA 12.5's cuCtxCreate (cuda.h's cuCtxCreate_v4), which glake does not hook.
+  auto cu_ctx_create = reinterpret_cast<decltype(&cuCtxCreate_v4)>(dlsym(dlopen("libcuda.so.1", RTLD_NOW), "cuCtxCreate_v4"));
+  auto cu_ctx_pop = driver_proc<decltype(&cuCtxPopCurrent_v2)>("cuCtxPopCurrent");
+  auto cu_stream_create = driver_proc<decltype(&cuStreamCreate)>("cuStreamCreate");
+  auto cu_stream_destroy = driver_proc<decltype(&cuStreamDestroy_v2)>("cuStreamDestroy");
+  ASSERT_NE(nullptr, cu_ctx_create);
+  ASSERT_NE(nullptr, cu_ctx_pop);
+  ASSERT_NE(nullptr, cu_stream_create);
+  ASSERT_NE(nullptr, cu_stream_destroy);
+  CUstream x = nullptr;
+  std::thread([&] {  // the other context is current only on this thread
+    CUcontext ctx = nullptr;
+    ASSERT_EQ(CUDA_SUCCESS, cu_ctx_create(&ctx, nullptr, 0, 0));
+    ASSERT_EQ(CUDA_SUCCESS, cu_stream_create(&x, CU_STREAM_NON_BLOCKING));
+    CUcontext popped = nullptr;
+    ASSERT_EQ(CUDA_SUCCESS, cu_ctx_pop(&popped));
+  }).join();
+  ASSERT_NE(nullptr, x);
+  const auto xs = reinterpret_cast<cudaStream_t>(x);
+  void* p = nullptr;
+  CUDA_OK(cudaMallocAsync(&p, 8 * MiB, xs));
+  ASSERT_TRUE(owns(p)) << "the test proves nothing";
+  CUDA_OK(cudaMemsetAsync(p, 0x5a, 8 * MiB, xs));
+  SlowReader reader{static_cast<unsigned char*>(p), 8 * MiB, 0x5a, 100};
+  CUDA_OK(cudaLaunchHostFunc(xs, SlowReader::run, &reader));
+  CUDA_OK(cudaFreeAsync(p, xs));  // its work still runs
+  cudaStream_t cap = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(cap, cudaStreamCaptureModeGlobal));
+  CUresult destroyed = CUDA_ERROR_UNKNOWN;
+  std::thread([&] { destroyed = cu_stream_destroy(x); }).join();
+  EXPECT_EQ(CUDA_SUCCESS, destroyed);
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaSuccess, cudaStreamEndCapture(cap, &graph)) << "glake's calls invalidated the capture";
+  if (graph != nullptr) {
+    CUDA_OK(cudaGraphDestroy(graph));
+  }
+  (void)cudaGetLastError();
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(0, reader.bad.load());
   CUDA_OK(cudaStreamDestroy(cap));
 }
 

@@ -57,6 +57,7 @@ struct Stream {
   bool own_graph = false;  // the capture made `graph` (not cuStreamBeginCaptureToGraph's caller)
   bool destroyed = false;
   bool worker_done = false;  // destroyed, and its worker has ended: the handle may come back
+  const void* ctx = nullptr;  // the context it was made in (cuCtxCreate's, or null: its device's primary)
   bool blocking() const { return !legacy && (flags & CU_STREAM_NON_BLOCKING) == 0; }
 };
 
@@ -67,6 +68,7 @@ struct Graph {
 
 struct Event {
   int device = 0;  // its context's: it records only streams of that context (cuEventRecord)
+  const void* ctx = nullptr;  // that context (cuCtxCreate's, or null: the device's primary)
   Stream* stream = nullptr;
   std::uint64_t seq = 0;
   bool captured = false;  // last recorded in a capture: not to be queried or waited for (CUDA_ERROR_CAPTURED_EVENT)
@@ -74,6 +76,7 @@ struct Event {
 
 struct Context {
   int device = 0;
+  bool created = false;  // made by cuCtxCreate: not the device's primary context
 };
 
 struct Phys {
@@ -260,6 +263,11 @@ __attribute__((constructor)) void load() {
 bool valid_device(int d) { return d >= 0 && d < g->devices; }
 
 int current_device() { return tl_ctx_n == 0 || tl_ctx[tl_ctx_n - 1] == nullptr ? -1 : tl_ctx[tl_ctx_n - 1]->device; }
+// The current context if cuCtxCreate made it, else null (a primary context).
+const void* current_created_ctx() {
+  return tl_ctx_n == 0 || tl_ctx[tl_ctx_n - 1] == nullptr || !tl_ctx[tl_ctx_n - 1]->created ? nullptr
+                                                                                           : tl_ctx[tl_ctx_n - 1];
+}
 
 // ---- streams ---------------------------------------------------------------------------------
 
@@ -305,6 +313,7 @@ Stream* new_stream(int device, unsigned flags, bool legacy) {  // mu held
   s->capturing = s->invalidated = false;
   s->graph = nullptr;
   s->destroyed = s->worker_done = false;
+  s->ctx = nullptr;
   std::thread(worker, s).detach();
   return s;
 }
@@ -607,6 +616,19 @@ EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice d, unsigned int* flags, int*
   std::lock_guard lk(g->mu);
   *flags = 0;
   *active = g->dev[d].primary_refs > 0 ? 1 : 0;
+  return CUDA_SUCCESS;
+}
+
+// A context of its own on the device (not its primary one), made current; never destroyed here.
+EXPORT CUresult cuCtxCreate_v4(CUcontext* ctx, CUctxCreateParams*, unsigned int, CUdevice d) {
+  CHECK_ALIVE();
+  if (ctx == nullptr || !valid_device(d)) return CUDA_ERROR_INVALID_VALUE;
+  if (tl_ctx_n == kCtxDepth) return CUDA_ERROR_INVALID_CONTEXT;
+  auto* c = new Context;
+  c->device = d;
+  c->created = true;
+  tl_ctx[tl_ctx_n++] = c;
+  *ctx = reinterpret_cast<CUcontext>(c);
   return CUDA_SUCCESS;
 }
 
@@ -1196,7 +1218,9 @@ EXPORT CUresult cuStreamCreate(CUstream* out, unsigned int flags) {
   if (cur < 0) return CUDA_ERROR_INVALID_CONTEXT;
   if (out == nullptr) return CUDA_ERROR_INVALID_VALUE;
   std::lock_guard lk(g->mu);
-  *out = reinterpret_cast<CUstream>(new_stream(cur, flags, false));
+  Stream* s = new_stream(cur, flags, false);
+  s->ctx = current_created_ctx();
+  *out = reinterpret_cast<CUstream>(s);
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuStreamCreateWithPriority(CUstream* out, unsigned int flags, int) { return cuStreamCreate(out, flags); }
@@ -1226,7 +1250,8 @@ EXPORT CUresult cuStreamGetCtx(CUstream h, CUcontext* ctx) {
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   if (ctx == nullptr) return CUDA_ERROR_INVALID_VALUE;
-  *ctx = reinterpret_cast<CUcontext>(&g->dev[s->device].primary);
+  *ctx = s->ctx != nullptr ? reinterpret_cast<CUcontext>(const_cast<void*>(s->ctx))
+                          : reinterpret_cast<CUcontext>(&g->dev[s->device].primary);
   return CUDA_SUCCESS;
 }
 
@@ -1321,6 +1346,7 @@ EXPORT CUresult cuEventCreate(CUevent* e, unsigned int) {
   if (!valid_device(dev)) return CUDA_ERROR_INVALID_CONTEXT;
   auto* ev = new Event;
   ev->device = dev;
+  ev->ctx = current_created_ctx();
   *e = reinterpret_cast<CUevent>(ev);
   return CUDA_SUCCESS;
 }
@@ -1340,7 +1366,7 @@ EXPORT CUresult cuEventRecord(CUevent e, CUstream h) {
   Stream* s = resolve(h, false);
   if (s == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   auto* ev = reinterpret_cast<Event*>(e);
-  if (ev->device != s->device) return CUDA_ERROR_INVALID_HANDLE;  // "must be from the same context"
+  if (ev->device != s->device || ev->ctx != s->ctx) return CUDA_ERROR_INVALID_HANDLE;  // "must be from the same context"
   if (s->capturing) {
     if (s->invalidated) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     ev->stream = nullptr;  // a node of the graph
@@ -1355,8 +1381,15 @@ EXPORT CUresult cuEventRecord(CUevent e, CUstream h) {
 }
 EXPORT CUresult cuEventRecordWithFlags(CUevent e, CUstream h, unsigned int) { return cuEventRecord(e, h); }
 
+std::atomic<void (*)(void*)> g_before_event_wait{nullptr};  // standin_before_next_event_wait
+std::atomic<void*> g_before_event_wait_arg{nullptr};
+void before_event_wait() {
+  if (auto fn = g_before_event_wait.exchange(nullptr)) fn(g_before_event_wait_arg.load());
+}
+
 EXPORT CUresult cuEventQuery(CUevent e) {
   CHECK_ALIVE();
+  before_event_wait();
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   std::lock_guard lk(g->mu);
   note_wait_in_capture();
@@ -1368,6 +1401,7 @@ EXPORT CUresult cuEventQuery(CUevent e) {
 
 EXPORT CUresult cuEventSynchronize(CUevent e) {
   CHECK_ALIVE();
+  before_event_wait();
   if (e == nullptr) return CUDA_ERROR_INVALID_HANDLE;
   std::unique_lock lk(g->mu);
   note_wait_in_capture();
@@ -1614,6 +1648,7 @@ const std::vector<Proc>& procs() {
       {"cuDevicePrimaryCtxRetain", fp(&cuDevicePrimaryCtxRetain)},
       {"cuDevicePrimaryCtxRelease", fp(&cuDevicePrimaryCtxRelease_v2), 11000},
       {"cuDevicePrimaryCtxGetState", fp(&cuDevicePrimaryCtxGetState)},
+      {"cuCtxCreate", fp(&cuCtxCreate_v4), 12050},
       {"cuCtxSetCurrent", fp(&cuCtxSetCurrent)},
       {"cuCtxGetCurrent", fp(&cuCtxGetCurrent)},
       {"cuCtxPushCurrent", fp(&cuCtxPushCurrent_v2), 4000},
@@ -1750,6 +1785,10 @@ EXPORT unsigned long long standin_default_pool_queries(void) { return g->default
 EXPORT unsigned long long standin_device_syncs_in_capture(void) {
   std::lock_guard lk(g->mu);
   return g->syncs_in_capture;
+}
+EXPORT void standin_before_next_event_wait(void (*fn)(void*), void* arg) {
+  g_before_event_wait_arg.store(arg);
+  g_before_event_wait.store(fn);
 }
 EXPORT unsigned long long standin_waits_in_capture(void) {
   std::lock_guard lk(g->mu);

@@ -44,6 +44,9 @@ unsigned long long standin_device_syncs_in_capture(void);
 // was capturing, refused or not (in CUDA's default capture mode, global, one from any thread is refused
 // and invalidates the capture).
 unsigned long long standin_waits_in_capture(void);
+// The next cuEventQuery or cuEventSynchronize calls fn(arg) first, before it looks at the capture
+// modes: what another thread does in between (e.g. begin a capture).
+void standin_before_next_event_wait(void (*fn)(void*), void* arg);
 // The next cuStreamEndCapture ends its capture but fails with `error` and returns no graph, as the
 // driver does when a fork of the capture was never joined back (CUDA_ERROR_STREAM_CAPTURE_UNJOINED).
 void standin_fail_next_end_capture(CUresult error);
