@@ -338,6 +338,8 @@ DevicePool* Router::create_pool(int device, bool from_runtime) {
   const std::uint64_t peers = peers_[device].load(std::memory_order_relaxed);
   for (int a = 0; a < kMaxDevices; ++a)
     if ((peers >> a) & 1) p->driver->add_peer(a);
+  if (trace_restart_.load(std::memory_order_acquire)) [[unlikely]]
+    start_child_trace();
   if (tracer::TraceSession* session = session_.load(std::memory_order_acquire)) {
     if (auto* observer = new (std::nothrow) tracer::PoolTraceObserver(&session->recorder())) {
       p->alloc->set_observer(observer);           // never deleted, as the pool
@@ -1834,7 +1836,29 @@ void Router::child_after_fork() {
     // its pools may be mid-operation on threads that do not exist here: leave them untouched.
     forked_.store(true, std::memory_order_relaxed);
     mode_.store(static_cast<int>(Mode::off), std::memory_order_release);
+  } else if (session_.load(std::memory_order_relaxed) != nullptr) {
+    // Glake stays on here (the parent had no pool yet), so this child may make pools of its own: the
+    // parent's trace session writes only in the parent, and their events would be lost. The child gets
+    // a session of its own with its first pool, as a child forked before glake started does.
+    session_.store(nullptr, std::memory_order_relaxed);
+    tracer::TraceSession::forget_after_fork();
+    trace_restart_.store(true, std::memory_order_relaxed);
   }
+}
+
+void Router::start_child_trace() {
+  if (!trace_restart_.exchange(false, std::memory_order_acq_rel)) return;
+  tracer::TraceSession* s = nullptr;
+  try {
+    std::vector<std::string> errors;
+    s = tracer::TraceSession::start_from_env(&errors);
+    for (const std::string& e : errors) say("%s", e.c_str());  // tracing off, glake on
+  } catch (...) {
+    say("a forked child: out of host memory starting its trace; not tracing");
+  }
+  if (s != nullptr && verbose_)
+    say("a forked child: its trace is its own, written to %s at its exit", s->options().path.c_str());
+  session_.store(s, std::memory_order_release);
 }
 
 void Router::on_exit() {

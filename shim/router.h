@@ -323,6 +323,10 @@ class Router {
 
   std::atomic<Ipc*> ipc_{nullptr};
   std::atomic<tracer::TraceSession*> session_{nullptr};  // GLAKE_TRACE; set in init(), before mode_
+  // A forked child whose parent had a session but no pool (glake stays on here): the parent's session
+  // is dropped at the fork and the child's own is started with its first pool (start_child_trace).
+  std::atomic<bool> trace_restart_{false};
+  void start_child_trace();  // under create_mutex_
 };
 
 Router& router();

@@ -2,6 +2,7 @@
 #include "tracer/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -113,7 +114,9 @@ void AtomicFile::write(std::string_view bytes) {
   }
 }
 
-void AtomicFile::commit() {
+void AtomicFile::commit() { commit_locked(nullptr); }
+
+void AtomicFile::commit_locked(const std::function<void()>& decide) {
   if (fd_ < 0) throw AtomicFileError(fmt::format("{}: commit after commit or abort", path_));
   if (gzip_) {
     deflate_some("", 0, Z_FINISH);
@@ -129,14 +132,31 @@ void AtomicFile::commit() {
     ::unlink(temp_.c_str());
     throw AtomicFileError(fmt::format("{}: close failed: {}", path_, std::strerror(err)));
   }
+  // The directory (the same before and after decide(): set_path keeps it) is locked for decide() and
+  // the rename, and fsynced after: the rename is durable once the directory is.
+  int dfd = ::open(dir_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  bool locked = false;
+  if (decide) {
+    if (dfd >= 0) {
+      while (!(locked = ::flock(dfd, LOCK_EX) == 0) && errno == EINTR) {
+      }
+    }
+    try {
+      decide();
+    } catch (...) {
+      if (dfd >= 0) ::close(dfd);  // and the lock with it
+      ::unlink(temp_.c_str());
+      throw;
+    }
+  }
   if (::rename(temp_.c_str(), path_.c_str()) != 0) {
     int err = errno;
+    if (dfd >= 0) ::close(dfd);
     ::unlink(temp_.c_str());
     throw AtomicFileError(fmt::format("{}: cannot rename {} over it: {}", path_, temp_, std::strerror(err)));
   }
-  // The rename is durable once the directory is.
-  int dfd = ::open(dir_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
+    if (locked) (void)::flock(dfd, LOCK_UN);
     (void)::fsync(dfd);
     ::close(dfd);
   }

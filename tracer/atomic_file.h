@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -32,6 +33,11 @@ class AtomicFile {
   // is what is renamed).
   void set_path(std::string path) { path_ = std::move(path); }
   void commit();
+  // commit(), with decide() called just before the rename (it may set_path()) while this process holds
+  // an exclusive flock() of the destination's directory, until the rename is done: writers that commit
+  // this way into one directory look and rename one at a time (what another has renamed there, decide()
+  // sees). Where the file system refuses the lock (some network ones), without it.
+  void commit_locked(const std::function<void()>& decide);
   // Drops the temporary file (the destructor does it too).
   void abort() noexcept;
 

@@ -242,13 +242,22 @@ TraceSession::TraceSession(SessionOptions options)
       sa.sa_sigaction = on_signal;
       sa.sa_flags = SA_SIGINFO | SA_RESTART;
       sigemptyset(&sa.sa_mask);
-      ::sigaction(options_.signal, nullptr, &g_chained);
-      if (g_chained.sa_sigaction == on_signal) g_chained = {};  // never chain to ourselves
-      g_signal_owner.store(pid_, std::memory_order_relaxed);
-      if (::sigaction(options_.signal, &sa, &old_action_) == 0) {
+      struct sigaction now {};
+      ::sigaction(options_.signal, nullptr, &now);
+      if ((now.sa_flags & SA_SIGINFO) != 0 && now.sa_sigaction == on_signal) {
+        // Ours already: a forked child's session after its parent's (forget_after_fork). g_chained is
+        // still the handler the parent's session found; the signal now writes this process's trace.
+        old_action_ = g_chained;
+        g_signal_owner.store(pid_, std::memory_order_relaxed);
         signal_installed_ = true;
       } else {
-        g_signal_pipe.store(-1);
+        g_chained = now;
+        g_signal_owner.store(pid_, std::memory_order_relaxed);
+        if (::sigaction(options_.signal, &sa, &old_action_) == 0) {
+          signal_installed_ = true;
+        } else {
+          g_signal_pipe.store(-1);
+        }
       }
     }
   }
@@ -259,6 +268,15 @@ TraceSession::TraceSession(SessionOptions options)
       const int signals[2] = {SIGTERM, SIGINT};
       for (int k = 0; k < 2; ++k) {
         struct sigaction now {};
+        if (::sigaction(signals[k], nullptr, &now) == 0 && (now.sa_flags & SA_SIGINFO) == 0 &&
+            now.sa_handler == on_terminate && signals[k] != options_.signal) {
+          // Installed by the parent's session (a forked child's, after forget_after_fork): the
+          // default action was there before it.
+          term_old_[k].sa_handler = SIG_DFL;
+          sigemptyset(&term_old_[k].sa_mask);
+          term_installed_[k] = signals[k];
+          continue;
+        }
         // Only where the signal would end the process as it is: a program's own handler (Python's for
         // SIGINT) or SIG_IGN stays.
         if (signals[k] == options_.signal || ::sigaction(signals[k], nullptr, &now) != 0 ||
@@ -312,11 +330,29 @@ TraceSession* TraceSession::start_from_env(std::vector<std::string>* errors) {
     return nullptr;
   }
   g_process_session.store(s, std::memory_order_release);
-  std::atexit(at_exit);
+  // Once per process image: a forked child's own session (forget_after_fork) is written by the at-exit
+  // writer it inherited, which writes whatever session is the process's then.
+  static bool at_exit_registered = false;
+  if (!at_exit_registered) at_exit_registered = std::atexit(at_exit) == 0;
   return s;
 }
 
 TraceSession* TraceSession::get() { return g_process_session.load(std::memory_order_acquire); }
+
+void TraceSession::forget_after_fork() noexcept {
+  TraceSession* s = g_process_session.exchange(nullptr, std::memory_order_acq_rel);
+  if (s == nullptr) return;
+  // The handlers stay installed; with no pipe they do what they do in any child (chain, or the default
+  // action) until the child's own session takes them over. The pipe is shared with the parent's
+  // watcher: the child must not write into it (a request would make the parent write).
+  int mine = s->pipe_[1];
+  g_signal_pipe.compare_exchange_strong(mine, -1);
+  mine = s->pipe_[1];
+  g_term_pipe.compare_exchange_strong(mine, -1);
+  ::close(s->pipe_[0]);
+  ::close(s->pipe_[1]);
+  s->pipe_[0] = s->pipe_[1] = -1;
+}
 
 void TraceSession::request_dump() noexcept {
   if (dump_pending_.exchange(true, std::memory_order_acq_rel)) return;
@@ -395,26 +431,35 @@ std::string TraceSession::write_trace_file(const std::string& path, bool own) {
   {
     AtomicFile f(path, gz_suffix(path));
     write_trace_json(t, [&](std::string_view s) { f.write(s); });
-    // Checked just before the rename, which takes microseconds, where writing took up to seconds.
-    struct stat st {};
-    if (own && ::stat(path.c_str(), &st) == 0 && !(wrote_ && st.st_dev == wrote_dev_ && st.st_ino == wrote_ino_) &&
-        (st.st_mtim.tv_sec > started_.tv_sec ||
-         (st.st_mtim.tv_sec == started_.tv_sec && st.st_mtim.tv_nsec >= started_.tv_nsec))) {
-      written = pid_trace_path(options_.path, pid_);
-      std::string line = fmt::format("glake: {} was written by another process while this one ran (GLAKE_TRACE "
-                                     "without %p?): this process's trace goes to {}\n", path, written);
-      ssize_t n = ::write(STDERR_FILENO, line.data(), line.size());
-      (void)n;
-      f.set_path(written);
-      path_ = written;
+    if (!own) {
+      f.commit();
+    } else {
+      // The look and the rename under the directory's lock (commit_locked): processes sharing the path
+      // that write at once (workers ending together) see one another's renames, and none replaces
+      // another's trace. Another's file counts from its rename (ctime), not from when its bytes were
+      // written (mtime, which can be before this session started).
+      auto since_start = [&](const timespec& ts) {
+        return ts.tv_sec > started_.tv_sec || (ts.tv_sec == started_.tv_sec && ts.tv_nsec >= started_.tv_nsec);
+      };
+      f.commit_locked([&] {
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0 && !(wrote_ && st.st_dev == wrote_dev_ && st.st_ino == wrote_ino_) &&
+            (since_start(st.st_mtim) || since_start(st.st_ctim))) {
+          written = pid_trace_path(options_.path, pid_);
+          std::string line = fmt::format("glake: {} was written by another process while this one ran (GLAKE_TRACE "
+                                         "without %p?): this process's trace goes to {}\n", path, written);
+          ssize_t n = ::write(STDERR_FILENO, line.data(), line.size());
+          (void)n;
+          f.set_path(written);
+          path_ = written;
+        }
+        // What is renamed is the temporary file: its identity is the one to know as this session's.
+        struct stat mine {};
+        wrote_ = ::stat(f.temp_path().c_str(), &mine) == 0;
+        wrote_dev_ = mine.st_dev;
+        wrote_ino_ = mine.st_ino;
+      });
     }
-    f.commit();
-  }
-  if (own) {
-    struct stat st {};
-    wrote_ = ::stat(written.c_str(), &st) == 0;
-    wrote_dev_ = st.st_dev;
-    wrote_ino_ = st.st_ino;
   }
   dumps_.fetch_add(1, std::memory_order_acq_rel);
   if (!options_.quiet) {

@@ -7,12 +7,15 @@
 //   - on request: dump() (the shim's C API calls it), or the signal GLAKE_TRACE_SIGNAL (default SIGUSR2:
 //     `kill -USR2 PID`): the handler only writes a byte to a pipe; a watcher thread does the writing,
 //   - after an out-of-memory snapshot (on_oom_snapshot), by the watcher thread.
+// A forked child never writes its parent's session; forget_after_fork() lets it start one of its own.
 // Every write is atomic (temporary file, fsync, rename): a reader never sees half a trace. Each write
 // is every ring as it is then; the last one (normally at exit) is the most complete. A path ending
 // in .gz is gzip-compressed; "%p" in the path becomes the process id (several processes, one setting).
 // Without "%p", processes that share the setting (a launcher's workers inheriting GLAKE_TRACE) would
 // replace one another's trace: a session that finds its path written by another process since it
-// started writes to PATH with ".PID" before its ".json"/".json.gz" instead, and says so on stderr.
+// started writes to PATH with ".PID" before its ".json"/".json.gz" instead, and says so on stderr. The
+// look and the rename hold an flock() of the directory (AtomicFile::commit_locked), so sessions that
+// write at the same moment see one another's files.
 //
 // Out of memory: the caller (the shim, after pool::Allocator::allocate() returned out_of_memory, with no
 // pool lock held) hands over the pool's snapshot (tracer/pool_trace.h makes it); the session keeps it
@@ -22,7 +25,8 @@
 //
 // Settings (a bad value is reported in `errors`, naming the variable and the accepted values; the
 // default is used):
-//   GLAKE_TRACE_EVENTS       events per ring (default 1M; K/M suffixes): the shared ring and each
+//   GLAKE_TRACE_EVENTS       events per ring (default 1M; 16 to 4G, K/M/G suffixes, binary), rounded
+//                            up to a power of two (1000000: 1048576): the shared ring and each
 //                            pool's lane (recorder.h) hold this many each, 64 bytes an event (64 MiB
 //                            per ring at 1M, reserved, committed as written)
 //   GLAKE_TRACE_KEEP         newest (default: the ring overwrites the oldest) | oldest (refuses new ones)
@@ -85,6 +89,13 @@ class TraceSession {
   static TraceSession* start_from_env(std::vector<std::string>* errors);
   // The process's session, or null.
   static TraceSession* get();
+  // In a forked child (the fork handler of a child that goes on recording: the shim's, where the parent
+  // had no pool yet): the parent's session is the parent's (it writes only in the parent), so forget it
+  // here; the next start_from_env() makes the child's own, with GLAKE_TRACE read again ("%p": the
+  // child's id), that writes at the child's exit and takes over the signal handlers the parent's
+  // installed. Async-signal-safe (atomic stores, close()); the parent's object is left as it is. Not
+  // while another thread of the parent was in start_from_env() (the shim's fork handler excludes it).
+  static void forget_after_fork() noexcept;
 
   Recorder& recorder() { return recorder_; }
   void record(const RecordEvent& e) noexcept { recorder_.record(e); }

@@ -309,6 +309,30 @@ int mode_dlopen_ctor() {
   return 0;
 }
 
+// glake starts (its settings read, GLAKE_TRACE's session made) on a call that makes no pool and leaves
+// the driver uninitialised (cuMemFree of an address that is nobody's, before cuInit); then a fork,
+// and the child uses CUDA through glake and ends by exit() (at-exit handlers run).
+int mode_fork_after_start() {
+  using MemFree = CUresult (*)(CUdeviceptr);
+  auto mem_free = reinterpret_cast<MemFree>(dlsym(RTLD_DEFAULT, "cuMemFree_v2"));
+  if (mem_free == nullptr) return 3;
+  const CUresult r = mem_free(CUdeviceptr{0x1000});
+  std::printf("free_before_init=%d\nstatus=%d\n", static_cast<int>(r), glake_status_now());
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, 3 * MiB);
+    const int owned = glake_owns_now(p);
+    if (e == cudaSuccess) cudaFree(p);
+    std::exit(e == cudaSuccess && owned == 1 ? 0 : 3);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  std::printf("child_pid=%d\nchild=%d\n", static_cast<int>(pid), WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st));
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -327,5 +351,6 @@ int main(int argc, char** argv) {
   if (mode == "trace-sigterm") return mode_trace_sigterm();
   if (mode == "keys-taken") return mode_keys_taken();
   if (mode == "dlopen-ctor") return mode_dlopen_ctor();
+  if (mode == "fork-after-start") return mode_fork_after_start();
   return 2;
 }

@@ -314,6 +314,37 @@ TEST_F(Process, AChildForkedBeforeAnyCudaCallUsesGlake) {
   EXPECT_TRUE(has(r.out, "child=0")) << r.out;
 }
 
+// A child forked after glake started (GLAKE_TRACE's session made) but before its parent had a pool keeps
+// glake on and makes pools of its own: it recorded into the parent's session, which writes only in the
+// parent, and its events were lost without a word. It writes its own trace ("%p": its own id).
+TEST_F(Process, AChildForkedAfterStartBeforeAPoolWritesItsOwnTrace) {
+  const std::string base = "/tmp/glake-shim-forktrace-" + std::to_string(getpid()) + "-";
+  const Outcome r = run({helper(), "fork-after-start"}, {{"GLAKE_TRACE", base + "%p.json"}, {"GLAKE_TRACE_QUIET", "1"}});
+  EXPECT_EQ(0, r.status) << r.out << r.err;
+  ASSERT_TRUE(has(r.out, "status=1\n")) << "glake did not start before the fork: " << r.out;
+  ASSERT_TRUE(has(r.out, "child=0\n")) << r.out << r.err;
+  const auto at = r.out.find("child_pid=");
+  ASSERT_NE(std::string::npos, at) << r.out;
+  const int child = std::atoi(r.out.c_str() + at + 10);
+  const std::string path = base + std::to_string(child) + ".json";
+  try {
+    const glake::tracer::Trace t = glake::tracer::read_trace(path);
+    EXPECT_EQ(1u, t.allocs);
+    EXPECT_EQ(1u, t.frees);
+    EXPECT_EQ(3 * MiB, t.peak_live_bytes);
+    EXPECT_NE(std::string::npos, t.meta.json.find("\"pid\":" + std::to_string(child))) << t.meta.json;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "the child's trace: " << e.what() << "\n" << r.err;
+  }
+  std::remove(path.c_str());
+  if (DIR* d = opendir("/tmp")) {  // the parent's (no events)
+    const std::string prefix = base.substr(5);
+    while (dirent* e = readdir(d))
+      if (std::string(e->d_name).rfind(prefix, 0) == 0) std::remove((std::string("/tmp/") + e->d_name).c_str());
+    closedir(d);
+  }
+}
+
 TEST_F(Process, ForkWhileOtherThreadsAllocateLeavesNoLockHeld) {
   std::atomic<bool> stop{false};
   std::vector<std::thread> threads;

@@ -72,6 +72,12 @@ TEST(Session, SettingsFromTheEnvironment) {
   EXPECT_TRUE(errors.empty());
   EXPECT_EQ(o.path, "/tmp/x-" + std::to_string(::getpid()) + ".json.gz");
   EXPECT_EQ(o.recorder.capacity, 65536u);
+  {
+    // Rounded up, never down: a user who asks for 1000000 keeps at least that many (README, session.h).
+    RecorderOptions r;
+    r.capacity = 1000000;
+    EXPECT_EQ(Recorder(r).capacity(), std::size_t{1} << 20);
+  }
   EXPECT_EQ(o.recorder.keep, RecorderOptions::Keep::oldest);
   EXPECT_TRUE(o.recorder.stacks);
   EXPECT_EQ(o.recorder.stack_depth, 7);
@@ -181,6 +187,54 @@ TEST(Session, WritesAtExitAndNotInAForkedChild) {
   Trace t = read_trace(path);
   EXPECT_EQ(t.events.size(), 2u);
   EXPECT_EQ(nlohmann::json::parse(t.meta.json)["pid"], child);
+}
+
+// A forked child that goes on recording (the shim's child of a parent with a session and no pool yet)
+// forgets the parent's session and starts its own: "%p" is its own id, the signal writes its trace
+// (not the parent's), the at-exit writer it inherited writes it once, and the parent's file is left alone.
+TEST(Session, AForkedChildCanStartASessionOfItsOwn) {
+  std::string pattern = testing_util::temp_path("own-%p.json");
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::setenv("GLAKE_TRACE", pattern.c_str(), 1);
+    ::setenv("GLAKE_TRACE_QUIET", "1", 1);
+    std::vector<std::string> errors;
+    TraceSession* s = TraceSession::start_from_env(&errors);
+    if (s == nullptr || !errors.empty() || s->signal() != SIGUSR2) ::_exit(3);
+    s->record(ev(Op::alloc, 0x1000, 10));
+    pid_t grandchild = ::fork();
+    if (grandchild == 0) {
+      TraceSession::forget_after_fork();
+      if (TraceSession::get() != nullptr) ::_exit(4);
+      TraceSession* own = TraceSession::start_from_env(&errors);
+      if (own == nullptr || own == s || !errors.empty()) ::_exit(5);
+      if (own->options().path != expand_trace_path(pattern, ::getpid())) ::_exit(6);
+      if (own->signal() != SIGUSR2) ::_exit(7);
+      own->record(ev(Op::alloc, 0x2000, 20));
+      own->record(ev(Op::alloc, 0x3000, 30));
+      ::kill(::getpid(), SIGUSR2);
+      if (!wait_for([&] { return own->dumps() >= 1; })) ::_exit(8);
+      std::exit(0);  // the inherited at-exit writer: one more write of this session
+    }
+    int st = 0;
+    ::waitpid(grandchild, &st, 0);
+    if (!WIFEXITED(st)) ::_exit(9);
+    if (WEXITSTATUS(st) != 0) ::_exit(10 + WEXITSTATUS(st));
+    const std::string theirs = expand_trace_path(pattern, grandchild);
+    if (read_trace(theirs).events.size() != 2) ::_exit(30);
+    std::remove(theirs.c_str());
+    if (s->dumps() != 0) ::_exit(31);  // the grandchild's signal did not reach this process's session
+    std::exit(0);
+  }
+  int st = 0;
+  ::waitpid(child, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st)) << "signal " << WTERMSIG(st);
+  ASSERT_EQ(WEXITSTATUS(st), 0);
+  const std::string mine = expand_trace_path(pattern, child);
+  Trace t = read_trace(mine);
+  EXPECT_EQ(t.events.size(), 1u);
+  std::remove(mine.c_str());
 }
 
 // A scheduler's SIGTERM (or ^C) where the program left the default action ended the process with no
@@ -313,6 +367,61 @@ TEST(Session, APathAnotherProcessWroteMeanwhileIsNotReplaced) {
   EXPECT_EQ(read_trace(path).events.size(), 0u);
   std::remove(path.c_str());
   std::remove(mine.c_str());
+}
+
+// Processes that share the path and write at the same moment (a launcher's workers ending together):
+// each looked at the path, found nobody's trace there, and renamed its own over it, so all but one were
+// lost without a word. The look and the rename are one step among glake's writers: every trace stays.
+TEST(Session, ProcessesWritingASharedPathAtOnceEachKeepTheirTrace) {
+  constexpr int kProcesses = 6;
+  for (int round = 0; round < 10; ++round) {
+    std::string path = testing_util::temp_path("race.json");
+    std::remove(path.c_str());
+    int ready[2], go[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    ASSERT_EQ(::pipe(go), 0);
+    std::vector<pid_t> pids;
+    for (int k = 0; k < kProcesses; ++k) {
+      pid_t pid = ::fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {
+        ::close(ready[0]);
+        ::close(go[1]);
+        SessionOptions o = quiet_options(path);
+        TraceSession s(o);
+        for (int e = 0; e <= k; ++e) s.record(ev(Op::alloc, 0x1000 * (e + 1), 10));
+        char c = 'r';
+        if (::write(ready[1], &c, 1) != 1) ::_exit(3);
+        if (::read(go[0], &c, 1) != 0) ::_exit(4);  // all released at once: the write end closes
+        ::_exit(s.dump().empty() ? 0 : 5);
+      }
+      pids.push_back(pid);
+    }
+    ::close(ready[1]);
+    ::close(go[0]);
+    char c = 0;
+    for (int k = 0; k < kProcesses; ++k) ASSERT_EQ(::read(ready[0], &c, 1), 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // written after every session started
+    ::close(go[1]);
+    ::close(ready[0]);
+    std::vector<std::size_t> counts;
+    for (pid_t pid : pids) {
+      int st = 0;
+      ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+      EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+      std::string theirs = pid_trace_path(path, pid);
+      if (testing_util::file_exists(theirs)) {
+        counts.push_back(read_trace(theirs).events.size());
+        std::remove(theirs.c_str());
+      }
+    }
+    if (testing_util::file_exists(path)) counts.push_back(read_trace(path).events.size());
+    std::remove(path.c_str());
+    std::sort(counts.begin(), counts.end());
+    std::vector<std::size_t> want;
+    for (int k = 0; k < kProcesses; ++k) want.push_back(static_cast<std::size_t>(k + 1));
+    ASSERT_EQ(counts, want) << "round " << round << ": a trace was lost";
+  }
 }
 
 TEST(Session, OutOfMemorySnapshot) {
