@@ -403,8 +403,10 @@ namespace {
 class RelaxedCaptureMode {
  public:
   explicit RelaxedCaptureMode(bool capture_under_way) {
+    if (!capture_under_way) [[likely]]
+      return;  // the hot path: no table look-up, no driver call
     const auto f = real_driver().thread_exchange_stream_capture_mode;
-    if (!capture_under_way || f == nullptr) return;
+    if (f == nullptr) return;
     mode_ = CU_STREAM_CAPTURE_MODE_RELAXED;
     exchanged_ = f(&mode_) == CUDA_SUCCESS;
   }
@@ -901,8 +903,10 @@ int Router::driver_default_pool_device(CUmemoryPool mem_pool) {
   bool all = true;
   for (int d = 0; d < std::min(count, kMaxDevices); ++d) {
     CUmemoryPool p = nullptr;
-    if (dr.device_get_default_mem_pool(&p, d) != CUDA_SUCCESS) {
-      all = false;
+    if (const CUresult e = dr.device_get_default_mem_pool(&p, d); e != CUDA_SUCCESS) {
+      // A device without memory pools (CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED 0) has no default
+      // pool to learn: known. Any other failure: asked again next time.
+      if (e != CUDA_ERROR_NOT_SUPPORTED) all = false;
       continue;
     }
     default_pools_[d].store(reinterpret_cast<std::uintptr_t>(p), std::memory_order_relaxed);

@@ -144,13 +144,16 @@ void AtomicFile::commit_locked(const std::function<void()>& decide) {
     try {
       decide();
     } catch (...) {
-      if (dfd >= 0) ::close(dfd);  // and the lock with it
+      // Unlocked before the close: a child forked meanwhile shares the descriptor, and the lock with it.
+      if (locked) (void)::flock(dfd, LOCK_UN);
+      if (dfd >= 0) ::close(dfd);
       ::unlink(temp_.c_str());
       throw;
     }
   }
   if (::rename(temp_.c_str(), path_.c_str()) != 0) {
     int err = errno;
+    if (locked) (void)::flock(dfd, LOCK_UN);
     if (dfd >= 0) ::close(dfd);
     ::unlink(temp_.c_str());
     throw AtomicFileError(fmt::format("{}: cannot rename {} over it: {}", path_, temp_, std::strerror(err)));
