@@ -52,6 +52,13 @@ inline unsigned long long default_pool_queries() {
 inline unsigned long long device_syncs_in_capture() {
   return driver_fn<decltype(standin_device_syncs_in_capture)>("standin_device_syncs_in_capture")();
 }
+inline unsigned long long stream_syncs_in_capture(cudaStream_t s) {
+  return driver_fn<decltype(standin_stream_syncs_in_capture)>("standin_stream_syncs_in_capture")(
+      reinterpret_cast<CUstream>(s));
+}
+inline int streams_capturing(int device) {
+  return driver_fn<decltype(standin_streams_capturing)>("standin_streams_capturing")(device);
+}
 inline unsigned long long waits_in_capture() {
   return driver_fn<decltype(standin_waits_in_capture)>("standin_waits_in_capture")();
 }

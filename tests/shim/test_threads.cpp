@@ -144,6 +144,7 @@ TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatThreads) {
   EXPECT_EQ(cudaSuccess, cudaMalloc(&p, 1 << 20));
   EXPECT_TRUE(owns(p)) << "the capture ended on its own thread but is still counted";
   EXPECT_EQ(cudaSuccess, cudaFree(p));
+  EXPECT_EQ(0, standin::streams_capturing(0)) << "a capture of device 0 is still under way";
 }
 
 // A thread that exits in the middle of a capture of its own stream takes the capture with it (its stream
@@ -173,6 +174,7 @@ TEST(Threads, AThreadExitingMidCaptureOfItsStreamEndsTheCapture) {
   EXPECT_EQ(cudaSuccess, cudaFree(eager));
   EXPECT_FALSE(owns(eager)) << "a cudaFree after the capturing thread exited was held";
   EXPECT_EQ("", validate(0));
+  EXPECT_EQ(0, standin::streams_capturing(0)) << "the exited thread's capture is still under way (stand-in)";
 }
 
 // A cudaFree made during such a capture is held (no device synchronization under way), and the
@@ -199,6 +201,7 @@ TEST(Threads, AFreeHeldDuringACaptureIsDoneWhenTheCapturingThreadExits) {
   ASSERT_TRUE(begun);
   EXPECT_FALSE(owns(held)) << "the held free was not done when the capturing thread exited";
   EXPECT_EQ("", validate(0));
+  EXPECT_EQ(0, standin::streams_capturing(0)) << "the exited thread's capture is still under way (stand-in)";
 }
 
 // A thread has its own stream on each device: a failed end of capture of its stream on device 1 must
@@ -221,18 +224,21 @@ TEST(Threads, ACaptureOfAThreadsOwnStreamIsThatDevices) {
   EXPECT_EQ(cudaSuccess, cudaMalloc(&p, 1 << 20));
   EXPECT_TRUE(owns(p)) << "the capture ended but is still counted";
   EXPECT_EQ(cudaSuccess, cudaFree(p));
+  EXPECT_EQ(0, standin::streams_capturing(0)) << "a capture of device 0 is still under way";
 }
 
 // cudaFree synchronizes the device, which would break a capture under way: a free of a glake block
 // that found no capture counted must not still be synchronizing the device when one begins. One
 // thread begins and ends captures while others allocate and free; no cuCtxSynchronize may fall inside
-// a capture. (While a capture is counted, cudaMalloc goes to the real API.)
+// a capture. (While a capture is counted, cudaMalloc goes to the real API.) Only this test's stream's
+// captures count: a capture that an earlier test left under way in the stand-in (which glake does not
+// count) would make every synchronization here one "in a capture"; that is reported on its own.
 TEST(Threads, NoFreeSynchronizesTheDeviceDuringACapture) {
   REQUIRE_GLAKE();
   ASSERT_EQ(cudaSuccess, cudaSetDevice(0));
   cudaStream_t s = nullptr;
   ASSERT_EQ(cudaSuccess, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  const unsigned long long before = standin::device_syncs_in_capture();
+  const int left_over = standin::streams_capturing(0);  // 0 unless an earlier test failed its own check
   std::atomic<bool> done{false};
   std::atomic<int> failed{0};
   std::atomic<int> glake_frees{0};
@@ -264,7 +270,8 @@ TEST(Threads, NoFreeSynchronizesTheDeviceDuringACapture) {
   for (auto& t : freers) t.join();
   EXPECT_EQ(0, failed.load());
   EXPECT_GT(glake_frees.load(), 0);
-  EXPECT_EQ(before, standin::device_syncs_in_capture()) << "a free synchronized the device while a capture was under way";
+  EXPECT_EQ(0u, standin::stream_syncs_in_capture(s)) << "a free synchronized the device while a capture was under way";
+  EXPECT_EQ(left_over, standin::streams_capturing(0)) << "a capture of this test's is still under way";
   EXPECT_EQ(cudaSuccess, cudaStreamDestroy(s));
   EXPECT_EQ("", validate(0));
 }

@@ -58,6 +58,7 @@ struct Stream {
   bool destroyed = false;
   bool worker_done = false;  // destroyed, and its worker has ended: the handle may come back
   const void* ctx = nullptr;  // the context it was made in (cuCtxCreate's, or null: its device's primary)
+  std::uint64_t syncs_in_capture = 0;  // cuCtxSynchronize calls made on its device while it was capturing
   bool blocking() const { return !legacy && (flags & CU_STREAM_NON_BLOCKING) == 0; }
 };
 
@@ -314,6 +315,7 @@ Stream* new_stream(int device, unsigned flags, bool legacy) {  // mu held
   s->graph = nullptr;
   s->destroyed = s->worker_done = false;
   s->ctx = nullptr;
+  s->syncs_in_capture = 0;
   std::thread(worker, s).detach();
   return s;
 }
@@ -676,11 +678,13 @@ EXPORT CUresult cuCtxSynchronize() {
   const int cur = current_device();
   if (cur < 0) return CUDA_ERROR_INVALID_CONTEXT;
   std::unique_lock lk(g->mu);
+  bool in_capture = false;
   for (Stream* s : g->streams)
     if (s->device == cur && s->capturing && !s->destroyed) {
-      ++g->syncs_in_capture;
-      break;
+      ++s->syncs_in_capture;
+      in_capture = true;
     }
+  if (in_capture) ++g->syncs_in_capture;
   if (const CUresult e = potentially_unsafe()) return e;
   // It synchronizes the legacy stream too: a blocking stream of the device that captures conflicts.
   if (const CUresult e = wait_conflicts(legacy_stream(cur))) return e;
@@ -1782,6 +1786,17 @@ EXPORT unsigned long long standin_device_syncs(void) {
   return g->syncs;
 }
 EXPORT unsigned long long standin_default_pool_queries(void) { return g->default_pool_queries.load(); }
+EXPORT unsigned long long standin_stream_syncs_in_capture(CUstream h) {
+  std::lock_guard lk(g->mu);
+  auto* s = reinterpret_cast<Stream*>(h);
+  return g->streams.count(s) != 0 ? s->syncs_in_capture : 0;
+}
+EXPORT int standin_streams_capturing(int device) {
+  std::lock_guard lk(g->mu);
+  int n = 0;
+  for (Stream* s : g->streams) n += s->device == device && s->capturing && !s->destroyed;
+  return n;
+}
 EXPORT unsigned long long standin_device_syncs_in_capture(void) {
   std::lock_guard lk(g->mu);
   return g->syncs_in_capture;

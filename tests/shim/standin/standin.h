@@ -40,6 +40,11 @@ unsigned long long standin_device_syncs(void);
 unsigned long long standin_default_pool_queries(void);
 // cuCtxSynchronize calls made while a stream of the device was capturing (which break a real capture).
 unsigned long long standin_device_syncs_in_capture(void);
+// cuCtxSynchronize calls made on its device while this stream (a live one, made by cuStreamCreate) was
+// capturing; a new stream given the handle of a destroyed one starts again at 0.
+unsigned long long standin_stream_syncs_in_capture(CUstream stream);
+// The streams of the device (the per-thread ones of every thread included) capturing now.
+int standin_streams_capturing(int device);
 // cuEventQuery, cuEventSynchronize, cuStreamQuery and cuStreamSynchronize calls made while any stream
 // was capturing, refused or not (in CUDA's default capture mode, global, one from any thread is refused
 // and invalidates the capture).
