@@ -196,12 +196,13 @@ CUmemAllocationProp chunk_prop(int cu_device, bool rdma, bool fd_handles) {
 // Most devices set_access grants at once: this device and its peers.
 constexpr std::size_t kMaxAccessors = 128;
 
-// The pool's queries of and waits for events and streams are made in relaxed capture mode. They are
-// "potentially unsafe" in CUDA's terms: made in a thread's default global mode while any thread
-// captures in global mode (or while the calling thread itself captures another stream), CUDA refuses
-// them and invalidates the capture. The pool makes them only for streams it has seen are not
-// capturing (and events recorded on such streams), which no capture depends on; a capture may begin
-// at any moment, also in the middle of one of the pool's slow paths.
+// The pool's driver calls that a capture could forbid (queries of and waits for events and streams,
+// the VMM calls, memory info) are made in relaxed capture mode. Made in a thread's default global mode
+// while any thread captures in global mode (or while the calling thread itself captures another
+// stream), CUDA refuses "potentially unsafe" calls and invalidates the capture. The pool makes them
+// only for streams it has seen are not capturing (and events recorded on such streams), which no
+// capture depends on; a capture may begin at any moment, also in the middle of one of the pool's slow
+// paths. The hot path makes no driver call, so it pays nothing for this.
 class RelaxedCapture {
  public:
   RelaxedCapture() {
@@ -330,6 +331,7 @@ Status CudaDriver::mem_info(std::size_t* free, std::size_t* total) {
   if (free == nullptr || total == nullptr) return Status::invalid_value;
   ContextScope scope(*this);
   if (!scope.ok()) return scope.status();
+  RelaxedCapture relaxed;
   return to_status(api().mem_get_info(free, total));
 }
 
@@ -339,6 +341,7 @@ Status CudaDriver::reserve(std::size_t size, DevPtr* va) {
   const std::uint64_t t0 = now_ns();
   if (va == nullptr || size == 0 || !aligned(size)) return finish(Call::reserve, Status::invalid_value, t0);
   CUdeviceptr p = 0;
+  RelaxedCapture relaxed;
   const CUresult r = api().mem_address_reserve(&p, size, granularity_, 0, 0);
   if (r == CUDA_SUCCESS) *va = static_cast<DevPtr>(p);
   return finish(Call::reserve, to_status(r), t0);
@@ -349,6 +352,7 @@ Status CudaDriver::free_reserve(DevPtr va, std::size_t size) {
   if (va == 0 || size == 0 || !aligned(va) || !aligned(size) || add_overflows(va, size)) {
     return finish(Call::free_reserve, Status::invalid_value, t0);
   }
+  RelaxedCapture relaxed;
   return finish(Call::free_reserve, to_status(api().mem_address_free(va, size)), t0);
 }
 
@@ -357,6 +361,7 @@ Status CudaDriver::create(std::size_t size, PhysHandle* handle) {
   if (handle == nullptr || size == 0 || !aligned(size)) return finish(Call::create, Status::invalid_value, t0);
   const CUmemAllocationProp prop = chunk_prop(cu_device_, rdma_, fd_handles_);
   CUmemGenericAllocationHandle h = 0;
+  RelaxedCapture relaxed;
   const CUresult r = api().mem_create(&h, size, &prop, 0);
   if (r == CUDA_SUCCESS) *handle = static_cast<PhysHandle>(h);
   return finish(Call::create, to_status(r), t0);
@@ -364,6 +369,7 @@ Status CudaDriver::create(std::size_t size, PhysHandle* handle) {
 
 Status CudaDriver::release(PhysHandle handle) {
   const std::uint64_t t0 = now_ns();
+  RelaxedCapture relaxed;
   return finish(Call::release, to_status(api().mem_release(handle)), t0);
 }
 
@@ -373,6 +379,7 @@ Status CudaDriver::map(DevPtr va, std::size_t size, PhysHandle handle, std::size
       add_overflows(offset, size)) {
     return finish(Call::map, Status::invalid_value, t0);
   }
+  RelaxedCapture relaxed;
   return finish(Call::map, to_status(api().mem_map(va, size, offset, handle, 0)), t0);
 }
 
@@ -381,6 +388,7 @@ Status CudaDriver::unmap(DevPtr va, std::size_t size) {
   if (va == 0 || size == 0 || !aligned(va) || !aligned(size) || add_overflows(va, size)) {
     return finish(Call::unmap, Status::invalid_value, t0);
   }
+  RelaxedCapture relaxed;
   return finish(Call::unmap, to_status(api().mem_unmap(va, size)), t0);
 }
 
@@ -402,6 +410,7 @@ Status CudaDriver::set_access(DevPtr va, std::size_t size) {
     std::lock_guard lock(peers_mutex_);
     for (int p : cu_peers_) grant(p);  // add_peer keeps cu_peers_ below kMaxAccessors
   }
+  RelaxedCapture relaxed;
   return finish(Call::set_access, to_status(api().mem_set_access(va, size, desc.data(), n)), t0);
 }
 
@@ -410,6 +419,7 @@ Status CudaDriver::export_fd(PhysHandle handle, int* fd) {
   if (fd == nullptr) return finish(Call::export_fd, Status::invalid_value, t0);
   if (!fd_handles_) return finish(Call::export_fd, Status::not_supported, t0);
   int out = -1;
+  RelaxedCapture relaxed;
   const CUresult r = api().mem_export_to_shareable_handle(&out, handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
   if (r == CUDA_SUCCESS) *fd = out;
   return finish(Call::export_fd, to_status(r), t0);

@@ -124,8 +124,6 @@ using DlsymFn = void* (*)(void*, const char*);
   X(stream_get_device, "cuStreamGetDevice", decltype(&::cuStreamGetDevice))                         \
   X(stream_get_ctx, "cuStreamGetCtx", decltype(&::cuStreamGetCtx))                                  \
   X(stream_synchronize, "cuStreamSynchronize", decltype(&::cuStreamSynchronize))                    \
-  X(thread_exchange_stream_capture_mode, "cuThreadExchangeStreamCaptureMode",                      \
-    decltype(&::cuThreadExchangeStreamCaptureMode))                                                 \
   X(mem_address_reserve, "cuMemAddressReserve", decltype(&::cuMemAddressReserve))                   \
   X(mem_address_free, "cuMemAddressFree", decltype(&::cuMemAddressFree))                            \
   X(mem_import_from_shareable_handle, "cuMemImportFromShareableHandle",                            \

@@ -393,38 +393,7 @@ cudaError_t Router::fail(cudaError_t e) {
   return e;
 }
 
-namespace {
-
-// While a capture is under way (any thread's), the pool's own driver calls on this thread (a query of
-// or a wait for another stream's free, none of them capturing; VMM calls) are made in relaxed mode: in
-// the thread's default global mode CUDA refuses such "potentially unsafe" calls and invalidates every
-// global capture under way (tests/gpu/probe_capture_neighbours). PyTorch's allocator does the same
-// around its cudaMalloc.
-class RelaxedCaptureMode {
- public:
-  explicit RelaxedCaptureMode(bool capture_under_way) {
-    if (!capture_under_way) [[likely]]
-      return;  // the hot path: no table look-up, no driver call
-    const auto f = real_driver().thread_exchange_stream_capture_mode;
-    if (f == nullptr) return;
-    mode_ = CU_STREAM_CAPTURE_MODE_RELAXED;
-    exchanged_ = f(&mode_) == CUDA_SUCCESS;
-  }
-  ~RelaxedCaptureMode() {
-    if (exchanged_) (void)real_driver().thread_exchange_stream_capture_mode(&mode_);
-  }
-  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
-  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
-
- private:
-  CUstreamCaptureMode mode_ = CU_STREAM_CAPTURE_MODE_GLOBAL;  // the thread's own, while exchanged
-  bool exchanged_ = false;
-};
-
-}  // namespace
-
 pool::Status Router::allocate(DevicePool* p, std::size_t size, pool::StreamHandle stream, pool::DevPtr* out) {
-  RelaxedCaptureMode relaxed(captures_.load(std::memory_order_acquire) != 0);
   const pool::Status s = p->alloc->allocate(size, stream, out);
   tracer::TraceSession* session = nullptr;
   if (s == pool::Status::out_of_memory && (session = session_.load(std::memory_order_acquire)) != nullptr) [[unlikely]] {
@@ -830,23 +799,31 @@ cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds, int st
   return f(ptr, stream);
 }
 
+// The pool that serves an allocation from device dev's default pool on stream s, or null: the real
+// API serves a capturing stream, the per-thread stream, and a stream of another device (the pool keeps
+// only its own device's streams).
+DevicePool* Router::default_pool_server(int dev, pool::StreamHandle s, bool driver_api) {
+  if (s == kPerThread) return nullptr;
+  if (captures_.load(std::memory_order_acquire) != 0 &&
+      (driver_api ? driver_stream_capturing(reinterpret_cast<CUstream>(s))
+                  : runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s))))
+    return nullptr;
+  int stream_dev = -1;
+  if (!stream_device(s, driver_api, &stream_dev) || stream_dev != dev) return nullptr;
+  return pool_for(dev, !driver_api);
+}
+
 cudaError_t Router::malloc_from_pool_async(void** ptr, std::size_t size, cudaMemPool_t mem_pool,
                                            cudaStream_t stream, bool ptds) {
   int dev = -1;
   if (ptr != nullptr && size != 0 && serving() && (dev = default_pool_device(mem_pool)) >= 0) {
     const pool::StreamHandle s = normalize(stream, ptds);
-    const bool capturing =
-        captures_.load(std::memory_order_acquire) != 0 && runtime_stream_capturing(reinterpret_cast<cudaStream_t>(s));
-    // A stream of another device goes to the real API: the pool keeps only its own device's streams.
-    int stream_dev = -1;
-    if (!capturing && s != kPerThread && stream_device(s, false, &stream_dev) && stream_dev == dev) {
-      if (DevicePool* p = pool_for(dev)) {
-        pool::DevPtr v = 0;
-        const pool::Status st = allocate(p, size, s, &v);
-        if (st != pool::Status::ok) return fail(to_runtime_error(st));
-        *ptr = reinterpret_cast<void*>(v);
-        return cudaSuccess;
-      }
+    if (DevicePool* p = default_pool_server(dev, s, false)) {
+      pool::DevPtr v = 0;
+      const pool::Status st = allocate(p, size, s, &v);
+      if (st != pool::Status::ok) return fail(to_runtime_error(st));
+      *ptr = reinterpret_cast<void*>(v);
+      return cudaSuccess;
     }
   }
   count_passthrough(dev);
@@ -1487,18 +1464,12 @@ CUresult Router::cu_mem_alloc_from_pool_async(CUdeviceptr* ptr, std::size_t size
   int dev = -1;
   if (ptr != nullptr && size != 0 && serving() && (dev = driver_default_pool_device(mem_pool)) >= 0) {
     const pool::StreamHandle s = normalize(stream, ptds);
-    const bool capturing =
-        captures_.load(std::memory_order_acquire) != 0 && driver_stream_capturing(reinterpret_cast<CUstream>(s));
-    // A stream of another device goes to the real API: the pool keeps only its own device's streams.
-    int stream_dev = -1;
-    if (!capturing && s != kPerThread && stream_device(s, true, &stream_dev) && stream_dev == dev) {
-      if (DevicePool* p = pool_for(dev, false)) {
-        tl_device_hint = dev;
-        pool::DevPtr v = 0;
-        const pool::Status st = allocate(p, size, s, &v);
-        if (st == pool::Status::ok) *ptr = static_cast<CUdeviceptr>(v);
-        return to_driver_error(st);
-      }
+    if (DevicePool* p = default_pool_server(dev, s, true)) {
+      tl_device_hint = dev;
+      pool::DevPtr v = 0;
+      const pool::Status st = allocate(p, size, s, &v);
+      if (st == pool::Status::ok) *ptr = static_cast<CUdeviceptr>(v);
+      return to_driver_error(st);
     }
   }
   count_passthrough(dev, true);

@@ -260,6 +260,7 @@ class Router {
   int default_pool_device(cudaMemPool_t pool);
   int driver_default_pool_device(CUmemoryPool pool);  // learns the default pools from the driver
   int known_default_pool_device(std::uintptr_t pool) const;
+  DevicePool* default_pool_server(int dev, pool::StreamHandle s, bool driver_api);
   // The default pool's attributes, high-water marks, trim and peers, for the runtime's and the
   // driver's calls alike (dev: the pool's device, or -1 for another pool: nothing to do).
   void add_pool_figures(int dev, CUmemPool_attribute attr, void* value);
