@@ -1482,23 +1482,28 @@ void Router::set_custom_pool(int device, bool custom) {
   while (!custom_pool_[device].compare_exchange_weak(v, (((v >> 1) + 1) << 1) | (custom ? 1u : 0u),
                                                      std::memory_order_acq_rel)) {
   }
+  // The pool may have been destroyed by another thread between the driver's call and the flag (its
+  // recheck found no flag to clear): the default pool is current again then, so look once more.
+  if (custom) recheck_custom_pool(device);
 }
 
 // A destroyed pool that was a device's current one leaves the default pool current (CUDA): the
 // driver says which pool each device that had another one current now has.
 void Router::recheck_custom_pools() {
+  for (int dev = 0; dev < kMaxDevices; ++dev) recheck_custom_pool(dev);
+}
+
+void Router::recheck_custom_pool(int dev) {
   const DriverApi& d = real_driver();
   if (d.device_get_mem_pool == nullptr || d.device_get_default_mem_pool == nullptr) return;
-  for (int dev = 0; dev < kMaxDevices; ++dev) {
-    // Seen before the look: a pool chosen since (another thread's cudaDeviceSetMemPool, which sets the
-    // flag after the driver's call) changes the word, and the clear below then leaves its choice be.
-    std::uint32_t seen = custom_pool_[dev].load(std::memory_order_acquire);
-    if ((seen & 1) == 0) continue;
-    CUmemoryPool cur = nullptr, def = nullptr;
-    if (d.device_get_mem_pool(&cur, dev) == CUDA_SUCCESS && d.device_get_default_mem_pool(&def, dev) == CUDA_SUCCESS &&
-        cur == def)
-      (void)custom_pool_[dev].compare_exchange_strong(seen, seen & ~1u, std::memory_order_acq_rel);
-  }
+  // Seen before the look: a pool chosen since (another thread's cudaDeviceSetMemPool, which sets the
+  // flag after the driver's call) changes the word, and the clear below then leaves its choice be.
+  std::uint32_t seen = custom_pool_[dev].load(std::memory_order_acquire);
+  if ((seen & 1) == 0) return;
+  CUmemoryPool cur = nullptr, def = nullptr;
+  if (d.device_get_mem_pool(&cur, dev) == CUDA_SUCCESS && d.device_get_default_mem_pool(&def, dev) == CUDA_SUCCESS &&
+      cur == def)
+    (void)custom_pool_[dev].compare_exchange_strong(seen, seen & ~1u, std::memory_order_acq_rel);
 }
 
 // The driver's IPC calls, for programs that reach the driver without glake's runtime hooks (the

@@ -276,6 +276,7 @@ class Router {
   bool ipc_export(pool::DevPtr ptr, int device_hint, cudaIpcMemHandle_t* handle, cudaError_t* result);
   // After a pool's destruction: clears custom_pool_ of each device whose default pool is current again.
   void recheck_custom_pools();
+  void recheck_custom_pool(int device);  // the same for one device
   bool custom_pool(int device) const { return (custom_pool_[device].load(std::memory_order_relaxed) & 1) != 0; }
   void set_custom_pool(int device, bool custom);
 

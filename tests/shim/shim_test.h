@@ -68,6 +68,9 @@ inline void fail_next_end_capture(CUresult e) {
 inline void after_next_get_mem_pool(void (*fn)(void*), void* arg) {
   driver_fn<decltype(standin_after_next_get_mem_pool)>("standin_after_next_get_mem_pool")(fn, arg);
 }
+inline void after_next_set_mem_pool(void (*fn)(void*), void* arg) {
+  driver_fn<decltype(standin_after_next_set_mem_pool)>("standin_after_next_set_mem_pool")(fn, arg);
+}
 inline void after_next_begin_capture(void (*fn)(void*), void* arg) {
   driver_fn<decltype(standin_after_next_begin_capture)>("standin_after_next_begin_capture")(fn, arg);
 }

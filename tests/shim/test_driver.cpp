@@ -521,6 +521,43 @@ TEST_F(Driver, APoolMadeCurrentWhileADestroyRechecksStaysCurrent) {
   ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
 }
 
+// The other order: a pool made current and, before the setter's glake has noted that, destroyed by
+// another thread (whose recheck finds nothing noted yet). CUDA leaves the default pool current, so
+// glake must serve cuMemAllocAsync and cudaMallocAsync again, not pass them through for good.
+TEST_F(Driver, APoolDestroyedAsAnotherThreadMakesItCurrentLeavesTheDefaultPoolGlakes) {
+  CUmemPoolProps props{};
+  props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  props.location.id = 0;
+  CUmemoryPool def = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuDeviceGetDefaultMemPool(&def, 0));
+  CUstream s = nullptr;
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
+  auto destroy_elsewhere = [](void* pool) {
+    std::thread([pool] { (void)cudaMemPoolDestroy(static_cast<cudaMemPool_t>(pool)); }).join();
+  };
+  for (bool runtime : {false, true}) {
+    CUmemoryPool mine = nullptr;
+    ASSERT_EQ(CUDA_SUCCESS, cuMemPoolCreate(&mine, &props));
+    standin::after_next_set_mem_pool(destroy_elsewhere, mine);
+    if (runtime) {
+      CUDA_OK(cudaDeviceSetMemPool(0, reinterpret_cast<cudaMemPool_t>(mine)));
+    } else {
+      ASSERT_EQ(CUDA_SUCCESS, cuDeviceSetMemPool(0, mine));
+    }
+    CUmemoryPool now = nullptr;
+    ASSERT_EQ(CUDA_SUCCESS, cuDeviceGetMemPool(&now, 0));
+    ASSERT_EQ(def, now) << "the destroy made the default pool current";
+    CUdeviceptr p = 0;
+    ASSERT_EQ(CUDA_SUCCESS, cuMemAllocAsync(&p, MiB, s));
+    EXPECT_TRUE(owns(reinterpret_cast<void*>(p))) << (runtime ? "runtime" : "driver")
+                                                  << ": the default pool is current, yet glake passes through";
+    ASSERT_EQ(CUDA_SUCCESS, cuMemFreeAsync(p, s));
+    ASSERT_EQ(CUDA_SUCCESS, cuStreamSynchronize(s));
+  }
+  ASSERT_EQ(CUDA_SUCCESS, cuStreamDestroy(s));
+}
+
 TEST_F(Driver, DirectlyLinkedDriverCallsReachGlake) {
   // This program links libcuda.so.1: these calls go through the dynamic linker to the preload.
   CUdeviceptr d = 0;

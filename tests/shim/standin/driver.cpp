@@ -1057,13 +1057,18 @@ EXPORT CUresult cuDeviceGetMemPool(CUmemoryPool* pool, CUdevice d) {
   if (auto fn = g_after_get_mem_pool.exchange(nullptr)) fn(g_after_get_mem_pool_arg.load());
   return CUDA_SUCCESS;
 }
+std::atomic<void (*)(void*)> g_after_set_mem_pool{nullptr};  // standin_after_next_set_mem_pool
+std::atomic<void*> g_after_set_mem_pool_arg{nullptr};
 EXPORT CUresult cuDeviceSetMemPool(CUdevice d, CUmemoryPool pool) {
   CHECK_ALIVE();
   if (pool == nullptr || !valid_device(d)) return CUDA_ERROR_INVALID_VALUE;
-  std::lock_guard lk(g->mu);
-  MemPool* mp = as_pool(pool);
-  if (mp->device != d) return CUDA_ERROR_INVALID_VALUE;  // "The memory pool must be local to the specified device"
-  g->dev[d].current_pool = mp;
+  {
+    std::lock_guard lk(g->mu);
+    MemPool* mp = as_pool(pool);
+    if (mp->device != d) return CUDA_ERROR_INVALID_VALUE;  // "The memory pool must be local to the specified device"
+    g->dev[d].current_pool = mp;
+  }
+  if (auto fn = g_after_set_mem_pool.exchange(nullptr)) fn(g_after_set_mem_pool_arg.load());
   return CUDA_SUCCESS;
 }
 // CUDA 13: for a device location and pinned memory, cuDeviceSetMemPool's equivalent; the stand-in has
@@ -1768,6 +1773,10 @@ EXPORT void standin_fail_next_end_capture(CUresult error) { g_end_capture_error.
 EXPORT void standin_after_next_get_mem_pool(void (*fn)(void*), void* arg) {
   g_after_get_mem_pool_arg.store(arg);
   g_after_get_mem_pool.store(fn);
+}
+EXPORT void standin_after_next_set_mem_pool(void (*fn)(void*), void* arg) {
+  g_after_set_mem_pool_arg.store(arg);
+  g_after_set_mem_pool.store(fn);
 }
 EXPORT void standin_after_next_begin_capture(void (*fn)(void*), void* arg) {
   g_after_begin_capture_arg.store(arg);

@@ -61,6 +61,9 @@ void standin_after_next_begin_capture(void (*fn)(void*), void* arg);
 // The next cuDeviceGetMemPool calls fn(arg) once it has its answer, before it returns (another
 // thread's work landing between a caller's look and what it does with what it saw).
 void standin_after_next_get_mem_pool(void (*fn)(void*), void* arg);
+// The next cuDeviceSetMemPool that succeeds calls fn(arg) once the pool is current, before it returns
+// (another thread's work landing between a caller's choice of a pool and what it does after).
+void standin_after_next_set_mem_pool(void (*fn)(void*), void* arg);
 // The next cuMemExportToShareableHandle calls fn(arg) first, before it looks at the handle: what
 // another thread does in between.
 void standin_before_next_export(void (*fn)(void*), void* arg);
