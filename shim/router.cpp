@@ -894,38 +894,9 @@ int Router::driver_default_pool_device(CUmemoryPool mem_pool) {
 }
 
 int Router::default_pool_device(cudaMemPool_t mem_pool) {
-  const auto v = reinterpret_cast<std::uintptr_t>(mem_pool);
-  if (v == 0) return -1;
-  if (const int d = known_default_pool_device(v); d >= 0) return d;
-  // Not known yet: learn the current device's default pool, then every device's, once.
-  const RuntimeApi& rt = real_runtime();
-  if (rt.device_get_default_mem_pool == nullptr) return -1;
-  int cur = -1;
-  if (runtime_device(&cur)) {
-    cudaMemPool_t p = nullptr;
-    RealCall g;
-    if (rt.device_get_default_mem_pool(&p, cur) == cudaSuccess) {
-      default_pools_[cur].store(reinterpret_cast<std::uintptr_t>(p), std::memory_order_relaxed);
-      if (p == mem_pool) return cur;
-    }
-  }
-  static std::atomic<bool> all_known{false};
-  if (all_known.load(std::memory_order_acquire)) return -1;
-  int count = 0;
-  {
-    RealCall g;
-    if (rt.get_device_count == nullptr || rt.get_device_count(&count) != cudaSuccess) return -1;
-  }
-  int found = -1;
-  for (int d = 0; d < std::min(count, kMaxDevices); ++d) {
-    cudaMemPool_t p = nullptr;
-    RealCall g;
-    if (rt.device_get_default_mem_pool(&p, d) != cudaSuccess) continue;
-    default_pools_[d].store(reinterpret_cast<std::uintptr_t>(p), std::memory_order_relaxed);
-    if (p == mem_pool) found = d;
-  }
-  all_known.store(true, std::memory_order_release);
-  return found;
+  // The runtime's pool handle is the driver's, and its device ordinals are the driver's (glake.h); the
+  // driver's look-up asks no runtime call, so it leaves the runtime's last error alone.
+  return driver_default_pool_device(reinterpret_cast<CUmemoryPool>(mem_pool));
 }
 
 cudaError_t Router::device_get_default_mem_pool(cudaMemPool_t* mem_pool, int device) {
