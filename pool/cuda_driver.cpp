@@ -196,31 +196,21 @@ CUmemAllocationProp chunk_prop(int cu_device, bool rdma, bool fd_handles) {
 // Most devices set_access grants at once: this device and its peers.
 constexpr std::size_t kMaxAccessors = 128;
 
-// The pool's driver calls that a capture could forbid (queries of and waits for events and streams,
-// the VMM calls, memory info) are made in relaxed capture mode. Made in a thread's default global mode
-// while any thread captures in global mode (or while the calling thread itself captures another
-// stream), CUDA refuses "potentially unsafe" calls and invalidates the capture. The pool makes them
-// only for streams it has seen are not capturing (and events recorded on such streams), which no
-// capture depends on; a capture may begin at any moment, also in the middle of one of the pool's slow
-// paths. The hot path makes no driver call, so it pays nothing for this.
-class RelaxedCapture {
- public:
-  RelaxedCapture() {
-    const auto f = api().thread_exchange_stream_capture_mode;
-    exchanged_ = f != nullptr && f(&mode_) == CUDA_SUCCESS;
-  }
-  ~RelaxedCapture() {
-    if (exchanged_) (void)api().thread_exchange_stream_capture_mode(&mode_);
-  }
-  RelaxedCapture(const RelaxedCapture&) = delete;
-  RelaxedCapture& operator=(const RelaxedCapture&) = delete;
-
- private:
-  CUstreamCaptureMode mode_ = CU_STREAM_CAPTURE_MODE_RELAXED;  // the thread's own, while exchanged
-  bool exchanged_ = false;
-};
 
 }  // namespace
+
+RelaxedCapture::RelaxedCapture() {
+  const auto f = api().thread_exchange_stream_capture_mode;
+  CUstreamCaptureMode m = CU_STREAM_CAPTURE_MODE_RELAXED;
+  exchanged_ = f != nullptr && f(&m) == CUDA_SUCCESS;
+  mode_ = static_cast<int>(m);
+}
+
+RelaxedCapture::~RelaxedCapture() {
+  if (!exchanged_) return;
+  CUstreamCaptureMode m = static_cast<CUstreamCaptureMode>(mode_);
+  (void)api().thread_exchange_stream_capture_mode(&m);
+}
 
 // Makes a context of the driver's device current for one call (see cuda_driver.h, "Contexts").
 class CudaDriver::ContextScope {

@@ -34,6 +34,28 @@ struct CUctx_st;  // CUcontext, without pulling cuda.h into every includer
 
 namespace glake::pool {
 
+// This thread's driver calls are made in the relaxed capture mode while one of these lives
+// (cuThreadExchangeStreamCaptureMode; the thread's own mode comes back at its end). Made in a thread's
+// default global mode while any thread captures in global mode (or while the calling thread itself
+// captures another stream), CUDA refuses "potentially unsafe" calls and invalidates the capture. On an
+// H100 (driver 580, tests/gpu/probe_capture_neighbours) event and stream queries and waits and the
+// runtime's cudaFree(nullptr) are refused; VMM calls, memory info and cuStreamCreate are not, but CUDA
+// documents no list, so the pool makes those in this mode too. The pool makes such calls only for
+// streams it has seen are not capturing (and events recorded on such streams), which no capture depends
+// on; a capture may begin at any moment, also in the middle of one of the pool's slow paths. The hot
+// path makes no driver call, so it pays nothing for this.
+class RelaxedCapture {
+ public:
+  RelaxedCapture();
+  ~RelaxedCapture();
+  RelaxedCapture(const RelaxedCapture&) = delete;
+  RelaxedCapture& operator=(const RelaxedCapture&) = delete;
+
+ private:
+  int mode_ = 0;  // the thread's own CUstreamCaptureMode, while exchanged
+  bool exchanged_ = false;
+};
+
 class CudaDriver final : public Driver {
  public:
   // Loads the real driver (once per process), cuInit(0), checks that `device` exists and supports VMM,

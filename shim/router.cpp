@@ -354,6 +354,7 @@ DevicePool* Router::create_pool(int device, bool from_runtime) {
   if (from_runtime) {
     if (const auto f = real_runtime().free) {
       RealCall g;
+      pool::RelaxedCapture relaxed;  // refused during another thread's global capture, which it then breaks
       (void)f(nullptr);
     }
   }

@@ -123,6 +123,25 @@ int mode_fork_while_creating() {
   return 0;
 }
 
+// A process's first allocation (glake makes its pool then) on one thread while another captures in the
+// global mode: the capture must survive glake's set-up.
+int mode_first_alloc_during_capture() {
+  cudaStream_t cap = nullptr, other = nullptr;
+  if (cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaStreamBeginCapture(cap, cudaStreamCaptureModeGlobal) != cudaSuccess)
+    return 1;
+  cudaError_t alloc = cudaErrorUnknown;
+  void* p = nullptr;
+  std::thread([&] { alloc = cudaMallocAsync(&p, 4 * MiB, other); }).join();
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(cap, &graph);
+  std::printf("alloc=%d\nowns=%d\nend=%d\n", static_cast<int>(alloc), glake_owns_now(p), static_cast<int>(end));
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  if (p != nullptr) cudaFreeAsync(p, other);
+  return cudaStreamSynchronize(other) == cudaSuccess ? 0 : 1;
+}
+
 void* g_exit_ptr = nullptr;
 void* g_exit_async = nullptr;
 cudaStream_t g_exit_stream = nullptr;
@@ -352,5 +371,6 @@ int main(int argc, char** argv) {
   if (mode == "keys-taken") return mode_keys_taken();
   if (mode == "dlopen-ctor") return mode_dlopen_ctor();
   if (mode == "fork-after-start") return mode_fork_after_start();
+  if (mode == "first-alloc-during-capture") return mode_first_alloc_during_capture();
   return 2;
 }

@@ -308,6 +308,15 @@ TEST_F(Process, AForkWhileAPoolIsMadeLeavesTheChildOff) {
   EXPECT_TRUE(has(r.out, "child_status=2\n")) << r.out << r.err;
 }
 
+// glake's set-up of a device's pool makes the runtime see the device as used (cudaFree(nullptr)), which
+// CUDA refuses, invalidating the capture, from a thread in the global mode while another thread
+// captures in it (measured on an H100, tests/gpu/probe_capture_neighbours).
+TEST_F(Process, APoolMadeDuringAnotherThreadsCaptureLeavesTheCaptureIntact) {
+  const Outcome r = run({helper(), "first-alloc-during-capture"});
+  EXPECT_EQ(0, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "alloc=0\nowns=1\nend=0\n")) << r.out << r.err;
+}
+
 TEST_F(Process, AChildForkedBeforeAnyCudaCallUsesGlake) {
   const Outcome r = run({helper(), "fork-first"});
   EXPECT_EQ(0, r.status) << r.out << r.err;

@@ -1774,6 +1774,12 @@ EXPORT void standin_after_next_get_mem_pool(void (*fn)(void*), void* arg) {
   g_after_get_mem_pool_arg.store(arg);
   g_after_get_mem_pool.store(fn);
 }
+// The capture rules (potentially_unsafe) for the stand-in runtime's calls that reach no driver call.
+EXPORT CUresult standin_unsafe_call() {
+  CHECK_ALIVE();
+  std::lock_guard lk(g->mu);
+  return potentially_unsafe();
+}
 EXPORT void standin_after_next_set_mem_pool(void (*fn)(void*), void* arg) {
   g_after_set_mem_pool_arg.store(arg);
   g_after_set_mem_pool.store(fn);

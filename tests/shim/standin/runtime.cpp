@@ -84,6 +84,7 @@ using GetProc = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcA
 
 struct Driver {
   GetProc get_proc = nullptr;
+  CUresult (*unsafe_call)() = nullptr;  // the stand-in driver's capture rules, for calls only the runtime has
   void* mem_alloc_async_ptsz = nullptr;
   void* mem_free_async_ptsz = nullptr;
 #define FIELD(field, name, type) type field = nullptr;
@@ -117,6 +118,7 @@ void load() {
     init_error = cudaErrorInsufficientDriver;
     return;
   }
+  drv.unsafe_call = as<CUresult (*)()>(dlsym(lib, "standin_unsafe_call"));
   // The real runtime asks for each symbol at the version that introduced the ABI it uses (as seen
   // from libcudart.so.13: cuMemAlloc at 3020, cuMemAllocAsync at 11020, its ptsz variant with flag 2);
   // so does this one for the entry points glake interposes.
@@ -267,7 +269,11 @@ EXPORT cudaError_t cudaMalloc(void** p, size_t n) {
 }
 EXPORT cudaError_t cudaFree(void* p) {
   READY();
-  if (p == nullptr) return cudaSuccess;  // initialises the context, as the real one does
+  if (p == nullptr) {
+    // Initialises the context, as the real one does; and is potentially unsafe during a capture, as the
+    // real one is (tests/gpu/probe_capture_neighbours: another thread's global capture is invalidated).
+    return drv.unsafe_call != nullptr ? call(drv.unsafe_call()) : cudaSuccess;
+  }
   return call(drv.mem_free(reinterpret_cast<CUdeviceptr>(p)));
 }
 EXPORT cudaError_t cudaMallocPitch(void** p, size_t* pitch, size_t w, size_t h) {
