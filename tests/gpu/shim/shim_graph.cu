@@ -21,6 +21,39 @@ __global__ void copy_words(std::uint32_t* dst, const std::uint32_t* src, std::ui
     dst[i] = src[i];
 }
 
+// First in this file, so that it makes the process's pool: glake's set-up of a device's pool makes the
+// runtime see the device as used (cudaFree(nullptr)), which CUDA refuses from a thread in the global
+// mode while another thread captures in it, and the capture is then invalidated.
+TEST(Graph, APoolMadeDuringAnotherThreadsCaptureLeavesTheCaptureIntact) {
+  REQUIRE_GLAKE();
+  glake_stats_t none{};
+  if (api().stats(device(), &none, sizeof none) == 0) GTEST_SKIP() << "the pool was made by an earlier test";
+  const int dev = device();
+  CUDA_OK(cudaSetDevice(dev));
+  cudaStream_t cap = nullptr, other = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&cap, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamBeginCapture(cap, cudaStreamCaptureModeGlobal));
+  cudaError_t alloc = cudaErrorUnknown;
+  void* p = nullptr;
+  std::thread([&] {
+    if (dev != 0) (void)cudaSetDevice(dev);
+    alloc = cudaMallocAsync(&p, kBytes, other);
+  }).join();
+  cudaGraph_t graph = nullptr;
+  EXPECT_EQ(cudaSuccess, cudaStreamEndCapture(cap, &graph)) << "glake's set-up invalidated the capture";
+  if (graph != nullptr) CUDA_OK(cudaGraphDestroy(graph));
+  (void)cudaGetLastError();
+  ASSERT_EQ(cudaSuccess, alloc);
+  EXPECT_TRUE(owns(p));
+  fill(p, kBytes, 7, other);
+  EXPECT_EQ(0ull, mismatches(p, kBytes, 7, other));
+  CUDA_OK(cudaFreeAsync(p, other));
+  CUDA_OK(cudaStreamSynchronize(other));
+  CUDA_OK(cudaStreamDestroy(cap));
+  CUDA_OK(cudaStreamDestroy(other));
+}
+
 TEST(Graph, CaptureUsesTheRealAllocatorAndReplays) {
   REQUIRE_GLAKE();
   CUDA_OK(cudaSetDevice(device()));
