@@ -5,7 +5,7 @@
 // into it; thread B makes the call on another non-blocking stream that is not capturing; A launches
 // again and ends the capture. Prints B's answer and the capture's end. This is why the pool neither
 // queries nor waits for a stream or event in a trim during a capture (shim/router.h, trim_pool), and
-// why its driver makes its calls in the relaxed mode (pool/cuda_driver.cpp, RelaxedCapture): the last
+// why its driver makes its calls in the relaxed mode (pool/cuda_driver.h, RelaxedCapture): the last
 // rows are the calls a pool's slow path and its first use make (VMM calls, memory info, a stream, the
 // runtime's cudaFree(nullptr)), each in the thread's own mode and then in the relaxed mode.
 #include <cuda.h>
