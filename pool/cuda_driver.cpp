@@ -196,7 +196,6 @@ CUmemAllocationProp chunk_prop(int cu_device, bool rdma, bool fd_handles) {
 // Most devices set_access grants at once: this device and its peers.
 constexpr std::size_t kMaxAccessors = 128;
 
-
 }  // namespace
 
 RelaxedCapture::RelaxedCapture() {
