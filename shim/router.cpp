@@ -471,7 +471,7 @@ pool::Status Router::synchronize_device(int device) {
 // one, or at the flush it could free the block of whoever got the address next.
 std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr ptr, int stream_dev) {
   Locked lock(&mutex_);
-  if (held_index(ptr) != held_count_) return pool::Status::invalid_value;
+  if (held_index(ptr) != held_count_ || is_kept(ptr)) return pool::Status::invalid_value;
   if (captures_.load(std::memory_order_acquire) == 0) {
     ++waiting_frees_;
     return std::nullopt;
@@ -495,9 +495,35 @@ std::size_t Router::held_index(pool::DevPtr ptr) const {
 }
 
 bool Router::is_held(pool::DevPtr ptr) {
-  if (!any_held_.load(std::memory_order_acquire)) return false;
+  if (!any_held_.load(std::memory_order_acquire) &&
+      (ptr < kept_lo_.load(std::memory_order_acquire) || ptr > kept_hi_.load(std::memory_order_acquire)))
+    return false;
   Locked lock(&mutex_);
-  return held_index(ptr) != held_count_;
+  return held_index(ptr) != held_count_ || is_kept(ptr);
+}
+
+bool Router::is_kept(pool::DevPtr ptr) const {
+  return std::binary_search(kept_, kept_ + kept_count_, ptr);
+}
+
+pool::Status Router::keep_for_graph(DevicePool* p, pool::DevPtr ptr) {
+  Locked lock(&mutex_);
+  if (held_index(ptr) != held_count_ || is_kept(ptr)) return pool::Status::invalid_value;
+  held_[p->device].fetch_add(1, std::memory_order_relaxed);
+  if (kept_count_ == kept_capacity_) {
+    const std::size_t cap = kept_capacity_ == 0 ? 64 : kept_capacity_ * 2;
+    auto* grown = static_cast<pool::DevPtr*>(std::realloc(kept_, cap * sizeof(pool::DevPtr)));
+    if (grown == nullptr) return pool::Status::ok;  // out of host memory: kept, but a second free goes unnoticed
+    kept_ = grown;
+    kept_capacity_ = cap;
+  }
+  pool::DevPtr* at = std::lower_bound(kept_, kept_ + kept_count_, ptr);
+  std::memmove(at + 1, at, static_cast<std::size_t>(kept_ + kept_count_ - at) * sizeof(pool::DevPtr));
+  *at = ptr;
+  ++kept_count_;
+  kept_lo_.store(kept_[0], std::memory_order_release);
+  kept_hi_.store(kept_[kept_count_ - 1], std::memory_order_release);
+  return pool::Status::ok;
 }
 
 void Router::end_free_wait() {
@@ -774,8 +800,8 @@ cudaError_t Router::free_async(void* ptr, cudaStream_t stream, bool ptds, int st
       // A free inside a capture would happen at each replay; the graph may touch the block before it.
       // The block is kept: never reused, never freed.
       if (DevicePool* p = owner(v, hint)) {
-        if (is_held(v)) return fail(cudaErrorInvalidValue);  // freed already, held for the capture
-        held_[p->device].fetch_add(1, std::memory_order_relaxed);
+        // Freed already: held for the capture, or kept for a graph.
+        if (keep_for_graph(p, v) != pool::Status::ok) return fail(cudaErrorInvalidValue);
         return cudaSuccess;
       }
     } else if (s == kPerThread) {
@@ -1336,11 +1362,7 @@ CUresult Router::cu_mem_free_async(CUdeviceptr ptr, CUstream stream, bool ptds) 
       if (owner(v, hint) != nullptr) return CUDA_SUCCESS;
     } else if (captures_.load(std::memory_order_acquire) != 0 &&
                driver_stream_capturing(reinterpret_cast<CUstream>(s))) {
-      if (DevicePool* p = owner(v, hint)) {
-        if (is_held(v)) return CUDA_ERROR_INVALID_VALUE;
-        held_[p->device].fetch_add(1, std::memory_order_relaxed);
-        return CUDA_SUCCESS;
-      }
+      if (DevicePool* p = owner(v, hint)) return to_driver_error(keep_for_graph(p, v));
     } else if (s == kPerThread) {
       if (DevicePool* p = owner(v, hint)) {
         int cur = -1;  // the per-thread stream's device

@@ -230,8 +230,12 @@ class Router {
   // stream_dev: the device of the stream it was freed on (-1: none), waited for too at the flush.
   std::optional<pool::Status> begin_free_wait(DevicePool* p, pool::DevPtr ptr, int stream_dev = -1);
   void end_free_wait();
-  // ptr is in held_frees_ (held, or being freed by flush_held): a free of it is a second one.
+  // ptr is in held_frees_ (held, or being freed by flush_held) or kept_: a free of it is a second one.
   bool is_held(pool::DevPtr ptr);
+  // A free of a glake block on a capturing stream: the block is kept for good (kept_), as the graph may
+  // touch it at each replay; a later free of it is a second one. invalid_value: freed already.
+  pool::Status keep_for_graph(DevicePool* p, pool::DevPtr ptr);
+  bool is_kept(pool::DevPtr ptr) const;  // in kept_ (under mutex_)
   std::size_t held_index(pool::DevPtr ptr) const;  // in held_frees_, or held_count_ (under mutex_)
   // Does the held frees, one at a time, each listed until it is done; stops when a capture begins
   // (its end does the rest). Called by the one thread that set flushing_.
@@ -322,6 +326,13 @@ class Router {
   std::size_t held_capacity_ = 0;
   std::atomic<bool> any_held_{false};  // held_count_ != 0 (set under mutex_): frees must ask is_held
   bool flushing_ = false;              // a thread is in flush_held (under mutex_)
+  // Blocks freed on a capturing stream, kept for good (keep_for_graph), in address order (under mutex_).
+  pool::DevPtr* kept_ = nullptr;
+  std::size_t kept_count_ = 0;
+  std::size_t kept_capacity_ = 0;
+  // The lowest and highest kept block (set under mutex_): a free of a pointer outside asks no lock.
+  std::atomic<pool::DevPtr> kept_lo_{~pool::DevPtr{0}};
+  std::atomic<pool::DevPtr> kept_hi_{0};
 
   std::atomic<Ipc*> ipc_{nullptr};
   std::atomic<tracer::TraceSession*> session_{nullptr};  // GLAKE_TRACE; set in init(), before mode_

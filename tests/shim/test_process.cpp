@@ -214,6 +214,60 @@ TEST_F(Process, PyTorchsEmptyButSetVariableGetsTheBackendToo) {
   EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
 }
 
+// backend:cudaMallocAsync in one variable is no choice against glake: the other one, set without a
+// backend (empty, or options of no particular backend), is what a PyTorch version that reads it first
+// goes by, and it stayed as it was, so that version ran the native allocator.
+TEST_F(Process, PyTorchsCudaMallocAsyncInOneVariableReachesTheOther) {
+  Outcome r = run({helper(), "no-cuda"},
+                  {{"PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync"}, {"PYTORCH_ALLOC_CONF", ""}},
+                  {"GLAKE_PYTORCH", "GLAKE_PYTORCH_SET"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
+  r = run({helper(), "no-cuda"},
+          {{"PYTORCH_ALLOC_CONF", "backend:cudaMallocAsync"},
+           {"PYTORCH_CUDA_ALLOC_CONF", "pinned_use_cuda_host_register:True"}},
+          {"GLAKE_PYTORCH", "GLAKE_PYTORCH_SET"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:cudaMallocAsync\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "PYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True,backend:cudaMallocAsync\n"))
+      << r.out;
+  // Unset stays unset; a native choice in the other one is the user's, and both stay as they are.
+  r = run({helper(), "no-cuda"}, {{"PYTORCH_ALLOC_CONF", "backend:cudaMallocAsync"}},
+          {"PYTORCH_CUDA_ALLOC_CONF", "GLAKE_PYTORCH", "GLAKE_PYTORCH_SET"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:cudaMallocAsync\nPYTORCH_CUDA_ALLOC_CONF=(unset)\n")) << r.out;
+  r = run({helper(), "no-cuda"},
+          {{"PYTORCH_ALLOC_CONF", "backend:cudaMallocAsync"}, {"PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128"}},
+          {"GLAKE_PYTORCH", "GLAKE_PYTORCH_SET"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:cudaMallocAsync\nPYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:128\n"))
+      << r.out;
+}
+
+// The choice is written into the environment, which children inherit: a script run under the preload
+// (glake-run -- ./train.sh) got glake's values in both variables at its start, and a choice it then
+// made in one of them (export PYTORCH_CUDA_ALLOC_CONF=backend:native, as the README advises for
+// torch.compile's CUDA graphs; expandable_segments:True; GLAKE_PYTORCH=0) lost to glake's value left in
+// the other, which PyTorch 2.9 reads first: its Python ran PyTorch's cudaMallocAsync backend anyway.
+TEST_F(Process, AScriptsOwnChoiceIsNotOverriddenByWhatGlakeSetInItsShell) {
+  const std::vector<std::string> unset = {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "GLAKE_PYTORCH",
+                                          "GLAKE_PYTORCH_SET"};
+  auto script = [&](const std::string& line) { return run({"/bin/sh", "-c", line + " exec \"$0\" no-cuda", helper()}, {}, unset); };
+  Outcome r = script("");  // the shell's choice stands in its child
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=backend:cudaMallocAsync\nPYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync\n"))
+      << r.out << r.err;
+  r = script("PYTORCH_CUDA_ALLOC_CONF=backend:native");
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)\nPYTORCH_CUDA_ALLOC_CONF=backend:native\n")) << r.out << r.err;
+  r = script("PYTORCH_ALLOC_CONF=expandable_segments:True");
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=expandable_segments:True\nPYTORCH_CUDA_ALLOC_CONF=(unset)\n"))
+      << r.out << r.err;
+  r = script("GLAKE_PYTORCH=0");
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=(unset)\nPYTORCH_CUDA_ALLOC_CONF=(unset)\n")) << r.out << r.err;
+  // Options of the user's that got the backend in the shell: a later native choice gets them back as written.
+  r = run({"/bin/sh", "-c", "PYTORCH_ALLOC_CONF=max_split_size_mb:128 exec \"$0\" no-cuda", helper()},
+          {{"PYTORCH_CUDA_ALLOC_CONF", "pinned_use_cuda_host_register:True"}},
+          {"PYTORCH_ALLOC_CONF", "GLAKE_PYTORCH", "GLAKE_PYTORCH_SET"});
+  EXPECT_TRUE(has(r.out, "PYTORCH_ALLOC_CONF=max_split_size_mb:128\nPYTORCH_CUDA_ALLOC_CONF=pinned_use_cuda_host_register:True\n"))
+      << r.out << r.err;
+}
+
 // A negative byte count behind a space is a bad value like "-1": one line, and glake passes through.
 TEST_F(Process, ANegativeByteCountBehindASpaceIsABadValue) {
   for (const char* var : {"GLAKE_LIMIT", "GLAKE_VA_RESERVE"}) {

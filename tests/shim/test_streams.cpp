@@ -912,6 +912,47 @@ TEST_F(Streams, AFreeOnTheCapturingStreamOfAHeldBlockIsRefused) {
 }
 
 
+// The reverse order: a block freed on its capturing stream is kept for good (the graph may touch it
+// at each replay), so any later free of it, in the capture or after it, on any path, is a second
+// free: refused, as CUDA refuses one. Accepted, a cudaFree during the capture was held and done at
+// the capture's end, handing the graph's block to the next allocation.
+TEST_F(Streams, AFreeOfABlockKeptForAGraphIsRefused) {
+  auto cu_free_async = driver_proc<decltype(&cuMemFreeAsync)>("cuMemFreeAsync");
+  ASSERT_NE(nullptr, cu_free_async);
+  cudaStream_t s = nullptr, other = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMallocAsync(&p, MiB, s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  const auto held = stats().capture_frees_held;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  CUDA_OK(cudaFreeAsync(p, s));  // kept for the graph
+  EXPECT_EQ(held + 1, stats().capture_frees_held);
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFreeAsync(p, s));
+  EXPECT_EQ(cudaErrorInvalidValue, cudaGetLastError());
+  EXPECT_EQ(CUDA_ERROR_INVALID_VALUE, cu_free_async(reinterpret_cast<CUdeviceptr>(p), reinterpret_cast<CUstream>(s)));
+  EXPECT_EQ(held + 1, stats().capture_frees_held) << "a second free was counted as another kept block";
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFree(p)) << "a cudaFree of the kept block was held, to be done at the end";
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFreeAsync(p, other));
+  (void)cudaGetLastError();
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamEndCapture(s, &graph));
+  CUDA_OK(cudaGraphDestroy(graph));
+  EXPECT_TRUE(owns(p)) << "the graph's block was freed at the end of the capture";
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFree(p));
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFreeAsync(p, other));
+  (void)cudaGetLastError();
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, MiB, other));
+  EXPECT_NE(p, q) << "the block kept for the graph was handed out again";
+  CUDA_OK(cudaFreeAsync(q, other));
+  CUDA_OK(cudaStreamSynchronize(other));
+  CUDA_OK(cudaStreamDestroy(s));
+  CUDA_OK(cudaStreamDestroy(other));
+}
+
+
 // A second free while another thread's capture end is flushing the held free
 // (the flush is held in its device wait by a gated stream of device 0).
 TEST_F(Streams, ASecondFreeDuringTheFlushIsRefused) {
