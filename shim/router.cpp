@@ -860,8 +860,10 @@ cudaError_t Router::malloc_from_pool_async(void** ptr, std::size_t size, cudaMem
   return f(ptr, size, mem_pool, stream);
 }
 
-// free as glake reports it: the driver's, plus what glake caches, within GLAKE_LIMIT.
+// free as glake reports it: the driver's, plus what glake caches, within GLAKE_LIMIT. p null: the
+// device has no pool yet, and will get one of at most GLAKE_LIMIT bytes.
 static std::size_t reported_free(const pool::Config& config, DevicePool* p, std::size_t driver_free) {
+  if (p == nullptr) return config.limit != 0 ? std::min(driver_free, config.limit) : driver_free;
   const std::size_t cached = p->alloc->cached_bytes();
   if (config.limit == 0) return driver_free + cached;
   const std::size_t physical = p->alloc->stats().physical.current;
@@ -878,9 +880,8 @@ cudaError_t Router::mem_get_info(std::size_t* free, std::size_t* total) {
     r = f(free, total);
   }
   int dev = -1;
-  if (r == cudaSuccess && free != nullptr && serving() && runtime_device(&dev)) {
-    if (DevicePool* p = existing_pool(dev)) *free = reported_free(config_, p, *free);
-  }
+  if (r == cudaSuccess && free != nullptr && serving() && runtime_device(&dev))
+    *free = reported_free(config_, existing_pool(dev), *free);
   return r;
 }
 
@@ -1383,9 +1384,8 @@ CUresult Router::cu_mem_get_info(std::size_t* free, std::size_t* total) {
   if (f == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
   const CUresult r = f(free, total);
   int dev = -1;
-  if (r == CUDA_SUCCESS && free != nullptr && serving() && driver_device(&dev)) {
-    if (DevicePool* p = existing_pool(dev)) *free = reported_free(config_, p, *free);
-  }
+  if (r == CUDA_SUCCESS && free != nullptr && serving() && driver_device(&dev))
+    *free = reported_free(config_, existing_pool(dev), *free);
   return r;
 }
 

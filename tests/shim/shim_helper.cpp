@@ -250,6 +250,22 @@ int mode_ipc_export_exit(int argc, char** argv) {
   return 0;
 }
 
+// cudaMemGetInfo and cuMemGetInfo under GLAKE_LIMIT, before the device's first allocation (no pool
+// yet) and after one was made and freed (cached): prints free (MiB) of each, and the total.
+int mode_mem_info_limit() {
+  if (cudaSetDevice(0) != cudaSuccess) return 1;
+  const auto cu_info = glake_test::driver_proc<CUresult (*)(std::size_t*, std::size_t*)>("cuMemGetInfo");
+  if (cu_info == nullptr) return 1;
+  std::size_t free = 0, total = 0, cu_free = 0, cu_total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess || cu_info(&cu_free, &cu_total) != CUDA_SUCCESS) return 1;
+  std::printf("before=%zu\ncu_before=%zu\ntotal=%zu\n", free / MiB, cu_free / MiB, total / MiB);
+  void* p = nullptr;
+  if (cudaMalloc(&p, 8 * MiB) != cudaSuccess || cudaFree(p) != cudaSuccess) return 1;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess || cu_info(&cu_free, &cu_total) != CUDA_SUCCESS) return 1;
+  std::printf("after=%zu\ncu_after=%zu\n", free / MiB, cu_free / MiB);
+  return 0;
+}
+
 // Runs out of memory under GLAKE_LIMIT, then asks for the trace: prints what came back.
 int mode_trace_oom(int argc, char** argv) {
   if (argc < 3) return 2;
@@ -367,6 +383,7 @@ int main(int argc, char** argv) {
   if (mode == "ipc-export-exit") return mode_ipc_export_exit(argc, argv);
   if (mode == "fork-while-creating") return mode_fork_while_creating();
   if (mode == "trace-oom") return mode_trace_oom(argc, argv);
+  if (mode == "mem-info-limit") return mode_mem_info_limit();
   if (mode == "trace-sigterm") return mode_trace_sigterm();
   if (mode == "keys-taken") return mode_keys_taken();
   if (mode == "dlopen-ctor") return mode_dlopen_ctor();

@@ -977,6 +977,18 @@ std::string preload_without_glake() {
   return out;
 }
 
+// glake.h: cudaMemGetInfo / cuMemGetInfo report free "capped by GLAKE_LIMIT when one is set". Before
+// the device's first allocation (no pool yet) the driver's free came back uncapped: a framework that
+// sizes its caches from the first cudaMemGetInfo (vLLM's profile, TensorFlow's BFC) planned for the
+// whole device and then ran out of memory at the limit.
+TEST_F(Process, MemGetInfoIsCappedByTheLimitBeforeThePoolExists) {
+  const Outcome r = run({helper(), "mem-info-limit"}, {{"GLAKE_LIMIT", "64M"}});
+  ASSERT_EQ(0, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "before=64\ncu_before=64\n")) << r.out;
+  EXPECT_TRUE(has(r.out, "after=64\ncu_after=64\n")) << r.out;
+  EXPECT_FALSE(has(r.out, "total=64\n")) << "total is the driver's: " << r.out;
+}
+
 TEST_F(Process, OutOfMemoryLeavesASnapshotAndTheTraceCanBeWrittenOnRequest) {
   const std::string base = "/tmp/glake-shim-oom-" + std::to_string(getpid());
   const Outcome r = run({helper(), "trace-oom", base + "-now.json"},
