@@ -2,6 +2,7 @@
 #include "shim/router.h"
 
 #include <libgen.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -88,9 +89,14 @@ pool::Config read_settings(std::vector<std::string>* errors, bool* disable, bool
     // The trace is written at exit: a path that cannot be written is a bad value now, not a lost trace then.
     std::string dir = trace->path;
     dir = ::dirname(dir.data());
+    struct stat st {};
     if (::access(dir.c_str(), W_OK) != 0)
       errors->push_back("GLAKE_TRACE='" + std::string(std::getenv("GLAKE_TRACE")) + "' cannot be written (" +
                         std::strerror(errno) + " in " + dir + ")");
+    else if (::stat(trace->path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+      // The rename at exit would fail (a file cannot replace a directory): the trace would be lost then.
+      errors->push_back("GLAKE_TRACE='" + std::string(std::getenv("GLAKE_TRACE")) + "' cannot be written (" +
+                        trace->path + " is a directory)");
   }
   return config;
 }

@@ -475,9 +475,11 @@ std::string TraceSession::write_trace_file(const std::string& path, bool own) {
 
 std::string TraceSession::dump(const std::string& path) noexcept {
   std::string err;
+  // Before the lock: a child forked while another thread of the parent held it (writing the trace)
+  // would wait for it for ever (at its exit, say): the thread that holds it does not exist there.
+  if (::getpid() != pid_) return "not the recording process (a forked child writes no trace)";
   try {
     std::lock_guard lock(dump_mu_);
-    if (::getpid() != pid_) return "not the recording process (a forked child writes no trace)";
     return path.empty() ? write_trace_file(path_, true) : write_trace_file(path, false);
   } catch (const std::exception& e) {
     err = e.what();

@@ -56,8 +56,12 @@ struct Self {
   std::string object;
   bool main_program = true;
 };
+// Never destroyed: made at the first write of a trace (a glake_trace_dump, a USR2, an out-of-memory),
+// after the session registered its at-exit writer, it would be destroyed before that writer runs
+// (exit() runs them in reverse order), which would then read a freed string and keep glake's own
+// frames at the top of the stacks it symbolises.
 const Self& self() {
-  static const Self s = [] {
+  static const Self& s = *new Self([] {
     Self r;
     Dl_info info{};
     link_map* map = nullptr;
@@ -67,7 +71,7 @@ const Self& self() {
       r.object = r.main_program ? self_exe() : std::string(map->l_name);
     }
     return r;
-  }();
+  }());
   return s;
 }
 

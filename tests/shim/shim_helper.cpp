@@ -334,6 +334,22 @@ int mode_trace_sigterm() {
   return 9;  // the signal did not end it
 }
 
+// GLAKE_TRACE_STACKS=1: an allocation, a trace written on request (argv[2]), then an allocation through
+// another entry point (cudaMallocAsync), and the at-exit trace.
+__attribute__((noinline)) cudaError_t stacks_first(void** p) { return cudaMalloc(p, 3 * MiB); }
+__attribute__((noinline)) cudaError_t stacks_second(void** p) { return cudaMallocAsync(p, 3 * MiB, nullptr); }
+int mode_trace_stacks(int argc, char** argv) {
+  if (argc < 3) return 2;
+  void* a = nullptr;
+  void* b = nullptr;
+  if (stacks_first(&a) != cudaSuccess) return 3;
+  auto dump = reinterpret_cast<int (*)(const char*)>(dlsym(RTLD_DEFAULT, "glake_trace_dump"));
+  if (dump == nullptr || dump(argv[2]) != 0) return 4;
+  if (stacks_second(&b) != cudaSuccess) return 5;
+  std::printf("owns=%d%d\n", glake_owns_now(a), glake_owns_now(b));
+  return 0;  // from main: the at-exit writer
+}
+
 // Loads a library whose constructor makes a CUDA call while another thread makes the process's first
 // (ctor_cuda.cpp); a hang there ends by the alarm.
 int mode_dlopen_ctor() {
@@ -385,6 +401,7 @@ int main(int argc, char** argv) {
   if (mode == "trace-oom") return mode_trace_oom(argc, argv);
   if (mode == "mem-info-limit") return mode_mem_info_limit();
   if (mode == "trace-sigterm") return mode_trace_sigterm();
+  if (mode == "trace-stacks") return mode_trace_stacks(argc, argv);
   if (mode == "keys-taken") return mode_keys_taken();
   if (mode == "dlopen-ctor") return mode_dlopen_ctor();
   if (mode == "fork-after-start") return mode_fork_after_start();

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <atomic>
@@ -77,6 +78,21 @@ TEST_F(Process, SeveralBadValuesStillGiveOneLine) {
   ASSERT_EQ(1u, lines.size()) << r.err;
   EXPECT_TRUE(has(lines[0], "GLAKE_STITCH") && has(lines[0], "GLAKE_SMALL_LIMIT") && has(lines[0], "GLAKE_TRACE"))
       << lines[0];
+  EXPECT_TRUE(has(r.out, "owns=0")) << r.out;
+}
+
+// A GLAKE_TRACE naming a directory (in a writable one) passed the check of the setting, and the trace
+// was lost at exit (a file cannot be renamed over a directory): it is a bad value now, as a path in an
+// unwritable directory is.
+TEST_F(Process, ATracePathThatIsADirectoryIsABadValue) {
+  const std::string dir = "/tmp/glake-shim-trace-dir-" + std::to_string(getpid());
+  ASSERT_EQ(0, ::mkdir(dir.c_str(), 0700));
+  const Outcome r = run({helper(), "alloc"}, {{"GLAKE_TRACE", dir}});
+  ::rmdir(dir.c_str());
+  EXPECT_EQ(0, r.status) << r.err;
+  const auto lines = glake_lines(r.err);
+  ASSERT_EQ(1u, lines.size()) << r.err;
+  EXPECT_TRUE(has(lines[0], "GLAKE_TRACE='" + dir + "'") && has(lines[0], "is a directory")) << lines[0];
   EXPECT_TRUE(has(r.out, "owns=0")) << r.out;
 }
 
@@ -1026,6 +1042,37 @@ TEST_F(Process, SigtermWritesTheTraceAndStillEndsTheJob) {
     ADD_FAILURE() << e.what();
   }
   std::remove(path.c_str());
+}
+
+// GLAKE_TRACE_STACKS=1: a trace written before exit (glake_trace_dump, a USR2, an out-of-memory) made
+// the symboliser's note of which object is glake's own, a static destroyed before the at-exit writer
+// ran: the at-exit trace then kept glake's frames (the hook, the router) at the top of every stack
+// first seen after that write.
+TEST_F(Process, StacksAtExitAfterAnEarlierWriteStartAtTheCaller) {
+  const std::string base = "/tmp/glake-shim-stacks-" + std::to_string(getpid());
+  const Outcome r = run({helper(), "trace-stacks", base + "-now.json"},
+                        {{"GLAKE_TRACE", base + ".json"}, {"GLAKE_TRACE_STACKS", "1"}, {"GLAKE_TRACE_QUIET", "1"},
+                         {"GLAKE_TRACE_SYMBOLS", "dladdr"}});
+  EXPECT_EQ(0, r.status) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "owns=11")) << r.out << r.err;
+  try {
+    const glake::tracer::Trace t = glake::tracer::read_trace(base + ".json");
+    if (t.meta.stacks_note != "on") {
+      std::remove((base + ".json").c_str());
+      std::remove((base + "-now.json").c_str());
+      GTEST_SKIP() << "no stacks here: " << t.meta.stacks_note;
+    }
+    EXPECT_EQ(2u, t.stacks.size());
+    for (const auto& [id, frames] : t.stacks) {
+      ASSERT_FALSE(frames.empty()) << id;
+      EXPECT_EQ(std::string::npos, frames[0].obj.find("libglake")) << "stack " << id << " starts in glake: "
+                                                                   << frames[0].fn << " " << frames[0].obj;
+    }
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+  }
+  std::remove((base + ".json").c_str());
+  std::remove((base + "-now.json").c_str());
 }
 
 // A library's constructor (inside dlopen, holding the loader's lock) makes a CUDA call while another

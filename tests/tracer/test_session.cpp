@@ -189,6 +189,40 @@ TEST(Session, WritesAtExitAndNotInAForkedChild) {
   EXPECT_EQ(nlohmann::json::parse(t.meta.json)["pid"], child);
 }
 
+// A child forked while another thread of its parent was writing the trace (the watcher after a USR2
+// or an out-of-memory, glake_trace_dump on a thread) inherits the write's lock held by a thread that
+// does not exist in it: its at-exit writer (or any dump()) waited on that lock for ever, so the child
+// never exited. A forked child writes nothing, so it must not take the lock at all.
+TEST(Session, AChildForkedDuringADumpExits) {
+  std::string path = testing_util::temp_path("fork-during-dump.json");
+  std::remove(path.c_str());
+  TraceSession s(quiet_options(path));
+  s.record(ev(Op::alloc, 0x1000, 10));
+  std::atomic<bool> in_dump{false}, release{false};
+  s.add_totals_source([&] {  // called by the write, with its lock held
+    in_dump = true;
+    while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return Totals{};
+  });
+  std::thread writer([&] { EXPECT_EQ(s.dump(), ""); });
+  ASSERT_TRUE(wait_for([&] { return in_dump.load(); }));
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::alarm(5);  // a hang ends by SIGALRM
+    const std::string err = s.dump();
+    ::_exit(err.find("not the recording process") != std::string::npos ? 0 : 3);
+  }
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  release = true;
+  writer.join();
+  EXPECT_TRUE(WIFEXITED(st)) << "the child hung (signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0) << ")";
+  EXPECT_EQ(WIFEXITED(st) ? WEXITSTATUS(st) : -1, 0);
+  EXPECT_EQ(read_trace(path).events.size(), 1u);
+  std::remove(path.c_str());
+}
+
 // A forked child that goes on recording (the shim's child of a parent with a session and no pool yet)
 // forgets the parent's session and starts its own: "%p" is its own id, the signal writes its trace
 // (not the parent's), the at-exit writer it inherited writes it once, and the parent's file is left alone.
