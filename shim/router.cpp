@@ -130,6 +130,19 @@ class Locked {
 
 pool::Status driver_status(CUresult r) { return static_cast<pool::Status>(static_cast<int>(r)); }
 
+// Room for one more item in a realloc'ed array of `count` items (grown to `first`, then doubled).
+// false: out of host memory, the array as it was.
+template <class T>
+bool room_for_one(T*& items, std::size_t count, std::size_t* capacity, std::size_t first) {
+  if (count < *capacity) return true;
+  const std::size_t cap = *capacity == 0 ? first : *capacity * 2;
+  auto* grown = static_cast<T*>(std::realloc(items, cap * sizeof(T)));
+  if (grown == nullptr) return false;
+  items = grown;
+  *capacity = cap;
+  return true;
+}
+
 }  // namespace
 
 Router& router() { return g_router; }
@@ -482,13 +495,8 @@ std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr 
     ++waiting_frees_;
     return std::nullopt;
   }
-  if (held_count_ == held_capacity_) {
-    std::size_t cap = held_capacity_ == 0 ? 64 : held_capacity_ * 2;
-    auto* grown = static_cast<HeldFree*>(std::realloc(held_frees_, cap * sizeof(HeldFree)));
-    if (grown == nullptr) return pool::Status::ok;  // out of host memory: the block stays allocated (leaked, never reused)
-    held_frees_ = grown;
-    held_capacity_ = cap;
-  }
+  // Out of host memory: the block stays allocated (leaked, never reused).
+  if (!room_for_one(held_frees_, held_count_, &held_capacity_, 64)) return pool::Status::ok;
   held_frees_[held_count_++] = HeldFree{p, ptr, stream_dev};
   any_held_.store(true, std::memory_order_release);
   return pool::Status::ok;
@@ -516,13 +524,8 @@ pool::Status Router::keep_for_graph(DevicePool* p, pool::DevPtr ptr) {
   Locked lock(&mutex_);
   if (held_index(ptr) != held_count_ || is_kept(ptr)) return pool::Status::invalid_value;
   held_[p->device].fetch_add(1, std::memory_order_relaxed);
-  if (kept_count_ == kept_capacity_) {
-    const std::size_t cap = kept_capacity_ == 0 ? 64 : kept_capacity_ * 2;
-    auto* grown = static_cast<pool::DevPtr*>(std::realloc(kept_, cap * sizeof(pool::DevPtr)));
-    if (grown == nullptr) return pool::Status::ok;  // out of host memory: kept, but a second free goes unnoticed
-    kept_ = grown;
-    kept_capacity_ = cap;
-  }
+  // Out of host memory: kept, but a second free goes unnoticed.
+  if (!room_for_one(kept_, kept_count_, &kept_capacity_, 64)) return pool::Status::ok;
   pool::DevPtr* at = std::lower_bound(kept_, kept_ + kept_count_, ptr);
   std::memmove(at + 1, at, static_cast<std::size_t>(kept_ + kept_count_ - at) * sizeof(pool::DevPtr));
   *at = ptr;
@@ -653,18 +656,10 @@ cudaStream_t Router::capture_key(pool::StreamHandle stream, bool driver_api) {
 
 void Router::capture_started(cudaStream_t key) {
   Locked lock(&mutex_);
-  if (capturing_count_ == capturing_capacity_) {
-    const std::size_t cap = capturing_capacity_ == 0 ? 16 : capturing_capacity_ * 2;
-    auto* grown = static_cast<cudaStream_t*>(std::realloc(capturing_, cap * sizeof(cudaStream_t)));
-    // Out of host memory: the capture is counted but cannot be matched at its end, so captures_ stays
-    // above zero: every allocation then asks the real API whether its stream captures, and frees of
-    // glake blocks are held (never reused).
-    if (grown != nullptr) {
-      capturing_ = grown;
-      capturing_capacity_ = cap;
-    }
-  }
-  if (capturing_count_ < capturing_capacity_) capturing_[capturing_count_++] = key;
+  // Out of host memory: the capture is counted but cannot be matched at its end, so captures_ stays
+  // above zero: every allocation then asks the real API whether its stream captures, and frees of
+  // glake blocks are held (never reused).
+  if (room_for_one(capturing_, capturing_count_, &capturing_capacity_, 16)) capturing_[capturing_count_++] = key;
   captures_.fetch_add(1, std::memory_order_acq_rel);
   // Frees that began to wait before the capture was counted finish first (begin_free_wait).
   while (waiting_frees_ != 0) pthread_cond_wait(&frees_waited_, &mutex_);
