@@ -4,9 +4,9 @@
 // reused) and never closed. Its cuGetProcAddress_v2 is found with glibc's own dlsym, taken by version
 // from that handle's dependency scope with dlvsym, because libglake.so may interpose plain dlsym. Every
 // other entry point comes from cuGetProcAddress at the ABI of the cuda.h we compile against, with the
-// legacy default stream (stream 0 is the legacy stream, driver.h). The table is filled once
-// (std::call_once) and read without locks afterwards; it holds only function pointers, so it has no
-// static destructor to run at exit.
+// legacy default stream (stream 0 is the legacy stream, driver.h). The table is filled with no lock held
+// (api()), published once and read without locks afterwards; it holds only function pointers, is never
+// freed, and has no static destructor to run at exit.
 //
 // Every public call validates its arguments first (a rejected call reaches no driver function and
 // changes nothing), then makes the driver call, then records the call and its wall time in stats_.
@@ -158,11 +158,21 @@ void resolve(Api* api) {
   get("cuThreadExchangeStreamCaptureMode", &api->thread_exchange_stream_capture_mode);  // not required
 }
 
+// Resolved with no lock held (dlopen and dlsym take the dynamic loader's lock; a thread waiting in a
+// call_once for one that waits for the loader hangs if it holds the loader's lock itself, as a library's
+// constructor does). Threads that race each resolve a table; the first to publish wins, the others
+// free theirs.
 const Api& api() {
-  static Api table;
-  static std::once_flag once;
-  std::call_once(once, [] { resolve(&table); });
-  return table;
+  static constinit const Api kNone{};
+  static std::atomic<const Api*> published{nullptr};
+  if (const Api* t = published.load(std::memory_order_acquire)) return *t;
+  auto* fresh = new (std::nothrow) Api{};
+  if (fresh == nullptr) return kNone;  // not published: a later call tries again
+  resolve(fresh);
+  const Api* expected = nullptr;
+  if (published.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;
+  return *expected;
 }
 
 // Set by an atexit handler registered right after the first successful cuInit, so it runs before the
@@ -242,6 +252,8 @@ class CudaDriver::ContextScope {
   CUresult result_ = CUDA_SUCCESS;
   bool pushed_ = false;
 };
+
+bool CudaDriver::look_up() { return api().ok; }
 
 Status CudaDriver::open(int device, std::unique_ptr<CudaDriver>* out) {
   if (out == nullptr) return Status::invalid_value;

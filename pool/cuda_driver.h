@@ -63,6 +63,10 @@ class CudaDriver final : public Driver {
   // not_initialized (3) if libcuda.so.1 or an entry point is missing; not_supported (801) without VMM;
   // else the driver's error.
   static Status open(int device, std::unique_ptr<CudaDriver>* out);
+  // Loads the real driver and looks up its entry points (once per process; open() does it too) and
+  // says whether all were found. dlopen and dlsym take the dynamic loader's lock and this takes no other
+  // lock, so a caller that must not wait for the loader while holding a lock of its own calls this first.
+  static bool look_up();
 
   ~CudaDriver() override;  // releases the primary context; a torn-down driver at exit is not an error
   CudaDriver(const CudaDriver&) = delete;

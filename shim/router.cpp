@@ -296,6 +296,10 @@ DevicePool* Router::pool_for(int device, bool from_runtime) {
 }
 
 DevicePool* Router::create_pool(int device, bool from_runtime) {
+  // The driver's dlopen before the lock: a library constructor (inside dlopen, holding the loader's
+  // lock) that allocates would wait for create_mutex_ while its holder waits for the loader (tests:
+  // dlopen-ctor-pool).
+  (void)pool::CudaDriver::look_up();
   Locked lock(&create_mutex_);
   if (DevicePool* p = pools_[device].load(std::memory_order_acquire)) return p;
   auto* p = new (std::nothrow) DevicePool;

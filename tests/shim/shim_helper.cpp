@@ -360,6 +360,25 @@ int mode_dlopen_ctor() {
   return 0;
 }
 
+// A thread makes the device's first pool (glake's entry points already looked up) while the main
+// thread's dlopen runs a constructor that allocates (ctor_cuda.cpp, GLAKE_TEST_CTOR_POOL set by the
+// test); a hang ends by the alarm.
+int mode_dlopen_ctor_pool() {
+  alarm(20);
+  const char* lib = std::getenv("GLAKE_TEST_CTOR_LIB");
+  if (lib == nullptr || cudaFree(nullptr) != cudaSuccess) return 3;  // glake's lookups done, no pool yet
+  std::thread other([] {
+    usleep(100 * 1000);  // the constructor is running by now, holding the loader's lock
+    void* p = nullptr;
+    if (cudaMalloc(&p, 1 << 20) == cudaSuccess) std::printf("other=%d\n", glake_owns_now(p));
+  });
+  const bool loaded = dlopen(lib, RTLD_NOW) != nullptr;
+  other.join();
+  if (!loaded) return 4;
+  std::printf("loaded\n");
+  return 0;
+}
+
 // glake starts (its settings read, GLAKE_TRACE's session made) on a call that makes no pool and leaves
 // the driver uninitialised (cuMemFree of an address that is nobody's, before cuInit); then a fork,
 // and the child uses CUDA through glake and ends by exit() (at-exit handlers run).
@@ -404,6 +423,7 @@ int main(int argc, char** argv) {
   if (mode == "trace-stacks") return mode_trace_stacks(argc, argv);
   if (mode == "keys-taken") return mode_keys_taken();
   if (mode == "dlopen-ctor") return mode_dlopen_ctor();
+  if (mode == "dlopen-ctor-pool") return mode_dlopen_ctor_pool();
   if (mode == "fork-after-start") return mode_fork_after_start();
   if (mode == "first-alloc-during-capture") return mode_first_alloc_during_capture();
   return 2;

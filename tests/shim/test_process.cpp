@@ -1084,6 +1084,15 @@ TEST_F(Process, AConstructorsCudaCallDuringAnotherThreadsFirstDoesNotHang) {
   EXPECT_TRUE(has(r.out, "loaded")) << r.out << r.err;
 }
 
+// The same while another thread is making the device's first pool: pool creation must not wait for the
+// loader's lock (the driver's dlopen) while holding the lock the constructor's allocation waits for.
+TEST_F(Process, AConstructorsAllocationDuringAnotherThreadsFirstPoolDoesNotHang) {
+  const Outcome r = run({helper(), "dlopen-ctor-pool"}, {{"GLAKE_TEST_CTOR_POOL", "1"}});
+  EXPECT_EQ(0, r.status) << "killed by signal " << (r.status - 128) << " (14: the alarm; a hang)\n" << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "loaded")) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "other=1")) << r.out << r.err;
+}
+
 TEST_F(Process, GlakeRunSetsThePreloadAndTheSettings) {
   const std::string script = env_path("GLAKE_RUN");
   ASSERT_FALSE(script.empty());
