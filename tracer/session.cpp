@@ -349,6 +349,7 @@ void TraceSession::forget_after_fork() noexcept {
   g_signal_pipe.compare_exchange_strong(mine, -1);
   mine = s->pipe_[1];
   g_term_pipe.compare_exchange_strong(mine, -1);
+  g_term_signal.store(0, std::memory_order_relaxed);  // the parent's, if one came: not this process's
   ::close(s->pipe_[0]);
   ::close(s->pipe_[1]);
   s->pipe_[0] = s->pipe_[1] = -1;
@@ -380,6 +381,9 @@ void TraceSession::watch() {
       if (more == 'q') quit = true;
       if (more == 't') terminate = true;
     }
+    // The signal is noted before its byte is written; the byte is lost if the pipe is full (dump
+    // requests queued while a write was slow), but the wake-up it needed came from those requests.
+    if (g_term_signal.load(std::memory_order_relaxed) != 0) terminate = true;
     dump_pending_.store(false, std::memory_order_release);
     (void)dump();
     if (terminate) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <thread>
@@ -311,6 +312,45 @@ TEST(Session, SigtermWritesTheTraceThenEndsTheProcessByIt) {
     EXPECT_EQ(t.events.size(), 1u);
     EXPECT_EQ(nlohmann::json::parse(t.meta.json)["pid"], child);
   }
+}
+
+// A SIGTERM that came while the watcher's pipe was full (dump requests by the signal, queued while a
+// write was slow) could not write its byte: the trace was written but the process went on running.
+TEST(Session, SigtermWhileThePipeIsFullStillEndsTheProcess) {
+  std::string path = testing_util::temp_path("term-full.json");
+  std::remove(path.c_str());
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::signal(SIGTERM, SIG_DFL);
+    ::setenv("GLAKE_TRACE", path.c_str(), 1);
+    ::setenv("GLAKE_TRACE_SIGNAL", "USR2", 1);
+    ::setenv("GLAKE_TRACE_QUIET", "1", 1);
+    std::vector<std::string> errors;
+    TraceSession* s = TraceSession::start_from_env(&errors);
+    if (s == nullptr || !errors.empty()) ::_exit(3);
+    s->record(ev(Op::alloc, 0x1000, 10));
+    std::atomic<bool> in_write{false}, go_on{false};
+    s->add_totals_source([&] {  // holds the watcher's first write until the pipe is full
+      in_write.store(true);
+      while (!go_on.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      return Totals{};
+    });
+    ::raise(SIGUSR2);
+    while (!in_write.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    for (int k = 0; k < 70000; ++k) ::raise(SIGUSR2);  // a byte each: more than a pipe holds
+    ::raise(SIGTERM);
+    go_on.store(true);
+    std::this_thread::sleep_for(std::chrono::seconds(20));
+    ::_exit(7);  // not ended by the signal
+  }
+  int st = 0;
+  ::waitpid(child, &st, 0);
+  ASSERT_TRUE(WIFSIGNALED(st)) << "exit status " << WEXITSTATUS(st);
+  EXPECT_EQ(WTERMSIG(st), SIGTERM);
+  Trace t = read_trace(path);
+  EXPECT_EQ(t.events.size(), 1u);
+  std::remove(path.c_str());
 }
 
 // A program's own handler stays: its SIGTERM is its business (it may exit, and the atexit writer runs).
