@@ -729,9 +729,11 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
     Status r = stitch(q, s, out);
     if (r != Status::out_of_memory) return r;
     if (round > 0) {
-      // Free pages of several granules may fit no hole of any window (and cannot be split): give
-      // what is cached back to the driver and try once more.
-      if (cfg.max_create < 2 * page) return r;
+      // Free pages that no window can use: of several granules, they may fit no hole of any window
+      // (and cannot be split); without stitching, no free page moves at all. Give what is cached back
+      // to the driver and try once more (as a plain caching allocator empties its cache before
+      // failing).
+      if (cfg.stitch && cfg.max_create < 2 * page) return r;
       trim(0);
       return stitch(q, s, out);
     }

@@ -598,6 +598,31 @@ TEST(Allocator, WhatFitsUnderPlainMallocFitsHere) {
   EXPECT_EQ(m.check(), "");
 }
 
+// Without stitching no free page moves: a request that no cached block fits must still get the device
+// memory those blocks hold, as from a plain caching allocator, which empties its cache before failing.
+// (GLAKE_STITCH=0, and GLAKE_LIMIT, where the device has room but the pool may hold no more.)
+TEST(Allocator, WithoutStitchingOutOfMemoryGivesTheCacheBackFirst) {
+  for (const bool limit : {false, true}) {
+    SCOPED_TRACE(limit ? "limit" : "device");
+    Config c;
+    c.stitch = false;
+    if (limit) c.limit = 16 * kPage;
+    PoolModel m(small_pages(limit ? 64 * kPage : 16 * kPage), c);
+    DevPtr a = 0, b = 0, d = 0, big = 0;
+    ASSERT_EQ(m.alloc(6 * kPage, 0, &a), Status::ok);
+    ASSERT_EQ(m.alloc(4 * kPage, 0, &b), Status::ok);
+    ASSERT_EQ(m.alloc(6 * kPage, 0, &d), Status::ok);
+    ASSERT_EQ(m.free(a, 0), Status::ok);
+    ASSERT_EQ(m.free(d, 0), Status::ok);
+    // 12 pages cached, 4 live: 10 fit, but in no cached block.
+    ASSERT_EQ(m.alloc(10 * kPage, 0, &big), Status::ok);
+    EXPECT_EQ(m.pool.stats().ooms, 0u);
+    EXPECT_LE(m.pool.stats().physical.peak, 16 * kPage);
+    EXPECT_EQ(m.pool.validate(), "");
+    EXPECT_EQ(m.check(), "");
+  }
+}
+
 TEST(Allocator, AHugeRequestFailsAtOnceAndKeepsNothing) {
   PoolModel m(small_pages(64 * kPage), no_limit());
   DevPtr p = 0;
