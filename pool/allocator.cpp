@@ -229,6 +229,8 @@ Block* Allocator::Impl::lendable(std::size_t n, StreamHandle s, const Plan& plan
 
 Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, StreamHandle s, bool may_wait,
                                                    std::size_t device_free, Plan* plan) {
+  // Never servable: fail before reserving address space for it, which is kept until the pool goes.
+  if (n > largest_possible) return Prepared::no_memory;
   std::lock_guard lock(mu);
   if (!find_window(n, aligned, s, plan)) return Prepared::need_window;
   StreamState& own = stream_state(s);
@@ -751,7 +753,10 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
 Allocator::Allocator(Driver& driver, Config config)
     : driver_(driver), config_(config), impl_(std::make_unique<Impl>(driver, config)) {
   std::size_t free = 0, total = 0;
-  if (driver.mem_info(&free, &total) != Status::ok || total == 0) total = std::size_t{64} << 30;
+  const bool known = driver.mem_info(&free, &total) == Status::ok && total != 0;
+  if (known) impl_->largest_possible = total;
+  if (impl_->cfg.limit != 0) impl_->largest_possible = std::min(impl_->largest_possible, impl_->cfg.limit);
+  if (!known) total = std::size_t{64} << 30;
   impl_->total_device = round_up(total, impl_->page);
   // Small requests must fit a page with room to share it.
   if (impl_->cfg.small_limit > impl_->page / 2) impl_->cfg.small_limit = impl_->page / 2;

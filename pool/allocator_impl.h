@@ -109,6 +109,7 @@ struct Allocator::Impl {
   std::size_t page;
   int device;  // the driver's, for events
   std::size_t total_device = 0;
+  std::size_t largest_possible = SIZE_MAX;  // the device's memory (if known), or the limit if smaller
 
   mutable std::mutex mu;
   mutable std::mutex grow_mu;

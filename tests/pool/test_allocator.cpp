@@ -628,8 +628,10 @@ TEST(Allocator, AHugeRequestFailsAtOnceAndKeepsNothing) {
   DevPtr p = 0;
   ASSERT_EQ(m.alloc(2 * kPage, 0, &p), Status::ok);
   std::uint64_t creates = m.driver.stats().calls(Call::create);
+  std::uint64_t reserves = m.driver.stats().calls(Call::reserve);
   EXPECT_EQ(m.alloc(200 * kPage, 0), Status::out_of_memory);
   EXPECT_EQ(m.driver.stats().calls(Call::create), creates) << "nothing created for a request that cannot fit";
+  EXPECT_EQ(m.driver.stats().calls(Call::reserve), reserves) << "no address space kept for it either";
   EXPECT_EQ(m.pool.stats().physical.current, 2 * kPage);
   EXPECT_EQ(m.pool.validate(), "");
 }
