@@ -18,7 +18,7 @@ cudaError_t guard(F&& f) noexcept {
   try {
     return f();
   } catch (...) {
-    return cudaErrorMemoryAllocation;
+    return router().host_memory_exhausted();
   }
 }
 }  // namespace

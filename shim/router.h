@@ -172,6 +172,9 @@ class Router {
   int validate(int device, char* msg, std::size_t msg_size);
   int device_of(const void* ptr);
   int trace_dump(const char* path);
+  // Host memory ran out inside a runtime hook (its guard caught the exception): CUDA's answer, also
+  // as the runtime's last error.
+  cudaError_t host_memory_exhausted() { return fail(cudaErrorMemoryAllocation); }
 
   // ---- process life (router.cpp registers these) ----
   void prepare_fork();

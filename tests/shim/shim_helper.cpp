@@ -379,6 +379,33 @@ int mode_dlopen_ctor_pool() {
   return 0;
 }
 
+// Host memory runs out inside glake's hook (fail_malloc.cpp, preloaded before glake): the caller gets
+// cudaErrorMemoryAllocation, also from cudaGetLastError, and the pool stays consistent and usable.
+int mode_hook_oom() {
+  auto fail = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "glake_test_fail_malloc"));
+  auto validate = reinterpret_cast<int (*)(int, char*, size_t)>(dlsym(RTLD_DEFAULT, "glake_validate"));
+  if (fail == nullptr || validate == nullptr) return 3;
+  void* a = nullptr;
+  if (cudaMalloc(&a, 3 * MiB) != cudaSuccess) return 4;  // the pool exists
+  (void)cudaGetLastError();
+  void* b = nullptr;
+  fail(1);
+  const cudaError_t e = cudaMalloc(&b, 64 * MiB);  // a new window: the slow path's tables grow
+  fail(0);
+  const cudaError_t last = cudaGetLastError();
+  char msg[512] = {};
+  const int valid = validate(0, msg, sizeof msg);
+  void* c = nullptr;
+  const cudaError_t again = cudaMalloc(&c, 64 * MiB);
+  std::printf("malloc=%d\nlast=%d\nvalid=%d %s\nagain=%d owns=%d\n", static_cast<int>(e), static_cast<int>(last),
+              valid, msg, static_cast<int>(again), glake_owns_now(c));
+  (void)cudaFree(c);
+  if (e == cudaSuccess) (void)cudaFree(b);
+  (void)cudaFree(a);
+  std::printf("valid_end=%d\n", validate(0, msg, sizeof msg));
+  return 0;
+}
+
 // glake starts (its settings read, GLAKE_TRACE's session made) on a call that makes no pool and leaves
 // the driver uninitialised (cuMemFree of an address that is nobody's, before cuInit); then a fork,
 // and the child uses CUDA through glake and ends by exit() (at-exit handlers run).
@@ -424,6 +451,7 @@ int main(int argc, char** argv) {
   if (mode == "keys-taken") return mode_keys_taken();
   if (mode == "dlopen-ctor") return mode_dlopen_ctor();
   if (mode == "dlopen-ctor-pool") return mode_dlopen_ctor_pool();
+  if (mode == "hook-oom") return mode_hook_oom();
   if (mode == "fork-after-start") return mode_fork_after_start();
   if (mode == "first-alloc-during-capture") return mode_first_alloc_during_capture();
   return 2;
