@@ -381,28 +381,49 @@ int mode_dlopen_ctor_pool() {
 
 // Host memory runs out inside glake's hook (fail_malloc.cpp, preloaded before glake): the caller gets
 // cudaErrorMemoryAllocation, also from cudaGetLastError, and the pool stays consistent and usable.
-int mode_hook_oom() {
-  auto fail = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "glake_test_fail_malloc"));
+// argv[2] (default 1): how many allocations, the k-th with its k-th malloc failing (k = 0, 1, ...).
+// The pool is not safe against every such point (README); the test makes the first fail.
+int mode_hook_oom(int argc, char** argv) {
+  const long points = argc > 2 ? std::atol(argv[2]) : 1;
+  auto fail = reinterpret_cast<void (*)(long)>(dlsym(RTLD_DEFAULT, "glake_test_fail_malloc"));
   auto validate = reinterpret_cast<int (*)(int, char*, size_t)>(dlsym(RTLD_DEFAULT, "glake_validate"));
   if (fail == nullptr || validate == nullptr) return 3;
   void* a = nullptr;
   if (cudaMalloc(&a, 3 * MiB) != cudaSuccess) return 4;  // the pool exists
-  (void)cudaGetLastError();
-  void* b = nullptr;
-  fail(1);
-  const cudaError_t e = cudaMalloc(&b, 64 * MiB);  // a new window: the slow path's tables grow
-  fail(0);
-  const cudaError_t last = cudaGetLastError();
-  char msg[512] = {};
-  const int valid = validate(0, msg, sizeof msg);
+  int failures = 0, wrong = 0;
+  std::vector<void*> kept;
+  kept.reserve(256);
+  for (long k = 0; k < points; ++k) {
+    (void)cudaGetLastError();
+    void* b = nullptr;
+    fail(k);
+    const cudaError_t e = cudaMalloc(&b, (8 + k % 5) * MiB + 4096 * k);  // new windows: the slow path
+    fail(-1);
+    const cudaError_t last = cudaGetLastError();
+    char msg[512] = {};
+    if (validate(0, msg, sizeof msg) != 0) {
+      std::printf("invalid after k=%ld: %s\n", k, msg);
+      return 5;
+    }
+    if (e == cudaSuccess) {
+      kept.push_back(b);
+      if (kept.size() % 3 == 0) {  // free some, so later requests find holes and free blocks too
+        (void)cudaFree(kept.front());
+        kept.erase(kept.begin());
+      }
+    } else {
+      ++failures;
+      if (e != cudaErrorMemoryAllocation || last != cudaErrorMemoryAllocation) ++wrong;
+    }
+  }
   void* c = nullptr;
   const cudaError_t again = cudaMalloc(&c, 64 * MiB);
-  std::printf("malloc=%d\nlast=%d\nvalid=%d %s\nagain=%d owns=%d\n", static_cast<int>(e), static_cast<int>(last),
-              valid, msg, static_cast<int>(again), glake_owns_now(c));
+  std::printf("failures=%d\nwrong=%d\nagain=%d owns=%d\n", failures, wrong, static_cast<int>(again), glake_owns_now(c));
   (void)cudaFree(c);
-  if (e == cudaSuccess) (void)cudaFree(b);
+  for (void* p : kept) (void)cudaFree(p);
   (void)cudaFree(a);
-  std::printf("valid_end=%d\n", validate(0, msg, sizeof msg));
+  char msg[512] = {};
+  std::printf("valid_end=%d %s\n", validate(0, msg, sizeof msg), msg);
   return 0;
 }
 
@@ -451,7 +472,7 @@ int main(int argc, char** argv) {
   if (mode == "keys-taken") return mode_keys_taken();
   if (mode == "dlopen-ctor") return mode_dlopen_ctor();
   if (mode == "dlopen-ctor-pool") return mode_dlopen_ctor_pool();
-  if (mode == "hook-oom") return mode_hook_oom();
+  if (mode == "hook-oom") return mode_hook_oom(argc, argv);
   if (mode == "fork-after-start") return mode_fork_after_start();
   if (mode == "first-alloc-during-capture") return mode_first_alloc_during_capture();
   return 2;
