@@ -220,11 +220,12 @@ def convert(data, path, device=None, name=None, stack_depth=32):
                 repaired += 1
             live[addr] = (size, d)
         elif op == 'f':
+            seen = addr in named  # the history named it before: it was not live before the history
             named.add(addr)
             if addr in live:
                 size = live.pop(addr)[0]
-            elif addr in start_addrs:
-                repaired += 1  # a second free of a block live at the start: drop it
+            elif addr in start_addrs or seen:
+                repaired += 1  # a second free of a block (live at the start or allocated here): drop it
                 continue
             else:
                 live_at_start.append([addr, size, stream, d, 0])
@@ -259,7 +260,8 @@ def convert(data, path, device=None, name=None, stack_depth=32):
                 live_at_start.append([baddr, bsize, s.get('stream', 0) or 0, d, sid])
                 start_addrs.add(baddr)
 
-    have_segments = any(reserved_end.values()) or any(net.values())
+    # Segment events count even when they net to 0 and none are left (empty_cache() before the dump).
+    have_segments = any(reserved_end.values()) or any(e[1] in ('create', 'release') for e in events)
     physical_at_start = 0
     peak_reserved = None
     if have_segments:

@@ -1,8 +1,10 @@
 // tracer/export_chrome.cpp: see export_chrome.h.
 #include "tracer/export_chrome.h"
 
+#include <algorithm>
 #include <set>
 #include <unordered_map>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -28,6 +30,7 @@ constexpr const char* kUsage =
     "  --max-samples N      counter samples per device (default 200000, keeping each stretch's extremes;\n"
     "                       0: every event)\n"
     "  --blocks BYTES       also one slice per allocation of at least BYTES, from allocation to free\n"
+    "                       (or to the last event, for blocks the trace never frees)\n"
     "  --replay             also glake's physical bytes from a replay through the pool (host driver)\n"
     "  -h, --help           this text\n";
 
@@ -84,6 +87,17 @@ std::string chrome_trace_json(const Trace& all, const ChromeOptions& o) {
     }
     std::set<std::uint32_t> threads;
     std::unordered_map<std::uint64_t, std::size_t> open;  // addr -> alloc event, for --blocks
+    auto block_slice = [&](const TraceEvent& a, std::uint64_t end_us, bool freed) {
+      ojson args = {{"address", fmt::format("0x{:x}", a.addr)}, {"size_MiB", mib(a.size)}, {"stream", a.stream}};
+      if (!freed) args["freed"] = false;
+      if (a.stack != 0) {
+        ojson fr = ojson::array();
+        for (const Frame& f : display_frames(t, a.stack, 6)) fr.push_back(frame_text(f));
+        args["stack"] = fr;
+      }
+      emit({{"name", fmt::format("{:.1f} MiB", mib(a.size))}, {"cat", "block"}, {"ph", "X"}, {"ts", rel(a.t_us)},
+            {"dur", end_us - a.t_us}, {"pid", pid}, {"tid", 0}, {"args", args}});
+    };
     for (std::size_t i = 0; i < t.events.size(); ++i) {
       const TraceEvent& e = t.events[i];
       const int tid = static_cast<int>(e.thread == 0 ? 1 : e.thread);
@@ -109,15 +123,7 @@ std::string chrome_trace_json(const Trace& all, const ChromeOptions& o) {
           if (o.blocks_min > 0) {
             auto it = open.find(e.addr);
             if (it != open.end()) {
-              const TraceEvent& a = t.events[it->second];
-              ojson args = {{"address", fmt::format("0x{:x}", a.addr)}, {"size_MiB", mib(a.size)}, {"stream", a.stream}};
-              if (a.stack != 0) {
-                ojson fr = ojson::array();
-                for (const Frame& f : display_frames(t, a.stack, 6)) fr.push_back(frame_text(f));
-                args["stack"] = fr;
-              }
-              emit({{"name", fmt::format("{:.1f} MiB", mib(a.size))}, {"cat", "block"}, {"ph", "X"}, {"ts", rel(a.t_us)},
-                    {"dur", e.t_us - a.t_us}, {"pid", pid}, {"tid", 0}, {"args", args}});
+              block_slice(t.events[it->second], e.t_us, true);
               open.erase(it);
             }
           }
@@ -125,6 +131,11 @@ std::string chrome_trace_json(const Trace& all, const ChromeOptions& o) {
         default: break;
       }
     }
+    // Blocks still live at the end of the trace: to its last event, in the order they were allocated.
+    std::vector<std::size_t> never_freed;
+    for (const auto& [addr, i] : open) never_freed.push_back(i);
+    std::sort(never_freed.begin(), never_freed.end());
+    for (std::size_t i : never_freed) block_slice(t.events[i], t.events.back().t_us, false);
     if (o.blocks_min > 0)
       emit({{"name", "thread_name"}, {"ph", "M"}, {"pid", pid}, {"tid", 0}, {"args", {{"name", "blocks"}}}});
     for (std::uint32_t th : threads)

@@ -3,6 +3,9 @@
 // snapshot made by tests/tracer/make_torch_snapshot.py: summary (text and --json), replay's what-if
 // options, export --chrome (valid trace-event JSON with counters and instants), import --torch (the
 // numbers the snapshot implies; a pickle that is not a snapshot refused), report (self-contained HTML).
+#include <map>
+#include <utility>
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -176,6 +179,22 @@ TEST_F(Tools, ExportChrome) {
   EXPECT_LE(d["traceEvents"].size(), 200u);
 }
 
+TEST_F(Tools, ExportChromeBlocksIncludeThoseNeverFreed) {
+  // --blocks: one slice per allocation of at least BYTES; one still live at the end of the trace (weights,
+  // optimizer state: those holding the most) runs to the trace's last event, not left out.
+  std::string in = write_file("blocks.json", R"({"events":[[1000,"a",1,4194304,0],[1500,"a",2,8388608,0],)"
+                                             R"([2000,"f",1,4194304,0],[3000,"a",3,512,0],[4000,"f",3,512,0]]})");
+  CmdResult r = glake_trace("export --chrome --blocks 1M " + quote(in));
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> slices;  // address -> ts, dur
+  for (const auto& e : j["traceEvents"])
+    if (e["ph"] == "X") slices[e["args"]["address"].get<std::string>()] = {e["ts"], e["dur"]};
+  ASSERT_EQ(slices.size(), 2u) << r.out;
+  EXPECT_EQ(slices["0x1"], std::make_pair(std::uint64_t{0}, std::uint64_t{1000}));
+  EXPECT_EQ(slices["0x2"], std::make_pair(std::uint64_t{500}, std::uint64_t{2500})) << "live until the end";
+}
+
 TEST_F(Tools, ImportTorchSnapshot) {
   std::string pickle = temp_path("snap.pickle"), out = temp_path("torch.json.gz");
   CmdResult gen = run_shell("python3 " + quote(test_scripts() + "/make_torch_snapshot.py") + " " + quote(pickle));
@@ -231,6 +250,60 @@ TEST_F(Tools, ImportRefusesWhatIsNotASnapshot) {
   // The script is found through GLAKE_SCRIPTS; a wrong one is reported.
   r = run_shell("GLAKE_SCRIPTS=/nonexistent " + quote(trace_bin()) + " import --torch " + quote(pickle) + " -o " + quote(out));
   EXPECT_TRUE(r.status == 0 || r.status == 1);  // found elsewhere (next to the binary, the source tree) or not
+}
+
+// Writes the pickle of a Python expression (builtin types only) to a temporary file; "" without python3.
+std::string python_pickle(const std::string& name, const std::string& python) {
+  std::string pickle = temp_path(name + ".pickle");
+  CmdResult gen = run_shell("python3 -c " + quote("import pickle,sys; pickle.dump(" + python + ", open(sys.argv[1], 'wb'))") +
+                            " " + quote(pickle));
+  return gen.status == 0 ? pickle : std::string();
+}
+
+TEST_F(Tools, ImportKeepsSegmentsFreedBeforeTheSnapshot) {
+  // empty_cache() before _dump_snapshot: every segment the history created was freed again, so the
+  // snapshot has no segments and the history's net is 0. PyTorch still reserved 20 MiB at its peak.
+  std::string pickle = python_pickle(
+      "emptied", "{'segments': [], 'device_traces': [["
+                 "{'action':'segment_alloc','addr':1<<40,'size':20<<20,'stream':0,'time_us':100},"
+                 "{'action':'alloc','addr':1<<40,'size':4<<20,'stream':0,'time_us':110},"
+                 "{'action':'alloc','addr':(1<<40)+(4<<20),'size':6<<20,'stream':0,'time_us':120},"
+                 "{'action':'free_requested','addr':1<<40,'size':4<<20,'stream':0,'time_us':130},"
+                 "{'action':'free_requested','addr':(1<<40)+(4<<20),'size':6<<20,'stream':0,'time_us':140},"
+                 "{'action':'segment_free','addr':1<<40,'size':20<<20,'stream':0,'time_us':150}]]}");
+  if (pickle.empty()) GTEST_SKIP() << "python3 unavailable";
+  std::string out = temp_path("emptied.json");
+  CmdResult r = glake_trace("import --torch " + quote(pickle) + " -o " + quote(out));
+  ASSERT_EQ(r.status, 0) << r.err;
+  Trace t = read_trace(out);
+  EXPECT_EQ(t.events.size(), 6u) << "the segment events are PyTorch's reserved memory";
+  EXPECT_EQ(t.peak_live_bytes, 10 * MiB);
+  ASSERT_TRUE(t.peak_physical_bytes.has_value());
+  EXPECT_EQ(*t.peak_physical_bytes, 20 * MiB);
+  ASSERT_TRUE(t.meta.peak_reserved_native.has_value());
+  EXPECT_EQ(*t.meta.peak_reserved_native, 20 * MiB);
+  r = glake_trace("replay --reps 0 " + quote(out));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("PyTorch native peak reserved (20.00 MiB"), std::string::npos) << r.out;
+}
+
+TEST_F(Tools, ImportDropsARepeatedFree) {
+  // A second free_requested of a block the history allocated and freed: not a block live before the
+  // history (that made the trace allocate an address already live, and the import fail).
+  std::string pickle = python_pickle(
+      "twice", "{'segments': [], 'device_traces': [["
+               "{'action':'alloc','addr':1<<40,'size':4<<20,'stream':0,'time_us':110},"
+               "{'action':'free_requested','addr':1<<40,'size':4<<20,'stream':0,'time_us':130},"
+               "{'action':'free_requested','addr':1<<40,'size':4<<20,'stream':0,'time_us':140}]]}");
+  if (pickle.empty()) GTEST_SKIP() << "python3 unavailable";
+  std::string out = temp_path("twice.json");
+  CmdResult r = glake_trace("import --torch " + quote(pickle) + " -o " + quote(out));
+  ASSERT_EQ(r.status, 0) << r.err;
+  Trace t = read_trace(out);
+  EXPECT_EQ(t.allocs, 1u);
+  EXPECT_EQ(t.frees, 1u);
+  EXPECT_TRUE(t.live_at_start.empty());
+  EXPECT_EQ(t.peak_live_bytes, 4 * MiB);
 }
 
 TEST_F(Tools, ReportIsSelfContained) {
