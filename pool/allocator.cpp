@@ -845,6 +845,10 @@ Status Allocator::Impl::free(DevPtr ptr, const StreamHandle* on) {
   if (found == nullptr) return Status::invalid_value;
   Block* b = *found;
   const StreamHandle stream = on != nullptr ? *on : b->stream;
+  // A destroyed stream's block (forget_stream) whose state has gone: it comes back retired, so that
+  // nothing is recorded on the dead handle; the block stays cached, never handed out early.
+  if (on == nullptr && (stream & kGhost) != 0 && streams.find(stream) == streams.end())
+    stream_state(stream).retired = true;
   live.erase(ptr);
   st.requested.sub(b->requested);
   st.blocks.sub(b->size);
@@ -980,6 +984,11 @@ void Allocator::forget_stream(StreamHandle stream) {
       for (const auto& seg : m.segments)
         for (Block* b = seg->head; b != nullptr; b = b->next)
           if (b->state == State::stale && !b->settled && b->stream == stream) b->stream = ghost;
+      // Blocks still allocated on it too: a later free that names no stream (free(ptr)) is then on
+      // the dead stream, not on a new stream that got its handle (which would take the block at once).
+      m.live.for_each([&](DevPtr, Block* b) {
+        if (b->stream == stream) b->stream = ghost;
+      });
       if (synced || !pending) m.settle_stream(ss, seq);
       dropped = m.drop_retired(ghost);
     }

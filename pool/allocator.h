@@ -75,7 +75,8 @@ class Allocator {
 
   // size 0 gives *out = 0 and ok. An absurd size gives out_of_memory (as cudaMalloc does).
   Status allocate(std::size_t size, StreamHandle stream, DevPtr* out);
-  // Frees on the stream the block was last used on (its allocation stream).
+  // Frees on the stream the block was last used on (its allocation stream). If that stream was
+  // forgotten (destroyed) since, the block stays cached for good: nothing can be ordered after it.
   Status free(DevPtr ptr);
   // Frees in the order of `stream`: the block becomes reusable at once on that stream.
   Status free(DevPtr ptr, StreamHandle stream);

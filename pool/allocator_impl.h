@@ -126,7 +126,8 @@ struct Allocator::Impl {
   Stats st;
   std::size_t large_in_use = 0;  // bytes of allocated large blocks, chunks included
   std::atomic<Observer*> observer{nullptr};
-  StreamHandle next_ghost = (StreamHandle{1} << 63) | 1;  // keys for the states of destroyed streams
+  static constexpr StreamHandle kGhost = StreamHandle{1} << 63;  // the bit of those keys, no stream's
+  StreamHandle next_ghost = kGhost | 1;  // keys for the states of destroyed streams
 
   // ---- small helpers (mu held) ----
 

@@ -439,6 +439,26 @@ TEST(Allocator, ForgottenStreamSettlesOnceItsWorkIsDone) {
   EXPECT_EQ(m.pool.validate(), "");
 }
 
+// A block still allocated when its stream is destroyed, freed later with no stream named (the router
+// does so when its wait for the device failed): "its own stream" is the dead one, not a new stream
+// that got the old handle, which would take the block at once while the old stream's work still runs.
+TEST(Allocator, ABlockFreedAfterItsStreamWasForgottenStaysOffANewStreamWithTheHandle) {
+  Config cfg;
+  cfg.stitch = false;  // grows rather than waits, so a premature reuse would show
+  PoolModel m(small_pages(16 << 20), cfg);
+  DevPtr a = 0, b = 0;
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &a), Status::ok);
+  m.driver.enqueue_work(1);  // a kernel still using a
+  m.pool.forget_stream(1);   // destroyed with that work pending
+  ASSERT_EQ(m.pool.free(a), Status::ok);
+  m.live.erase(a);
+  ASSERT_EQ(m.alloc(4 * kPage, 1, &b), Status::ok);  // a new stream with the old handle
+  EXPECT_NE(b, a) << "a new stream with the old handle took a block of the destroyed stream at once";
+  m.pool.trim();
+  EXPECT_EQ(m.pool.validate(), "");
+  EXPECT_EQ(m.check(), "");
+}
+
 // A stream of another context takes no record of the pool's event (invalid handle): the pool waits
 // for the stream itself where it would have waited for the event, rather than grow.
 TEST(Allocator, AStreamNoEventCanBeRecordedOnIsWaitedFor) {
