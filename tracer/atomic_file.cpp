@@ -35,6 +35,18 @@ bool gz_suffix(std::string_view path) { return path.size() > 3 && path.substr(pa
 
 AtomicFile::AtomicFile(std::string path, bool gzip) : path_(std::move(path)), gzip_(gzip) {
   if (path_.empty()) throw AtomicFileError("cannot write a file with an empty name");
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (S_ISDIR(st.st_mode)) throw AtomicFileError(fmt::format("{}: is a directory", path_));
+    // A device, a FIFO or a socket (-o /dev/null, /dev/stdout): written in place. A rename would put a
+    // regular file in its stead (for root, in place of /dev/null itself).
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd_ < 0) {
+      int err = errno;
+      throw AtomicFileError(fmt::format("{}: cannot open: {}", path_, std::strerror(err)));
+    }
+    direct_ = true;
+  }
   std::string dir = dir_of(path_);
   for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
     temp_ = fmt::format("{}/.{}.tmp-{}-{}", dir, base_of(path_), ::getpid(),
@@ -69,7 +81,7 @@ void AtomicFile::abort() noexcept {
   if (fd_ >= 0) {
     ::close(fd_);
     fd_ = -1;
-    ::unlink(temp_.c_str());
+    if (!direct_) ::unlink(temp_.c_str());
   }
 }
 
@@ -127,6 +139,13 @@ void AtomicFile::commit_locked(const std::function<void()>& decide) {
   if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) fail("fsync failed", errno);
   int fd = fd_;
   fd_ = -1;
+  if (direct_) {  // nothing to rename, nor to decide
+    if (::close(fd) != 0) {
+      int err = errno;
+      throw AtomicFileError(fmt::format("{}: close failed: {}", path_, std::strerror(err)));
+    }
+    return;
+  }
   if (::close(fd) != 0) {
     int err = errno;
     ::unlink(temp_.c_str());

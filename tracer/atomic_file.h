@@ -4,6 +4,8 @@
 // O_EXCL), optionally through gzip; commit() flushes, fsyncs, closes, renames it over the destination
 // (atomic within one file system) and fsyncs the directory. A file that is not committed (an error, an
 // exception, the destructor) is unlinked: the destination keeps its old content or stays absent.
+// A destination that exists and is not a regular file (a device such as /dev/null, a FIFO, a socket)
+// is written in place, with no temporary file and no rename; a directory is an error.
 // Errors throw AtomicFileError naming the path and the system's reason.
 #pragma once
 
@@ -53,6 +55,7 @@ class AtomicFile {
   std::string path_, temp_;
   int fd_ = -1;
   bool gzip_ = false;
+  bool direct_ = false;  // written in place: the destination is not a regular file
   void* zs_ = nullptr;  // z_stream
   std::string zbuf_;
   std::uint64_t written_ = 0;

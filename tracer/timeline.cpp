@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <set>
+#include <stdexcept>
 #include <unordered_map>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "tracer/pool_trace.h"
 #include "tracer/trace_reader.h"
@@ -277,6 +279,15 @@ Trace filter_device(const Trace& t, std::uint32_t device) {
     }
   for (const TraceSnapshot& s : t.snapshots)
     if (s.device == device) r.snapshots.push_back(s);
+  // A device the trace never names (a typo) gets an error, not an empty summary.
+  const bool any = !t.events.empty() || !t.live_at_start.empty() || !t.snapshots.empty();
+  if (any && r.events.empty() && r.live_at_start.empty() && r.snapshots.empty()) {
+    std::set<std::uint32_t> named;
+    for (const TraceEvent& e : t.events) named.insert(e.device);
+    for (const LiveBlock& b : t.live_at_start) named.insert(b.device);
+    for (const TraceSnapshot& s : t.snapshots) named.insert(s.device);
+    throw std::runtime_error(fmt::format("no device {} in the trace (it has device {})", device, fmt::join(named, ", ")));
+  }
   // physical_at_start_bytes is for all devices together: keep it only if this is the only device.
   bool others = std::any_of(t.events.begin(), t.events.end(), [&](const TraceEvent& e) { return e.device != device; });
   if (others) r.meta.physical_at_start_bytes.reset();

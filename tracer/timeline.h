@@ -77,7 +77,8 @@ std::vector<Frame> display_frames(const Trace& t, std::uint32_t stack, int n);
 // "fn (file:line)" / "fn [obj+0x..]".
 std::string frame_text(const Frame& f);
 
-// The trace restricted to one device (events, blocks and snapshots of that device), checked.
+// The trace restricted to one device (events, blocks and snapshots of that device), checked. Throws
+// std::runtime_error for a device the trace does not name (unless the trace is empty).
 Trace filter_device(const Trace& t, std::uint32_t device);
 
 // A replay through glake's pool that follows physical bytes after every event and snapshots the pool

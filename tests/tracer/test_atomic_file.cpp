@@ -96,6 +96,30 @@ TEST(AtomicFile, ErrorsNameThePath) {
   }
 }
 
+// A destination that is not a regular file is written in place: renaming over it replaced a FIFO with
+// a regular file, and `-o /dev/null` (GLAKE_TRACE=/dev/null) run as root replaced /dev/null itself.
+TEST(AtomicFile, ADeviceOrAFifoIsWrittenInPlace) {
+  // (Not tried on /dev/null itself: a regression run as root would replace it on the test machine.)
+  struct stat st {};
+  std::string dir = fresh_dir();
+  std::string fifo = dir + "/pipe";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::string got;
+  std::thread reader([&] { got = slurp(fifo); });
+  write_file_atomic(fifo, "through the pipe");
+  reader.join();
+  EXPECT_EQ(got, "through the pipe");
+  ASSERT_EQ(::stat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "still the FIFO";
+  EXPECT_EQ(entries(dir), 1) << "no temporary file";
+  try {
+    write_file_atomic(dir, "x");
+    FAIL() << "expected AtomicFileError";
+  } catch (const AtomicFileError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir + ": is a directory"), std::string::npos) << e.what();
+  }
+}
+
 TEST(AtomicFile, ReaderNeverSeesAPartialFile) {
   std::string dir = fresh_dir();
   std::string path = dir + "/big.txt";

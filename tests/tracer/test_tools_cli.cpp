@@ -117,6 +117,12 @@ TEST_F(Tools, SummaryErrorsNameTheFile) {
   EXPECT_NE(r.err.find("stack 9"), std::string::npos) << r.err;
   EXPECT_EQ(glake_trace("summary").status, 2);
   EXPECT_EQ(glake_trace("summary --top x " + quote(demo())).status, 2);
+  // A device the trace does not have (a typo): an error that says which it has, not an empty summary.
+  for (const std::string& cmd : {std::string("summary --device 3 "), "report --device 3 -o " + quote(temp_path("nodevice.html")) + " "}) {
+    r = glake_trace(cmd + quote(demo()));
+    EXPECT_EQ(r.status, 1) << cmd << r.out;
+    EXPECT_NE(r.err.find("no device 3 in the trace (it has device 0)"), std::string::npos) << cmd << r.err;
+  }
 }
 
 TEST_F(Tools, ReplayWhatIf) {
