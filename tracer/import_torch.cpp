@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -117,7 +118,13 @@ int import_command(const std::vector<std::string>& args) {
     fmt::print(stderr, "glake-trace import: error: python3 not found on PATH (GLAKE_PYTHON names an interpreter)\n");
     return 1;
   }
-  std::vector<std::string> argv_s = {python, script, pos[0], "-o", output, "--stack-depth", std::to_string(depth),
+  // The script writes next to the output, and the result replaces it only once this reader accepts it:
+  // a rejected conversion leaves no file, and an older trace at that path stays as it was.
+  const auto slash = output.rfind('/');
+  const std::string written = slash == std::string::npos
+                                  ? fmt::format(".import-{}-{}", ::getpid(), output)
+                                  : fmt::format("{}/.import-{}-{}", output.substr(0, slash), ::getpid(), output.substr(slash + 1));
+  std::vector<std::string> argv_s = {python, script, pos[0], "-o", written, "--stack-depth", std::to_string(depth),
                                      "--quiet"};
   if (!device.empty()) argv_s.insert(argv_s.end(), {"--device", device});
   if (!name.empty()) argv_s.insert(argv_s.end(), {"--name", name});
@@ -134,12 +141,20 @@ int import_command(const std::vector<std::string>& args) {
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    std::remove(written.c_str());
     fmt::print(stderr, "glake-trace import: error: the conversion of {} failed (see above)\n", pos[0]);
     return 1;
   }
   Trace t;
-  if (!read_trace_or_report("import", output, &t)) {
+  if (!read_trace_or_report("import", written, &t)) {
+    std::remove(written.c_str());
     fmt::print(stderr, "glake-trace import: error: {} wrote a trace this reader rejects (a bug of the script)\n", script);
+    return 1;
+  }
+  if (std::rename(written.c_str(), output.c_str()) != 0) {
+    const int err = errno;
+    std::remove(written.c_str());
+    fmt::print(stderr, "glake-trace import: error: cannot rename {} to {}: {}\n", written, output, std::strerror(err));
     return 1;
   }
   fmt::print("{}: {} events, {} blocks live at the start, peak live {}", output, fmt_count(t.events.size()),

@@ -258,6 +258,25 @@ TEST_F(Tools, ImportRefusesWhatIsNotASnapshot) {
   EXPECT_TRUE(r.status == 0 || r.status == 1);  // found elsewhere (next to the binary, the source tree) or not
 }
 
+// A conversion this reader rejects (here a stand-in script's: a free of an address nobody allocated)
+// leaves no file behind, and an older trace at the output path stays as it was.
+TEST_F(Tools, ImportThatTheReaderRejectsLeavesTheOutputAsItWas) {
+  std::string scripts = temp_path("fake-scripts");
+  ASSERT_EQ(run_shell("mkdir -p " + quote(scripts)).status, 0);
+  write_file("fake-scripts/torch_snapshot_to_json.py",
+             "import sys\nopen(sys.argv[sys.argv.index('-o') + 1], 'w').write('{\"events\":[[1,\"f\",5,10,0]]}')\n");
+  std::string out = write_file("kept.json", R"({"events":[[1,"a",5,10,0]]})");
+  std::string pickle = write_file("any.pickle", "unused by the stand-in");
+  CmdResult r = run_shell("GLAKE_SCRIPTS=" + quote(scripts) + " " + quote(trace_bin()) + " import --torch " +
+                          quote(pickle) + " -o " + quote(out));
+  if (r.err.find("python3 not found") != std::string::npos) GTEST_SKIP() << "python3 unavailable";
+  EXPECT_EQ(r.status, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("rejects"), std::string::npos) << r.err;
+  EXPECT_EQ(read_trace(out).events.size(), 1u) << "the older trace is intact";
+  EXPECT_EQ(run_shell("ls -a " + quote(out.substr(0, out.rfind('/'))) + " | grep -c import-").out, "0\n")
+      << "no temporary file left";
+}
+
 // Writes the pickle of a Python expression (builtin types only) to a temporary file; "" without python3.
 std::string python_pickle(const std::string& name, const std::string& python) {
   std::string pickle = temp_path(name + ".pickle");
