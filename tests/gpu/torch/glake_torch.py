@@ -128,7 +128,10 @@ def config_env(name):
 
 def glake_lib():
     lib = os.environ.get("GLAKE_LIB")
-    if lib and os.path.exists(lib):
+    if lib:  # the library asked for, or none: another one found in its place would be measured unnoticed
+        if not os.path.isfile(lib):
+            raise FileNotFoundError(f"GLAKE_LIB={lib}: no such file (build it, or unset GLAKE_LIB to use "
+                                    "build-gpu/ or build/)")
         return os.path.abspath(lib)
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
     builds = [b for b in ("build-gpu", "build") if os.path.exists(os.path.join(root, b, "build.ninja"))]
@@ -149,7 +152,10 @@ def glake_lib():
                        stderr=subprocess.PIPE, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"cannot build {build}/shim/libglake.so: {r.stderr.strip()[-500:]}")
-    return os.path.join(build, "shim", "libglake.so")
+    lib = os.path.join(build, "shim", "libglake.so")
+    if not os.path.isfile(lib):
+        raise FileNotFoundError(f"{lib}: not there after building {build}")
+    return lib
 
 
 # ---- models ---------------------------------------------------------------------------------------
