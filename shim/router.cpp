@@ -491,12 +491,18 @@ pool::Status Router::synchronize_device(int device) {
 // would break it, so the block is held instead (freed when the last capture ends); else the free
 // counts as waiting until end_free_wait(), and no capture begins meanwhile (capture_started waits for
 // it). A held block is still live in its pool: a second free of it is refused here, as CUDA refuses
-// one, or at the flush it could free the block of whoever got the address next.
+// one, or at the flush it could free the block of whoever got the address next. So is a second free of
+// a block whose free waits (listed in freeing_ until the pool frees it).
 std::optional<pool::Status> Router::begin_free_wait(DevicePool* p, pool::DevPtr ptr, int stream_dev) {
   Locked lock(&mutex_);
-  if (held_index(ptr) != held_count_ || is_kept(ptr)) return pool::Status::invalid_value;
+  if (held_index(ptr) != held_count_ || is_kept(ptr) || is_freeing(ptr)) return pool::Status::invalid_value;
   if (captures_.load(std::memory_order_acquire) == 0) {
     ++waiting_frees_;
+    // Out of host memory: not listed, and a second free meanwhile goes unnoticed.
+    if (room_for_one(freeing_, freeing_count_, &freeing_capacity_, 16)) {
+      freeing_[freeing_count_++] = ptr;
+      any_freeing_.store(true, std::memory_order_release);
+    }
     return std::nullopt;
   }
   // Out of host memory: the block stays allocated (leaked, never reused).
@@ -513,20 +519,43 @@ std::size_t Router::held_index(pool::DevPtr ptr) const {
 }
 
 bool Router::is_held(pool::DevPtr ptr) {
-  if (!any_held_.load(std::memory_order_acquire) &&
+  if (!any_held_.load(std::memory_order_acquire) && !any_freeing_.load(std::memory_order_acquire) &&
       (ptr < kept_lo_.load(std::memory_order_acquire) || ptr > kept_hi_.load(std::memory_order_acquire)))
     return false;
   Locked lock(&mutex_);
-  return held_index(ptr) != held_count_ || is_kept(ptr);
+  return held_index(ptr) != held_count_ || is_kept(ptr) || is_freeing(ptr);
 }
 
 bool Router::is_kept(pool::DevPtr ptr) const {
   return std::binary_search(kept_, kept_ + kept_count_, ptr);
 }
 
+bool Router::is_freeing(pool::DevPtr ptr) const {
+  return std::find(freeing_, freeing_ + freeing_count_, ptr) != freeing_ + freeing_count_;
+}
+
+void Router::done_freeing(pool::DevPtr ptr) {
+  Locked lock(&mutex_);
+  unlist_freeing(ptr);
+}
+
+pool::Status Router::free_listed(DevicePool* p, pool::DevPtr ptr, bool waited) {
+  Locked lock(&mutex_);
+  const pool::Status s = free_waited(p, ptr, waited);
+  unlist_freeing(ptr);
+  return s;
+}
+
+void Router::unlist_freeing(pool::DevPtr ptr) {
+  pool::DevPtr* at = std::find(freeing_, freeing_ + freeing_count_, ptr);
+  if (at == freeing_ + freeing_count_) return;  // not listed (out of host memory)
+  *at = freeing_[--freeing_count_];
+  any_freeing_.store(freeing_count_ != 0, std::memory_order_release);
+}
+
 pool::Status Router::keep_for_graph(DevicePool* p, pool::DevPtr ptr) {
   Locked lock(&mutex_);
-  if (held_index(ptr) != held_count_ || is_kept(ptr)) return pool::Status::invalid_value;
+  if (held_index(ptr) != held_count_ || is_kept(ptr) || is_freeing(ptr)) return pool::Status::invalid_value;
   held_[p->device].fetch_add(1, std::memory_order_relaxed);
   // Out of host memory: kept, but a second free goes unnoticed.
   if (!room_for_one(kept_, kept_count_, &kept_capacity_, 64)) return pool::Status::ok;
@@ -562,11 +591,29 @@ void Router::trim_pool(DevicePool* p, std::size_t keep) {
   p->alloc->trim(keep, may_wait);
 }
 
+// A free that begin_free_wait let wait: the pool's free takes it off freeing_ in the same step (as
+// flush_held does): before, a second free would be one; right after, the address may be handed out
+// again and freed by its new owner. Any other way out (an exception) takes it off too.
+struct Router::Freeing {
+  Router* router;
+  pool::DevPtr ptr;
+  bool listed = true;
+  pool::Status free(DevicePool* p, bool waited) {
+    const pool::Status s = router->free_listed(p, ptr, waited);
+    listed = false;
+    return s;
+  }
+  ~Freeing() {
+    if (listed) router->done_freeing(ptr);
+  }
+};
+
 pool::Status Router::free_sync(DevicePool* p, pool::DevPtr ptr, int stream_dev) {
   if (const auto answer = begin_free_wait(p, ptr, stream_dev)) return *answer;
+  Freeing freeing{this, ptr};
   const pool::Status sync = wait_for_device(p, stream_dev);
   if (Ipc* i = ipc_.load(std::memory_order_acquire); i != nullptr && i->has_exports()) i->forget(ptr);
-  const pool::Status s = free_waited(p, ptr, sync == pool::Status::ok);
+  const pool::Status s = freeing.free(p, sync == pool::Status::ok);
   return sync != pool::Status::ok ? sync : s;
 }
 
@@ -612,6 +659,7 @@ bool Router::free_on_stream(pool::DevPtr ptr, pool::StreamHandle stream, int dev
 pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::StreamHandle stream, int stream_dev,
                                        cudaError_t* runtime_sync) {
   if (const auto answer = begin_free_wait(p, ptr, stream_dev)) return *answer;
+  Freeing freeing{this, ptr};
   pool::Status sync = pool::Status::ok;
   if (runtime_sync != nullptr) {  // the runtime's: it makes the current device's context current first
     if (const auto f = real_runtime().stream_synchronize; f != nullptr) {
@@ -626,7 +674,7 @@ pool::Status Router::free_after_stream(DevicePool* p, pool::DevPtr ptr, pool::St
   // block would be lost for good. Once `stream`'s work is done, which is all a stream-ordered free
   // promises, on the router's own stream (free_waited).
   const bool waited = runtime_sync != nullptr ? *runtime_sync == cudaSuccess : sync == pool::Status::ok;
-  const pool::Status s = free_waited(p, ptr, waited);
+  const pool::Status s = freeing.free(p, waited);
   return sync != pool::Status::ok ? sync : s;
 }
 

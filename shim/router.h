@@ -228,17 +228,26 @@ class Router {
   auto destroy_stream(const void* stream, Destroy destroy);
   bool runtime_stream_capturing(cudaStream_t stream);
   bool driver_stream_capturing(CUstream stream);
-  // Empty: the free may wait for the device now (end_free_wait() after); else the free's answer: held
-  // until the captures end (ok), or already held (invalid_value: a second free of the block).
+  // Empty: the free may wait for the device now (end_free_wait() after the wait, then the pool's free
+  // through Freeing); else the free's answer: held until the captures end (ok), or already held, kept or
+  // being freed (invalid_value: a second free of the block).
   // stream_dev: the device of the stream it was freed on (-1: none), waited for too at the flush.
   std::optional<pool::Status> begin_free_wait(DevicePool* p, pool::DevPtr ptr, int stream_dev = -1);
   void end_free_wait();
-  // ptr is in held_frees_ (held, or being freed by flush_held) or kept_: a free of it is a second one.
+  // The free of ptr that begin_free_wait let wait: free_listed does the pool's free and takes ptr off
+  // freeing_ in one step (under mutex_); done_freeing only takes it off.
+  pool::Status free_listed(DevicePool* p, pool::DevPtr ptr, bool waited);
+  void done_freeing(pool::DevPtr ptr);
+  void unlist_freeing(pool::DevPtr ptr);  // under mutex_
+  struct Freeing;
+  // ptr is in held_frees_ (held, or being freed by flush_held), kept_ or freeing_: a free of it is a
+  // second one.
   bool is_held(pool::DevPtr ptr);
   // A free of a glake block on a capturing stream: the block is kept for good (kept_), as the graph may
   // touch it at each replay; a later free of it is a second one. invalid_value: freed already.
   pool::Status keep_for_graph(DevicePool* p, pool::DevPtr ptr);
   bool is_kept(pool::DevPtr ptr) const;  // in kept_ (under mutex_)
+  bool is_freeing(pool::DevPtr ptr) const;  // in freeing_ (under mutex_)
   std::size_t held_index(pool::DevPtr ptr) const;  // in held_frees_, or held_count_ (under mutex_)
   // Does the held frees, one at a time, each listed until it is done; stops when a capture begins
   // (its end does the rest). Called by the one thread that set flushing_.
@@ -336,6 +345,13 @@ class Router {
   // The lowest and highest kept block (set under mutex_): a free of a pointer outside asks no lock.
   std::atomic<pool::DevPtr> kept_lo_{~pool::DevPtr{0}};
   std::atomic<pool::DevPtr> kept_hi_{0};
+  // Blocks whose free waits for the device (from begin_free_wait until the pool frees them),
+  // in no order (under mutex_): a second free meanwhile could otherwise free them twice, the second
+  // time as the block of whoever got the address next.
+  pool::DevPtr* freeing_ = nullptr;
+  std::size_t freeing_count_ = 0;
+  std::size_t freeing_capacity_ = 0;
+  std::atomic<bool> any_freeing_{false};  // freeing_count_ != 0 (set under mutex_)
 
   std::atomic<Ipc*> ipc_{nullptr};
   std::atomic<tracer::TraceSession*> session_{nullptr};  // GLAKE_TRACE; set in init(), before mode_

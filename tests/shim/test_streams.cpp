@@ -953,6 +953,47 @@ TEST_F(Streams, AFreeOfABlockKeptForAGraphIsRefused) {
 }
 
 
+// A second free while a first cudaFree waits for the device: refused at once, as CUDA refuses a double
+// free. Accepted, a cudaFreeAsync made the block another stream's at once, before the work the first
+// free waits for was done (and the first then freed whoever got the address next); a second cudaFree
+// waited too, and then freed the block a second time.
+TEST_F(Streams, ASecondFreeWhileTheFirstWaitsIsRefused) {
+  cudaStream_t gated = nullptr, other = nullptr;
+  CUDA_OK(cudaStreamCreateWithFlags(&gated, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  void* p = nullptr;
+  CUDA_OK(cudaMalloc(&p, 4 * MiB));
+  Gate gate;
+  CUDA_OK(cudaLaunchHostFunc(gated, Gate::run, &gate));  // work the first free must wait for
+  cudaError_t first = cudaErrorUnknown, second = cudaErrorUnknown;
+  std::atomic<bool> second_done{false};
+  std::thread t1([&] { first = cudaFree(p); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // t1 waits for the device
+  std::thread t2([&] {
+    second = cudaFree(p);
+    second_done = true;
+  });
+  EXPECT_EQ(cudaErrorInvalidValue, cudaFreeAsync(p, other));
+  (void)cudaGetLastError();
+  void* q = nullptr;
+  CUDA_OK(cudaMallocAsync(&q, 4 * MiB, other));
+  EXPECT_NE(p, q) << "handed out while the first free still waits for the work before it";
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_TRUE(second_done.load()) << "the second cudaFree waited instead of being refused";
+  gate.open = true;
+  t1.join();
+  t2.join();
+  EXPECT_EQ(cudaSuccess, first);
+  EXPECT_EQ(cudaErrorInvalidValue, second);
+  EXPECT_FALSE(gate.gave_up);
+  EXPECT_FALSE(owns(p));
+  EXPECT_TRUE(owns(q)) << "the second free freed the block of whoever got the address";
+  CUDA_OK(cudaFreeAsync(q, other));
+  CUDA_OK(cudaDeviceSynchronize());
+  for (cudaStream_t x : {gated, other}) CUDA_OK(cudaStreamDestroy(x));
+  EXPECT_EQ("", validate(0));
+}
+
 // A second free while another thread's capture end is flushing the held free
 // (the flush is held in its device wait by a gated stream of device 0).
 TEST_F(Streams, ASecondFreeDuringTheFlushIsRefused) {
