@@ -56,6 +56,11 @@ class AddressMap {
   }
 
   std::size_t size() const { return size_; }
+  // Room for n keys: inserting up to n asks the heap for nothing (grow() allocates before it changes
+  // anything, so a failure there leaves the map as it was).
+  void reserve(std::size_t n) {
+    while (n * 2 > slots_.size()) grow();
+  }
 
   template <class F>
   void for_each(F&& f) const {

@@ -74,6 +74,7 @@ void Allocator::Impl::settle(bool wait, bool all) {
     t.done = (wait ? drv.event_synchronize(t.event) : drv.event_query(t.event)) == Status::ok;
   }
   std::vector<EventHandle> dropped;
+  dropped.reserve(todo.size());  // an event dropped below is never lost to a failed push_back
   {
     std::lock_guard lock(mu);
     for (const Todo& t : todo) {
@@ -117,14 +118,21 @@ void Allocator::Impl::settle_stream(StreamState& ss, std::uint64_t upto) {
 Status Allocator::Impl::add_segment(std::size_t n) {
   std::size_t size = cfg.va_reserve != 0 ? cfg.va_reserve : 2 * total_device;
   size = round_up(std::max({size, n, page}), page);
+  auto seg = std::make_unique<Segment>();  // host memory first: out of it, nothing is reserved
+  seg->slot_page.assign(size / page, -1);
   DevPtr va = 0;
   Status s = drv.reserve(size, &va);
   if (s != Status::ok) return s;
-  auto seg = std::make_unique<Segment>();
   seg->base = va;
   seg->size = size;
-  seg->slot_page.assign(size / page, -1);
   std::lock_guard lock(mu);
+  try {
+    headroom();
+    segments.reserve(segments.size() + 1);
+  } catch (...) {
+    drv.free_reserve(va, size);
+    throw;
+  }
   Block* b = arena.make();
   b->base = va;
   b->size = size;
@@ -278,9 +286,30 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
   const std::size_t estimate = fills > sources ? fills - sources : 0;
   if (Prepared p = may_create(estimate); p != Prepared::ready) return p;
 
-  // Mark the window busy, splitting the blocks at its edges (a hole at the page boundary after the end).
+  // Host memory for all that follows, and for finish(), taken before anything changes: the window's
+  // blocks W, the pages to fill H (a fill each at most), the free blocks that may give pages S.
   Block* b = plan->segment->head;
   while (b->base + b->size <= lo) b = b->next;
+  std::size_t window_blocks = 0;
+  for (const Block* w = b; w != nullptr && w->base < hi; w = w->next) ++window_blocks;
+  const std::size_t candidates = std::min(plan->holes, settled_large.size() + own.large.size());
+  const std::size_t blocks = 16 + window_blocks + 4 * candidates + 2 * plan->holes;
+  headroom(blocks);
+  plan->window.reserve(window_blocks);
+  plan->window_state.reserve(window_blocks);
+  plan->window_saved.reserve(window_blocks);
+  std::vector<DevPtr> dsts;
+  dsts.reserve(plan->holes);
+  plan->fills.reserve(plan->holes);
+  std::vector<Block*> from;
+  if (cfg.stitch) from.reserve(settled_large.size() + own.large.size());
+  plan->sources.reserve(candidates);
+  spare.reserve(spare.size() + plan->holes);  // finish() gives back what it did not use
+  pages.reserve(pages.size() + plan->holes);  // and records what it created
+  plan->promised = blocks;
+  promised += blocks;
+
+  // Mark the window busy, splitting the blocks at its edges (a hole at the page boundary after the end).
   if (b->base < lo) {
     if (b->state == State::free) index_erase(b);
     Block* r = split(b, lo - b->base);
@@ -304,7 +333,6 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
 
   // Where each hole's page comes from: spare pages, then pages of the smallest free blocks this stream
   // may use (taken from their tail end; their old slots stay mapped, stale), then new ones.
-  std::vector<DevPtr> dsts;
   for (std::size_t i = 0; i < plan->window.size(); ++i) {
     const Block* w = plan->window[i];
     if (plan->window_state[i] == State::hole)
@@ -336,7 +364,6 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
   }
   if (cfg.stitch && k < dsts.size()) {
     // The smallest first (both sets are in size order), skipping those that hold no whole page.
-    std::vector<Block*> from;
     std::merge(settled_large.begin(), settled_large.end(), own.large.begin(), own.large.end(),
                std::back_inserter(from), BySizeThenAddress{});
     for (Block* src : from) {
@@ -405,6 +432,14 @@ Allocator::Impl::Prepared Allocator::Impl::prepare(std::size_t n, bool aligned, 
 // of consecutive new mappings. Stops at the first failure; finish() makes the pool whole again and
 // emits the create and map events (each fill's stage says what was done).
 Status Allocator::Impl::execute(Plan& plan) {
+  try {
+    return execute_fills(plan);
+  } catch (const std::bad_alloc&) {  // a driver out of host memory: each fill's stage says what was done
+    return Status::out_of_memory;
+  }
+}
+
+Status Allocator::Impl::execute_fills(Plan& plan) {
   std::size_t mapped = 0;
   Status r = Status::ok;
   for (Fill& f : plan.fills) {
@@ -436,6 +471,7 @@ Status Allocator::Impl::execute(Plan& plan) {
 
 Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out) {
   std::lock_guard lock(mu);
+  const Promise release{this, plan.promised};  // what prepare() set aside is used by now
   Segment* seg = plan.segment;
   const DevPtr end = plan.window.back()->base + plan.window.back()->size;
   std::size_t moved = 0;
@@ -567,17 +603,20 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
 void Allocator::Impl::collect_stale(bool may_wait) {
   if (may_wait) settle(true, true);
   std::vector<Block*> blocks;
+  std::vector<std::size_t> gone;  // bytes unmapped of each
+  std::size_t blocks_promised = 0;
   {
     std::lock_guard lock(mu);
     for (const auto& seg : segments)
       for (Block* b = seg->head; b != nullptr; b = b->next)
-        if (b->state == State::stale && stale_done(b)) {
-          b->state = State::busy;
-          blocks.push_back(b);
-        }
+        if (b->state == State::stale && stale_done(b)) blocks.push_back(b);
+    gone.assign(blocks.size(), 0);
+    blocks_promised = 2 * blocks.size();  // a split and two blocks indexed, each, at the end
+    headroom(kHeadroom + blocks_promised);
+    promised += blocks_promised;
+    for (Block* b : blocks) b->state = State::busy;
   }
   // A stale block is whole mappings (a stitch moves pages whole): unmap each, in address order.
-  std::vector<std::size_t> gone(blocks.size(), 0);  // bytes
   for (std::size_t i = 0; i < blocks.size(); ++i) {
     for (DevPtr a = blocks[i]->base; a < blocks[i]->base + blocks[i]->size;) {
       std::size_t n;
@@ -591,6 +630,7 @@ void Allocator::Impl::collect_stale(bool may_wait) {
     }
   }
   std::lock_guard lock(mu);
+  const Promise release{this, blocks_promised};
   has_stale = false;
   for (std::size_t i = 0; i < blocks.size(); ++i) {
     Block* b = blocks[i];
@@ -621,19 +661,26 @@ void Allocator::Impl::collect_stale(bool may_wait) {
 
 void Allocator::Impl::return_lent() {
   std::vector<Block*> shadows;
+  std::size_t blocks_promised = 0;
   {
     std::lock_guard lock(mu);
     for (const auto& seg : segments)
       for (Block* b = seg->head; b != nullptr; b = b->next) {
-        Block* w = b->next;  // the window's part of the alias slot
-        const DevPtr slot_end = b->base + page;
-        if (b->state != State::shadow || w->state != State::free || !w->settled || w->base + w->size < slot_end)
-          continue;
-        index_erase(w);
-        if (w->base + w->size > slot_end) index_insert(split(w, slot_end - w->base));
-        w->state = State::busy;
-        shadows.push_back(b);
+        const Block* w = b->next;  // the window's part of the alias slot
+        if (b->state == State::shadow && w->state == State::free && w->settled && w->base + w->size >= b->base + page)
+          shadows.push_back(b);
       }
+    // Host memory first: a split and a block indexed each now, three blocks indexed each below.
+    blocks_promised = 3 * shadows.size();
+    headroom(kHeadroom + 2 * shadows.size() + blocks_promised);
+    promised += blocks_promised;
+    for (Block* b : shadows) {
+      Block* w = b->next;
+      const DevPtr slot_end = b->base + page;
+      index_erase(w);
+      if (w->base + w->size > slot_end) index_insert(split(w, slot_end - w->base));
+      w->state = State::busy;
+    }
   }
   for (Block* b : shadows) {
     const bool unmapped = drv.unmap(b->base, page) == Status::ok;
@@ -659,6 +706,10 @@ void Allocator::Impl::return_lent() {
     t->settled = true;
     t->partner = nullptr;
     settle_large_block(t);
+  }
+  if (blocks_promised > 0) {
+    std::lock_guard lock(mu);
+    promised -= blocks_promised;
   }
 }
 
@@ -709,6 +760,7 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
   std::lock_guard grow(grow_mu);
   {
     std::lock_guard lock(mu);
+    headroom();
     std::size_t freed = unpark_all();
     if (release_empty_chunks() + freed > 0)
       if (Block* b = fit_large(s, q)) {
@@ -720,6 +772,7 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
     settle(round > 0);
     {
       std::lock_guard lock(mu);
+      headroom();
       if (Block* b = fit_large(s, q)) {
         *out = take_large(b, q, s);
         return Status::ok;
@@ -805,6 +858,7 @@ Status Allocator::allocate(std::size_t size, StreamHandle stream, DevPtr* out) {
   }
   {
     std::lock_guard lock(m.mu);
+    m.headroom();
     if (Block* b = m.unpark(m.stream_state(stream), q.piece != 0 ? q.piece : q.bytes, q.piece != 0)) {
       b->stream = stream;
       m.account_alloc(b, size);
@@ -849,12 +903,13 @@ Status Allocator::Impl::free(DevPtr ptr, const StreamHandle* on) {
   // nothing is recorded on the dead handle; the block stays cached, never handed out early.
   if (on == nullptr && (stream & kGhost) != 0 && streams.find(stream) == streams.end())
     stream_state(stream).retired = true;
+  headroom();  // and the stream's state, before anything changes
+  StreamState& ss = stream_state(stream);
   live.erase(ptr);
   st.requested.sub(b->requested);
   st.blocks.sub(b->size);
   ++st.frees;
   emit(EventKind::free, stream, ptr, b->requested);
-  StreamState& ss = stream_state(stream);
   b->stream = stream;
   b->settled = false;
   b->free_seq = ++ss.free_seq;
@@ -972,6 +1027,7 @@ void Allocator::forget_stream(StreamHandle stream) {
         continue;
       }
       m.unpark_all();  // frees parked meanwhile join the sets, which move with the state
+      m.streams.reserve(m.streams.size() + 1);  // the re-keyed state goes back in without allocating
       // Re-key its state so that a new stream with the same handle starts afresh.
       auto node = m.streams.extract(stream);
       StreamHandle ghost = m.next_ghost++;
@@ -1051,9 +1107,22 @@ void Allocator::Impl::trim(std::size_t keep, bool may_wait) {
   m.return_lent();
   std::vector<Block*> victims;
   std::vector<std::int32_t> spare;
+  std::vector<std::int32_t> kept;
+  std::size_t blocks_promised = 0;
   {
     std::lock_guard lock(m.mu);
     m.release_empty_chunks();
+    // Host memory for every step below, taken before anything changes: each page id goes to one of
+    // these lists at most, each victim is split twice and indexed twice at most, here and at the end.
+    std::vector<Block*> order(m.settled_large.rbegin(), m.settled_large.rend());
+    spare.reserve(m.spare.size());
+    kept.reserve(m.spare.size());
+    m.spare.reserve(m.pages.size());
+    m.dead_page_ids.reserve(m.pages.size());
+    victims.reserve(order.size());
+    blocks_promised = 2 * order.size();
+    m.headroom(kHeadroom + 2 * blocks_promised);
+    m.promised += blocks_promised;
     // A page goes only if at least `keep` bytes stay cached after it (cudaMemPoolTrimTo guarantees
     // its minBytesToKeep): what goes is rounded down to whole pages.
     std::size_t cached = m.st.physical.current - m.large_in_use;
@@ -1065,7 +1134,6 @@ void Allocator::Impl::trim(std::size_t keep, bool may_wait) {
     }
     // Largest free blocks first: fewer calls for the same bytes. Only the pages a block holds alone and
     // whole go (own_pages, whole_pages_mapped); its partial pages at either end stay.
-    std::vector<Block*> order(m.settled_large.rbegin(), m.settled_large.rend());
     for (Block* v : order) {
       if (cached <= keep || cached - keep < m.page) break;
       auto [olo, ohi] = m.own_pages(v);
@@ -1122,7 +1190,6 @@ void Allocator::Impl::trim(std::size_t keep, bool may_wait) {
       m.emit(EventKind::release, 0, 0, n);
     }
   }
-  std::vector<std::int32_t> kept;
   for (std::int32_t id : spare) {
     const Page pg = m.pages[static_cast<std::size_t>(id)];
     if (pg.aliases == 0 && m.drv.release(pg.handle) == Status::ok) {
@@ -1137,6 +1204,7 @@ void Allocator::Impl::trim(std::size_t keep, bool may_wait) {
     }
   }
   std::lock_guard lock(m.mu);
+  const Promise release{this, blocks_promised};
   m.spare.insert(m.spare.end(), kept.begin(), kept.end());
   for (Block* v : victims) {
     // Pages that went are holes now; a page whose unmap failed and the rest stay free.

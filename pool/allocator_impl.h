@@ -99,6 +99,7 @@ struct Plan {
   std::size_t shadow = 0;          // then: bytes of the window's first slot before the tail's bytes
   Block lent_saved;                // and the tail's fields before
   Prepared then = Prepared::ready;  // after undo: what stopped the plan
+  std::size_t promised = 0;         // blocks and nodes prepare() set aside for finish() (Impl::promised)
 };
 
 struct Allocator::Impl {
@@ -113,7 +114,7 @@ struct Allocator::Impl {
 
   mutable std::mutex mu;
   mutable std::mutex grow_mu;
-  std::pmr::unsynchronized_pool_resource resource;
+  NodePool resource;  // the FreeSets' nodes
   BlockArena arena;
   std::vector<std::unique_ptr<Segment>> segments;
   std::vector<Page> pages;
@@ -130,6 +131,24 @@ struct Allocator::Impl {
   StreamHandle next_ghost = kGhost | 1;  // keys for the states of destroyed streams
 
   // ---- small helpers (mu held) ----
+
+  // Host memory for an operation that splits or indexes up to n blocks and hands out one, taken first:
+  // out of host memory, std::bad_alloc is thrown before the pool changes, and the caller (the shim)
+  // answers an allocation error. `promised`: what a stitch between prepare() and finish() (mu released
+  // for the driver's calls) will take, which no other operation may use up meanwhile.
+  static constexpr std::size_t kHeadroom = 64;
+  std::size_t promised = 0;
+  void headroom(std::size_t n = kHeadroom) {
+    arena.reserve(n + promised);
+    resource.reserve(n + promised);
+    live.reserve(live.size() + 2);
+  }
+  // Gives back what an operation set aside in `promised`, on every way out (declared under mu).
+  struct Promise {
+    Impl* m;
+    std::size_t n;
+    ~Promise() { m->promised -= n; }
+  };
 
   void emit(EventKind k, StreamHandle s, DevPtr a, std::size_t n, std::uint64_t aux = 0) {  // mu held
     if (Observer* o = observer.load(std::memory_order_acquire))
@@ -245,6 +264,9 @@ struct Allocator::Impl {
 
   // Frees every parked block for real (merged and indexed); returns how many. mu held, no driver call.
   std::size_t unpark_all() {
+    std::size_t parked = 0;
+    for (auto& [s, ss] : streams) parked += ss.parked_count;
+    headroom(kHeadroom + parked);  // each is indexed
     std::size_t n = 0;
     for (auto& [s, ss] : streams) {
       n += ss.parked_count;
@@ -479,6 +501,7 @@ struct Allocator::Impl {
   // the slow path). grow_mu held.
   void return_lent();
   Status execute(Plan& plan);
+  Status execute_fills(Plan& plan);  // execute() but for a driver's std::bad_alloc
   Status finish(Plan& plan, Status result, StreamHandle s, const Request& q, DevPtr* out);
   Status add_segment(std::size_t n);
   void trim(std::size_t keep, bool may_wait = true);  // grow_mu held (Allocator::trim)

@@ -72,8 +72,8 @@ struct Segment {
   Block* head = nullptr;
 };
 
-// Free blocks ordered by (size, address): best fit is lower_bound. Nodes come from a pool resource,
-// so insertions on the hot path recycle memory instead of calling malloc.
+// Free blocks ordered by (size, address): best fit is lower_bound. Nodes come from a NodePool, so
+// insertions on the hot path recycle memory instead of calling malloc.
 struct BySizeThenAddress {
   bool operator()(const Block* a, const Block* b) const {
     return a->size != b->size ? a->size < b->size : a->base < b->base;
@@ -81,25 +81,73 @@ struct BySizeThenAddress {
 };
 using FreeSet = std::pmr::set<Block*, BySizeThenAddress>;
 
-// Block objects, recycled through a free list; slabs are kept until the pool is destroyed.
-class BlockArena {
+// Objects of one size, recycled through a free list; slabs are kept until the owner is destroyed.
+// reserve(n): the next n take() ask the heap for nothing, and give() never does, so that a pool
+// operation takes the host memory it needs before it changes anything (out of host memory, it throws
+// std::bad_alloc there and leaves the pool as it was).
+template <class T>
+class Slabs {
  public:
-  Block* make() {
-    if (free_.empty()) {
-      slabs_.push_back(std::make_unique<Block[]>(kSlab));
-      for (std::size_t i = 0; i < kSlab; ++i) free_.push_back(&slabs_.back()[i]);
-    }
-    Block* b = free_.back();
+  T* take() {
+    if (free_.empty()) add_slab();
+    T* t = free_.back();
     free_.pop_back();
-    *b = Block{};
-    return b;
+    return t;
   }
-  void drop(Block* b) { free_.push_back(b); }
+  void give(T* t) { free_.push_back(t); }  // within the capacity reserved by add_slab: no allocation
+  void reserve(std::size_t n) {
+    while (free_.size() < n) add_slab();
+  }
 
  private:
   static constexpr std::size_t kSlab = 256;
-  std::vector<std::unique_ptr<Block[]>> slabs_;
-  std::vector<Block*> free_;
+  void add_slab() {
+    auto slab = std::make_unique<T[]>(kSlab);
+    free_.reserve((slabs_.size() + 1) * kSlab);  // room for every object: give() never grows it
+    slabs_.push_back(std::move(slab));
+    for (std::size_t i = 0; i < kSlab; ++i) free_.push_back(&slabs_.back()[i]);
+  }
+  std::vector<std::unique_ptr<T[]>> slabs_;
+  std::vector<T*> free_;
+};
+
+// Block objects.
+class BlockArena {
+ public:
+  Block* make() {
+    Block* b = slabs_.take();
+    *b = Block{};
+    return b;
+  }
+  void drop(Block* b) { slabs_.give(b); }
+  void reserve(std::size_t n) { slabs_.reserve(n); }
+
+ private:
+  Slabs<Block> slabs_;
+};
+
+// Memory for FreeSet nodes (a tree node holding one pointer; anything larger, never asked in practice,
+// comes from the heap).
+class NodePool final : public std::pmr::memory_resource {
+ public:
+  void reserve(std::size_t n) { slabs_.reserve(n); }
+
+ private:
+  struct alignas(std::max_align_t) Node {
+    unsigned char bytes[64];
+  };
+  static bool fits(std::size_t bytes, std::size_t align) { return bytes <= sizeof(Node) && align <= alignof(Node); }
+  void* do_allocate(std::size_t bytes, std::size_t align) override {
+    return fits(bytes, align) ? slabs_.take() : std::pmr::new_delete_resource()->allocate(bytes, align);
+  }
+  void do_deallocate(void* p, std::size_t bytes, std::size_t align) override {
+    if (fits(bytes, align))
+      slabs_.give(static_cast<Node*>(p));
+    else
+      std::pmr::new_delete_resource()->deallocate(p, bytes, align);
+  }
+  bool do_is_equal(const std::pmr::memory_resource& o) const noexcept override { return this == &o; }
+  Slabs<Node> slabs_;
 };
 
 }  // namespace glake::pool

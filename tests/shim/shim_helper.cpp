@@ -390,31 +390,39 @@ int mode_hook_oom(int argc, char** argv) {
   if (fail == nullptr || validate == nullptr) return 3;
   void* a = nullptr;
   if (cudaMalloc(&a, 3 * MiB) != cudaSuccess) return 4;  // the pool exists
+  cudaMemPool_t pool = nullptr;
+  if (cudaDeviceGetDefaultMemPool(&pool, 0) != cudaSuccess) return 4;
   int failures = 0, wrong = 0;
   std::vector<void*> kept;
   kept.reserve(256);
-  for (long k = 0; k < points; ++k) {
+  // Each call with host memory failing from its k-th malloc on (k: a point of its path), then the pool
+  // checked whole. A call that failed must say so, as CUDA would (cudaErrorMemoryAllocation, also as
+  // the last error), and leave things as they were: a free that failed is tried again later.
+  auto call = [&](const char* what, long k, auto&& f) {
     (void)cudaGetLastError();
-    void* b = nullptr;
     fail(k);
-    const cudaError_t e = cudaMalloc(&b, (8 + k % 5) * MiB + 4096 * k);  // new windows: the slow path
+    const cudaError_t e = f();
     fail(-1);
     const cudaError_t last = cudaGetLastError();
     char msg[512] = {};
     if (validate(0, msg, sizeof msg) != 0) {
-      std::printf("invalid after k=%ld: %s\n", k, msg);
-      return 5;
+      std::printf("invalid after %s, host memory failing from its malloc %ld on: %s\n", what, k, msg);
+      std::exit(5);
     }
-    if (e == cudaSuccess) {
-      kept.push_back(b);
-      if (kept.size() % 3 == 0) {  // free some, so later requests find holes and free blocks too
-        (void)cudaFree(kept.front());
-        kept.erase(kept.begin());
-      }
-    } else {
+    if (e != cudaSuccess) {
       ++failures;
       if (e != cudaErrorMemoryAllocation || last != cudaErrorMemoryAllocation) ++wrong;
     }
+    return e;
+  };
+  for (long k = 0; k < points; ++k) {
+    void* b = nullptr;
+    // New windows: the slow path.
+    if (call("cudaMalloc", k, [&] { return cudaMalloc(&b, (8 + k % 5) * MiB + 4096 * k); }) == cudaSuccess) kept.push_back(b);
+    if (kept.size() % 3 == 0 && !kept.empty()) {  // free some, so later requests find holes and free blocks too
+      if (call("cudaFree", k % 7, [&] { return cudaFree(kept.front()); }) == cudaSuccess) kept.erase(kept.begin());
+    }
+    if (k % 10 == 9) (void)call("cudaMemPoolTrimTo", k / 10, [&] { return cudaMemPoolTrimTo(pool, 0); });  // pages go back
   }
   void* c = nullptr;
   const cudaError_t again = cudaMalloc(&c, 64 * MiB);

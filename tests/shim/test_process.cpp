@@ -1097,10 +1097,22 @@ TEST_F(Process, AConstructorsAllocationDuringAnotherThreadsFirstPoolDoesNotHang)
 // and as the last error, and the pool stays consistent and serves the next request.
 TEST_F(Process, HostMemoryExhaustedInAHookIsAnAllocationErrorAndLosesNothing) {
   const std::string preload = env_path("GLAKE_TEST_FAIL_MALLOC") + " " + env_path("LD_PRELOAD");
-  const Outcome r = run({helper(), "hook-oom"}, {{"LD_PRELOAD", preload}});
+  const Outcome one = run({helper(), "hook-oom"}, {{"LD_PRELOAD", preload}});
+  EXPECT_EQ(0, one.status) << one.out << one.err;
+  EXPECT_TRUE(has(one.out, "failures=1\n")) << one.out << one.err;  // the malloc did fail inside glake
+  EXPECT_TRUE(has(one.out, "wrong=0\n")) << one.out << one.err;      // as cudaErrorMemoryAllocation, also the last error
+  EXPECT_TRUE(has(one.out, "again=0 owns=1")) << one.out << one.err;
+  EXPECT_TRUE(has(one.out, "valid_end=0")) << one.out << one.err;
+}
+
+// At every point of the slow path (a stitch, a trim, a free): the pool checked whole after each call
+// (the helper exits 5 naming the call and the point where it was not).
+TEST_F(Process, HostMemoryExhaustedAtAnyPointOfThePoolLeavesItWhole) {
+  const std::string preload = env_path("GLAKE_TEST_FAIL_MALLOC") + " " + env_path("LD_PRELOAD");
+  const Outcome r = run({helper(), "hook-oom", "200"}, {{"LD_PRELOAD", preload}});
   EXPECT_EQ(0, r.status) << r.out << r.err;
-  EXPECT_TRUE(has(r.out, "failures=1\n")) << r.out << r.err;  // the malloc did fail inside glake
-  EXPECT_TRUE(has(r.out, "wrong=0\n")) << r.out << r.err;      // each as cudaErrorMemoryAllocation, also the last error
+  EXPECT_FALSE(has(r.out, "failures=0\n")) << r.out << r.err;
+  EXPECT_TRUE(has(r.out, "wrong=0\n")) << r.out << r.err;
   EXPECT_TRUE(has(r.out, "again=0 owns=1")) << r.out << r.err;
   EXPECT_TRUE(has(r.out, "valid_end=0")) << r.out << r.err;
 }
