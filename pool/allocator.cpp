@@ -576,6 +576,7 @@ Status Allocator::Impl::finish(Plan& plan, Status result, StreamHandle s, const 
     if (b->base < f.dst) b = split(b, f.dst - b->base);
     if (b->size > f.span * page) split(b, f.span * page);
     b->state = State::quarantined;
+    quarantined_bytes += b->size;
   }
   // A lent tail whose alias slot is mapped and accessible stays lent (the window's first block is
   // free now, past its shadow); otherwise it is free again at home.
@@ -795,7 +796,7 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
     // Out of memory: reclaim what every stream freed (waiting for its work), then try once more.
     std::lock_guard lock(mu);
     ++st.reclaims;
-    emit(EventKind::reclaim, s, 0, st.physical.current - large_in_use);
+    emit(EventKind::reclaim, s, 0, st.physical.current - large_in_use - quarantined_bytes);
   }
   return Status::out_of_memory;
 }
@@ -1125,7 +1126,7 @@ void Allocator::Impl::trim(std::size_t keep, bool may_wait) {
     m.promised += blocks_promised;
     // A page goes only if at least `keep` bytes stay cached after it (cudaMemPoolTrimTo guarantees
     // its minBytesToKeep): what goes is rounded down to whole pages.
-    std::size_t cached = m.st.physical.current - m.large_in_use;
+    std::size_t cached = m.st.physical.current - m.large_in_use - m.quarantined_bytes;
     while (!m.spare.empty() && cached > keep &&
            cached - keep >= m.bytes_of(m.pages[static_cast<std::size_t>(m.spare.back())])) {
       spare.push_back(m.spare.back());
@@ -1228,7 +1229,7 @@ std::size_t Allocator::cached_bytes() const {
   const Impl& m = *impl_;
   std::lock_guard lock(m.mu);
   // Free pieces inside chunks, and parked pieces, are cached too (parked large blocks already are).
-  std::size_t n = m.st.physical.current - m.large_in_use;
+  std::size_t n = m.st.physical.current - m.large_in_use - m.quarantined_bytes;
   for (const Block* p : m.settled_small) n += p->size;
   for (const auto& [s, ss] : m.streams) {
     for (const Block* p : ss.small) n += p->size;

@@ -126,6 +126,7 @@ struct Allocator::Impl {
   AddressMap<Block*> live;
   Stats st;
   std::size_t large_in_use = 0;  // bytes of allocated large blocks, chunks included
+  std::size_t quarantined_bytes = 0;  // bytes of quarantined blocks: held for good, never used, not cached
   std::atomic<Observer*> observer{nullptr};
   static constexpr StreamHandle kGhost = StreamHandle{1} << 63;  // the bit of those keys, no stream's
   StreamHandle next_ghost = kGhost | 1;  // keys for the states of destroyed streams

@@ -45,7 +45,7 @@ std::string Allocator::Impl::validate() const {
   };
   std::vector<int> seen(pages.size(), 0);     // slots that own a page (or spare)
   std::vector<std::uint32_t> aliased(pages.size(), 0);  // stale slots still mapping it
-  std::size_t mapped_pages = 0, free_blocks = 0, user_blocks = 0, large_used = 0;
+  std::size_t mapped_pages = 0, free_blocks = 0, user_blocks = 0, large_used = 0, quarantined_seen = 0;
   std::uint64_t requested = 0, block_bytes = 0;
 
   std::size_t parked_seen = 0;
@@ -84,6 +84,7 @@ std::string Allocator::Impl::validate() const {
       if (b->prev != prev || b->segment != seg.get() || b->small) return where + ": broken links";
       if (b->size == 0) return where + ": empty";
       if (b->state == State::busy) return where + ": busy outside a stitch";
+      if (b->state == State::quarantined) quarantined_seen += b->size;
       if (mergeable(prev, b)) return where + ": not merged with its mergeable predecessor";
       const bool paged = b->state == State::hole || b->state == State::stale || b->state == State::quarantined;
       if (paged && ((b->base - seg->base) % page != 0 || b->size % page != 0))
@@ -214,6 +215,8 @@ std::string Allocator::Impl::validate() const {
     return fmt::format("requested/block bytes {}/{} but statistics say {}/{}", requested, block_bytes,
                        st.requested.current, st.blocks.current);
   if (large_used != large_in_use) return fmt::format("large blocks in use {} but counted {}", large_used, large_in_use);
+  if (quarantined_seen != quarantined_bytes)
+    return fmt::format("quarantined blocks hold {} bytes but counted {}", quarantined_seen, quarantined_bytes);
   return {};
 }
 

@@ -848,6 +848,27 @@ INSTANTIATE_TEST_SUITE_P(EveryCall, AllocatorFaults,
                                            Call::event_query, Call::event_synchronize),
                          [](const auto& info) { return std::string(call_name(info.param)); });
 
+// Pages left mapped without access (a failed grant, then a failed unmap) are held for good and never
+// used: not cached memory, so neither cudaMemGetInfo's free nor trim's minimum to keep counts them.
+TEST(AllocatorFaults, QuarantinedPagesAreNotCached) {
+  PoolModel m(small_pages(48 * kPage), no_limit());
+  m.driver.fail_nth(Call::set_access, 1, Status::unknown);
+  m.driver.fail_nth(Call::unmap, 1, Status::unknown);  // of the first of the four pages
+  DevPtr p = 0;
+  EXPECT_EQ(m.alloc(4 * kPage, 0, &p), Status::unknown);
+  m.driver.clear_faults();
+  ASSERT_EQ(m.pool.validate(), "");
+  ASSERT_EQ(m.pool.stats().physical.current, 4 * kPage);
+  EXPECT_EQ(m.pool.cached_bytes(), 3 * kPage) << "the quarantined page counted as cached";
+  m.pool.trim(kPage);
+  EXPECT_EQ(m.pool.stats().physical.current, 2 * kPage) << "trim took the page it had to keep";
+  EXPECT_EQ(m.pool.cached_bytes(), kPage);
+  m.pool.trim(0);
+  EXPECT_EQ(m.pool.cached_bytes(), 0u);
+  EXPECT_EQ(m.pool.stats().physical.current, kPage) << "the quarantined page is held for good";
+  EXPECT_EQ(m.pool.validate(), "");
+}
+
 TEST(AllocatorFaults, ErrorsReachTheCaller) {
   PoolModel m(small_pages(48 * kPage), Config{});
   m.driver.fail_nth(Call::map, 1, Status::unknown);
