@@ -4,6 +4,7 @@
 // zlib here, independently of the reader under test.
 #pragma once
 
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cstdio>
@@ -32,9 +33,12 @@ inline std::string gzip_bytes(const std::string& plain) {
 }
 
 // A file under the test's temporary directory named after the running test and `name`.
+// Per test and per process: two runs of the suites at once (two builds, a CI beside a developer) must
+// not write each other's files.
 inline std::string temp_path(const std::string& name) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  return ::testing::TempDir() + "glake_" + info->test_suite_name() + "_" + info->name() + "_" + name;
+  return ::testing::TempDir() + "glake_" + std::to_string(::getpid()) + "_" + info->test_suite_name() + "_" +
+         info->name() + "_" + name;
 }
 
 inline std::string write_file(const std::string& name, const std::string& bytes) {
