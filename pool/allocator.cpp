@@ -47,6 +47,7 @@ void Allocator::Impl::settle(bool wait, bool all) {
     bool pending;  // frees whose work is not known to have completed
   };
   std::vector<Todo> todo;
+  std::vector<EventHandle> dropped;
   {
     std::lock_guard lock(mu);
     for (auto& [s, ss] : streams) {
@@ -55,6 +56,8 @@ void Allocator::Impl::settle(bool wait, bool all) {
                       ss.retired, ss.completed_seq < ss.free_seq});
     }
   }
+  // Host memory before any event is made: an event dropped below is never lost to a failed push_back.
+  dropped.reserve(todo.size());
   for (Todo& t : todo) {
     if (t.event == 0 && drv.event_create(&t.event) != Status::ok) t.event = 0;
     // A destroyed stream gets no new record; a capturing one neither (it would join the user's graph).
@@ -73,28 +76,33 @@ void Allocator::Impl::settle(bool wait, bool all) {
     if (t.event == 0) continue;
     t.done = (wait ? drv.event_synchronize(t.event) : drv.event_query(t.event)) == Status::ok;
   }
-  std::vector<EventHandle> dropped;
-  dropped.reserve(todo.size());  // an event dropped below is never lost to a failed push_back
   {
     std::lock_guard lock(mu);
+    // The events first, then the settling (settle_stream() may run out of host memory: every event
+    // is kept by then), then the states of destroyed streams dropped (nothing allocates after).
     for (const Todo& t : todo) {
       StreamState& ss = stream_state(t.stream);
       ss.event = t.event;
       if (t.recorded) ss.event_seq = t.seq;
+    }
+    for (const Todo& t : todo) {
+      StreamState& ss = stream_state(t.stream);
       if (t.synced)
         settle_stream(ss, t.seq);
       else if (t.done)
         settle_stream(ss, ss.event_seq);
+    }
+    for (const Todo& t : todo)
       if (t.retired)
         if (EventHandle e = drop_retired(t.stream)) dropped.push_back(e);
-    }
   }
   for (EventHandle e : dropped) drv.event_destroy(e);
 }
 
 void Allocator::Impl::settle_stream(StreamState& ss, std::uint64_t upto) {
-  ss.completed_seq = std::max(ss.completed_seq, upto);
   std::vector<Block*> ready;
+  ready.reserve(ss.large.size() + ss.small.size());  // host memory first: out of it, nothing changed
+  ss.completed_seq = std::max(ss.completed_seq, upto);
   for (Block* b : ss.large)
     if (b->free_seq <= upto) ready.push_back(b);
   for (Block* b : ss.small)

@@ -19,6 +19,7 @@
 // no wait for the stream that freed them when that stream is the one allocating.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -103,7 +104,9 @@ class Slabs {
   static constexpr std::size_t kSlab = 256;
   void add_slab() {
     auto slab = std::make_unique<T[]>(kSlab);
-    free_.reserve((slabs_.size() + 1) * kSlab);  // room for every object: give() never grows it
+    // Room for every object, so that give() never grows it; doubled, so that reserving n costs O(n).
+    const std::size_t all = (slabs_.size() + 1) * kSlab;
+    if (free_.capacity() < all) free_.reserve(std::max(all, 2 * free_.capacity()));
     slabs_.push_back(std::move(slab));
     for (std::size_t i = 0; i < kSlab; ++i) free_.push_back(&slabs_.back()[i]);
   }

@@ -206,6 +206,7 @@ std::string Allocator::Impl::validate() const {
   std::size_t parked = 0;
   for (const auto& [s, ss] : streams) parked += ss.parked_count;
   if (parked != parked_seen) return fmt::format("{} blocks parked, {} found parked", parked, parked_seen);
+  if (promised != 0) return fmt::format("{} blocks of host memory promised outside a stitch", promised);
   if (live.size() != user_blocks) return fmt::format("{} addresses mapped, {} live blocks", live.size(), user_blocks);
   if (live_pages * page != st.physical.current)
     return fmt::format("physical bytes {} but {} live pages", st.physical.current, live_pages);

@@ -382,7 +382,6 @@ int mode_dlopen_ctor_pool() {
 // Host memory runs out inside glake's hook (fail_malloc.cpp, preloaded before glake): the caller gets
 // cudaErrorMemoryAllocation, also from cudaGetLastError, and the pool stays consistent and usable.
 // argv[2] (default 1): how many allocations, the k-th with its k-th malloc failing (k = 0, 1, ...).
-// The pool is not safe against every such point (README); the test makes the first fail.
 int mode_hook_oom(int argc, char** argv) {
   const long points = argc > 2 ? std::atol(argv[2]) : 1;
   auto fail = reinterpret_cast<void (*)(long)>(dlsym(RTLD_DEFAULT, "glake_test_fail_malloc"));
