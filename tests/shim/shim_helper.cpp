@@ -417,11 +417,13 @@ int mode_hook_oom(int argc, char** argv) {
   for (long k = 0; k < points; ++k) {
     void* b = nullptr;
     // New windows: the slow path.
-    if (call("cudaMalloc", k, [&] { return cudaMalloc(&b, (8 + k % 5) * MiB + 4096 * k); }) == cudaSuccess) kept.push_back(b);
+    const std::size_t n = (8 + k % 5) * MiB + 4096 * k;
+    if (call("cudaMalloc", k, [&] { return cudaMalloc(&b, n); }) == cudaSuccess) kept.push_back(b);
     if (kept.size() % 3 == 0 && !kept.empty()) {  // free some, so later requests find holes and free blocks too
       if (call("cudaFree", k % 7, [&] { return cudaFree(kept.front()); }) == cudaSuccess) kept.erase(kept.begin());
     }
-    if (k % 10 == 9) (void)call("cudaMemPoolTrimTo", k / 10, [&] { return cudaMemPoolTrimTo(pool, 0); });  // pages go back
+    if (k % 10 == 9)  // pages go back
+      (void)call("cudaMemPoolTrimTo", k / 10, [&] { return cudaMemPoolTrimTo(pool, 0); });
   }
   void* c = nullptr;
   const cudaError_t again = cudaMalloc(&c, 64 * MiB);

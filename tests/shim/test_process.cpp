@@ -1100,7 +1100,7 @@ TEST_F(Process, HostMemoryExhaustedInAHookIsAnAllocationErrorAndLosesNothing) {
   const Outcome one = run({helper(), "hook-oom"}, {{"LD_PRELOAD", preload}});
   EXPECT_EQ(0, one.status) << one.out << one.err;
   EXPECT_TRUE(has(one.out, "failures=1\n")) << one.out << one.err;  // the malloc did fail inside glake
-  EXPECT_TRUE(has(one.out, "wrong=0\n")) << one.out << one.err;      // as cudaErrorMemoryAllocation, also the last error
+  EXPECT_TRUE(has(one.out, "wrong=0\n")) << one.out << one.err;  // cudaErrorMemoryAllocation, also the last error
   EXPECT_TRUE(has(one.out, "again=0 owns=1")) << one.out << one.err;
   EXPECT_TRUE(has(one.out, "valid_end=0")) << one.out << one.err;
 }
