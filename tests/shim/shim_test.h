@@ -46,6 +46,9 @@ inline int mapping_access(const void* p, int d) {
 }
 inline CUresult raw_alloc(CUdeviceptr* p, size_t n) { return driver_fn<decltype(standin_raw_alloc)>("standin_raw_alloc")(p, n); }
 inline unsigned long long device_syncs() { return driver_fn<decltype(standin_device_syncs)>("standin_device_syncs")(); }
+inline int device_syncs_waiting() {
+  return driver_fn<decltype(standin_device_syncs_waiting)>("standin_device_syncs_waiting")();
+}
 inline unsigned long long default_pool_queries() {
   return driver_fn<decltype(standin_default_pool_queries)>("standin_default_pool_queries")();
 }

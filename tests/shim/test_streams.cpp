@@ -968,7 +968,12 @@ TEST_F(Streams, ASecondFreeWhileTheFirstWaitsIsRefused) {
   cudaError_t first = cudaErrorUnknown, second = cudaErrorUnknown;
   std::atomic<bool> second_done{false};
   std::thread t1([&] { first = cudaFree(p); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // t1 waits for the device
+  // t1 waits for the device (its free is listed from before that wait). Polled, not slept on: on a
+  // loaded machine t1 may not have got that far after any fixed time, and the frees below would be first.
+  auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (standin::device_syncs_waiting() == 0 && Clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_NE(0, standin::device_syncs_waiting()) << "the first free does not wait for the device";
   std::thread t2([&] {
     second = cudaFree(p);
     second_done = true;
@@ -978,7 +983,10 @@ TEST_F(Streams, ASecondFreeWhileTheFirstWaitsIsRefused) {
   void* q = nullptr;
   CUDA_OK(cudaMallocAsync(&q, 4 * MiB, other));
   EXPECT_NE(p, q) << "handed out while the first free still waits for the work before it";
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // Refused at once, while the gate still holds the first free: a second free that waits would still
+  // be waiting when the deadline passes (the gate gives up only after 10 s).
+  deadline = Clock::now() + std::chrono::seconds(5);
+  while (!second_done.load() && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_TRUE(second_done.load()) << "the second cudaFree waited instead of being refused";
   gate.open = true;
   t1.join();

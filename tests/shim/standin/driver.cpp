@@ -138,6 +138,7 @@ struct State {
   std::map<CUdeviceptr, Allocation> ipc_imports;
   CUmemGenericAllocationHandle next_handle = 1;
   std::uint64_t syncs = 0;
+  int syncs_waiting = 0;  // threads in sync_device now
   std::atomic<std::uint64_t> default_pool_queries{0};  // cuDeviceGetDefaultMemPool calls
   std::uint64_t syncs_in_capture = 0;  // cuCtxSynchronize calls made while a stream of the device was capturing
   std::uint64_t waits_in_capture = 0;  // event/stream queries and waits made while any stream was capturing
@@ -401,11 +402,13 @@ void sync_device(std::unique_lock<std::mutex>& lk, int device) {
   std::vector<std::pair<Stream*, std::uint64_t>> targets;
   for (Stream* s : g->streams)
     if (s->device == device) targets.push_back({s, s->submitted});
+  ++g->syncs_waiting;
   g->cv.wait(lk, [&] {
     for (auto& [s, t] : targets)
       if (s->completed < t) return false;
     return true;
   });
+  --g->syncs_waiting;
   ++g->syncs;
 }
 
@@ -1799,6 +1802,10 @@ EXPORT int standin_streams_being_created(void) { return g_streams_being_created.
 EXPORT unsigned long long standin_device_syncs(void) {
   std::lock_guard lk(g->mu);
   return g->syncs;
+}
+EXPORT int standin_device_syncs_waiting(void) {
+  std::lock_guard lk(g->mu);
+  return g->syncs_waiting;
 }
 EXPORT unsigned long long standin_default_pool_queries(void) { return g->default_pool_queries.load(); }
 EXPORT unsigned long long standin_stream_syncs_in_capture(CUstream h) {

@@ -36,6 +36,8 @@ CUresult standin_raw_alloc(CUdeviceptr* ptr, size_t size);
 int standin_streams_being_created(void);
 // Device synchronizations (cuCtxSynchronize, and the one cuMemFree does) so far.
 unsigned long long standin_device_syncs(void);
+// Threads waiting in a device synchronization now.
+int standin_device_syncs_waiting(void);
 // cuDeviceGetDefaultMemPool calls so far (whoever made them: the program, the runtime or glake).
 unsigned long long standin_default_pool_queries(void);
 // cuCtxSynchronize calls made while a stream of the device was capturing (which break a real capture).
