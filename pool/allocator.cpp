@@ -1036,6 +1036,9 @@ void Allocator::forget_stream(StreamHandle stream) {
         continue;
       }
       m.unpark_all();  // frees parked meanwhile join the sets, which move with the state
+      // Settled before the re-key: out of host memory there, nothing has changed yet (the stream's
+      // destroy fails, and the state stays its own), rather than its frees left unsettled for good.
+      if (synced || !pending) m.settle_stream(cur, seq);
       m.streams.reserve(m.streams.size() + 1);  // the re-keyed state goes back in without allocating
       // Re-key its state so that a new stream with the same handle starts afresh.
       auto node = m.streams.extract(stream);
@@ -1054,7 +1057,6 @@ void Allocator::forget_stream(StreamHandle stream) {
       m.live.for_each([&](DevPtr, Block* b) {
         if (b->stream == stream) b->stream = ghost;
       });
-      if (synced || !pending) m.settle_stream(ss, seq);
       dropped = m.drop_retired(ghost);
     }
     if (dropped != 0) m.drv.event_destroy(dropped);
