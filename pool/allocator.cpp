@@ -769,8 +769,7 @@ Status Allocator::Impl::allocate_large(const Request& q, StreamHandle s, DevPtr*
   std::lock_guard grow(grow_mu);
   {
     std::lock_guard lock(mu);
-    headroom();
-    std::size_t freed = unpark_all();
+    std::size_t freed = unpark_all();  // takes the headroom for what follows too
     if (release_empty_chunks() + freed > 0)
       if (Block* b = fit_large(s, q)) {
         *out = take_large(b, q, s);

@@ -534,18 +534,6 @@ bool Router::is_freeing(pool::DevPtr ptr) const {
   return std::find(freeing_, freeing_ + freeing_count_, ptr) != freeing_ + freeing_count_;
 }
 
-void Router::done_freeing(pool::DevPtr ptr) {
-  Locked lock(&mutex_);
-  unlist_freeing(ptr);
-}
-
-pool::Status Router::free_listed(DevicePool* p, pool::DevPtr ptr, bool waited) {
-  Locked lock(&mutex_);
-  const pool::Status s = free_waited(p, ptr, waited);
-  unlist_freeing(ptr);
-  return s;
-}
-
 void Router::unlist_freeing(pool::DevPtr ptr) {
   pool::DevPtr* at = std::find(freeing_, freeing_ + freeing_count_, ptr);
   if (at == freeing_ + freeing_count_) return;  // not listed (out of host memory)
@@ -599,12 +587,16 @@ struct Router::Freeing {
   pool::DevPtr ptr;
   bool listed = true;
   pool::Status free(DevicePool* p, bool waited) {
-    const pool::Status s = router->free_listed(p, ptr, waited);
+    Locked lock(&router->mutex_);
+    const pool::Status s = router->free_waited(p, ptr, waited);
+    router->unlist_freeing(ptr);
     listed = false;
     return s;
   }
   ~Freeing() {
-    if (listed) router->done_freeing(ptr);
+    if (!listed) return;
+    Locked lock(&router->mutex_);
+    router->unlist_freeing(ptr);
   }
 };
 

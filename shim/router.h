@@ -234,12 +234,10 @@ class Router {
   // stream_dev: the device of the stream it was freed on (-1: none), waited for too at the flush.
   std::optional<pool::Status> begin_free_wait(DevicePool* p, pool::DevPtr ptr, int stream_dev = -1);
   void end_free_wait();
-  // The free of ptr that begin_free_wait let wait: free_listed does the pool's free and takes ptr off
-  // freeing_ in one step (under mutex_); done_freeing only takes it off.
-  pool::Status free_listed(DevicePool* p, pool::DevPtr ptr, bool waited);
-  void done_freeing(pool::DevPtr ptr);
-  void unlist_freeing(pool::DevPtr ptr);  // under mutex_
+  // The free of ptr that begin_free_wait let wait: Freeing does the pool's free and takes ptr off
+  // freeing_ in one step (under mutex_).
   struct Freeing;
+  void unlist_freeing(pool::DevPtr ptr);  // under mutex_
   // ptr is in held_frees_ (held, or being freed by flush_held), kept_ or freeing_: a free of it is a
   // second one.
   bool is_held(pool::DevPtr ptr);
